@@ -1,0 +1,279 @@
+//! proxy-wasm glue (wasm32 only): the root context (configuration, metrics, PRNG seeding) and
+//! the HTTP context (request/response headers). All decisions are made by the pure modules.
+//!
+//! Host calls per request (each ~0.5 µs):
+//! - request, `trust_incoming: true`: 1 header-map read; +1 replace when an ID is generated
+//!   (+1 remove when the header was duplicated); +1 clock read for `uuid7`;
+//! - request, `trust_incoming: false`: 1 replace (+1 clock read for `uuid7`);
+//! - 1 counter increment; response: 1 replace when `echo_downstream`.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gatewasm_common::headers::single_value;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+use crate::config::{Settings, parse_settings};
+use crate::incoming::{Outcome, Plan, plan_request};
+use crate::rng;
+use crate::uuid::{IdGenerator, UuidText};
+
+proxy_wasm::main! {{
+    // Debug lines are only written for rejected incoming IDs. (`proxy_get_log_level` is not
+    // used: Kong's host traps on it.)
+    proxy_wasm::set_log_level(LogLevel::Debug);
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root::new(context_id))
+    });
+}}
+
+thread_local! {
+    /// One generator per VM (shared by all root contexts of the VM, so `uuid7` IDs are monotonic
+    /// VM-wide). A `Cell` of a `Copy` value: no borrow flag, nothing that can panic.
+    static GENERATOR: Cell<Option<IdGenerator>> = const { Cell::new(None) };
+}
+
+fn host_nanos() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn fresh_seed(context_id: u32) -> [u8; 32] {
+    match rng::os_seed() {
+        Ok(seed) => seed,
+        Err(err) => {
+            log::warn!(
+                "correlation-id: no host randomness ({err}); seeding IDs from the clock instead"
+            );
+            rng::fallback_seed(host_nanos(), context_id)
+        }
+    }
+}
+
+/// (Re)seed the VM's generator, keeping its uuid7 monotonic state.
+fn reseed(context_id: u32) {
+    let seed = fresh_seed(context_id);
+    GENERATOR.with(|cell| {
+        let generator = match cell.get() {
+            Some(mut generator) => {
+                generator.reseed(seed);
+                generator
+            }
+            None => IdGenerator::from_seed(seed),
+        };
+        cell.set(Some(generator));
+    });
+}
+
+/// The metric ids, defined once per root context and copied into each HTTP context.
+#[derive(Debug, Clone, Copy, Default)]
+struct Metrics {
+    generated: Option<u32>,
+    preserved: Option<u32>,
+    replaced_invalid: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let define = |outcome: Outcome| {
+            let name = outcome.metric_name();
+            match hostcalls::define_metric(MetricType::Counter, name) {
+                Ok(id) => Some(id),
+                Err(status) => {
+                    log::warn!("correlation-id: cannot define metric {name}: {status:?}");
+                    None
+                }
+            }
+        };
+        Self {
+            generated: define(Outcome::Generated),
+            preserved: define(Outcome::Preserved),
+            replaced_invalid: define(Outcome::ReplacedInvalid),
+        }
+    }
+
+    fn increment(&self, outcome: Outcome) {
+        let id = match outcome {
+            Outcome::Generated => self.generated,
+            Outcome::Preserved => self.preserved,
+            Outcome::ReplacedInvalid => self.replaced_invalid,
+        };
+        if let Some(id) = id {
+            // NotFound/BadArgument are returned as errors; there is nothing useful to do with them.
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+}
+
+struct Root {
+    context_id: u32,
+    /// Last good configuration (defaults until the first successful `on_configure`).
+    settings: Rc<Settings>,
+    metrics: Option<Metrics>,
+}
+
+impl Root {
+    fn new(context_id: u32) -> Self {
+        Self {
+            context_id,
+            settings: Rc::new(Settings::default()),
+            metrics: None,
+        }
+    }
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        // Envoy may clone an already-started VM (memory included) per worker: reseed here, in
+        // every VM, so clones never share a random stream.
+        reseed(self.context_id);
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let config = self.get_plugin_configuration();
+        match parse_settings(config.as_deref()) {
+            Ok(settings) => self.settings = Rc::new(settings),
+            Err(err) => {
+                log::error!("correlation-id: invalid plugin configuration: {err}");
+                return false;
+            }
+        }
+        if self.metrics.is_none() {
+            self.metrics = Some(Metrics::define());
+        }
+        // Also reseed here: some hosts (APISIX) never call on_vm_start.
+        reseed(self.context_id);
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream {
+            settings: Rc::clone(&self.settings),
+            metrics: self.metrics.unwrap_or_default(),
+            root_context_id: self.context_id,
+            id: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// The ID of this stream, kept for the response phase.
+enum RequestId {
+    Generated(UuidText),
+    /// The validated incoming value, moved out of the header list (no copy).
+    Incoming(Vec<u8>),
+}
+
+impl RequestId {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Generated(id) => id.as_bytes(),
+            Self::Incoming(value) => value,
+        }
+    }
+}
+
+struct Stream {
+    settings: Rc<Settings>,
+    metrics: Metrics,
+    root_context_id: u32,
+    id: Option<RequestId>,
+}
+
+impl Stream {
+    fn new_id(&self) -> UuidText {
+        let kind = self.settings.generator;
+        GENERATOR.with(|cell| {
+            let mut generator = match cell.get() {
+                Some(generator) => generator,
+                None => IdGenerator::from_seed(fresh_seed(self.root_context_id)),
+            };
+            let id = generator.generate(kind, || unix_millis(self.get_current_time()));
+            cell.set(Some(generator));
+            id
+        })
+    }
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let settings = Rc::clone(&self.settings);
+        // Duplicates must be detected, and `proxy_get_header_map_value` (the single-value lookup)
+        // only returns the first copy in Envoy. So read the whole map: one host call, instead of
+        // a lookup (one call) that would still need the map to count copies. The common case is
+        // an ID being present (Envoy generated it, or an upstream hop did), where this is the
+        // fewest calls. The SDK allocates a String + Vec per header; the matching value is
+        // moved out, not copied.
+        let plan = plan_request(settings.trust_incoming, settings.max_length, || {
+            single_value(self.get_http_request_headers_bytes(), &settings.header)
+        });
+        let outcome = match plan {
+            Plan::Keep(value) => {
+                self.id = Some(RequestId::Incoming(value));
+                Outcome::Preserved
+            }
+            Plan::Generate {
+                outcome,
+                rejection,
+                remove_copies,
+            } => {
+                if let Some(rejection) = rejection {
+                    // Never the value itself (log injection): only lengths/positions.
+                    log::debug!(
+                        "correlation-id: replacing invalid incoming {}: {rejection}",
+                        settings.header
+                    );
+                }
+                let id = self.new_id();
+                if remove_copies {
+                    self.remove_http_request_header(&settings.header);
+                }
+                // Replace semantics: in Envoy this is HeaderMap::setCopy, which (in current
+                // releases) removes every existing copy and adds one.
+                self.set_http_request_header_bytes(&settings.header, Some(id.as_bytes()));
+                self.id = Some(RequestId::Generated(id));
+                outcome
+            }
+        };
+        self.metrics.increment(outcome);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.settings.echo_downstream {
+            return Action::Continue;
+        }
+        if self.id.is_none() {
+            // The request phase never ran for this stream (a filter before us answered locally).
+            // The response still gets an ID; request headers cannot be read any more.
+            self.id = Some(RequestId::Generated(self.new_id()));
+            self.metrics.increment(Outcome::Generated);
+        }
+        if let Some(id) = &self.id {
+            // Set, not add: any value the upstream sent is replaced.
+            self.set_http_response_header_bytes(
+                &self.settings.response_header,
+                Some(id.as_bytes()),
+            );
+        }
+        Action::Continue
+    }
+}
