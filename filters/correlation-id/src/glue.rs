@@ -18,8 +18,8 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 use crate::config::{Settings, parse_settings};
 use crate::incoming::{Outcome, Plan, plan_request};
-use crate::rng;
 use crate::uuid::{IdGenerator, UuidText};
+use gatewasm_common::rng;
 
 proxy_wasm::main! {{
     // Debug lines are only written for rejected incoming IDs. (`proxy_get_log_level` is not

@@ -9,12 +9,13 @@
 //! - [`config`]: JSON configuration → validated [`config::Settings`] (once, in `on_configure`).
 //! - [`incoming`]: validation of an incoming ID and the per-request [`incoming::Plan`].
 //! - [`uuid`]: RFC 9562 v4/v7 generation into a fixed 36-byte buffer (monotonic v7).
-//! - [`rng`]: the per-VM xoshiro256++ PRNG seeded from `getrandom` (why: see its docs).
 //! - `glue` (wasm32 only): the proxy-wasm root and HTTP contexts, metrics and host calls.
+//!
+//! The PRNG (xoshiro256++ seeded from `getrandom`) is `gatewasm_common::rng`, shared with the
+//! other filters.
 
 pub mod config;
 pub mod incoming;
-pub mod rng;
 pub mod uuid;
 
 #[cfg(target_arch = "wasm32")]

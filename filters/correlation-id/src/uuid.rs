@@ -10,7 +10,7 @@
 //! collide only if two independent 73-bit random starts land within a few increments.
 
 use crate::config::Generator;
-use crate::rng::Xoshiro256pp;
+use gatewasm_common::rng::Xoshiro256pp;
 
 const TAIL_BITS: u32 = 74;
 const TAIL_MAX: u128 = (1 << TAIL_BITS) - 1;
@@ -333,7 +333,7 @@ mod tests {
         // Eight "worker VMs" with different seeds, all generating in the same millisecond.
         for kind in [Generator::Uuid4, Generator::Uuid7] {
             let mut vms: Vec<IdGenerator> = (0..8)
-                .map(|n| IdGenerator::from_seed(crate::rng::os_seed().unwrap_or(seed(n))))
+                .map(|n| IdGenerator::from_seed(gatewasm_common::rng::os_seed().unwrap_or(seed(n))))
                 .collect();
             let mut seen = HashSet::with_capacity(100_000);
             for i in 0..100_000usize {

@@ -1,4 +1,4 @@
-//! Randomness for ID generation.
+//! Randomness for the IDs the filters generate (correlation IDs, trace and span IDs).
 //!
 //! **Choice:** one xoshiro256++ generator per VM, seeded with 256 bits from the OS/host
 //! (`getrandom`; on wasm32-wasip1 that is WASI `random_get`, one host call) when the VM starts.
@@ -7,12 +7,15 @@
 //! streams of different worker VMs independent, so IDs are unique across VMs too.
 //!
 //! xoshiro is *not* cryptographically secure: someone who sees enough IDs could predict the next
-//! ones from the same VM. Correlation IDs are identifiers, not secrets (a client that is trusted
-//! can send any ID it likes anyway), so this is acceptable; if IDs ever have to be unguessable,
-//! swap this for a ChaCha-based generator behind the same two functions.
+//! ones from the same VM. Correlation, trace and span IDs are identifiers, not secrets (a client
+//! that is trusted can send any ID it likes anyway), so this is acceptable; if IDs ever have to be
+//! unguessable, swap this for a ChaCha-based generator behind the same two functions.
 //!
-//! Envoy may clone a running VM (memory included) for each worker thread, so the glue reseeds in
-//! every `on_vm_start`/`on_configure` rather than once per process.
+//! Envoy may clone a running VM (memory included) for each worker thread, so each filter's glue
+//! reseeds in every `on_vm_start`/`on_configure` rather than once per process.
+//!
+//! `getrandom` is not a proxy-wasm host call: on wasm32-wasip1 it is the WASI `random_get`
+//! import, which Envoy's Wasm runtimes provide (and so does the harness).
 
 /// xoshiro256++ (Blackman & Vigna, 2019).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
