@@ -89,7 +89,7 @@ demo: build envoy
       echo "demo stopped"
     }
     trap cleanup EXIT
-    trap 'exit 130' INT TERM
+    trap 'exit 0' INT TERM
     config="$("$bin/render-config" gateway.yaml "$run_dir" \
       LISTEN_PORT={{demo_port}} ADMIN_PORT={{demo_admin_port}} \
       UPSTREAM_PORT={{demo_upstream_port}} WASM_DIR="$wasm_dir")"
@@ -98,14 +98,18 @@ demo: build envoy
     "$ENVOY_BIN" -c "$config" --concurrency 2 --disable-hot-restart \
       --log-path "$run_dir/envoy.log" &
     pids+=($!)
+    # Ready when Envoy's admin says so and the upstream answers as the echo server.
     for _ in $(seq 100); do
-      if python3 -c 'import sys, urllib.request; sys.exit(urllib.request.urlopen(sys.argv[1], timeout=1).status != 200)' \
-        "http://127.0.0.1:{{demo_admin_port}}/ready" 2>/dev/null; then ready=1; break; fi
-      kill -0 "${pids[1]}" 2>/dev/null || break
+      kill -0 "${pids[0]}" 2>/dev/null && kill -0 "${pids[1]}" 2>/dev/null || break
+      if python3 -c 'import json, sys, urllib.request as u
+    assert u.urlopen(sys.argv[1], timeout=1).status == 200
+    assert "method" in json.load(u.urlopen(sys.argv[2], timeout=1))' \
+        "http://127.0.0.1:{{demo_admin_port}}/ready" "http://127.0.0.1:{{demo_upstream_port}}/demo-readiness-check" 2>/dev/null
+      then ready=1; break; fi
       sleep 0.2
     done
-    if [ -z "${ready:-}" ]; then
-      echo "Envoy did not become ready; its log:" >&2
+    if [ -z "${ready:-}" ] || ! kill -0 "${pids[0]}" 2>/dev/null; then
+      echo "the demo did not start (ports {{demo_port}}, {{demo_admin_port}}, {{demo_upstream_port}} in use? set DEMO_PORT, DEMO_ADMIN_PORT, DEMO_UPSTREAM_PORT); Envoy's log:" >&2
       tail -n 50 "$run_dir/envoy.log" >&2 || true
       exit 1
     fi
