@@ -424,3 +424,19 @@ fn fuel_is_reported_per_callback_and_is_deterministic() {
     assert!(a > 1000, "fuel {a}");
     assert_eq!(a, b);
 }
+
+#[test]
+fn a_missing_artifact_names_just_build() {
+    let err = Module::artifact("no-such-filter").unwrap_err().to_string();
+    assert!(err.contains("no_such_filter.wasm does not exist"), "{err}");
+    assert!(err.contains("just build"), "{err}");
+}
+
+#[test]
+fn workers_and_hosts_can_move_to_threads() {
+    fn assert_send<T: Send>() {}
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send::<Worker>();
+    assert_send_sync::<Host>();
+    assert_send_sync::<Module>();
+}
