@@ -477,3 +477,37 @@ fn a_trap_never_panics_the_harness_and_other_workers_go_on() {
     let (_, v) = run(&mut good, "headers", &[]);
     assert_eq!(r(&v, "count"), "5");
 }
+
+#[test]
+fn grpc_close_half_closes_a_stream() {
+    let host = Host::new();
+    host.add_cluster("grpc-cluster");
+    let mut w = worker(&host, "");
+    run(&mut w, "grpc-stream-close", &[]);
+    let calls = w.pending_grpc_calls();
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0].streaming && calls[0].half_closed && !calls[0].cancelled);
+}
+
+#[test]
+fn proc_exit_is_a_trap_with_the_exit_code() {
+    let host = Host::new();
+    let mut w = worker(&host, "");
+    let id = w.open_stream().unwrap();
+    let err = w
+        .send_request_headers(
+            id,
+            &[
+                (":method", "GET"),
+                (":path", "/"),
+                (":authority", "a"),
+                ("x-cmd", "exit"),
+            ],
+            true,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, HarnessError::Trap { message, .. } if message.contains("proc_exit(3)")),
+        "{err}"
+    );
+}

@@ -488,6 +488,13 @@ impl HttpContext for Stream {
                 self.send_grpc_stream_message(self.token, Some(b"hello"), false);
                 return Action::Pause;
             }
+            "grpc-stream-close" => {
+                let token = self
+                    .open_grpc_stream("grpc-cluster", "test.Svc", "Watch", vec![])
+                    .unwrap();
+                self.close_grpc_stream(token);
+            }
+            "exit" => std::process::exit(3),
             "reset" => {
                 self.reset_http_request();
                 return Action::Pause;
