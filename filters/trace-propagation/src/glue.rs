@@ -1,0 +1,221 @@
+//! proxy-wasm glue (wasm32 only): the root context (configuration, metrics, PRNG seeding) and
+//! the HTTP context (request/response headers). All decisions are made by `propagate`.
+//!
+//! Host calls per request (each ~0.5 µs):
+//! - request: 1 header-map read; 1 replace per header whose value changes (`role: span` with
+//!   W3C in and out: just `traceparent`; `passthrough` with a canonical W3C context: none);
+//!   +1 remove for a duplicated or cleared header; 1 or 2 counter increments (outcome, sampled);
+//! - response: 1 replace when `response_header` is set and the request phase ran.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use gatewasm_common::rng::{self, Xoshiro256pp};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+use crate::config::{Format, Settings, parse_settings};
+use crate::ids::Text;
+use crate::propagate::{
+    METRIC_EXTRACTED_B3, METRIC_EXTRACTED_B3MULTI, METRIC_EXTRACTED_W3C, METRIC_RESTARTED_INVALID,
+    METRIC_SAMPLED, METRIC_STARTED, Outcome, Write, plan_request,
+};
+
+proxy_wasm::main! {{
+    // Debug lines are only written for refused incoming headers. (`proxy_get_log_level` is not
+    // used: Kong's host traps on it.)
+    proxy_wasm::set_log_level(LogLevel::Debug);
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root::new(context_id))
+    });
+}}
+
+thread_local! {
+    /// One PRNG per VM (shared by all root contexts of the VM). A `Cell` of a `Copy` value: no
+    /// borrow flag, nothing that can panic.
+    static RNG: Cell<Option<Xoshiro256pp>> = const { Cell::new(None) };
+}
+
+fn host_nanos() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn fresh_seed(context_id: u32) -> [u8; 32] {
+    match rng::os_seed() {
+        Ok(seed) => seed,
+        Err(err) => {
+            log::warn!(
+                "trace-propagation: no host randomness ({err}); seeding ids from the clock instead"
+            );
+            rng::fallback_seed(host_nanos(), context_id)
+        }
+    }
+}
+
+/// (Re)seed the VM's PRNG. Envoy may clone a started VM per worker, so every VM reseeds.
+fn reseed(context_id: u32) {
+    let seed = fresh_seed(context_id);
+    RNG.with(|cell| cell.set(Some(Xoshiro256pp::from_seed(seed))));
+}
+
+/// The metric ids, defined once per root context and copied into each HTTP context.
+#[derive(Debug, Clone, Copy, Default)]
+struct Metrics {
+    extracted_w3c: Option<u32>,
+    extracted_b3: Option<u32>,
+    extracted_b3multi: Option<u32>,
+    restarted_invalid: Option<u32>,
+    started: Option<u32>,
+    sampled: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let define = |name: &str| match hostcalls::define_metric(MetricType::Counter, name) {
+            Ok(id) => Some(id),
+            Err(status) => {
+                log::warn!("trace-propagation: cannot define metric {name}: {status:?}");
+                None
+            }
+        };
+        Self {
+            extracted_w3c: define(METRIC_EXTRACTED_W3C),
+            extracted_b3: define(METRIC_EXTRACTED_B3),
+            extracted_b3multi: define(METRIC_EXTRACTED_B3MULTI),
+            restarted_invalid: define(METRIC_RESTARTED_INVALID),
+            started: define(METRIC_STARTED),
+            sampled: define(METRIC_SAMPLED),
+        }
+    }
+
+    fn increment(id: Option<u32>) {
+        if let Some(id) = id {
+            // NotFound/BadArgument are returned as errors; there is nothing useful to do with them.
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    fn record(&self, outcome: Outcome, sampled: bool) {
+        Self::increment(match outcome {
+            Outcome::Extracted(Format::W3c) => self.extracted_w3c,
+            Outcome::Extracted(Format::B3) => self.extracted_b3,
+            Outcome::Extracted(Format::B3Multi) => self.extracted_b3multi,
+            Outcome::RestartedInvalid => self.restarted_invalid,
+            Outcome::Started => self.started,
+        });
+        if sampled {
+            Self::increment(self.sampled);
+        }
+    }
+}
+
+struct Root {
+    context_id: u32,
+    /// Last good configuration (defaults until the first successful `on_configure`).
+    settings: Rc<Settings>,
+    metrics: Option<Metrics>,
+}
+
+impl Root {
+    fn new(context_id: u32) -> Self {
+        Self {
+            context_id,
+            settings: Rc::new(Settings::default()),
+            metrics: None,
+        }
+    }
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        reseed(self.context_id);
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let config = self.get_plugin_configuration();
+        match parse_settings(config.as_deref()) {
+            Ok(settings) => self.settings = Rc::new(settings),
+            Err(err) => {
+                log::error!("trace-propagation: invalid plugin configuration: {err}");
+                return false;
+            }
+        }
+        if self.metrics.is_none() {
+            self.metrics = Some(Metrics::define());
+        }
+        // Also reseed here: some hosts (APISIX) never call on_vm_start.
+        reseed(self.context_id);
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream {
+            settings: Rc::clone(&self.settings),
+            metrics: self.metrics.unwrap_or_default(),
+            root_context_id: self.context_id,
+            trace_id: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    settings: Rc<Settings>,
+    metrics: Metrics,
+    root_context_id: u32,
+    /// The trace id sent upstream, kept for the response (request headers cannot be read then).
+    trace_id: Option<Text<32>>,
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let settings = Rc::clone(&self.settings);
+        // One host call for the whole map: duplicates must be seen (the single-value lookup
+        // returns only the first copy) and up to nine headers are looked at.
+        let headers = self.get_http_request_headers_bytes();
+        let mut rng = RNG
+            .with(Cell::get)
+            .unwrap_or_else(|| Xoshiro256pp::from_seed(fresh_seed(self.root_context_id)));
+        // Each change is applied as soon as it is decided: 1 host call per changed header.
+        let plan = plan_request(&settings, &headers, &mut rng, |write| match write {
+            Write::Set(name, value) => self.set_http_request_header_bytes(name, Some(value)),
+            Write::Remove(name) => self.remove_http_request_header(name),
+        });
+        RNG.with(|cell| cell.set(Some(rng)));
+        for rejection in plan.rejections.iter().flatten() {
+            // Never the value itself (log injection): only the header name and the rule.
+            log::debug!(
+                "trace-propagation: ignoring invalid {}: {}",
+                rejection.header,
+                rejection.reason
+            );
+        }
+        self.metrics.record(plan.outcome, plan.sampled);
+        if settings.response_header.is_some() {
+            self.trace_id = Some(plan.trace_id);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // No trace id when the request phase never ran (a filter before us replied locally).
+        if let (Some(name), Some(trace_id)) = (&self.settings.response_header, &self.trace_id) {
+            // Set, not add: any value the upstream sent is replaced.
+            self.set_http_response_header_bytes(name, Some(trace_id.as_bytes()));
+        }
+        Action::Continue
+    }
+}
