@@ -66,8 +66,9 @@ envoy:
     touch "$stamp"
 
 # End-to-end tests against a real Envoy (another version: ENVOY_VERSION=1.36.4 just test-e2e).
+# --workspace: the same feature resolution as `just test`, so nothing is rebuilt between them.
 test-e2e: build envoy
-    cargo test -p gatewasm-tests --test 'e2e_*'
+    cargo test --workspace --test 'e2e_*'
 
 # Run the gateway (envoy-configs/gateway.yaml) locally with an echo upstream and print curl
 # commands that show the filters at work. Ctrl-C stops everything. Ports: DEMO_PORT (8080),
@@ -75,7 +76,7 @@ test-e2e: build envoy
 demo: build envoy
     #!/usr/bin/env bash
     set -euo pipefail
-    cargo build --quiet -p gatewasm-tests --bin echo-upstream --bin render-config
+    cargo build --quiet --workspace --bin echo-upstream --bin render-config
     bin="$(cargo metadata --format-version 1 --no-deps \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
     wasm_dir="${GATEWASM_WASM_DIR:-{{justfile_directory()}}/target/wasm32-wasip1/release}"
