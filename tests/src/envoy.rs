@@ -51,6 +51,7 @@ pub struct EnvoyBuilder {
     config: String,
     concurrency: usize,
     upstream_port: Option<u16>,
+    upstream2_port: Option<u16>,
     ready_timeout: Duration,
     log_level: String,
     args: Vec<String>,
@@ -66,6 +67,7 @@ impl EnvoyBuilder {
             config: config.to_string(),
             concurrency: 1,
             upstream_port: None,
+            upstream2_port: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             log_level: std::env::var("GATEWASM_ENVOY_LOG_LEVEL")
                 .ok()
@@ -78,6 +80,13 @@ impl EnvoyBuilder {
     /// The port of the upstream (`{{UPSTREAM_PORT}}`), e.g. an [`crate::echo::EchoUpstream`].
     pub fn upstream(mut self, port: u16) -> Self {
         self.upstream_port = Some(port);
+        self
+    }
+
+    /// The port of a second upstream (`{{UPSTREAM2_PORT}}`), for configs with two backends
+    /// (e.g. `tenant-gateway.yaml`). Without it, a free port nobody listens on.
+    pub fn upstream2(mut self, port: u16) -> Self {
+        self.upstream2_port = Some(port);
         self
     }
 
@@ -146,6 +155,11 @@ impl EnvoyBuilder {
         vars.insert("LISTEN_PORT".into(), listen_port.to_string());
         vars.insert("ADMIN_PORT".into(), admin_port.to_string());
         vars.insert("UPSTREAM_PORT".into(), upstream_port.to_string());
+        let upstream2_port = match self.upstream2_port {
+            Some(p) => p,
+            None => crate::free_port()?,
+        };
+        vars.insert("UPSTREAM2_PORT".into(), upstream2_port.to_string());
         vars.insert("WASM_DIR".into(), paths::wasm_dir().display().to_string());
         let config = render::render_config(&self.config, dir.path(), &vars)?;
 

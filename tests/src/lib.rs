@@ -12,6 +12,8 @@
 //! - [`envoy`]: starts Envoy from a config in `envoy-configs/` on free loopback ports, waits for
 //!   the admin `/ready`, captures its log, reads `/stats`, and stops the process on drop.
 //! - [`echo`]: an upstream that answers every request with JSON describing what it received.
+//! - [`oci`] and [`deploy`]: reproducible OCI images of the filters (`just package`), the
+//!   list of filters that ship, and the Istio / Envoy Gateway manifests that pin them.
 //! - [`client`]: a small HTTP/1.1 client that can send any (duplicated, odd) headers, plus a
 //!   fast keep-alive burst sender for volume tests.
 //!
@@ -22,8 +24,10 @@
 //! ever skipped.
 
 pub mod client;
+pub mod deploy;
 pub mod echo;
 pub mod envoy;
+pub mod oci;
 pub mod paths;
 pub mod render;
 
@@ -75,3 +79,8 @@ pub fn free_port() -> Result<u16> {
     }
     anyhow::bail!("could not find a free port on 127.0.0.1 after 50 attempts")
 }
+
+// Declarative scenarios (tests/scenarios/): one file, run in the harness and in a real Envoy.
+pub mod scenario;
+pub mod scenario_envoy;
+pub mod scenario_harness;

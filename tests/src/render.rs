@@ -8,6 +8,7 @@
 //! | `{{LISTEN_PORT}}`  | the port of the HTTP listener (gateway / sidecar inbound)   |
 //! | `{{ADMIN_PORT}}`   | Envoy's admin interface                                     |
 //! | `{{UPSTREAM_PORT}}`| the upstream / local app (the echo server in tests)         |
+//! | `{{UPSTREAM2_PORT}}`| a second upstream (two-backend configs such as `tenant-gateway.yaml`) |
 //! | `{{WASM_DIR}}`     | directory holding the built `*.wasm` filters                |
 //! | `{{ECDS_DIR}}`     | directory holding rendered ECDS resource files              |
 //!

@@ -3,17 +3,25 @@
 //! `x-cmd` picks what a stream does; results come back as request headers the upstream sees
 //! (`x-r-*`), so every test asserts through the same channel a real filter would use.
 //! It is test scaffolding: it unwraps freely, because a panic here is itself a test signal.
+//!
+//! One more mode, chosen by the plugin configuration instead of `x-cmd`: a configuration
+//! `scenario-local-reply:{"status":401,"headers":[["k","v"]],"body":"…","path_prefix":"/x"}`
+//! turns an instance into a plain "filter that sends a local reply" (used by the declarative
+//! scenarios in `tests/scenarios/`, whose Envoy runner realises the same thing with Lua). Such an
+//! instance answers every request whose `:path` starts with `path_prefix` (all requests without
+//! one) and otherwise leaves the stream untouched: no `x-r-*`/`x-resp-seen-by` headers, no metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, config: String::new(), metrics: [0; 3], queue: 0, ticks: 0 }) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, config: String::new(), metrics: [0; 3], queue: 0, ticks: 0, reply: None }) });
 }}
 
 struct Root {
@@ -22,6 +30,42 @@ struct Root {
     metrics: [u32; 3],
     queue: u32,
     ticks: u64,
+    /// Set by a `scenario-local-reply:` configuration.
+    reply: Option<Rc<ScriptedReply>>,
+}
+
+/// The local reply a `scenario-local-reply:` instance sends.
+struct ScriptedReply {
+    status: u32,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    path_prefix: String,
+}
+
+impl ScriptedReply {
+    fn parse(json: &str) -> ScriptedReply {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        let headers = v["headers"]
+            .as_array()
+            .map(|pairs| {
+                pairs
+                    .iter()
+                    .map(|p| {
+                        (
+                            p[0].as_str().unwrap().to_string(),
+                            p[1].as_str().unwrap().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ScriptedReply {
+            status: v["status"].as_u64().unwrap() as u32,
+            headers,
+            body: v["body"].as_str().unwrap_or_default().as_bytes().to_vec(),
+            path_prefix: v["path_prefix"].as_str().unwrap_or_default().to_string(),
+        }
+    }
 }
 
 impl Context for Root {
@@ -52,6 +96,10 @@ impl RootContext for Root {
         self.config =
             String::from_utf8(self.get_plugin_configuration().unwrap_or_default()).unwrap();
         log::info!("on_configure size={size} config={}", self.config);
+        if let Some(json) = self.config.strip_prefix("scenario-local-reply:") {
+            self.reply = Some(Rc::new(ScriptedReply::parse(json)));
+            return true;
+        }
         if self.config == "reject" {
             log::error!("configuration rejected: field `config` says reject");
             return false;
@@ -101,6 +149,7 @@ impl RootContext for Root {
             queue: self.queue,
             cmd: String::new(),
             token: 0,
+            reply: self.reply.clone(),
         }))
     }
 
@@ -116,6 +165,7 @@ struct Stream {
     queue: u32,
     cmd: String,
     token: u32,
+    reply: Option<Rc<ScriptedReply>>,
 }
 
 fn status_name(r: Result<(), Status>) -> String {
@@ -214,6 +264,20 @@ impl Context for Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, num_headers: usize, eos: bool) -> Action {
+        if let Some(reply) = self.reply.clone() {
+            let path = self.header(":path");
+            if path.starts_with(&reply.path_prefix) {
+                let headers: Vec<(&str, &str)> = reply
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let body = (!reply.body.is_empty()).then_some(reply.body.as_slice());
+                self.send_http_response(reply.status, headers, body);
+                return Action::Pause;
+            }
+            return Action::Continue;
+        }
         let plugin =
             String::from_utf8(self.get_property(vec!["plugin_name"]).unwrap_or_default()).unwrap();
         // In a chain of several instances, `x-target` names the one that acts.
@@ -527,6 +591,9 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        if self.reply.is_some() {
+            return Action::Continue;
+        }
         let plugin =
             String::from_utf8(self.get_property(vec!["plugin_name"]).unwrap_or_default()).unwrap();
         self.add_http_response_header("x-resp-seen-by", &plugin);

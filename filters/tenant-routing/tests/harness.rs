@@ -1,0 +1,411 @@
+//! The real tenant_routing.wasm in the harness: every source and option, the consistency rules,
+//! header hygiene, the route-cache clear, metrics and bad configurations.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use proxy_wasm_harness::{
+    HarnessError, HeaderMap, Host, LogLevel, Module, PluginConfig, StreamView, Worker,
+};
+
+fn module() -> Module {
+    Module::artifact("tenant-routing").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn worker(host: &Host, config: &str) -> Worker {
+    Worker::new(
+        host,
+        &[PluginConfig::new(&module())
+            .name("tenants")
+            .configuration(config)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Two tenants, every source, path stripping.
+const CONFIG: &str = r#"{
+    "sources": [
+        {"header": "x-tenant-id"},
+        {"host": "{tenant}.api.example.com"},
+        {"path_prefix": "/t/{tenant}/", "strip": true},
+        {"query": "tenant"}
+    ],
+    "tenants": {
+        "acme": {"cluster": "acme_backend", "headers": {"x-tenant-tier": "gold"}},
+        "globex": {"cluster": "globex_backend"}
+    }
+}"#;
+
+fn exchange(w: &mut Worker, authority: &str, path: &str, extra: &[(&str, &str)]) -> StreamView {
+    let mut req = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", authority),
+    ];
+    req.extend_from_slice(extra);
+    w.exchange(&req, None, &[(":status", "200")], None)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn up(v: &StreamView) -> HeaderMap {
+    v.upstream_request_headers
+        .clone()
+        .expect("request reached the upstream")
+}
+
+/// Status and the `error` of the JSON body of a local reply.
+fn rejected(v: &StreamView) -> (u32, String) {
+    assert!(v.upstream_request_headers.is_none(), "reached the upstream");
+    let reply = v.local_response.as_ref().expect("a local reply");
+    assert_eq!(
+        reply.headers.get("content-type").as_deref(),
+        Some("application/json")
+    );
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert!(body["message"].is_string());
+    (reply.status, body["error"].as_str().unwrap().to_owned())
+}
+
+fn routed(v: &StreamView) -> (String, String) {
+    let h = up(v);
+    assert_eq!(h.get_all("x-tenant-id").len(), 1);
+    assert_eq!(h.get_all("x-tenant-cluster").len(), 1);
+    assert_eq!(v.route_cache_clears, 1, "route cache cleared once");
+    (
+        h.get("x-tenant-id").unwrap(),
+        h.get("x-tenant-cluster").unwrap(),
+    )
+}
+
+fn pair(t: &str, c: &str) -> (String, String) {
+    (t.to_owned(), c.to_owned())
+}
+
+const REQ_ACME: &str = "gatewasm_tenant_routing_requests_acme";
+const REQ_GLOBEX: &str = "gatewasm_tenant_routing_requests_globex";
+const REQ_UNKNOWN: &str = "gatewasm_tenant_routing_requests_unknown";
+
+#[test]
+fn routes_by_host() {
+    let host = Host::new();
+    let mut w = worker(&host, CONFIG);
+    for authority in [
+        "acme.api.example.com",
+        "ACME.api.example.com:8443",
+        "acme.api.example.com.",
+    ] {
+        let v = exchange(&mut w, authority, "/orders", &[]);
+        assert_eq!(routed(&v), pair("acme", "acme_backend"), "{authority}");
+        assert_eq!(up(&v).get("x-tenant-tier").as_deref(), Some("gold"));
+        assert_eq!(up(&v).get(":path").as_deref(), Some("/orders"));
+    }
+    let v = exchange(&mut w, "globex.api.example.com", "/", &[]);
+    assert_eq!(routed(&v), pair("globex", "globex_backend"));
+    assert!(!up(&v).contains("x-tenant-tier"));
+    assert_eq!((host.counter(REQ_ACME), host.counter(REQ_GLOBEX)), (3, 1));
+}
+
+#[test]
+fn routes_by_path_and_strips_it() {
+    let host = Host::new();
+    let mut w = worker(&host, CONFIG);
+    for (path, stripped) in [
+        ("/t/acme/orders/7?x=1", "/orders/7?x=1"),
+        ("/t/acme", "/"),
+        // Percent-encoded tenant: decoded, then validated — it is acme, not "no tenant".
+        ("/t/%61cme/orders", "/orders"),
+    ] {
+        let v = exchange(&mut w, "gw.example.com", path, &[]);
+        assert_eq!(routed(&v), pair("acme", "acme_backend"), "{path}");
+        assert_eq!(up(&v).get(":path").as_deref(), Some(stripped), "{path}");
+    }
+    let config = CONFIG.replace(r#", "strip": true"#, "");
+    let mut w = worker(&Host::new(), &config);
+    let v = exchange(&mut w, "gw.example.com", "/t/globex/a", &[]);
+    assert_eq!(routed(&v), pair("globex", "globex_backend"));
+    assert_eq!(up(&v).get(":path").as_deref(), Some("/t/globex/a"));
+}
+
+#[test]
+fn routes_by_trusted_header_and_query() {
+    let host = Host::new();
+    let mut w = worker(&host, CONFIG);
+    let v = exchange(&mut w, "gw.example.com", "/", &[("x-tenant-id", "globex")]);
+    assert_eq!(routed(&v), pair("globex", "globex_backend"));
+    let v = exchange(&mut w, "gw.example.com", "/x?a=1&tenant=acme", &[]);
+    assert_eq!(routed(&v), pair("acme", "acme_backend"));
+    assert_eq!(up(&v).get(":path").as_deref(), Some("/x?a=1&tenant=acme"));
+}
+
+/// (host, path, extra request headers).
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+#[test]
+fn conflicting_sources_are_refused_with_403() {
+    let host = Host::new();
+    let mut w = worker(&host, CONFIG);
+    let cases: &[Case] = &[
+        // The verified claim says acme, the host says globex.
+        ("globex.api.example.com", "/", &[("x-tenant-id", "acme")]),
+        ("gw.example.com", "/t/acme/?tenant=globex", &[]),
+        ("globex.api.example.com", "/t/%61cme/", &[]),
+        (
+            "gw.example.com",
+            "/",
+            &[("x-tenant-id", "acme"), ("x-tenant-id", "globex")],
+        ),
+    ];
+    for (authority, path, extra) in cases {
+        let v = exchange(&mut w, authority, path, extra);
+        assert_eq!(
+            rejected(&v),
+            (403, "tenant_conflict".into()),
+            "{path} {extra:?}"
+        );
+        assert_eq!(v.route_cache_clears, 0);
+    }
+    assert_eq!(host.counter("gatewasm_tenant_routing_rejected_conflict"), 4);
+    assert_eq!(host.counter(REQ_ACME) + host.counter(REQ_GLOBEX), 0);
+    // Agreeing sources are fine.
+    let v = exchange(
+        &mut w,
+        "acme.api.example.com",
+        "/t/acme/x",
+        &[("x-tenant-id", "acme")],
+    );
+    assert_eq!(routed(&v), pair("acme", "acme_backend"));
+}
+
+#[test]
+fn consistency_first_takes_the_first_source() {
+    let host = Host::new();
+    let config = CONFIG.replace(r#""tenants""#, r#""consistency": "first", "tenants""#);
+    let mut w = worker(&host, &config);
+    let v = exchange(
+        &mut w,
+        "globex.api.example.com",
+        "/",
+        &[("x-tenant-id", "acme")],
+    );
+    assert_eq!(routed(&v), pair("acme", "acme_backend"));
+    let v = exchange(&mut w, "globex.api.example.com", "/t/acme/x", &[]);
+    assert_eq!(routed(&v), pair("globex", "globex_backend"));
+    assert_eq!(
+        up(&v).get(":path").as_deref(),
+        Some("/t/acme/x"),
+        "not globex's prefix"
+    );
+}
+
+#[test]
+fn missing_and_unknown_tenants() {
+    let host = Host::new();
+    let mut w = worker(&host, CONFIG);
+    let v = exchange(&mut w, "gw.example.com", "/", &[]);
+    assert_eq!(rejected(&v), (400, "tenant_missing".into()));
+    for (authority, path) in [
+        ("initech.api.example.com", "/"),
+        ("gw.example.com", "/t/ACME/"),
+        ("gw.example.com", "/t/ac%2fme/"),
+        ("gw.example.com", "/?tenant=%zz"),
+    ] {
+        let v = exchange(&mut w, authority, path, &[]);
+        assert_eq!(
+            rejected(&v),
+            (404, "tenant_unknown".into()),
+            "{authority}{path}"
+        );
+    }
+    assert_eq!(host.counter("gatewasm_tenant_routing_rejected_missing"), 1);
+    assert_eq!(host.counter("gatewasm_tenant_routing_rejected_unknown"), 4);
+    assert_eq!(host.counter(REQ_UNKNOWN), 4);
+    // Metrics are bounded: no counter per unknown tenant name.
+    assert!(
+        host.metrics()
+            .iter()
+            .all(|(name, _)| !name.contains("initech")),
+        "{:?}",
+        host.metrics()
+    );
+    let names: Vec<String> = host.metrics().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), 7, "{names:?}"); // acme, globex, unknown + 4 reasons
+
+    // Custom statuses.
+    let config = CONFIG.replace(
+        r#""tenants""#,
+        r#""unknown_tenant_status": 421, "missing_tenant_status": 401, "tenants""#,
+    );
+    let mut w = worker(&Host::new(), &config);
+    assert_eq!(rejected(&exchange(&mut w, "gw", "/", &[])).0, 401);
+    assert_eq!(rejected(&exchange(&mut w, "gw", "/t/nope/", &[])).0, 421);
+}
+
+#[test]
+fn default_tenant() {
+    let host = Host::new();
+    let config = CONFIG.replace(r#""tenants""#, r#""default_tenant": "globex", "tenants""#);
+    let mut w = worker(&host, &config);
+    let v = exchange(&mut w, "gw.example.com", "/", &[]);
+    assert_eq!(routed(&v), pair("globex", "globex_backend"));
+    let v = exchange(&mut w, "gw.example.com", "/t/nope/", &[]);
+    assert_eq!(rejected(&v), (404, "tenant_unknown".into()));
+}
+
+#[test]
+fn client_cannot_choose_cluster_tenant_or_tier() {
+    let host = Host::new();
+    // No header source: a client-sent x-tenant-id is not trusted.
+    let config = CONFIG.replace(r#"{"header": "x-tenant-id"},"#, "");
+    let mut w = worker(&host, &config);
+    let v = exchange(
+        &mut w,
+        "globex.api.example.com",
+        "/",
+        &[
+            ("x-tenant-cluster", "acme_backend"),
+            ("x-tenant-cluster", "other"),
+            ("x-tenant-id", "acme"),
+            ("x-tenant-tier", "gold"),
+        ],
+    );
+    assert_eq!(routed(&v), pair("globex", "globex_backend"));
+    assert!(!up(&v).contains("x-tenant-tier"), "globex has no tier");
+    // Without any tenant, the client headers never reach an upstream at all.
+    let v = exchange(
+        &mut w,
+        "gw.example.com",
+        "/",
+        &[("x-tenant-cluster", "acme_backend")],
+    );
+    assert_eq!(rejected(&v).0, 400);
+}
+
+#[test]
+fn custom_output_and_cluster_headers() {
+    let host = Host::new();
+    let config = CONFIG.replace(
+        r#""tenants""#,
+        r#""output_header": "X-Org", "cluster_header": "x-route-to", "tenants""#,
+    );
+    let mut w = worker(&host, &config);
+    let v = exchange(
+        &mut w,
+        "acme.api.example.com",
+        "/",
+        &[("x-tenant-cluster", "evil")],
+    );
+    let h = up(&v);
+    assert_eq!(h.get("x-org").as_deref(), Some("acme"));
+    assert_eq!(h.get("x-route-to").as_deref(), Some("acme_backend"));
+    assert_eq!(
+        h.get("x-tenant-cluster").as_deref(),
+        Some("evil"),
+        "not ours any more"
+    );
+    assert!(!h.contains("x-tenant-id"));
+}
+
+#[test]
+fn allowed_hosts() {
+    let host = Host::new();
+    let config = r#"{
+        "sources": [{"header": "x-tenant-id"}],
+        "tenants": {
+            "acme": {"cluster": "a", "allowed_hosts": ["acme.example.com", "*.acme.example.com"]},
+            "globex": {"cluster": "g"}
+        }
+    }"#;
+    let mut w = worker(&host, config);
+    for authority in [
+        "acme.example.com",
+        "ACME.example.com.:443",
+        "eu.acme.example.com",
+    ] {
+        let v = exchange(&mut w, authority, "/", &[("x-tenant-id", "acme")]);
+        assert_eq!(routed(&v), pair("acme", "a"), "{authority}");
+    }
+    let v = exchange(
+        &mut w,
+        "globex.example.com",
+        "/",
+        &[("x-tenant-id", "acme")],
+    );
+    assert_eq!(rejected(&v), (403, "tenant_host_not_allowed".into()));
+    assert_eq!(
+        host.counter("gatewasm_tenant_routing_rejected_host_not_allowed"),
+        1
+    );
+    let v = exchange(&mut w, "anything", "/", &[("x-tenant-id", "globex")]);
+    assert_eq!(routed(&v), pair("globex", "g"));
+}
+
+#[test]
+fn bad_configurations_are_rejected_naming_the_field() {
+    let host = Host::new();
+    let m = module();
+    for (config, field) in [
+        ("", "tenants"),
+        (
+            r#"{"sources": [{"query": "t"}], "tenants": {"a": {"cluster": "c"}}, "x": 1}"#,
+            "x",
+        ),
+        (
+            r#"{"sources": [{"host": "example.com"}], "tenants": {"a": {"cluster": "c"}}}"#,
+            "sources[0].host",
+        ),
+        (
+            r#"{"sources": [{"query": "t"}], "tenants": {"Bad": {"cluster": "c"}}}"#,
+            "tenants.Bad",
+        ),
+        (
+            r#"{"sources": [{"query": "t"}], "tenants": {"a": {"cluster": "c"}}, "consistency": "x"}"#,
+            "consistency",
+        ),
+        (
+            r#"{"sources": [{"query": "t"}], "tenants": {"a": {"cluster": "c"}}, "default_tenant": "b"}"#,
+            "default_tenant",
+        ),
+        ("not json", ""),
+    ] {
+        match Worker::new(&host, &[PluginConfig::new(&m).configuration(config)]) {
+            Err(HarnessError::ConfigRejected { logs, .. }) => {
+                let line = logs
+                    .iter()
+                    .find(|l| l.level >= LogLevel::Error)
+                    .map(|l| l.message.clone())
+                    .unwrap_or_default();
+                assert!(
+                    line.contains("tenant-routing: invalid plugin configuration")
+                        && line.contains(field),
+                    "config {config}: error line {line:?} does not name {field:?}"
+                );
+            }
+            Err(e) => panic!("config {config}: unexpected error {e}"),
+            Ok(_) => panic!("config {config} was accepted"),
+        }
+    }
+}
+
+#[test]
+fn per_request_cost_in_wasm_instructions() {
+    let host = Host::new();
+    let mut w = worker(&host, CONFIG);
+    exchange(&mut w, "acme.api.example.com", "/", &[]);
+    w.clear_history();
+    exchange(
+        &mut w,
+        "acme.api.example.com",
+        "/t/acme/orders?tenant=acme",
+        &[
+            ("user-agent", "curl/8"),
+            ("accept", "*/*"),
+            ("x-tenant-id", "acme"),
+        ],
+    );
+    let fuel: u64 = w
+        .history()
+        .iter()
+        .filter(|c| c.callback.contains("headers"))
+        .map(|c| c.fuel)
+        .sum();
+    eprintln!("tenant-routing: {fuel} wasm instructions for request + response headers");
+    assert!(fuel < 300_000, "{fuel}");
+}

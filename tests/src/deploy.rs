@@ -1,0 +1,467 @@
+//! The deploy artifacts: which filters ship, where their Istio `WasmPlugin` and Envoy Gateway
+//! manifests are, the digests pinned in them, and the Envoy configs their `pluginConfig`s
+//! were tested with.
+//!
+//! **Adding a filter is one entry in [`FILTERS`]** (plus its manifests, which the tests then
+//! demand: `istio-manifests/{ingress,gateway-api,sidecar}/<name>.yaml`, an entry in the
+//! Envoy Gateway policy and the filter in the Envoy configs the manifests copy their
+//! `pluginConfig` from). `just package` builds its image and pins its digest from then on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+use crate::oci::Image;
+use crate::paths;
+
+/// Where a WasmPlugin is inserted in Istio's HTTP filter chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// `AUTHN`: before Istio's authentication filters (first in the chain).
+    Authn,
+    /// `AUTHZ`: after authentication, before Istio's authorization (RBAC) filters.
+    Authz,
+    /// `STATS`: before Istio's stats filter.
+    Stats,
+    /// `UNSPECIFIED_PHASE`: at the end of the chain, before the router.
+    Unspecified,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Authn => "AUTHN",
+            Phase::Authz => "AUTHZ",
+            Phase::Stats => "STATS",
+            Phase::Unspecified => "UNSPECIFIED_PHASE",
+        }
+    }
+
+    pub fn parse(s: Option<&str>) -> Result<Phase> {
+        Ok(match s {
+            Some("AUTHN") => Phase::Authn,
+            Some("AUTHZ") => Phase::Authz,
+            Some("STATS") => Phase::Stats,
+            None | Some("UNSPECIFIED_PHASE") => Phase::Unspecified,
+            Some(other) => bail!("unknown phase {other:?}"),
+        })
+    }
+}
+
+/// A filter that ships as an image with manifests.
+#[derive(Debug, Clone, Copy)]
+pub struct Filter {
+    /// The crate name; also the image repository (`gatewasm/<name>`) and the WasmPlugin name
+    /// (`gatewasm-<name>`).
+    pub name: &'static str,
+    /// The Istio phase the filter belongs in.
+    pub phase: Phase,
+    /// Security filters must fail closed everywhere (`FAIL_CLOSE`, EG `failOpen: false`).
+    pub must_fail_closed: bool,
+}
+
+/// Every filter that ships, **in chain order** (the order requests pass through them).
+///
+/// The manifests' `phase`/`priority` must reproduce this order; the tests check it.
+pub const FILTERS: &[Filter] = &[
+    Filter {
+        name: "correlation-id",
+        phase: Phase::Authn,
+        must_fail_closed: false,
+    },
+    // Next, as they land (issue 8's chain). trace-propagation builds, but no Envoy config in
+    // envoy-configs/ runs it yet, so its pluginConfig could not be "equal to a tested config":
+    // add it to gateway.yaml and sidecar.yaml first (priority 900 in AUTHN, after correlation-id).
+    // Filter { name: "trace-propagation", phase: Phase::Authn, must_fail_closed: false },
+    // Filter { name: "jwt-to-header", phase: Phase::Authn, must_fail_closed: true },
+    // Filter { name: "tenant-routing", phase: Phase::Authz, must_fail_closed: true },
+    // Filter { name: "rate-limit", phase: Phase::Authz, must_fail_closed: false },
+];
+
+impl Filter {
+    /// The `.wasm` base name cargo produces (`correlation_id`).
+    pub fn module(&self) -> String {
+        self.name.replace('-', "_")
+    }
+
+    /// The HTTP filter name in `envoy-configs/*.yaml` (`gatewasm.correlation_id`).
+    pub fn envoy_filter_name(&self) -> String {
+        format!("gatewasm.{}", self.module())
+    }
+
+    /// `filters/<name>/config.schema.json`.
+    pub fn schema_path(&self) -> PathBuf {
+        paths::workspace_root()
+            .join("filters")
+            .join(self.name)
+            .join("config.schema.json")
+    }
+
+    /// `<registry>/gatewasm/<name>:<tag>` without a scheme (Envoy Gateway's `image.url`).
+    pub fn image_ref(&self) -> String {
+        format!(
+            "{REGISTRY_PLACEHOLDER}/gatewasm/{}:{}",
+            self.name,
+            image_tag()
+        )
+    }
+
+    /// `oci://<registry>/gatewasm/<name>:<tag>` (Istio's `url`).
+    pub fn istio_url(&self) -> String {
+        format!("oci://{}", self.image_ref())
+    }
+
+    /// Builds this filter's image from the built module (`GATEWASM_WASM_DIR`).
+    pub fn image(&self) -> Result<Image> {
+        self.image_in(&paths::wasm_dir())
+    }
+
+    /// [`Filter::image`] from the modules in `wasm_dir`.
+    pub fn image_in(&self, wasm_dir: &Path) -> Result<Image> {
+        let file = paths::wasm_file_in(wasm_dir, &self.module())?;
+        let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        Image::build(self.name, &image_tag(), &wasm)
+    }
+}
+
+/// The filter of that name.
+pub fn filter(name: &str) -> Result<&'static Filter> {
+    FILTERS
+        .iter()
+        .find(|f| f.name == name)
+        .with_context(|| format!("{name:?} is not in deploy::FILTERS"))
+}
+
+/// The registry in every shipped manifest; replace it with yours (see istio-manifests/README.md).
+pub const REGISTRY_PLACEHOLDER: &str = "registry.example.com";
+
+/// The image tag: the workspace version.
+pub fn image_tag() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+/// The three WasmPlugin placements, one directory each under `istio-manifests/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// `ingress/`: the ingress gateway, `selector: {matchLabels: {istio: ingressgateway}}`.
+    Ingress,
+    /// `gateway-api/`: a Gateway API `Gateway`, through `targetRefs`.
+    GatewayApi,
+    /// `sidecar/`: sidecars, inbound traffic only (`match: [{mode: SERVER}]`).
+    Sidecar,
+}
+
+pub const VARIANTS: &[Variant] = &[Variant::Ingress, Variant::GatewayApi, Variant::Sidecar];
+
+impl Variant {
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Variant::Ingress => "ingress",
+            Variant::GatewayApi => "gateway-api",
+            Variant::Sidecar => "sidecar",
+        }
+    }
+
+    /// The Envoy config (in `envoy-configs/`) whose filter configuration this placement's
+    /// `pluginConfig` must equal: the edge gateway for both gateway variants, the sidecar
+    /// for sidecars.
+    pub fn tested_envoy_config(self) -> &'static str {
+        match self {
+            Variant::Ingress | Variant::GatewayApi => "gateway.yaml",
+            Variant::Sidecar => "sidecar.yaml",
+        }
+    }
+
+    pub fn dir(self) -> PathBuf {
+        istio_manifests_dir().join(self.dir_name())
+    }
+
+    /// `istio-manifests/<variant>/<filter>.yaml`.
+    pub fn manifest(self, filter: &Filter) -> PathBuf {
+        self.dir().join(format!("{}.yaml", filter.name))
+    }
+}
+
+/// `istio-manifests/`.
+pub fn istio_manifests_dir() -> PathBuf {
+    paths::workspace_root().join("istio-manifests")
+}
+
+/// `envoy-configs/envoy-gateway/`.
+pub fn envoy_gateway_dir() -> PathBuf {
+    paths::envoy_configs_dir().join("envoy-gateway")
+}
+
+/// The Envoy Gateway policy holding every filter's `wasm` entry.
+pub fn envoy_gateway_policy() -> PathBuf {
+    envoy_gateway_dir().join("envoy-extension-policy.yaml")
+}
+
+/// Every `*.yaml` under `dir` (recursively, sorted), except `kustomization.yaml`.
+pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if path.is_dir() {
+                if name != "node_modules" && !name.starts_with('.') {
+                    stack.push(path);
+                }
+            } else if name.ends_with(".yaml") && name != "kustomization.yaml" {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every file whose `sha256:` fields `just package` keeps in step with the images.
+pub fn digest_pinned_files() -> Result<Vec<PathBuf>> {
+    let mut files = yaml_files(&istio_manifests_dir())?;
+    files.extend(yaml_files(&envoy_gateway_dir())?);
+    Ok(files)
+}
+
+/// The YAML documents of a file, as JSON values (empty documents skipped).
+pub fn load_yaml_docs(path: &Path) -> Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_yaml_docs(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The YAML documents of `text`, as JSON values (empty documents skipped).
+pub fn parse_yaml_docs(text: &str) -> Result<Vec<Value>> {
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value = Value::deserialize(doc)?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// The filter an image reference names (`…/gatewasm/<filter>:…` or `…@…`).
+fn filter_of_url(url: &str) -> Option<&'static Filter> {
+    let rest = &url[url.find("/gatewasm/")? + "/gatewasm/".len()..];
+    let name = rest.split([':', '@']).next()?;
+    FILTERS.iter().find(|f| f.name == name)
+}
+
+/// Rewrites every `sha256: …` line of a manifest to the digest of the image named by the
+/// closest `url: …/gatewasm/<filter>:…` line above it. Comments and layout are kept.
+/// Returns the new text; fails on a `sha256:` with no such `url:` before it.
+pub fn rewrite_digests(text: &str, digests: &BTreeMap<String, String>) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut current: Option<&'static Filter> = None;
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_start();
+        let body = trimmed.trim_start_matches("- ");
+        if line.starts_with("---") {
+            current = None;
+        } else if let Some(url) = body.strip_prefix("url:") {
+            current = filter_of_url(url.trim().trim_matches('"'));
+        } else if let Some(old) = body.strip_prefix("sha256:") {
+            let filter = current.with_context(|| {
+                format!(
+                    "line {}: a sha256 field with no `url: …/gatewasm/<filter>:…` line before it",
+                    n + 1
+                )
+            })?;
+            let digest = digests
+                .get(filter.name)
+                .with_context(|| format!("no image digest for {}", filter.name))?;
+            let indent = &line[..line.len() - trimmed.len()];
+            let prefix = &trimmed[..trimmed.len() - body.len()];
+            // Keep whatever follows the value (a comment, with its spacing).
+            let value = old.trim_start();
+            let end = value.find(char::is_whitespace).unwrap_or(value.len());
+            let comment = value[end..].trim_end_matches(['\n', '\r']);
+            let comment = if comment.trim().is_empty() {
+                ""
+            } else {
+                comment
+            };
+            out.push_str(&format!("{indent}{prefix}sha256: {digest}{comment}"));
+            if line.ends_with('\n') {
+                out.push('\n');
+            }
+            continue;
+        }
+        out.push_str(line);
+    }
+    Ok(out)
+}
+
+/// The images of every filter (from the modules in `wasm_dir`), by filter name.
+pub fn images(wasm_dir: &Path) -> Result<BTreeMap<String, Image>> {
+    FILTERS
+        .iter()
+        .map(|f| Ok((f.name.to_string(), f.image_in(wasm_dir)?)))
+        .collect()
+}
+
+/// The manifests whose pinned digests differ from `digests`: (file, rewritten text).
+pub fn stale_manifests(digests: &BTreeMap<String, String>) -> Result<Vec<(PathBuf, String)>> {
+    let mut stale = Vec::new();
+    for file in digest_pinned_files()? {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let new = rewrite_digests(&text, digests).with_context(|| file.display().to_string())?;
+        if new != text {
+            stale.push((file, new));
+        }
+    }
+    Ok(stale)
+}
+
+/// The JSON configuration of the HTTP filter `filter_name` in `envoy-configs/<config>`
+/// (rendered with dummy ports and paths), parsed.
+pub fn envoy_filter_configuration(config: &str, filter_name: &str) -> Result<Value> {
+    let template = std::fs::read_to_string(paths::envoy_configs_dir().join(config))
+        .with_context(|| format!("reading envoy-configs/{config}"))?;
+    let vars: crate::render::Vars = [
+        ("LISTEN_PORT", "10000"),
+        ("ADMIN_PORT", "10001"),
+        ("UPSTREAM_PORT", "10002"),
+        ("WASM_DIR", "/wasm"),
+        ("ECDS_DIR", "/ecds"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let rendered = crate::render::render(&template, &vars)?;
+    let docs = parse_yaml_docs(&rendered).with_context(|| format!("parsing {config}"))?;
+    let mut found = Vec::new();
+    for doc in &docs {
+        collect_http_filters(doc, filter_name, &mut found);
+    }
+    ensure!(
+        found.len() == 1,
+        "envoy-configs/{config}: expected exactly one HTTP filter named {filter_name}, found {}",
+        found.len()
+    );
+    let wasm = &found[0];
+    let configuration = wasm
+        .pointer("/typed_config/config/configuration")
+        .with_context(|| format!("{config}: {filter_name} has no config.configuration"))?;
+    ensure!(
+        configuration.get("@type").and_then(Value::as_str)
+            == Some("type.googleapis.com/google.protobuf.StringValue"),
+        "{config}: {filter_name}'s configuration is not a StringValue (Istio and EG pass a JSON string)"
+    );
+    let value = configuration
+        .get("value")
+        .and_then(Value::as_str)
+        .with_context(|| format!("{config}: {filter_name} configuration has no string value"))?;
+    serde_json::from_str(value)
+        .with_context(|| format!("{config}: {filter_name}'s configuration is not JSON"))
+}
+
+fn collect_http_filters(v: &Value, name: &str, out: &mut Vec<Value>) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Array(filters)) = map.get("http_filters") {
+                for f in filters {
+                    if f.get("name").and_then(Value::as_str) == Some(name) {
+                        out.push(f.clone());
+                    }
+                }
+            }
+            for child in map.values() {
+                collect_http_filters(child, name, out);
+            }
+        }
+        Value::Array(items) => {
+            for child in items {
+                collect_http_filters(child, name, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// JSON equality where numbers compare by value (`1` == `1.0`), as a JSON parser in the
+/// filter would see them.
+pub fn json_equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_equal(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, a)| y.get(k).is_some_and(|b| json_equal(a, b)))
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digests() -> BTreeMap<String, String> {
+        FILTERS
+            .iter()
+            .map(|f| (f.name.to_string(), "0".repeat(64)))
+            .collect()
+    }
+
+    #[test]
+    fn rewrite_follows_the_url_above_each_sha256() -> Result<()> {
+        let text = "\
+# c
+spec:
+  url: oci://r.example/gatewasm/correlation-id:0.1.0
+  sha256: aaaa  # pinned by just package
+---
+wasm:
+- name: b
+  code:
+    image:
+      url: r.example/gatewasm/correlation-id@sha256:ff
+      sha256: \"bbbb\"
+";
+        let new = rewrite_digests(text, &digests())?;
+        let zeros = "0".repeat(64);
+        assert!(new.contains(&format!("  sha256: {zeros}  # pinned by just package\n")));
+        assert!(new.contains(&format!("      sha256: {zeros}\n")));
+        assert!(
+            new.starts_with("# c\nspec:\n  url: oci://r.example/gatewasm/correlation-id:0.1.0\n")
+        );
+        assert_eq!(rewrite_digests(&new, &digests())?, new);
+        Ok(())
+    }
+
+    #[test]
+    fn rewrite_refuses_an_orphan_sha256() {
+        let err = rewrite_digests("spec:\n  sha256: aa\n", &digests());
+        assert!(err.is_err());
+        let err = rewrite_digests(
+            "url: oci://r/gatewasm/correlation-id:1\n---\nsha256: aa\n",
+            &digests(),
+        );
+        assert!(err.is_err(), "a document separator ends the url's scope");
+        let err = rewrite_digests(
+            "url: oci://r/gatewasm/not-a-filter:1\nsha256: aa\n",
+            &digests(),
+        );
+        assert!(err.is_err(), "an image of no shipped filter");
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        let a: Value = serde_json::json!({"r": 1.0, "l": [1, "x"]});
+        let b: Value = serde_json::json!({"r": 1, "l": [1.0, "x"]});
+        assert!(json_equal(&a, &b));
+        assert!(!json_equal(&a, &serde_json::json!({"r": 1})));
+    }
+}
