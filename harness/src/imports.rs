@@ -982,7 +982,9 @@ pub(crate) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             }
             // Envoy hands out a new id for every definition, even of a name it has seen.
             let d = c.data_mut();
-            let id = d.next_metric_id;
+            // As Envoy: the metric type sits in the id's two low bits (counter 0, gauge 1,
+            // histogram 2), so an id with 3 there is no metric at all (BadArgument).
+            let id = (d.next_metric_id << 2) | kind as u32;
             d.next_metric_id += 1;
             d.metric_ids.insert(id, (kind, name));
             write_u32(&mut c, id_out, id)?;
@@ -1024,8 +1026,9 @@ pub(crate) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_metric",
         |mut c: Ctx<'_>, id: i32, ret: i32| -> R {
-            let Some((_, name)) = c.data().metric_ids.get(&(id as u32)).cloned() else {
-                return st(Status::NotFound);
+            let (_, name) = match metric_of(&c, id) {
+                Ok(m) => m,
+                Err(status) => return st(status),
             };
             let value = c
                 .data()
@@ -1093,13 +1096,26 @@ fn grpc_open(
     OK
 }
 
+/// A metric id as Envoy reads it: type bits 3 → BadArgument; an unknown id → NotFound.
+fn metric_of(c: &Ctx<'_>, id: i32) -> Result<(MetricType, String), Status> {
+    if id as u32 & 3 == 3 {
+        return Err(Status::BadArgument);
+    }
+    c.data()
+        .metric_ids
+        .get(&(id as u32))
+        .cloned()
+        .ok_or(Status::NotFound)
+}
+
 fn update_metric(
     c: &Ctx<'_>,
     id: i32,
     f: impl FnOnce(MetricType, &mut MetricValue) -> Status,
 ) -> R {
-    let Some((kind, name)) = c.data().metric_ids.get(&(id as u32)).cloned() else {
-        return st(Status::NotFound);
+    let (kind, name) = match metric_of(c, id) {
+        Ok(m) => m,
+        Err(status) => return st(status),
     };
     let Some(shared) = c.data().shared() else {
         return st(Status::NotFound);

@@ -258,7 +258,8 @@ fn metrics_follow_envoy_rules() {
     assert_eq!(r(&view, "counter"), "2");
     assert_eq!(r(&view, "gauge"), "-5");
     assert_eq!(r(&view, "histogram-get"), "Err(BadArgument)");
-    assert_eq!(r(&view, "unknown-metric"), "Err(NotFound)");
+    // 9999 has type bits 3: no metric type at all, BadArgument as in Envoy.
+    assert_eq!(r(&view, "unknown-metric"), "Err(BadArgument)");
     assert_eq!(r(&view, "redefined-new-id"), "true");
     assert_eq!(host.counter("test_counter"), 2);
     assert_eq!(host.metric("test_gauge"), Some(MetricValue::Gauge(-5)));
