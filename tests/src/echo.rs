@@ -20,21 +20,14 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
 
 use crate::client::Response;
+use crate::http_server::HttpServer;
 
 /// A running echo upstream. Dropping it stops the server.
 pub struct EchoUpstream {
-    addr: SocketAddr,
+    server: HttpServer,
     seen: Arc<AtomicU64>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
 }
 
 impl EchoUpstream {
@@ -46,75 +39,28 @@ impl EchoUpstream {
     /// Starts an echo upstream on `addr` (port 0 picks a free port). With `verbose`, prints a
     /// line per request (method, path, `x-request-id`) to stdout — used by `just demo`.
     pub fn serve(addr: SocketAddr, verbose: bool) -> Result<Self> {
-        let rt = crate::runtime()?;
-        let listener = rt
-            .block_on(TcpListener::bind(addr))
-            .with_context(|| format!("echo upstream: binding {addr}"))?;
-        let addr = listener.local_addr()?;
         let seen = Arc::new(AtomicU64::new(0));
-        let (tx, mut rx) = oneshot::channel();
         let counter = Arc::clone(&seen);
-        let task = rt.spawn(async move {
-            // Connections live in the JoinSet: dropping it on shutdown aborts them all.
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = &mut rx => break,
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let _ = stream.set_nodelay(true);
-                        let counter = Arc::clone(&counter);
-                        connections.spawn(async move {
-                            let service = service_fn(move |req| {
-                                counter.fetch_add(1, Ordering::Relaxed);
-                                echo(req, verbose)
-                            });
-                            let _ = http1::Builder::new()
-                                .keep_alive(true)
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                    // Reap finished connections so the set does not grow without bound.
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
-            }
-        });
-        Ok(Self {
-            addr,
-            seen,
-            shutdown: Some(tx),
-            task: Some(task),
-        })
+        let server = HttpServer::serve(addr, "echo upstream", move |req| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            echo(req, verbose)
+        })?;
+        Ok(Self { server, seen })
     }
 
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// The port the server listens on.
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.addr().port()
     }
 
     /// How many requests the server has answered so far.
     pub fn requests_seen(&self) -> u64 {
         self.seen.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for EchoUpstream {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let (Some(task), Ok(rt)) = (self.task.take(), crate::runtime()) {
-            // Wait (briefly) until the listener is closed; never hang a dropping test.
-            let _ = rt.block_on(async {
-                tokio::time::timeout(std::time::Duration::from_secs(2), task).await
-            });
-        }
     }
 }
 

@@ -27,6 +27,7 @@ pub mod client;
 pub mod deploy;
 pub mod echo;
 pub mod envoy;
+pub mod http_server;
 pub mod oci;
 pub mod paths;
 pub mod render;

@@ -22,15 +22,10 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
 
 use crate::client;
 use crate::envoy::{Envoy, EnvoyBuilder};
+use crate::http_server::HttpServer;
 use crate::scenario::{
     Answer, ClientResponse, HostOutcome, Loaded, Message, Observed, Plugin, Step,
 };
@@ -245,58 +240,26 @@ struct Script {
 /// An HTTP/1.1 server that records every request (as [`Message`]: `:method`, `:path`,
 /// `:authority` from `host`, then the other headers) and answers from a script. Stops on drop.
 pub struct ScriptedServer {
-    addr: SocketAddr,
+    server: HttpServer,
     script: Arc<Mutex<Script>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
 }
 
 impl ScriptedServer {
     /// Starts a server on a free port of 127.0.0.1.
     pub fn start() -> Result<ScriptedServer> {
-        let rt = crate::runtime()?;
-        let listener = rt
-            .block_on(TcpListener::bind(SocketAddr::from((
-                Ipv4Addr::LOCALHOST,
-                0,
-            ))))
-            .context("scripted server: binding 127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
         let script = Arc::new(Mutex::new(Script::default()));
-        let (tx, mut rx) = oneshot::channel();
         let shared = Arc::clone(&script);
-        let task = rt.spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    _ = &mut rx => break,
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let _ = stream.set_nodelay(true);
-                        let script = Arc::clone(&shared);
-                        connections.spawn(async move {
-                            let service = service_fn(move |req| answer(req, Arc::clone(&script)));
-                            let _ = http1::Builder::new()
-                                .keep_alive(true)
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        });
-                    }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
-            }
-        });
-        Ok(ScriptedServer {
-            addr,
-            script,
-            shutdown: Some(tx),
-            task: Some(task),
-        })
+        let server = HttpServer::serve(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            "scripted server",
+            move |req| answer(req, Arc::clone(&shared)),
+        )?;
+        Ok(ScriptedServer { server, script })
     }
 
     /// The port it listens on.
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.addr().port()
     }
 
     /// Answer every request with `answer` until told otherwise; forget queued answers.
@@ -320,17 +283,6 @@ impl ScriptedServer {
             std::mem::take(&mut s.received),
             std::mem::take(&mut s.unscripted),
         )
-    }
-}
-
-impl Drop for ScriptedServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let (Some(task), Ok(rt)) = (self.task.take(), crate::runtime()) {
-            let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), task).await });
-        }
     }
 }
 
