@@ -330,6 +330,7 @@ pub fn envoy_filter_configuration(config: &str, filter_name: &str) -> Result<Val
         ("LISTEN_PORT", "10000"),
         ("ADMIN_PORT", "10001"),
         ("UPSTREAM_PORT", "10002"),
+        ("UPSTREAM2_PORT", "10003"),
         ("WASM_DIR", "/wasm"),
         ("ECDS_DIR", "/ecds"),
     ]

@@ -273,3 +273,135 @@ fn keeps_tenants_apart() -> Result<()> {
     ensure!(!names.iter().any(|n| n.contains("initech")), "{names:?}");
     Ok(())
 }
+
+/// `envoy-configs/gateway.yaml`: tenant-routing as the fourth filter of the edge chain, behind
+/// correlation-id and trace-propagation. The default tenant keeps plain requests working; acme
+/// has its own backend; the local replies of tenant-routing carry the chain's request ID.
+#[test]
+fn the_edge_gateway_routes_tenants_behind_the_other_filters() -> Result<()> {
+    let shared = EchoUpstream::start()?;
+    let acme = EchoUpstream::start()?;
+    let envoy = EnvoyBuilder::new("gateway.yaml")
+        .upstream(shared.port())
+        .upstream2(acme.port())
+        .start()?;
+    let send = |req: &Request| client::send(envoy.listen_addr(), req);
+
+    // No tenant named: the default tenant "public", on the shared upstream, no tier.
+    let resp = send(&get("/hello").header("x-tenant-cluster", "tenant_acme"))?;
+    ensure!(
+        resp.status == 200,
+        "status {}: {}",
+        resp.status,
+        resp.text()
+    );
+    let seen = Echoed::from_response(&resp)?;
+    ensure!(
+        seen.header_all("x-tenant-id") == ["public"],
+        "{:?}",
+        seen.headers
+    );
+    ensure!(
+        seen.header_all("x-tenant-cluster") == ["upstream"],
+        "{:?}",
+        seen.headers
+    );
+    ensure!(seen.header("x-tenant-tier").is_none(), "{:?}", seen.headers);
+    ensure!(shared.requests_seen() == 1 && acme.requests_seen() == 0);
+    // The earlier filters ran too: an ID and a W3C traceparent reached the upstream.
+    ensure!(seen.header("x-request-id").is_some() && seen.header("traceparent").is_some());
+
+    // acme by host and by path: its own backend, its tier, the prefix stripped.
+    let seen = Echoed::from_response(&send(
+        &get("/orders").header("host", "acme.tenants.localhost"),
+    )?)?;
+    ensure!(
+        seen.header_all("x-tenant-tier") == ["gold"],
+        "{:?}",
+        seen.headers
+    );
+    let seen = Echoed::from_response(&send(&get("/t/acme/orders?page=2"))?)?;
+    ensure!(seen.path == "/orders?page=2", "{}", seen.path);
+    ensure!(acme.requests_seen() == 2 && shared.requests_seen() == 1);
+
+    // globex shares the upstream but gets its own id and tier; a spoofed tier is replaced.
+    let seen = Echoed::from_response(&send(&get("/t/globex/").header("x-tenant-tier", "gold"))?)?;
+    ensure!(
+        seen.header_all("x-tenant-id") == ["globex"],
+        "{:?}",
+        seen.headers
+    );
+    ensure!(
+        seen.header_all("x-tenant-tier") == ["silver"],
+        "{:?}",
+        seen.headers
+    );
+
+    // Rejections are JSON local replies that still carry the request ID and trace id.
+    let resp = send(&get("/t/acme/x").header("host", "globex.tenants.localhost"))?;
+    ensure!(resp.status == 403, "status {}", resp.status);
+    ensure!(
+        resp.json()?["error"] == "tenant_conflict",
+        "{}",
+        resp.text()
+    );
+    ensure!(resp.header("x-request-id").is_some(), "{:?}", resp.headers);
+    let resp = send(&get("/t/initech/").header("x-request-id", "support-ticket-7"))?;
+    ensure!(resp.status == 404, "status {}", resp.status);
+    ensure!(resp.json()?["error"] == "tenant_unknown", "{}", resp.text());
+    ensure!(
+        resp.header("x-request-id") == Some("support-ticket-7"),
+        "{:?}",
+        resp.headers
+    );
+    ensure!(shared.requests_seen() == 2 && acme.requests_seen() == 2);
+
+    let c = |name: &str| envoy.counter(&format!("wasmcustom.gatewasm_tenant_routing_{name}"));
+    ensure!(c("requests_public")? == 1);
+    ensure!(c("requests_acme")? == 2);
+    ensure!(c("requests_globex")? == 1);
+    ensure!(c("rejected_conflict")? == 1 && c("rejected_unknown")? == 1);
+    Ok(())
+}
+
+/// `envoy-configs/istio-ecds-gateway.yaml`: tenant-routing delivered over ECDS as istiod
+/// delivers the ingress WasmPlugin, routing to clusters named as Istio names them.
+#[test]
+fn istio_ecds_delivers_tenant_routing_to_the_ingress_gateway() -> Result<()> {
+    let public = EchoUpstream::start()?;
+    let acme = EchoUpstream::start()?;
+    let envoy = EnvoyBuilder::new("istio-ecds-gateway.yaml")
+        .upstream(public.port())
+        .upstream2(acme.port())
+        .start()?;
+    let name = "extensions.istio.io/wasmplugin/istio-system.tenant-routing";
+    ensure!(
+        envoy.counter(&format!(
+            "extension_config_discovery.http_filter.{name}.update_success"
+        ))? == 1,
+        "ECDS update_success"
+    );
+    let send = |req: &Request| client::send(envoy.listen_addr(), req);
+
+    let seen = Echoed::from_response(&send(&get("/t/acme/v1/orders"))?)?;
+    ensure!(seen.path == "/v1/orders", "{}", seen.path);
+    ensure!(
+        seen.header_all("x-tenant-cluster") == ["outbound|80||acme-api.acme.svc.cluster.local"],
+        "{:?}",
+        seen.headers
+    );
+    let seen = Echoed::from_response(&send(&get("/").header(
+        "x-tenant-cluster",
+        "outbound|80||acme-api.acme.svc.cluster.local",
+    ))?)?;
+    ensure!(
+        seen.header_all("x-tenant-id") == ["public"],
+        "{:?}",
+        seen.headers
+    );
+    ensure!(acme.requests_seen() == 1 && public.requests_seen() == 1);
+    let resp = send(&get("/").header("host", "initech.tenants.localhost"))?;
+    ensure!(resp.status == 404, "status {}", resp.status);
+    ensure!(resp.json()?["error"] == "tenant_unknown", "{}", resp.text());
+    Ok(())
+}
