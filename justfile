@@ -16,6 +16,7 @@ export ENVOY_BIN := env_var_or_default("ENVOY_BIN", envoy_dir / "envoy")
 demo_port := env_var_or_default("DEMO_PORT", "8080")
 demo_admin_port := env_var_or_default("DEMO_ADMIN_PORT", "9901")
 demo_upstream_port := env_var_or_default("DEMO_UPSTREAM_PORT", "8081")
+demo_upstream2_port := env_var_or_default("DEMO_UPSTREAM2_PORT", "8082")
 
 default:
     @just --list
@@ -73,7 +74,7 @@ test-e2e: build envoy
 
 # Run the gateway (envoy-configs/gateway.yaml) locally with an echo upstream and print curl
 # commands that show the filters at work. Ctrl-C stops everything. Ports: DEMO_PORT (8080),
-# DEMO_ADMIN_PORT (9901), DEMO_UPSTREAM_PORT (8081).
+# DEMO_ADMIN_PORT (9901), DEMO_UPSTREAM_PORT (8081), DEMO_UPSTREAM2_PORT (8082, tenant acme's backend).
 demo: build envoy
     #!/usr/bin/env bash
     set -euo pipefail
@@ -94,15 +95,17 @@ demo: build envoy
     trap 'exit 0' INT TERM
     config="$("$bin/render-config" gateway.yaml "$run_dir" \
       LISTEN_PORT={{demo_port}} ADMIN_PORT={{demo_admin_port}} \
-      UPSTREAM_PORT={{demo_upstream_port}} WASM_DIR="$wasm_dir")"
+      UPSTREAM_PORT={{demo_upstream_port}} UPSTREAM2_PORT={{demo_upstream2_port}} WASM_DIR="$wasm_dir")"
     "$bin/echo-upstream" --port {{demo_upstream_port}} &
+    pids+=($!)
+    "$bin/echo-upstream" --port {{demo_upstream2_port}} &
     pids+=($!)
     "$ENVOY_BIN" -c "$config" --concurrency 2 --disable-hot-restart \
       --log-path "$run_dir/envoy.log" &
     pids+=($!)
     # Ready when Envoy's admin says so and the upstream answers as the echo server.
     for _ in $(seq 100); do
-      kill -0 "${pids[0]}" 2>/dev/null && kill -0 "${pids[1]}" 2>/dev/null || break
+      kill -0 "${pids[0]}" 2>/dev/null && kill -0 "${pids[1]}" 2>/dev/null && kill -0 "${pids[2]}" 2>/dev/null || break
       if python3 -c 'import json, sys, urllib.request as u
     assert u.urlopen(sys.argv[1], timeout=1).status == 200
     assert "method" in json.load(u.urlopen(sys.argv[2], timeout=1))' \
@@ -111,14 +114,14 @@ demo: build envoy
       sleep 0.2
     done
     if [ -z "${ready:-}" ] || ! kill -0 "${pids[0]}" 2>/dev/null; then
-      echo "the demo did not start (ports {{demo_port}}, {{demo_admin_port}}, {{demo_upstream_port}} in use? set DEMO_PORT, DEMO_ADMIN_PORT, DEMO_UPSTREAM_PORT); Envoy's log:" >&2
+      echo "the demo did not start (ports {{demo_port}}, {{demo_admin_port}}, {{demo_upstream_port}}, {{demo_upstream2_port}} in use? set DEMO_PORT, DEMO_ADMIN_PORT, DEMO_UPSTREAM_PORT, DEMO_UPSTREAM2_PORT); Envoy's log:" >&2
       tail -n 50 "$run_dir/envoy.log" >&2 || true
       exit 1
     fi
     gw="http://127.0.0.1:{{demo_port}}"
     cat <<EOT
 
-    gatewasm demo: Envoy $("$ENVOY_BIN" --version | sed -n 's/.*version: [0-9a-f]*\/\([^/]*\)\/.*/\1/p') on $gw (admin http://127.0.0.1:{{demo_admin_port}}), echo upstream on 127.0.0.1:{{demo_upstream_port}}.
+    gatewasm demo: Envoy $("$ENVOY_BIN" --version | sed -n 's/.*version: [0-9a-f]*\/\([^/]*\)\/.*/\1/p') on $gw (admin http://127.0.0.1:{{demo_admin_port}}), echo upstreams on 127.0.0.1:{{demo_upstream_port}} (shared) and :{{demo_upstream2_port}} (tenant acme).
     Config: envoy-configs/gateway.yaml (rendered to $config). Envoy log: $run_dir/envoy.log
     The echo upstream answers with JSON of the request it received, so you see what reached it.
 
@@ -138,12 +141,20 @@ demo: build envoy
     curl -si $gw/local-reply
     curl -si $gw/healthz
 
-    # 5. What the filter counted
+    # 5. Tenants: none named → "public"; acme by host or by path (stripped) → acme's own
+    #    backend (:{{demo_upstream2_port}}), tier gold; host and path disagreeing → 403; unknown → 404
+    curl -s $gw/hello
+    curl -s -H 'host: acme.tenants.localhost' $gw/orders
+    curl -s $gw/t/acme/orders
+    curl -si -H 'host: globex.tenants.localhost' $gw/t/acme/orders
+    curl -si $gw/t/initech/
+
+    # 6. What the filters counted
     curl -s http://127.0.0.1:{{demo_admin_port}}/stats | grep gatewasm
 
     Ctrl-C stops Envoy and the upstream.
     EOT
-    wait "${pids[1]}"
+    wait "${pids[2]}"
 
 # Build correlation-id at opt-level 3 and "s" and compare size and per-request cost in the harness.
 opt-compare: toolchain

@@ -60,7 +60,72 @@ pub struct Filter {
     pub phase: Phase,
     /// Security filters must fail closed everywhere (`FAIL_CLOSE`, EG `failOpen: false`).
     pub must_fail_closed: bool,
+    /// The Istio placements it ships in (`istio-manifests/<variant>/<name>.yaml`), each with
+    /// the Envoy config its `pluginConfig` must equal.
+    pub placements: &'static [Placement],
 }
+
+/// One Istio placement of a filter and the tested Envoy config it copies its `pluginConfig` from.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub variant: Variant,
+    /// A file in `envoy-configs/` that the end-to-end suite runs.
+    pub envoy_config: &'static str,
+    /// The filter's name in it: an HTTP filter's `name`, or an ECDS resource's `name`.
+    pub envoy_filter: &'static str,
+}
+
+const CORRELATION_ID_PLACEMENTS: &[Placement] = &[
+    Placement {
+        variant: Variant::Ingress,
+        envoy_config: "gateway.yaml",
+        envoy_filter: "gatewasm.correlation_id",
+    },
+    Placement {
+        variant: Variant::GatewayApi,
+        envoy_config: "gateway.yaml",
+        envoy_filter: "gatewasm.correlation_id",
+    },
+    Placement {
+        variant: Variant::Sidecar,
+        envoy_config: "sidecar.yaml",
+        envoy_filter: "gatewasm.correlation_id",
+    },
+];
+
+const TRACE_PROPAGATION_PLACEMENTS: &[Placement] = &[
+    Placement {
+        variant: Variant::Ingress,
+        envoy_config: "gateway.yaml",
+        envoy_filter: "gatewasm.trace_propagation",
+    },
+    Placement {
+        variant: Variant::GatewayApi,
+        envoy_config: "gateway.yaml",
+        envoy_filter: "gatewasm.trace_propagation",
+    },
+    Placement {
+        variant: Variant::Sidecar,
+        envoy_config: "sidecar.yaml",
+        envoy_filter: "gatewasm.trace_propagation",
+    },
+];
+
+/// Gateways only: routing to a tenant's backend is a gateway's job (and Istio's claim-based
+/// routing works on gateways only). The Istio manifests name clusters as istiod does, so they
+/// copy the Istio-style ECDS gateway config rather than the standalone `gateway.yaml`.
+const TENANT_ROUTING_PLACEMENTS: &[Placement] = &[
+    Placement {
+        variant: Variant::Ingress,
+        envoy_config: "istio-ecds-gateway-tenant-routing.yaml",
+        envoy_filter: "extensions.istio.io/wasmplugin/istio-system.tenant-routing",
+    },
+    Placement {
+        variant: Variant::GatewayApi,
+        envoy_config: "istio-ecds-gateway-tenant-routing.yaml",
+        envoy_filter: "extensions.istio.io/wasmplugin/istio-system.tenant-routing",
+    },
+];
 
 /// Every filter that ships, **in chain order** (the order requests pass through them).
 ///
@@ -70,14 +135,22 @@ pub const FILTERS: &[Filter] = &[
         name: "correlation-id",
         phase: Phase::Authn,
         must_fail_closed: false,
+        placements: CORRELATION_ID_PLACEMENTS,
     },
-    // Next, as they land (issue 8's chain). trace-propagation builds, but no Envoy config in
-    // envoy-configs/ runs it yet, so its pluginConfig could not be "equal to a tested config":
-    // add it to gateway.yaml and sidecar.yaml first (priority 900 in AUTHN, after correlation-id).
-    // Filter { name: "trace-propagation", phase: Phase::Authn, must_fail_closed: false },
-    // Filter { name: "jwt-to-header", phase: Phase::Authn, must_fail_closed: true },
-    // Filter { name: "tenant-routing", phase: Phase::Authz, must_fail_closed: true },
-    // Filter { name: "rate-limit", phase: Phase::Authz, must_fail_closed: false },
+    Filter {
+        name: "trace-propagation",
+        phase: Phase::Authn,
+        must_fail_closed: false,
+        placements: TRACE_PROPAGATION_PLACEMENTS,
+    },
+    // Filter { name: "jwt-to-header", phase: Phase::Authn, must_fail_closed: true, … },
+    Filter {
+        name: "tenant-routing",
+        phase: Phase::Authz,
+        must_fail_closed: true,
+        placements: TENANT_ROUTING_PLACEMENTS,
+    },
+    // Filter { name: "rate-limit", phase: Phase::Authz, must_fail_closed: false, … },
 ];
 
 impl Filter {
@@ -116,6 +189,11 @@ impl Filter {
     /// Builds this filter's image from the built module (`GATEWASM_WASM_DIR`).
     pub fn image(&self) -> Result<Image> {
         self.image_in(&paths::wasm_dir())
+    }
+
+    /// The placement of this filter in `variant`, if it ships there.
+    pub fn placement(&self, variant: Variant) -> Option<&'static Placement> {
+        self.placements.iter().find(|p| p.variant == variant)
     }
 
     /// [`Filter::image`] from the modules in `wasm_dir`.
@@ -161,16 +239,6 @@ impl Variant {
             Variant::Ingress => "ingress",
             Variant::GatewayApi => "gateway-api",
             Variant::Sidecar => "sidecar",
-        }
-    }
-
-    /// The Envoy config (in `envoy-configs/`) whose filter configuration this placement's
-    /// `pluginConfig` must equal: the edge gateway for both gateway variants, the sidecar
-    /// for sidecars.
-    pub fn tested_envoy_config(self) -> &'static str {
-        match self {
-            Variant::Ingress | Variant::GatewayApi => "gateway.yaml",
-            Variant::Sidecar => "sidecar.yaml",
         }
     }
 
@@ -321,7 +389,7 @@ pub fn stale_manifests(digests: &BTreeMap<String, String>) -> Result<Vec<(PathBu
     Ok(stale)
 }
 
-/// The JSON configuration of the HTTP filter `filter_name` in `envoy-configs/<config>`
+/// The JSON configuration of the HTTP filter (or ECDS resource) `filter_name` in `envoy-configs/<config>`
 /// (rendered with dummy ports and paths), parsed.
 pub fn envoy_filter_configuration(config: &str, filter_name: &str) -> Result<Value> {
     let template = std::fs::read_to_string(paths::envoy_configs_dir().join(config))
@@ -368,10 +436,14 @@ pub fn envoy_filter_configuration(config: &str, filter_name: &str) -> Result<Val
 fn collect_http_filters(v: &Value, name: &str, out: &mut Vec<Value>) {
     match v {
         Value::Object(map) => {
-            if let Some(Value::Array(filters)) = map.get("http_filters") {
-                for f in filters {
-                    if f.get("name").and_then(Value::as_str) == Some(name) {
-                        out.push(f.clone());
+            // HTTP filters of a listener, and ECDS resources (TypedExtensionConfig), which
+            // hold the same typed_config under their name.
+            for list in ["http_filters", "resources"] {
+                if let Some(Value::Array(filters)) = map.get(list) {
+                    for f in filters {
+                        if f.get("name").and_then(Value::as_str) == Some(name) {
+                            out.push(f.clone());
+                        }
                     }
                 }
             }

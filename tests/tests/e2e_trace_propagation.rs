@@ -203,3 +203,39 @@ fn istio_ecds_delivers_trace_propagation_in_passthrough() -> Result<()> {
     );
     Ok(())
 }
+
+/// `envoy-configs/sidecar.yaml`: the sidecar passes a B3 caller's context through unchanged,
+/// as W3C and as B3 multi-header, after correlation-id.
+#[test]
+fn the_sidecar_passes_a_b3_callers_context_through() -> Result<()> {
+    let app = EchoUpstream::start()?;
+    let envoy = EnvoyBuilder::new("sidecar.yaml")
+        .upstream(app.port())
+        .start()?;
+    let resp = client::send(
+        envoy.listen_addr(),
+        &Request::get("/")
+            .header("x-b3-traceid", TRACE)
+            .header("x-b3-spanid", PARENT)
+            .header("x-b3-sampled", "1"),
+    )?;
+    let (_, trace, parent, flags) = traceparent(&resp)?;
+    ensure!(
+        trace == TRACE && parent == PARENT && flags == "01",
+        "passthrough changed the context: {trace} {parent} {flags}"
+    );
+    let echoed = Echoed::from_response(&resp)?;
+    ensure!(
+        echoed.header("x-b3-traceid") == Some(TRACE)
+            && echoed.header("x-b3-spanid") == Some(PARENT),
+        "{:?}",
+        echoed.headers
+    );
+    ensure!(
+        echoed.header("x-request-id").is_some(),
+        "{:?}",
+        echoed.headers
+    );
+    ensure!(envoy.counter("wasmcustom.gatewasm_trace_propagation_extracted_b3multi")? == 1);
+    Ok(())
+}

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use gatewasm_tests::deploy::{self, FILTERS, Filter, Phase, VARIANTS, Variant};
+use gatewasm_tests::deploy::{self, FILTERS, Filter, Phase, Placement, VARIANTS, Variant};
 use gatewasm_tests::paths;
 use proxy_wasm_harness::{HarnessError, Host, Module, PluginConfig, Worker};
 use serde_json::{Value, json};
@@ -29,6 +29,7 @@ struct Plugin {
     file: PathBuf,
     variant: Variant,
     filter: &'static Filter,
+    placement: &'static Placement,
     doc: Value,
 }
 
@@ -54,11 +55,16 @@ fn plugins() -> Result<Vec<Plugin>> {
     let mut out = Vec::new();
     for &variant in VARIANTS {
         for filter in FILTERS {
+            let Some(placement) = filter.placement(variant) else {
+                continue;
+            };
             let file = variant.manifest(filter);
             ensure!(
                 file.is_file(),
-                "{} is missing: every filter in deploy::FILTERS ships a WasmPlugin per placement",
-                rel(&file)
+                "{} is missing: deploy::FILTERS ships {} in {}",
+                rel(&file),
+                filter.name,
+                variant.dir_name()
             );
             let docs = deploy::load_yaml_docs(&file)?;
             ensure!(
@@ -71,6 +77,7 @@ fn plugins() -> Result<Vec<Plugin>> {
                 file,
                 variant,
                 filter,
+                placement,
                 doc: docs.into_iter().next().context("no document")?,
             });
         }
@@ -84,6 +91,8 @@ struct ConfigSite {
     filter: &'static Filter,
     config: Value,
     envoy_config: &'static str,
+    /// The filter's name in `envoy_config` (an HTTP filter or an ECDS resource).
+    envoy_filter: String,
 }
 
 fn eg_policy() -> Result<Value> {
@@ -100,7 +109,8 @@ fn config_sites() -> Result<Vec<ConfigSite>> {
             source: format!("{} (pluginConfig)", p.source()),
             filter: p.filter,
             config: p.spec().get("pluginConfig").cloned().unwrap_or(json!({})),
-            envoy_config: p.variant.tested_envoy_config(),
+            envoy_config: p.placement.envoy_config,
+            envoy_filter: p.placement.envoy_filter.to_string(),
         });
     }
     let policy = eg_policy()?;
@@ -120,6 +130,7 @@ fn config_sites() -> Result<Vec<ConfigSite>> {
             filter,
             config: entry.get("config").cloned().unwrap_or(json!({})),
             envoy_config: "gateway.yaml",
+            envoy_filter: filter.envoy_filter_name(),
         });
     }
     Ok(sites)
@@ -130,8 +141,12 @@ fn config_sites() -> Result<Vec<ConfigSite>> {
 
 #[test]
 fn every_shipped_filter_has_its_manifests_and_nothing_untested_ships() -> Result<()> {
-    let names: BTreeSet<String> = FILTERS.iter().map(|f| format!("{}.yaml", f.name)).collect();
     for &variant in VARIANTS {
+        let shipped: Vec<&Filter> = FILTERS
+            .iter()
+            .filter(|f| f.placement(variant).is_some())
+            .collect();
+        let names: BTreeSet<String> = shipped.iter().map(|f| format!("{}.yaml", f.name)).collect();
         let found: BTreeSet<String> = deploy::yaml_files(&variant.dir())?
             .iter()
             .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(String::from))
@@ -139,7 +154,7 @@ fn every_shipped_filter_has_its_manifests_and_nothing_untested_ships() -> Result
         assert_eq!(
             found,
             names,
-            "istio-manifests/{}/ must hold exactly one manifest per filter in deploy::FILTERS",
+            "istio-manifests/{}/ must hold exactly one manifest per filter deploy::FILTERS places there",
             variant.dir_name()
         );
         // kustomization.yaml lists them, in chain order.
@@ -147,7 +162,7 @@ fn every_shipped_filter_has_its_manifests_and_nothing_untested_ships() -> Result
         let k = deploy::load_yaml_docs(&kustomization)?;
         assert_eq!(k.len(), 1, "{}", rel(&kustomization));
         assert_eq!(k[0]["kind"], "Kustomization");
-        let want: Vec<Value> = FILTERS
+        let want: Vec<Value> = shipped
             .iter()
             .map(|f| json!(format!("{}.yaml", f.name)))
             .collect();
@@ -498,7 +513,11 @@ fn phase_and_priority_run_the_filters_in_chain_order() -> Result<()> {
             )
         });
         let order: Vec<&str> = in_variant.iter().map(|p| p.filter.name).collect();
-        let want: Vec<&str> = FILTERS.iter().map(|f| f.name).collect();
+        let want: Vec<&str> = FILTERS
+            .iter()
+            .filter(|f| f.placement(variant).is_some())
+            .map(|f| f.name)
+            .collect();
         assert_eq!(order, want, "{}: chain order", variant.dir_name());
         // Equal (phase, priority) pairs would leave the order to Istio's tie-breaking.
         let keys: BTreeSet<(String, i64)> = in_variant
@@ -530,10 +549,15 @@ fn gateway_variants_agree() -> Result<()> {
                 .find(|p| p.variant == v && p.filter.name == filter.name)
                 .map(|p| p.spec().clone())
         };
-        let (mut a, mut b) = (
-            get(Variant::Ingress).unwrap(),
-            get(Variant::GatewayApi).unwrap(),
-        );
+        let (Some(mut a), Some(mut b)) = (get(Variant::Ingress), get(Variant::GatewayApi)) else {
+            assert!(
+                filter.placement(Variant::Ingress).is_none()
+                    && filter.placement(Variant::GatewayApi).is_none(),
+                "{}: ships on one kind of gateway but not the other",
+                filter.name
+            );
+            continue;
+        };
         a.as_object_mut().unwrap().remove("selector");
         b.as_object_mut().unwrap().remove("targetRefs");
         assert_eq!(
@@ -659,16 +683,15 @@ fn plugin_configs_equal_the_configs_tested_in_envoy() -> Result<()> {
     let sites = config_sites()?;
     assert!(!sites.is_empty());
     for site in sites {
-        let tested =
-            deploy::envoy_filter_configuration(site.envoy_config, &site.filter.envoy_filter_name())
-                .with_context(|| format!("{}: finding the tested configuration", site.source))?;
+        let tested = deploy::envoy_filter_configuration(site.envoy_config, &site.envoy_filter)
+            .with_context(|| format!("{}: finding the tested configuration", site.source))?;
         assert!(
             deploy::json_equal(&site.config, &tested),
             "{}: {} differs from the configuration of {} in envoy-configs/{} (the one the \
              end-to-end suite runs):\n  manifest: {}\n  envoy:    {}",
             site.source,
             site.filter.name,
-            site.filter.envoy_filter_name(),
+            site.envoy_filter,
             site.envoy_config,
             site.config,
             tested
