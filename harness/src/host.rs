@@ -27,6 +27,9 @@ pub(crate) struct HostShared {
     pub(crate) clusters: Mutex<HashSet<String>>,
     pub(crate) properties: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
     pub(crate) foreign: Mutex<HashMap<String, ForeignFunction>>,
+    /// Built-in foreign functions this host pretends not to have (NotFound), e.g. a host
+    /// without `clear_route_cache`.
+    pub(crate) missing_builtins: Mutex<HashSet<String>>,
     pub(crate) rng: Mutex<u64>,
     pub(crate) next_vm_key: AtomicU64,
 }
@@ -140,6 +143,7 @@ impl Host {
                 clusters: Mutex::new(HashSet::new()),
                 properties: Mutex::new(HashMap::new()),
                 foreign: Mutex::new(HashMap::new()),
+                missing_builtins: Mutex::new(HashSet::new()),
                 rng: Mutex::new(0x9E37_79B9_7F4A_7C15),
                 next_vm_key: AtomicU64::new(1),
             }),
@@ -186,7 +190,15 @@ impl Host {
         name: &str,
         f: impl Fn(&[u8]) -> Result<Vec<u8>, Status> + Send + Sync + 'static,
     ) {
+        lock(&self.shared.missing_builtins).remove(name);
         lock(&self.shared.foreign).insert(name.to_string(), Arc::new(f));
+    }
+
+    /// Removes a foreign function, built-in ones included: calls answer NotFound from then on,
+    /// as on a host that does not offer it (e.g. `clear_route_cache` outside Envoy).
+    pub fn remove_foreign_function(&self, name: &str) {
+        lock(&self.shared.foreign).remove(name);
+        lock(&self.shared.missing_builtins).insert(name.to_string());
     }
 
     /// Seeds the random source behind WASI `random_get` (deterministic per seed).

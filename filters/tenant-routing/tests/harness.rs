@@ -409,3 +409,23 @@ fn per_request_cost_in_wasm_instructions() {
     eprintln!("tenant-routing: {fuel} wasm instructions for request + response headers");
     assert!(fuel < 300_000, "{fuel}");
 }
+
+#[test]
+fn a_host_without_clear_route_cache_still_gets_the_routing_headers() {
+    // Envoy offers clear_route_cache; other hosts answer NotFound, which must not fail the
+    // request (their header matches then see the route chosen before the filter ran).
+    let host = Host::new();
+    host.remove_foreign_function("clear_route_cache");
+    let mut w = worker(&host, CONFIG);
+    let v = exchange(&mut w, "acme.api.example.com", "/orders", &[]);
+    assert_eq!(v.route_cache_clears, 0, "the host has no clear_route_cache");
+    let up = up(&v);
+    assert_eq!(up.get("x-tenant-id").as_deref(), Some("acme"));
+    assert_eq!(up.get("x-tenant-cluster").as_deref(), Some("acme_backend"));
+    assert!(v.local_response.is_none());
+    assert!(
+        w.logs().iter().all(|l| l.level < LogLevel::Warn),
+        "{:?}",
+        w.logs()
+    );
+}
