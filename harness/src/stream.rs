@@ -155,6 +155,9 @@ pub(crate) struct StreamState {
     /// Properties set by filters (`proxy_set_property`), Envoy's filter state.
     pub(crate) filter_state: HashMap<Vec<u8>, Vec<u8>>,
     pub(crate) route_cache_clears: usize,
+    /// The client's request was a HEAD (as Envoy's connection manager records it on arrival):
+    /// local replies then carry their `content-length` but no body.
+    pub(crate) head_request: bool,
     pub(crate) view: StreamView,
 }
 

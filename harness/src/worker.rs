@@ -288,7 +288,13 @@ impl Worker {
         end_of_stream: bool,
     ) -> Result<(), HarnessError> {
         let run = self.run_mut(id)?;
-        lock(&run.state).request_headers = headers;
+        {
+            let mut st = lock(&run.state);
+            st.head_request = headers
+                .get(":method")
+                .is_some_and(|m| m.eq_ignore_ascii_case("HEAD"));
+            st.request_headers = headers;
+        }
         run.request.queues[0].push_back(Frame::Headers { eos: end_of_stream });
         self.settle()
     }
@@ -1122,7 +1128,12 @@ impl Worker {
             headers.add(b"content-type", b"text/plain");
         }
         headers.replace(b"content-length", reply.body.len().to_string().as_bytes());
-        let body = reply.body.clone();
+        // Envoy answers HEAD with the reply's headers (content-length included) and no body.
+        let body = if lock(&run.state).head_request {
+            Vec::new()
+        } else {
+            reply.body.clone()
+        };
         run.request = Flow {
             halted: true,
             ..Flow::new(n)

@@ -511,3 +511,31 @@ fn proc_exit_is_a_trap_with_the_exit_code() {
         "{err}"
     );
 }
+
+#[test]
+fn a_local_reply_to_head_keeps_its_content_length_but_sends_no_body() {
+    // Envoy (checked with 1.40 by tests/scenarios/tenant-routing/head-request-rejection-has-no-body)
+    // answers a HEAD request's local reply with headers only.
+    let host = Host::new();
+    let mut w = chain(&host, &["only"]);
+    let id = w.open_stream().unwrap();
+    w.send_request_headers(
+        id,
+        &[
+            (":method", "HEAD"),
+            (":path", "/"),
+            (":authority", "a"),
+            ("x-cmd", "local-reply"),
+        ],
+        true,
+    )
+    .unwrap();
+    let view = w.stream(id).unwrap();
+    assert_eq!(view.status(), Some(403));
+    let client = view.client_response_headers.clone().unwrap();
+    assert_eq!(client.get("content-length").as_deref(), Some("6"));
+    assert!(view.client_response_body.is_empty());
+    assert!(view.client_response_complete);
+    // The filter itself still sees what it sent.
+    assert_eq!(view.local_response.unwrap().body, b"denied");
+}

@@ -478,7 +478,13 @@ fn run_step(
         upstream = None;
         client = None;
     }
-    if let Some(why) = client.as_ref().and_then(|c| framing_broken(&c.message)) {
+    // A response to HEAD declares the length a GET would get and has no body (RFC 9110 9.3.2).
+    let head = req.method.eq_ignore_ascii_case("HEAD");
+    if let Some(why) = client
+        .as_ref()
+        .filter(|_| !head)
+        .and_then(|c| framing_broken(&c.message))
+    {
         notes.push(format!("response to the client: {why}"));
         client = None;
     }
