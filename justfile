@@ -156,6 +156,29 @@ demo: build envoy
     EOT
     wait "${pids[2]}"
 
+# What each filter costs in a real Envoy, side by side with Envoy's native filters, in one run
+# (interleaved repetitions): Envoy's CPU time per request at saturation (Envoy pinned to CPU 0,
+# wrk to CPU 1), req/s, p50/p99 at a fixed rate, RSS, .wasm sizes. ≤ 15 min; `--quick` ≤ 3 min;
+# `--only NAME` runs the baseline and the cases whose name contains NAME. Writes a Markdown
+# report and a PNG chart to tests/bench-results/<date>_envoy-<version>_<machine>/.
+# Benchmark the filters against Envoy's native ones (--quick, --reps N, --only NAME).
+bench *ARGS: build envoy
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+    if [ ${#missing[@]} -gt 0 ]; then
+      sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+      echo "installing ${missing[*]} with apt-get"
+      $sudo apt-get update -qq
+      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    cargo build --quiet --workspace --bin bench
+    bin="$(cargo metadata --format-version 1 --no-deps \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
+    "$bin/bench" {{ARGS}}
+
 # Build correlation-id at opt-level 3 and "s" and compare size and per-request cost in the harness.
 opt-compare: toolchain
     CARGO_PROFILE_RELEASE_OPT_LEVEL=3 cargo build --release --target wasm32-wasip1 -p correlation-id --target-dir target/opt-3

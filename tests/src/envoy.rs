@@ -55,6 +55,7 @@ pub struct EnvoyBuilder {
     ready_timeout: Duration,
     log_level: String,
     args: Vec<String>,
+    cpus: Vec<usize>,
 }
 
 impl EnvoyBuilder {
@@ -74,7 +75,15 @@ impl EnvoyBuilder {
                 .filter(|l| !l.is_empty())
                 .unwrap_or_else(|| "info".into()),
             args: Vec::new(),
+            cpus: Vec::new(),
         }
+    }
+
+    /// Pins Envoy (all its threads) to these CPUs (`sched_setaffinity` before exec), e.g. so a
+    /// benchmark's load generator runs on another core. Empty (the default): no pinning.
+    pub fn cpus(mut self, cpus: &[usize]) -> Self {
+        self.cpus = cpus.to_vec();
+        self
     }
 
     /// The port of the upstream (`{{UPSTREAM_PORT}}`), e.g. an [`crate::echo::EchoUpstream`].
@@ -177,6 +186,7 @@ impl EnvoyBuilder {
             .stdout(log.try_clone().context("duplicating the log file handle")?)
             .stderr(log);
         die_with_parent(&mut cmd);
+        pin_to_cpus(&mut cmd, &self.cpus);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -239,6 +249,34 @@ fn die_with_parent(cmd: &mut Command) {
 
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_cmd: &mut Command) {}
+
+/// Restricts the child to `cpus` (no-op when empty).
+#[cfg(target_os = "linux")]
+pub fn pin_to_cpus(cmd: &mut Command, cpus: &[usize]) {
+    use std::os::unix::process::CommandExt;
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET only writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: see above; CPU_SET ignores CPUs beyond the set's capacity.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: runs in the forked child before exec and only calls sched_setaffinity(2), which
+    // is async-signal-safe, on a set copied into the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn pin_to_cpus(_cmd: &mut Command, _cpus: &[usize]) {}
 
 /// A running Envoy. Dropping it stops the process (see the [module docs](self)).
 #[derive(Debug)]

@@ -1,0 +1,151 @@
+//! `just bench [--quick] [--reps N] [--only NAME]…`: what each filter costs in a real Envoy,
+//! side by side with Envoy's native filters (see `gatewasm_tests::bench`). Writes
+//! `tests/bench-results/<date>_envoy-<version>_<machine>/{report.md,chart.png,samples.json}`.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use gatewasm_tests::bench::{self, Options, RunInfo};
+use gatewasm_tests::paths;
+
+fn usage() -> &'static str {
+    "usage: bench [--quick] [--reps N] [--only NAME]...   (NAME: part of a case name, e.g. tenant)"
+}
+
+fn main() -> Result<()> {
+    let mut quick = false;
+    let mut reps: Option<usize> = None;
+    let mut only = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--reps" => {
+                reps = Some(
+                    args.next()
+                        .context("--reps needs a number")?
+                        .parse()
+                        .context("--reps needs a number")?,
+                )
+            }
+            "--only" => only.push(args.next().context("--only needs a name")?),
+            "-h" | "--help" => {
+                println!("{}", usage());
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}\n{}", usage()),
+        }
+    }
+    let mut opts = if quick {
+        Options::quick()
+    } else {
+        Options::full()
+    };
+    if let Some(reps) = reps {
+        opts.reps = reps.max(1);
+    }
+    opts.only = only;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus < 2 {
+        bail!(
+            "the benchmark pins Envoy and the load generator to different CPUs: needs 2, have {cpus}"
+        );
+    }
+
+    let gateway = bench::gateway_config()?;
+    let mut cases = bench::cases(&gateway)?;
+    if !opts.only.is_empty() {
+        cases.retain(|c| {
+            c.name == "baseline" || opts.only.iter().any(|o| c.name.contains(o.as_str()))
+        });
+    }
+    let info = RunInfo {
+        envoy_version: envoy_version()?,
+        date: today()?,
+        machine: machine(cpus),
+        wasm_sizes: wasm_sizes()?,
+        command: std::iter::once("just bench".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    eprintln!(
+        "benchmarking {} cases × {} repetitions on Envoy {} ({})",
+        cases.len(),
+        opts.reps,
+        info.envoy_version,
+        info.machine
+    );
+    let results = bench::run(cases, &gateway, &opts)?;
+    let dir = bench::results_dir(&info, quick);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let report = bench::report(&results, &info, &opts);
+    std::fs::write(dir.join("report.md"), &report)?;
+    let samples: BTreeMap<&str, &Vec<bench::Sample>> = results
+        .cases
+        .iter()
+        .map(|c| c.name.as_str())
+        .zip(&results.samples)
+        .collect();
+    std::fs::write(
+        dir.join("samples.json"),
+        serde_json::to_string_pretty(&samples)?,
+    )?;
+    bench::chart(
+        &results,
+        &format!(
+            "gatewasm vs native — Envoy {}, {}",
+            info.envoy_version, info.date
+        ),
+        &dir.join("chart.png"),
+    )?;
+    println!("{report}");
+    println!("written to {}", dir.display());
+    Ok(())
+}
+
+fn envoy_version() -> Result<String> {
+    let bin = paths::envoy_bin()?;
+    let out = Command::new(&bin).arg("--version").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
+    text.split("version:")
+        .nth(1)
+        .and_then(|v| v.trim().split('/').nth(1))
+        .map(str::to_string)
+        .with_context(|| format!("no version in `{} --version`: {text}", bin.display()))
+}
+
+fn today() -> Result<String> {
+    let out = Command::new("date").arg("-u").arg("+%Y-%m-%d").output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn machine(cpus: usize) -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    format!("{host} ({cpus} CPUs, {model})")
+}
+
+fn wasm_sizes() -> Result<BTreeMap<String, u64>> {
+    let dir = paths::wasm_dir();
+    let mut sizes = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".wasm") && !name.starts_with("harness_test") {
+            sizes.insert(name.to_string(), std::fs::metadata(&path)?.len());
+        }
+    }
+    Ok(sizes)
+}
