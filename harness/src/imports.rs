@@ -333,9 +333,12 @@ pub(crate) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
             }
         },
     )?;
+    // Envoy (proxy-wasm-cpp-host `WasmBase::done`) answers Ok only for a root context whose
+    // `on_done` returned false during VM shutdown; this host never shuts a VM down, so there
+    // is never such a context: NotFound, as Envoy answers a stream or an idle root context.
     linker.func_wrap("env", "proxy_done", |mut c: Ctx<'_>| -> R {
         c.data_mut().done_calls += 1;
-        OK
+        st(Status::NotFound)
     })?;
 
     // ---- buffers ------------------------------------------------------------------------------
@@ -623,8 +626,12 @@ pub(crate) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_resolve_shared_queue",
         |mut c: Ctx<'_>, v: i32, vlen: i32, n: i32, nlen: i32, id_out: i32| -> R {
-            let vm_id = String::from_utf8_lossy(&read(&mut c, v, vlen)?).into_owned();
+            let mut vm_id = String::from_utf8_lossy(&read(&mut c, v, vlen)?).into_owned();
             let name = String::from_utf8_lossy(&read(&mut c, n, nlen)?).into_owned();
+            // As Envoy (`ContextBase::lookupSharedQueue`): an empty vm_id means the caller's own.
+            if vm_id.is_empty() {
+                vm_id = c.data().vm_id().to_string();
+            }
             let found = c.data().shared().and_then(|s| {
                 lock(&s.queues)
                     .by_id
