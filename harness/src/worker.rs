@@ -8,6 +8,12 @@
 //! reply travels the response path through every filter, as Envoy sends local replies through
 //! the encoder chain. Effects a callback asks for are applied after it returns, never re-entering
 //! the module from its own host call.
+//!
+//! As in Envoy (`Context::decodeHeaders` → `onCreate`), a filter's HTTP context is created in its
+//! VM (`proxy_on_context_create`) only when the request headers reach that filter. A filter
+//! whose context was never created gets no stream callbacks at all — a local reply from an
+//! earlier filter passes it by — and at the end of the stream only what Envoy's access-log hook
+//! does for it: create the context, `on_log`, `on_delete` (no `on_done`).
 
 use crate::abi::{Action, LogLevel};
 use crate::error::HarnessError;
@@ -65,8 +71,10 @@ impl Flow {
 
 struct StreamRun {
     state: Arc<Mutex<StreamState>>,
-    /// Context id of this stream in each VM.
+    /// Context id of this stream in each VM (allocated when the stream opens, as Envoy does).
     contexts: Vec<u32>,
+    /// Whether each VM has created its context (`proxy_on_context_create`) yet.
+    created: Vec<bool>,
     request: Flow,
     response: Flow,
 }
@@ -222,8 +230,16 @@ impl Worker {
         self.open_stream_with(StreamOptions::default())
     }
 
-    /// Opens a stream: every VM creates its HTTP context for it.
+    /// Opens a stream. Each VM creates its HTTP context when the request headers reach its
+    /// filter (see the [module docs](self)).
     pub fn open_stream_with(&mut self, options: StreamOptions) -> Result<StreamId, HarnessError> {
+        // A VM that trapped takes no more streams (Envoy's failure_policy decides what the
+        // client gets; the harness reports it here, before any callback).
+        if let Some(vm) = self.vms.iter().find(|vm| vm.failed) {
+            return Err(HarnessError::VmFailed {
+                plugin: vm.name.clone(),
+            });
+        }
         let state = Arc::new(Mutex::new(StreamState {
             options: Some(options),
             ..Default::default()
@@ -232,7 +248,6 @@ impl Worker {
         for i in 0..self.vms.len() {
             let vm = &mut self.vms[i];
             let ctx = vm.new_context_id();
-            let root = vm.state().root_context_id;
             vm.state_mut().contexts.insert(
                 ctx,
                 ContextSlot {
@@ -242,11 +257,6 @@ impl Worker {
                     response_body: Vec::new(),
                 },
             );
-            vm.call(
-                "proxy_on_context_create",
-                &[ctx as i32, root as i32],
-                &mut self.history,
-            )?;
             contexts.push(ctx);
         }
         self.next_stream += 1;
@@ -257,6 +267,7 @@ impl Worker {
             StreamRun {
                 state,
                 contexts,
+                created: vec![false; n],
                 request: Flow::new(n),
                 response: Flow::new(n),
             },
@@ -386,11 +397,28 @@ impl Worker {
                     ..Access::default()
                 };
             }
-            for cb in ["proxy_on_done", "proxy_on_log", "proxy_on_delete"] {
-                if let Err(e) = vm.call(cb, &[*ctx as i32], &mut self.history) {
-                    first_err.get_or_insert(e);
-                    break;
-                }
+            // Envoy: `onDestroy` → on_done only for a created context; the access-log hook
+            // creates a missing one (`Context::log` → `onCreate`) before on_log; on_delete.
+            let created = run.created.get(i).copied().unwrap_or(false);
+            let result = if created {
+                ["proxy_on_done", "proxy_on_log", "proxy_on_delete"]
+                    .iter()
+                    .try_for_each(|cb| vm.call(cb, &[*ctx as i32], &mut self.history).map(drop))
+            } else {
+                let root = vm.state().root_context_id;
+                vm.call(
+                    "proxy_on_context_create",
+                    &[*ctx as i32, root as i32],
+                    &mut self.history,
+                )
+                .and_then(|_| {
+                    ["proxy_on_log", "proxy_on_delete"]
+                        .iter()
+                        .try_for_each(|cb| vm.call(cb, &[*ctx as i32], &mut self.history).map(drop))
+                })
+            };
+            if let Err(e) = result {
+                first_err.get_or_insert(e);
             }
             vm.state_mut().contexts.remove(ctx);
         }
@@ -838,12 +866,30 @@ impl Worker {
         vm: usize,
         frame: Frame,
     ) -> Result<(), HarnessError> {
-        let Some(run) = self.streams.get(&id) else {
+        let Some(run) = self.streams.get_mut(&id) else {
             return Ok(());
         };
         let ctx = run.contexts[vm] as i32;
         let state = run.state.clone();
         let req = dir == Dir::Request;
+        if !run.created[vm] {
+            if req && matches!(frame, Frame::Headers { .. }) {
+                run.created[vm] = true;
+                let root = self.vms[vm].state().root_context_id;
+                self.vms[vm].call(
+                    "proxy_on_context_create",
+                    &[ctx, root as i32],
+                    &mut self.history,
+                )?;
+            } else {
+                // No context in the VM: Envoy skips the filter (every callback returns Continue).
+                if let Frame::Trailers = frame {
+                    self.flush_buffered_body(id, dir, pos, vm);
+                }
+                self.forward(id, dir, pos, frame);
+                return Ok(());
+            }
+        }
         let result = match &frame {
             Frame::Headers { eos } => {
                 self.set_access(id, vm, |a| {
