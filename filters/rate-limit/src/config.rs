@@ -15,7 +15,7 @@ use crate::table::Layout;
 /// Default bound on distinct live keys per rule.
 pub const DEFAULT_MAX_KEYS: u32 = 10_000;
 /// The largest `max_keys` (the table is created in full when the filter is configured:
-/// 62,500 shared-data entries, ≈ 20 MB, at this size).
+/// 62,500 shared-data entries, ≈ 26 MB, at this size).
 pub const MAX_MAX_KEYS: u32 = 1_000_000;
 /// At most this many rules, and this many overrides per rule.
 pub const MAX_RULES: usize = 32;
