@@ -23,7 +23,7 @@ use crate::config::{ClientIpConfig, HeaderFormat, Settings, parse_settings};
 use crate::limiter::{
     Event, Quota, Request, SetResult, Store, Verdict, create_tables, evaluate, quota_limit,
 };
-use crate::response::rate_limit_headers;
+use crate::response::{rate_limit_headers, retry_after};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -199,6 +199,14 @@ impl HttpContext for Stream {
             now,
         };
         let verdict = evaluate(settings, &mut HostStore, &request, |e| {
+            if let Event::ShadowDenied(i) = e
+                && let Some(rule) = settings.rules.get(i)
+            {
+                log::info!(
+                    "rate-limit: shadow rule {} would have denied a request",
+                    rule.name
+                );
+            }
             compiled.metrics.count(e)
         });
         match verdict {
@@ -207,18 +215,18 @@ impl HttpContext for Stream {
                 Action::Continue
             }
             Verdict::Deny(denial) => {
-                let retry_after = denial.retry_after_s.to_string();
-                let extra = match denial.quota.as_ref() {
-                    Some(q) => match quota_limit(settings, q) {
-                        Some(limit) => rate_limit_headers(settings.headers, q, limit),
-                        None => Vec::new(),
-                    },
-                    None => Vec::new(),
-                };
-                let mut reply: Vec<(&str, &str)> = Vec::with_capacity(2 + extra.len());
+                let retry_after = retry_after(denial.retry_after_s);
+                let extra = denial
+                    .quota
+                    .as_ref()
+                    .and_then(|q| Some((q, quota_limit(settings, q)?)))
+                    .map(|(q, limit)| rate_limit_headers(settings.headers, q, limit));
+                let mut reply: Vec<(&str, &str)> = Vec::with_capacity(7);
                 reply.push(JSON_CONTENT_TYPE);
-                reply.push(("retry-after", &retry_after));
-                reply.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+                reply.push(("retry-after", retry_after.as_ref()));
+                if let Some(extra) = &extra {
+                    reply.extend(extra.iter());
+                }
                 let body = json_error_body(denial.reason.reason(), denial.reason.message());
                 self.send_http_response(settings.status, reply, Some(body.as_bytes()));
                 Action::Pause
@@ -235,12 +243,12 @@ impl HttpContext for Stream {
             return Action::Continue;
         }
         if let Some(limit) = quota_limit(settings, &quota) {
-            for (name, value) in rate_limit_headers(settings.headers, &quota, limit) {
+            for (name, value) in rate_limit_headers(settings.headers, &quota, limit).iter() {
                 // Replace: the gateway's figures win over anything the upstream sent.
                 let _ = hostcalls::set_map_value(
                     proxy_wasm::types::MapType::HttpResponseHeaders,
                     name,
-                    Some(&value),
+                    Some(value),
                 );
             }
         }
