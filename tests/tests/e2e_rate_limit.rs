@@ -105,5 +105,18 @@ fn exactly_the_limit_across_two_workers_and_spoofed_xff_is_ignored() -> Result<(
     let exhausted = envoy.counter("gatewasm_rate_limit_contention_exhausted")?;
     eprintln!("CAS retries {retries}, exhausted {exhausted}");
     ensure!(exhausted == 0);
+
+    // The tables (2 rules × 625 entries) were created once, by the first VM to configure;
+    // the other VMs (Envoy runs one per worker, plus one on the main thread) found them.
+    let log = envoy.log();
+    let created: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rate-limit: created"))
+        .collect();
+    eprintln!("table creation log lines: {created:?}");
+    ensure!(
+        created.len() == 1 && created[0].contains("created 1250 shared-data entries"),
+        "{created:?}"
+    );
     Ok(())
 }

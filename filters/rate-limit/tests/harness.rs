@@ -350,3 +350,61 @@ fn per_request_cost_in_wasm_instructions() {
     );
     assert!(fuel < 300_000, "{fuel}");
 }
+
+/// The table is where the README says: `gatewasm.rl.<table-id>.<group>`, one fixed-size entry
+/// per group, all created by the first worker's `on_configure`, none added later.
+#[test]
+fn table_layout_in_shared_data() {
+    let host = Host::new();
+    let config = r#"{"rules":[{"name":"ip","key":["client_ip"],"limit":1,"max_keys":100}]}"#;
+    let settings = rate_limit::config::parse_settings(Some(config.as_bytes())).unwrap();
+    let rule = &settings.rules[0];
+    let mut w = worker(&host, config);
+    assert_eq!(host.shared_data_size(""), (7, 7 * (257 + 30)));
+    for g in 0..7 {
+        let key = rate_limit::table::EntryKey::new(rule.table_id, g);
+        assert!(key.as_str().starts_with("gatewasm.rl."));
+        let (value, cas) = host.shared_data("", key.as_str().as_bytes()).unwrap();
+        assert_eq!((value.len(), value[0]), (257, rate_limit::table::VERSION));
+        assert_ne!(cas, 0);
+    }
+    for i in 0..50 {
+        request(&mut w, &format!("10.0.0.{i}:1"), &[]);
+    }
+    assert_eq!(host.shared_data_size(""), (7, 7 * (257 + 30)));
+}
+
+/// Shadow rules count and log but never deny; overrides and missing keys in the real module.
+#[test]
+fn shadow_overrides_and_missing_keys() {
+    let host = Host::new();
+    let config = r#"{"rules":[
+        {"name":"trial","key":["route"],"limit":1,"shadow":true},
+        {"name":"tenant","key":[{"header":"x-tenant-id"}],"limit":1,"on_missing_key":"deny",
+         "overrides":[{"when_header":{"x-tenant-tier":"gold"},"limit":3}]}
+    ]}"#;
+    let mut w = worker(&host, config);
+    let gold = [("x-tenant-id", "acme"), ("x-tenant-tier", "gold")];
+    for _ in 0..3 {
+        let v = request(&mut w, "10.0.0.1:1", &gold);
+        assert!(ok(&v));
+        // The shadow rule never shows up in the headers.
+        assert!(header(&v, "ratelimit").unwrap().starts_with("\"tenant\";"));
+    }
+    assert!(!ok(&request(&mut w, "10.0.0.1:1", &gold)));
+    assert!(ok(&request(
+        &mut w,
+        "10.0.0.1:1",
+        &[("x-tenant-id", "globex")]
+    )));
+    let v = request(&mut w, "10.0.0.1:1", &[]);
+    assert!(!ok(&v));
+    let body: serde_json::Value =
+        serde_json::from_slice(&v.local_response.as_ref().unwrap().body).unwrap();
+    assert_eq!(body["error"], "rate_limit_key_missing");
+    assert_eq!(host.counter("gatewasm_rate_limit_allowed_trial"), 1);
+    assert_eq!(host.counter("gatewasm_rate_limit_shadow_denied_trial"), 5);
+    assert_eq!(host.counter("gatewasm_rate_limit_allowed_tenant"), 4);
+    assert_eq!(host.counter("gatewasm_rate_limit_denied_tenant"), 2);
+    assert!(w.logged(LogLevel::Info, "shadow rule trial would have denied"));
+}
