@@ -215,6 +215,18 @@ mod tests {
         assert!(d.allowed && d.new_tat == u64::MAX);
     }
 
+    /// `n` requests `step` ns apart from a full bucket: how many are allowed.
+    fn saturate(l: &Limit, step: u64, n: u64) -> u64 {
+        let (mut tat, mut allowed, mut now) = (0u64, 0u64, START);
+        for _ in 0..n {
+            let o = decide(l, tat, now);
+            allowed += u64::from(o.allowed);
+            tat = o.new_tat;
+            now += step;
+        }
+        allowed
+    }
+
     fn limits() -> impl Strategy<Value = Limit> {
         (1u64..=50, 1u64..=120, 0u64..=10).prop_map(|(l, w, b)| Limit::new(l, w, b).unwrap())
     }
@@ -289,15 +301,7 @@ mod tests {
         #[test]
         fn refills_at_the_configured_rate(l in limits(), k in 1u64..8, n in 1u64..2000) {
             let step = if l.emission_ns % k == 0 { l.emission_ns / k } else { l.emission_ns };
-            let mut tat = 0u64;
-            let mut allowed = 0u64;
-            let mut now = START;
-            for _ in 0..n {
-                let o = decide(&l, tat, now);
-                allowed += u64::from(o.allowed);
-                tat = o.new_tat;
-                now += step;
-            }
+            let allowed = saturate(&l, step, n);
             let elapsed = (n - 1) * step;
             prop_assert_eq!(allowed, (l.bucket() + elapsed / l.emission_ns).min(n));
             // The rate is never above limit/window: T·limit ≥ window.
@@ -309,15 +313,7 @@ mod tests {
         /// spacing per token: allowed ≥ elapsed / (T + step).
         #[test]
         fn keeps_up_with_any_spacing(l in limits(), step in 1u64..2 * NANOS_PER_SEC, n in 1u64..2000) {
-            let mut tat = 0u64;
-            let mut allowed = 0u64;
-            let mut now = START;
-            for _ in 0..n {
-                let o = decide(&l, tat, now);
-                allowed += u64::from(o.allowed);
-                tat = o.new_tat;
-                now += step;
-            }
+            let allowed = saturate(&l, step, n);
             let elapsed = (n - 1) * step;
             prop_assert!(allowed >= (elapsed / (l.emission_ns + step)).min(n));
             prop_assert!(allowed <= l.bucket() + elapsed / l.emission_ns);
