@@ -3,8 +3,11 @@
 //! A bucket key is never built as a string: its parts are fed, length-framed, into two keyed
 //! SipHash-2-4 instances, giving a [`KeyHash`] — 64 bits that choose the table group and a
 //! second, independent 64 bits stored as the slot's fingerprint. Two different keys share a
-//! bucket only if both 64-bit values collide (≈ 2⁻⁶⁴ per pair for keys nobody chose to collide;
-//! SipHash keeps crafted collisions impractical too, although its keys are fixed in the code).
+//! bucket only if both 64-bit values collide (≈ 2⁻⁶⁴ per pair for keys nobody chose to collide).
+//! The SipHash keys are fixed in the code, so anyone can compute where a key lands: finding *some*
+//! colliding pair costs ≈ 2³² evaluations but is useless (both keys are the attacker's); landing
+//! on a given victim's bucket needs a second preimage, ≈ 2⁶⁴. Landing in a victim's *group* is
+//! easy — see `on_overflow` in the README for why that only matters with `deny`.
 //! The algorithm and its keys are fixed (`core::hash::SipHasher` is specified as SipHash-2-4),
 //! so every VM, and every build, maps a key to the same slot.
 //!
