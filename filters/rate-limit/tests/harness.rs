@@ -408,3 +408,20 @@ fn shadow_overrides_and_missing_keys() {
     assert_eq!(host.counter("gatewasm_rate_limit_denied_tenant"), 2);
     assert!(w.logged(LogLevel::Info, "shadow rule trial would have denied"));
 }
+
+/// A damaged or foreign entry (another filter's value under our key, a future format) reads as
+/// an empty group and is replaced by the next write: no panic, no stuck bucket.
+#[test]
+fn damaged_entries_heal() {
+    let host = Host::new();
+    let config = r#"{"rules":[{"name":"all","key":["route"],"limit":2,"max_keys":1}]}"#;
+    let settings = rate_limit::config::parse_settings(Some(config.as_bytes())).unwrap();
+    let key = rate_limit::table::EntryKey::new(settings.rules[0].table_id, 0);
+    let mut w = worker(&host, config);
+    host.set_shared_data("", key.as_str().as_bytes(), b"junk", 0);
+    assert!(ok(&request(&mut w, "10.0.0.1:1", &[])));
+    let (value, _) = host.shared_data("", key.as_str().as_bytes()).unwrap();
+    assert_eq!((value.len(), value[0]), (17, rate_limit::table::VERSION));
+    assert!(ok(&request(&mut w, "10.0.0.1:1", &[])));
+    assert!(!ok(&request(&mut w, "10.0.0.1:1", &[])));
+}
