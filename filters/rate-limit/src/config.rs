@@ -191,7 +191,8 @@ pub enum ClientIpConfig {
     /// The connection's peer (`source.address`).
     #[default]
     Peer,
-    /// The `trusted_hops`-th address from the right of `x-forwarded-for` (1 = right-most).
+    /// The `trusted_hops`-th address from the right of `x-forwarded-for` (1 = right-most); the
+    /// peer when the list is shorter or that entry is not an address (as Envoy does).
     Xff {
         /// ≥ 1.
         trusted_hops: u32,

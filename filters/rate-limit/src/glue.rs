@@ -3,7 +3,8 @@
 //!
 //! Host calls per request, with R rules that apply:
 //! - request phase: 1 header-map read; 1 `source.address` property read (only when a rule
-//!   keys on the client IP from the peer); 1 clock read; per rule 1 shared-data get + 1 set
+//!   needs the client IP and it comes from the peer, or `x-forwarded-for` is too short); 1 clock
+//!   read; per rule 1 shared-data get + 1 set
 //!   (a denial: no set; each lost CAS race: +1 get +1 set); 1 counter increment per rule;
 //! - allowed response: 1 header add per rate-limit header (2 `draft`, 3 `draft03`, 5 `both`);
 //! - denial: 1 local reply (headers included) instead.
@@ -19,7 +20,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 
-use crate::config::{ClientIpConfig, HeaderFormat, Settings, parse_settings};
+use crate::config::{HeaderFormat, Settings, parse_settings};
 use crate::limiter::{
     Event, Quota, Request, SetResult, Store, Verdict, create_tables, evaluate, quota_limit,
 };
@@ -114,8 +115,6 @@ impl Metrics {
 struct Compiled {
     settings: Settings,
     metrics: Metrics,
-    /// Read `source.address` per request.
-    needs_peer: bool,
 }
 
 struct Root {
@@ -137,13 +136,7 @@ impl RootContext for Root {
                     );
                 }
                 let metrics = Metrics::define(&settings);
-                let needs_peer =
-                    settings.needs_client_ip() && settings.client_ip == ClientIpConfig::Peer;
-                self.config = Some(Rc::new(Compiled {
-                    settings,
-                    metrics,
-                    needs_peer,
-                }));
+                self.config = Some(Rc::new(Compiled { settings, metrics }));
                 true
             }
             Err(err) => {
@@ -182,20 +175,17 @@ impl HttpContext for Stream {
         let settings = &compiled.settings;
         let headers = hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders)
             .unwrap_or_default();
-        let source_address = if compiled.needs_peer {
-            hostcalls::get_property(vec!["source", "address"])
-                .ok()
-                .flatten()
-        } else {
-            None
-        };
         let now = hostcalls::get_current_time()
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         let request = Request {
             headers: &headers,
-            source_address: source_address.as_deref(),
+            source_address: &|| {
+                hostcalls::get_property(vec!["source", "address"])
+                    .ok()
+                    .flatten()
+            },
             now,
         };
         let verdict = evaluate(settings, &mut HostStore, &request, |e| {

@@ -57,8 +57,9 @@ pub enum Event {
 pub struct Request<'a> {
     /// As `get_http_request_headers_bytes()` returns them (lowercase names).
     pub headers: &'a [(String, Vec<u8>)],
-    /// Envoy's `source.address`, when the configuration needs the client address.
-    pub source_address: Option<&'a [u8]>,
+    /// Reads Envoy's `source.address` (called at most once, only when a client IP is needed
+    /// from the peer — or from `x-forwarded-for` that is too short, see [`ClientIpConfig::Xff`]).
+    pub source_address: &'a dyn Fn() -> Option<Vec<u8>>,
     /// Nanoseconds since the Unix epoch.
     pub now: u64,
 }
@@ -181,8 +182,9 @@ impl ClientIp<'_> {
         if let Some(ip) = self.cached {
             return ip;
         }
+        let peer = || (self.request.source_address)().as_deref().and_then(peer_ip);
         let ip = match self.config {
-            ClientIpConfig::Peer => self.request.source_address.and_then(peer_ip),
+            ClientIpConfig::Peer => peer(),
             ClientIpConfig::Xff { trusted_hops } => {
                 let values = self
                     .request
@@ -190,8 +192,10 @@ impl ClientIp<'_> {
                     .iter()
                     .filter(|(k, _)| k == "x-forwarded-for")
                     .map(|(_, v)| v.as_slice());
-                // DoubleEndedIterator over a filtered slice iterator.
-                xff_ip(values, trusted_hops)
+                // As Envoy does with xff_num_trusted_hops: when x-forwarded-for is too short or
+                // that entry is not an address, the request did not come through the trusted
+                // proxies, and its client is the peer.
+                xff_ip(values, trusted_hops).or_else(peer)
             }
         };
         self.cached = Some(ip);
@@ -499,7 +503,7 @@ mod tests {
     ) -> Verdict {
         let req = Request {
             headers: h,
-            source_address: Some(peer.as_bytes()),
+            source_address: &|| Some(peer.as_bytes().to_vec()),
             now,
         };
         evaluate(s, store, &req, |e| events.push(e))
@@ -572,16 +576,26 @@ mod tests {
             assert_eq!(allowed(&v), spoof == "1.1.1.1");
         }
         // With xff, the right-most entry is the client; the left-most is ignored. No usable
-        // address: the rule is skipped (on_missing_key: skip).
-        for (chain, want) in [
-            ("6.6.6.6, 203.0.113.1", true),
-            ("7.7.7.7, 203.0.113.1", false),
-            ("garbage", true),
+        // address there: the peer is the client (as in Envoy).
+        for (chain, peer, want) in [
+            ("6.6.6.6, 203.0.113.1", "127.0.0.1:1", true),
+            ("7.7.7.7, 203.0.113.1", "127.0.0.1:1", false),
+            ("garbage", "127.0.0.1:1", true),
+            ("garbage", "127.0.0.1:2", false),
+            ("203.0.113.1", "127.0.0.9:1", false),
         ] {
             let h = headers(&[("x-forwarded-for", chain)]);
-            let v = run(&xff, &mut s2, &h, "127.0.0.1:1", START, &mut ev);
+            let v = run(&xff, &mut s2, &h, peer, START, &mut ev);
             assert_eq!(allowed(&v), want, "{chain}");
         }
+        // Neither: the rule is skipped (on_missing_key: skip).
+        let h = headers(&[]);
+        let req = Request {
+            headers: &h,
+            source_address: &|| None,
+            now: START,
+        };
+        assert!(allowed(&evaluate(&xff, &mut s2, &req, |e| ev.push(e))));
         assert!(ev.contains(&Event::KeyMissing(0)));
     }
 
@@ -709,7 +723,7 @@ mod tests {
             let mut ev = Vec::new();
             let req = Request {
                 headers: &headers(&[]),
-                source_address: Some(b"1.1.1.1:1"),
+                source_address: &|| Some(b"1.1.1.1:1".to_vec()),
                 now: START,
             };
             let v = evaluate(&s, &mut store, &req, |e| ev.push(e));
@@ -722,36 +736,54 @@ mod tests {
         }
     }
 
-    /// Four threads race on one bucket: exactly `limit` requests are allowed in total — not
-    /// four times as many, not fewer — and lost CAS races are retried.
+    /// Four threads hammer one bucket in a tight loop (far more contention than Envoy workers
+    /// ever create: here nothing happens between requests). Every decision is exact: the
+    /// bucket allows exactly `limit`; the only extra requests are those that lost the CAS race
+    /// `MAX_ATTEMPTS` times and were let through uncounted by `on_contention: allow` — each one
+    /// counted as `ContentionExhausted`. With `on_contention: deny`, exactly `limit`.
     #[test]
     fn racing_threads_get_exactly_one_bucket() {
-        let s = Arc::new(settings(
-            r#"{"rules":[{"name":"all","key":["route"],"limit":1000,"window_s":3600}]}"#,
-        ));
-        let store = MemStore::default();
-        create_tables(&s, &mut store.clone());
-        let handles: Vec<_> = (0..4)
-            .map(|t| {
-                let s = Arc::clone(&s);
-                let mut store = store.clone();
-                std::thread::spawn(move || {
-                    let h = headers(&[]);
-                    let mut ev = Vec::new();
-                    let mut ok = 0u64;
-                    for i in 0..600u64 {
-                        // Each thread's clock is within the same second.
-                        let now = START + t * 1000 + i;
-                        ok +=
-                            u64::from(allowed(&run(&s, &mut store, &h, "1.1.1.1:1", now, &mut ev)));
-                    }
-                    let retries = ev.iter().filter(|e| **e == Event::ContentionRetry).count();
-                    (ok, retries)
+        for policy in ["allow", "deny"] {
+            let s = Arc::new(settings(&format!(
+                r#"{{"rules":[{{"name":"all","key":["route"],"limit":1000,"window_s":3600}}],
+                    "on_contention":"{policy}"}}"#
+            )));
+            let store = MemStore::default();
+            create_tables(&s, &mut store.clone());
+            let handles: Vec<_> = (0..4)
+                .map(|t| {
+                    let s = Arc::clone(&s);
+                    let mut store = store.clone();
+                    std::thread::spawn(move || {
+                        let h = headers(&[]);
+                        let mut ev = Vec::new();
+                        let mut ok = 0u64;
+                        for i in 0..600u64 {
+                            // The threads' clocks differ by microseconds: no refill (T = 3.6 s).
+                            let now = START + t * 1000 + i;
+                            let v = run(&s, &mut store, &h, "1.1.1.1:1", now, &mut ev);
+                            ok += u64::from(allowed(&v));
+                        }
+                        let count = |want: Event| ev.iter().filter(|e| **e == want).count();
+                        (
+                            ok,
+                            count(Event::ContentionRetry),
+                            count(Event::ContentionExhausted) as u64,
+                        )
+                    })
                 })
-            })
-            .collect();
-        let results: Vec<(u64, usize)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let total: u64 = results.iter().map(|r| r.0).sum();
-        assert_eq!(total, 1000, "{results:?}");
+                .collect();
+            let results: Vec<(u64, usize, u64)> =
+                handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let total: u64 = results.iter().map(|r| r.0).sum();
+            let exhausted: u64 = results.iter().map(|r| r.2).sum();
+            eprintln!("on_contention {policy}: (allowed, retries, exhausted) {results:?}");
+            let want = if policy == "allow" {
+                1000 + exhausted
+            } else {
+                1000
+            };
+            assert_eq!(total, want, "{policy}: {results:?}");
+        }
     }
 }

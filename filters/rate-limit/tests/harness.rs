@@ -193,7 +193,9 @@ fn client_ip_from_peer_ignores_spoofed_xff() {
 fn racing_workers_share_one_exact_bucket() {
     for workers in [2usize, 4] {
         let host = Host::new();
-        let config = r#"{"rules":[{"name":"all","key":["route"],"limit":150,"window_s":3600}]}"#;
+        // on_contention deny: exact even if a request lost the CAS race 32 times in a row.
+        let config = r#"{"rules":[{"name":"all","key":["route"],"limit":150,"window_s":3600}],
+                         "on_contention":"deny"}"#;
         // Start every worker first (on_configure creates the table once).
         let ws: Vec<Worker> = (0..workers).map(|_| worker(&host, config)).collect();
         let handles: Vec<_> = ws
@@ -221,10 +223,10 @@ fn racing_workers_share_one_exact_bucket() {
             host.counter("gatewasm_rate_limit_denied_all"),
             100 * workers as u64 - 150
         );
-        assert_eq!(host.counter("gatewasm_rate_limit_contention_exhausted"), 0);
         eprintln!(
-            "{workers} workers: CAS retries {}",
-            host.counter("gatewasm_rate_limit_contention_retries")
+            "{workers} workers: CAS retries {}, exhausted {}",
+            host.counter("gatewasm_rate_limit_contention_retries"),
+            host.counter("gatewasm_rate_limit_contention_exhausted")
         );
     }
 }
