@@ -1,0 +1,789 @@
+//! One request against the configured rules: matching, bucket keys, the compare-and-swap loop
+//! on the shared table, and the verdict. Pure: shared data is behind the [`Store`] trait (the
+//! glue implements it with proxy-wasm host calls; tests with an in-memory map that follows
+//! Envoy's CAS rules, also from several threads).
+//!
+//! Per rule that applies: 1 `get` + 1 `set` of the rule's table entry (a denial writes
+//! nothing). A `set` that loses the CAS race is retried from the `get`, at most
+//! [`MAX_ATTEMPTS`] times in all; a bucket decision is only taken on a consistent snapshot, so
+//! the totals are exactly those of one bucket, however many workers share it.
+
+use std::net::IpAddr;
+
+use crate::config::{ClientIpConfig, CompiledLimit, KeyPart, OnMissingKey, Policy, Rule, Settings};
+use crate::gcra::ceil_secs;
+use crate::key::{KeyBuilder, peer_ip, xff_ip};
+use crate::table::{Apply, EntryKey, Group, MAX_VALUE_BYTES, apply};
+
+/// CAS attempts per rule and request before `on_contention` applies.
+pub const MAX_ATTEMPTS: u32 = 32;
+
+/// The answer of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetResult {
+    Ok,
+    CasMismatch,
+    /// Any other failure (the host refused the write).
+    Failed,
+}
+
+/// Shared data as proxy-wasm offers it.
+pub trait Store {
+    /// The value and its CAS token; `(None, None)` when absent.
+    fn get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Write; with `cas` = `Some(c)` only if the entry's CAS is still `c`.
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> SetResult;
+}
+
+/// Something worth a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Allowed(usize),
+    Denied(usize),
+    ShadowDenied(usize),
+    /// The rule applied but a key part was missing and `on_missing_key` is `skip`.
+    KeyMissing(usize),
+    /// One lost CAS race (the update was retried).
+    ContentionRetry,
+    /// [`MAX_ATTEMPTS`] lost races (or a refused write): `on_contention` applied.
+    ContentionExhausted,
+    /// An idle slot of another key was reused.
+    Reclaimed,
+    /// A new key found its group full of live buckets: `on_overflow` applied.
+    Overflow,
+}
+
+/// The facts of a request the rules look at.
+pub struct Request<'a> {
+    /// As `get_http_request_headers_bytes()` returns them (lowercase names).
+    pub headers: &'a [(String, Vec<u8>)],
+    /// Reads Envoy's `source.address` (called at most once, only when a client IP is needed
+    /// from the peer — or from `x-forwarded-for` that is too short, see [`ClientIpConfig::Xff`]).
+    pub source_address: &'a dyn Fn() -> Option<Vec<u8>>,
+    /// Nanoseconds since the Unix epoch.
+    pub now: u64,
+}
+
+/// What to tell the client about one rule's bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub rule: usize,
+    /// `None` = the rule's own limit, `Some(i)` = override `i`.
+    pub override_index: Option<usize>,
+    pub remaining: u64,
+    /// Seconds until the bucket is full again.
+    pub reset_s: u64,
+}
+
+/// Why a request is denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The bucket is empty.
+    Limited,
+    /// A key part is missing and `on_missing_key` is `deny`.
+    KeyMissing,
+    /// `on_overflow: deny`.
+    Overflow,
+    /// `on_contention: deny`.
+    Contention,
+}
+
+impl DenyReason {
+    /// The machine-readable `error` of the JSON reply.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Self::Limited => "rate_limited",
+            Self::KeyMissing => "rate_limit_key_missing",
+            Self::Overflow => "rate_limit_overflow",
+            Self::Contention => "rate_limit_contention",
+        }
+    }
+
+    pub const fn message(self) -> &'static str {
+        match self {
+            Self::Limited => "too many requests",
+            Self::KeyMissing => "the request lacks what this rate limit is keyed on",
+            Self::Overflow => "too many distinct clients are being rate limited",
+            Self::Contention => "the rate limiter is overloaded",
+        }
+    }
+}
+
+/// A denial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denial {
+    pub rule: usize,
+    pub reason: DenyReason,
+    /// Whole seconds (≥ 1) for `Retry-After`.
+    pub retry_after_s: u64,
+    /// The bucket's figures, for the rate-limit headers (`remaining` 0).
+    pub quota: Option<Quota>,
+}
+
+/// The verdict on one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed; the most constraining applying rule's figures (fewest remaining, then
+    /// longest reset), if any rule was charged.
+    Allow(Option<Quota>),
+    Deny(Denial),
+}
+
+fn first_header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+fn matches(rule: &Rule, headers: &[(String, Vec<u8>)]) -> bool {
+    let m = &rule.matcher;
+    if let Some(prefix) = &m.path_prefix {
+        let path = first_header(headers, ":path").unwrap_or_default();
+        if !path.starts_with(prefix.as_bytes()) {
+            return false;
+        }
+    }
+    if !m.methods.is_empty() {
+        let method = first_header(headers, ":method").unwrap_or_default();
+        if !m.methods.iter().any(|x| x.as_bytes() == method) {
+            return false;
+        }
+    }
+    m.headers
+        .iter()
+        .all(|(n, v)| first_header(headers, n) == Some(v.as_bytes()))
+}
+
+fn select_limit<'r>(
+    rule: &'r Rule,
+    headers: &[(String, Vec<u8>)],
+) -> (Option<usize>, &'r CompiledLimit) {
+    for (i, o) in rule.overrides.iter().enumerate() {
+        if o.when
+            .iter()
+            .all(|(n, v)| first_header(headers, n) == Some(v.as_bytes()))
+        {
+            return (Some(i), &o.limit);
+        }
+    }
+    (None, &rule.limit)
+}
+
+/// The client address, computed at most once per request.
+struct ClientIp<'a> {
+    config: ClientIpConfig,
+    request: &'a Request<'a>,
+    cached: Option<Option<IpAddr>>,
+}
+
+impl ClientIp<'_> {
+    fn get(&mut self) -> Option<IpAddr> {
+        if let Some(ip) = self.cached {
+            return ip;
+        }
+        let peer = || (self.request.source_address)().as_deref().and_then(peer_ip);
+        let ip = match self.config {
+            ClientIpConfig::Peer => peer(),
+            ClientIpConfig::Xff { trusted_hops } => {
+                let values = self
+                    .request
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k == "x-forwarded-for")
+                    .map(|(_, v)| v.as_slice());
+                // As Envoy does with xff_num_trusted_hops: when x-forwarded-for is too short or
+                // that entry is not an address, the request did not come through the trusted
+                // proxies, and its client is the peer.
+                xff_ip(values, trusted_hops).or_else(peer)
+            }
+        };
+        self.cached = Some(ip);
+        ip
+    }
+}
+
+const TAG_CLIENT_IP: u8 = 1;
+const TAG_PATH: u8 = 2;
+const TAG_METHOD: u8 = 3;
+const TAG_ROUTE: u8 = 4;
+const TAG_HEADER: u8 = 5;
+
+/// The rule's bucket key, or `None` when a part is missing (after `on_missing_key: client_ip`).
+fn bucket_key(rule: &Rule, request: &Request<'_>, ip: &mut ClientIp<'_>) -> Option<KeyBuilder> {
+    let mut kb = KeyBuilder::new(rule.table_id);
+    for part in &rule.key {
+        match part {
+            KeyPart::ClientIp => kb.ip(TAG_CLIENT_IP, ip.get()?),
+            KeyPart::Path => {
+                let path = first_header(request.headers, ":path")?;
+                let end = path.iter().position(|b| *b == b'?').unwrap_or(path.len());
+                kb.part(TAG_PATH, &path[..end]);
+            }
+            KeyPart::Method => kb.part(TAG_METHOD, first_header(request.headers, ":method")?),
+            KeyPart::Route => kb.part(TAG_ROUTE, &[]),
+            KeyPart::Header(name) => match first_header(request.headers, name) {
+                Some(v) => kb.part(TAG_HEADER, v),
+                None if rule.on_missing_key == OnMissingKey::ClientIp => {
+                    kb.ip(TAG_CLIENT_IP, ip.get()?)
+                }
+                None => return None,
+            },
+        }
+    }
+    Some(kb)
+}
+
+/// The result of charging one rule.
+enum Charge {
+    Decided(Apply),
+    Exhausted,
+}
+
+fn charge(
+    store: &mut impl Store,
+    rule: &Rule,
+    group: u32,
+    fp: u64,
+    now: u64,
+    limit: &CompiledLimit,
+    events: &mut impl FnMut(Event),
+) -> Charge {
+    let key = EntryKey::new(rule.table_id, group);
+    let mut buf = [0u8; MAX_VALUE_BYTES];
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            events(Event::ContentionRetry);
+        }
+        let (value, cas) = store.get(key.as_str());
+        let mut g = Group::decode(&rule.layout, value.as_deref());
+        let result = apply(&mut g, fp, now, &limit.limit);
+        if !matches!(result, Apply::Allowed { .. }) {
+            return Charge::Decided(result);
+        }
+        match store.set(key.as_str(), g.encode(&mut buf), cas) {
+            SetResult::Ok => return Charge::Decided(result),
+            SetResult::CasMismatch => continue,
+            SetResult::Failed => return Charge::Exhausted,
+        }
+    }
+    Charge::Exhausted
+}
+
+/// Prefer the quota with fewer remaining requests, then the one with the longer reset.
+fn tighter(a: Option<Quota>, b: Quota) -> Option<Quota> {
+    match a {
+        Some(a) if (a.remaining, u64::MAX - a.reset_s) <= (b.remaining, u64::MAX - b.reset_s) => {
+            Some(a)
+        }
+        _ => Some(b),
+    }
+}
+
+/// Evaluate every rule for `request`. `events` receives what the metrics count.
+pub fn evaluate(
+    settings: &Settings,
+    store: &mut impl Store,
+    request: &Request<'_>,
+    mut events: impl FnMut(Event),
+) -> Verdict {
+    let mut ip = ClientIp {
+        config: settings.client_ip,
+        request,
+        cached: None,
+    };
+    let mut quota: Option<Quota> = None;
+    for (index, rule) in settings.rules.iter().enumerate() {
+        if !matches(rule, request.headers) {
+            continue;
+        }
+        let (override_index, limit) = select_limit(rule, request.headers);
+        let deny = |reason, retry_after_s, quota| {
+            Verdict::Deny(Denial {
+                rule: index,
+                reason,
+                retry_after_s,
+                quota,
+            })
+        };
+        let Some(kb) = bucket_key(rule, request, &mut ip) else {
+            if rule.on_missing_key == OnMissingKey::Deny && !rule.shadow {
+                events(Event::Denied(index));
+                return deny(DenyReason::KeyMissing, limit.limit.window_s, None);
+            }
+            events(Event::KeyMissing(index));
+            continue;
+        };
+        let key = kb.finish();
+        let group = rule.layout.group_of(key.group);
+        let policy_failure = |events: &mut dyn FnMut(Event), policy, reason| {
+            if policy == Policy::Deny && !rule.shadow {
+                events(Event::Denied(index));
+                Some(deny(
+                    reason,
+                    ceil_secs(limit.limit.emission_ns).max(1),
+                    None,
+                ))
+            } else {
+                None
+            }
+        };
+        match charge(store, rule, group, key.fp, request.now, limit, &mut events) {
+            Charge::Decided(Apply::Allowed { outcome, reclaimed }) => {
+                if reclaimed {
+                    events(Event::Reclaimed);
+                }
+                events(Event::Allowed(index));
+                if !rule.shadow {
+                    quota = tighter(
+                        quota,
+                        Quota {
+                            rule: index,
+                            override_index,
+                            remaining: outcome.remaining,
+                            reset_s: ceil_secs(outcome.reset_ns),
+                        },
+                    );
+                }
+            }
+            Charge::Decided(Apply::Denied(outcome)) => {
+                if rule.shadow {
+                    events(Event::ShadowDenied(index));
+                    continue;
+                }
+                events(Event::Denied(index));
+                let q = Quota {
+                    rule: index,
+                    override_index,
+                    remaining: 0,
+                    reset_s: ceil_secs(outcome.reset_ns),
+                };
+                return deny(
+                    DenyReason::Limited,
+                    ceil_secs(outcome.retry_after_ns).max(1),
+                    Some(q),
+                );
+            }
+            Charge::Decided(Apply::Overflow) => {
+                events(Event::Overflow);
+                if let Some(v) =
+                    policy_failure(&mut events, settings.on_overflow, DenyReason::Overflow)
+                {
+                    return v;
+                }
+            }
+            Charge::Exhausted => {
+                events(Event::ContentionExhausted);
+                if let Some(v) =
+                    policy_failure(&mut events, settings.on_contention, DenyReason::Contention)
+                {
+                    return v;
+                }
+            }
+        }
+    }
+    Verdict::Allow(quota)
+}
+
+/// The `CompiledLimit` a quota refers to.
+pub fn quota_limit<'s>(settings: &'s Settings, quota: &Quota) -> Option<&'s CompiledLimit> {
+    let rule = settings.rules.get(quota.rule)?;
+    match quota.override_index {
+        None => Some(&rule.limit),
+        Some(i) => rule.overrides.get(i).map(|o| &o.limit),
+    }
+}
+
+/// Create every entry of every rule's table that does not exist yet (an empty group). Run
+/// from `on_configure`: entries that exist (another worker created them, perhaps already
+/// holding buckets) are left alone, so a worker starting late never resets live buckets, and
+/// at request time entries exist, so their updates are true compare-and-swaps (Envoy lets a
+/// write to a *missing* key win regardless of CAS). Returns how many entries it created.
+pub fn create_tables(settings: &Settings, store: &mut impl Store) -> u64 {
+    let mut created = 0;
+    let mut buf = [0u8; MAX_VALUE_BYTES];
+    for rule in &settings.rules {
+        let empty = Group::empty(&rule.layout);
+        let value = empty.encode(&mut buf);
+        for g in 0..rule.layout.groups {
+            let key = EntryKey::new(rule.table_id, g);
+            if let (None, _) = store.get(key.as_str())
+                && store.set(key.as_str(), value, None) == SetResult::Ok
+            {
+                created += 1;
+            }
+        }
+    }
+    created
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::config::parse_settings;
+    use crate::gcra::NANOS_PER_SEC;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    const START: u64 = 1_767_225_600 * NANOS_PER_SEC;
+
+    /// Shared data with Envoy's rules (proxy-wasm-cpp-host `shared_data.cc`): one global CAS
+    /// counter; a write with a non-zero CAS to an existing key must match; a write to a missing
+    /// key always wins.
+    /// Entries (value, CAS) and the last CAS handed out.
+    type Entries = (HashMap<String, (Vec<u8>, u32)>, u32);
+
+    #[derive(Clone, Default)]
+    struct MemStore {
+        inner: Arc<Mutex<Entries>>,
+    }
+
+    impl Store for MemStore {
+        fn get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            let g = self.inner.lock().unwrap();
+            match g.0.get(key) {
+                Some((v, c)) => (Some(v.clone()), Some(*c)),
+                None => (None, None),
+            }
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> SetResult {
+            let mut g = self.inner.lock().unwrap();
+            g.1 += 1;
+            let next = g.1;
+            match g.0.get_mut(key) {
+                Some(e) => {
+                    if let Some(c) = cas
+                        && c != e.1
+                    {
+                        return SetResult::CasMismatch;
+                    }
+                    *e = (value.to_vec(), next);
+                }
+                None => {
+                    g.0.insert(key.to_owned(), (value.to_vec(), next));
+                }
+            }
+            SetResult::Ok
+        }
+    }
+
+    impl MemStore {
+        fn len(&self) -> usize {
+            self.inner.lock().unwrap().0.len()
+        }
+    }
+
+    fn settings(json: &str) -> Settings {
+        parse_settings(Some(json.as_bytes())).unwrap()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        let mut h = vec![
+            (":method".to_owned(), b"GET".to_vec()),
+            (":path".to_owned(), b"/api/x?q=1".to_vec()),
+        ];
+        for (k, v) in pairs {
+            if let Some(e) = h.iter_mut().find(|(n, _)| n == k) {
+                e.1 = v.as_bytes().to_vec();
+            } else {
+                h.push(((*k).to_owned(), v.as_bytes().to_vec()));
+            }
+        }
+        h
+    }
+
+    fn run(
+        s: &Settings,
+        store: &mut MemStore,
+        h: &[(String, Vec<u8>)],
+        peer: &str,
+        now: u64,
+        events: &mut Vec<Event>,
+    ) -> Verdict {
+        let req = Request {
+            headers: h,
+            source_address: &|| Some(peer.as_bytes().to_vec()),
+            now,
+        };
+        evaluate(s, store, &req, |e| events.push(e))
+    }
+
+    fn allowed(v: &Verdict) -> bool {
+        matches!(v, Verdict::Allow(_))
+    }
+
+    #[test]
+    fn per_ip_limit_with_headers_figures() {
+        let s =
+            settings(r#"{"rules":[{"name":"ip","key":["client_ip"],"limit":3,"window_s":60}]}"#);
+        let mut store = MemStore::default();
+        assert_eq!(create_tables(&s, &mut store), 625);
+        assert_eq!(
+            create_tables(&s, &mut store),
+            0,
+            "existing entries are kept"
+        );
+        let h = headers(&[]);
+        let mut ev = Vec::new();
+        for remaining in [2, 1, 0] {
+            let v = run(&s, &mut store, &h, "10.0.0.1:1000", START, &mut ev);
+            let Verdict::Allow(Some(q)) = v else {
+                panic!("{v:?}")
+            };
+            assert_eq!(q.remaining, remaining);
+        }
+        let v = run(&s, &mut store, &h, "10.0.0.1:2000", START, &mut ev);
+        let Verdict::Deny(d) = v else { panic!("{v:?}") };
+        assert_eq!(d.reason, DenyReason::Limited);
+        assert_eq!(d.retry_after_s, 20);
+        assert_eq!(d.quota.unwrap().reset_s, 60);
+        // Another client is unaffected; the first one gets one request back after 20 s.
+        assert!(allowed(&run(
+            &s,
+            &mut store,
+            &h,
+            "10.0.0.2:1",
+            START,
+            &mut ev
+        )));
+        assert!(allowed(&run(
+            &s,
+            &mut store,
+            &h,
+            "10.0.0.1:1",
+            START + 20 * NANOS_PER_SEC,
+            &mut ev
+        )));
+        assert_eq!(ev.iter().filter(|e| **e == Event::Allowed(0)).count(), 5);
+        assert_eq!(ev.iter().filter(|e| **e == Event::Denied(0)).count(), 1);
+        assert_eq!(store.len(), 625, "no entry is ever added at request time");
+    }
+
+    #[test]
+    fn client_ip_from_xff_or_peer() {
+        let xff = settings(
+            r#"{"rules":[{"name":"ip","key":["client_ip"],"limit":1}],
+                "client_ip":{"from":"xff","trusted_hops":1}}"#,
+        );
+        let peer = settings(r#"{"rules":[{"name":"ip","key":["client_ip"],"limit":1}]}"#);
+        let mut ev = Vec::new();
+        let (mut s1, mut s2) = (MemStore::default(), MemStore::default());
+        // With the peer, a spoofed XFF changes nothing: the second request is denied.
+        for spoof in ["1.1.1.1", "2.2.2.2"] {
+            let h = headers(&[("x-forwarded-for", spoof)]);
+            let v = run(&peer, &mut s1, &h, "192.0.2.7:5", START, &mut ev);
+            assert_eq!(allowed(&v), spoof == "1.1.1.1");
+        }
+        // With xff, the right-most entry is the client; the left-most is ignored. No usable
+        // address there: the peer is the client (as in Envoy).
+        for (chain, peer, want) in [
+            ("6.6.6.6, 203.0.113.1", "127.0.0.1:1", true),
+            ("7.7.7.7, 203.0.113.1", "127.0.0.1:1", false),
+            ("garbage", "127.0.0.1:1", true),
+            ("garbage", "127.0.0.1:2", false),
+            ("203.0.113.1", "127.0.0.9:1", false),
+        ] {
+            let h = headers(&[("x-forwarded-for", chain)]);
+            let v = run(&xff, &mut s2, &h, peer, START, &mut ev);
+            assert_eq!(allowed(&v), want, "{chain}");
+        }
+        // Neither: the rule is skipped (on_missing_key: skip).
+        let h = headers(&[]);
+        let req = Request {
+            headers: &h,
+            source_address: &|| None,
+            now: START,
+        };
+        assert!(allowed(&evaluate(&xff, &mut s2, &req, |e| ev.push(e))));
+        assert!(ev.contains(&Event::KeyMissing(0)));
+    }
+
+    #[test]
+    fn matching_overrides_missing_keys_shadow_and_tightest_quota() {
+        let s = settings(
+            r#"{"rules":[
+                {"name":"tenant","key":[{"header":"x-tenant-id"}],"limit":2,
+                 "overrides":[{"when_header":{"x-tenant-tier":"gold"},"limit":5}]},
+                {"name":"writes","match":{"methods":["POST"],"path_prefix":"/api"},
+                 "key":["client_ip"],"limit":10},
+                {"name":"user","key":[{"header":"x-user"}],"on_missing_key":"deny","limit":100,
+                 "match":{"headers":{"x-need-user":"1"}}},
+                {"name":"shadow","key":["route"],"limit":1,"shadow":true},
+                {"name":"fallback","key":[{"header":"x-api-key"}],"on_missing_key":"client_ip","limit":3}
+            ]}"#,
+        );
+        let mut store = MemStore::default();
+        create_tables(&s, &mut store);
+        let mut ev = Vec::new();
+        let p = "10.1.1.1:9";
+        // Tenant acme: 2 allowed; the tightest quota is the tenant rule's.
+        let h = headers(&[("x-tenant-id", "acme")]);
+        let Verdict::Allow(Some(q)) = run(&s, &mut store, &h, p, START, &mut ev) else {
+            panic!()
+        };
+        assert_eq!((q.rule, q.remaining), (0, 1));
+        let Verdict::Allow(Some(q)) = run(&s, &mut store, &h, p, START, &mut ev) else {
+            panic!()
+        };
+        assert_eq!((q.rule, q.remaining), (0, 0));
+        let Verdict::Deny(d) = run(&s, &mut store, &h, p, START, &mut ev) else {
+            panic!()
+        };
+        assert_eq!(d.rule, 0);
+        // The shadow rule (limit 1) denied in shadow twice, never for real.
+        assert_eq!(
+            ev.iter().filter(|e| **e == Event::ShadowDenied(3)).count(),
+            1
+        );
+        // Rule 4 fell back to the client IP: 2 charged so far (3rd request was denied earlier).
+        // A gold tenant gets the override's limit of 5.
+        let gold = headers(&[("x-tenant-id", "big"), ("x-tenant-tier", "gold")]);
+        for i in 0..5 {
+            // A new client each time, so that rule 4 (per client IP, limit 3) stays loose.
+            let peer = format!("10.9.9.{i}:1");
+            let v = run(&s, &mut store, &gold, &peer, START, &mut ev);
+            let Verdict::Allow(Some(q)) = v else {
+                panic!("{v:?}")
+            };
+            if i == 4 {
+                // The tightest quota is reported: rule 0 with nothing left.
+                assert_eq!((q.rule, q.override_index, q.remaining), (0, Some(0), 0));
+            }
+        }
+        let v = run(&s, &mut store, &gold, "10.9.9.9:1", START, &mut ev);
+        assert!(!allowed(&v), "{v:?}");
+        // Overrides share the key's bucket, whose state is time: acme used its whole window
+        // at limit 2, so it has used the whole window at limit 5 too.
+        let acme_gold = headers(&[("x-tenant-id", "acme"), ("x-tenant-tier", "gold")]);
+        let v = run(&s, &mut store, &acme_gold, "10.9.9.9:1", START, &mut ev);
+        assert!(!allowed(&v), "{v:?}");
+        // No tenant header: rule 0 skipped; rule 2 needs x-user when x-need-user: deny.
+        let h = headers(&[("x-need-user", "1")]);
+        let Verdict::Deny(d) = run(&s, &mut store, &h, "10.2.2.2:1", START, &mut ev) else {
+            panic!()
+        };
+        assert_eq!((d.rule, d.reason), (2, DenyReason::KeyMissing));
+        assert!(ev.contains(&Event::KeyMissing(0)));
+        // POST /api: rule 1 applies.
+        let h = headers(&[(":method", "POST")]);
+        run(&s, &mut store, &h, "10.3.3.3:1", START, &mut ev);
+        assert!(ev.contains(&Event::Allowed(1)));
+        // Fallback: the client IP bucket of rule 4 (limit 3) — 10.1.1.1 has used 2.
+        let h = headers(&[("x-tenant-id", "other")]);
+        assert!(allowed(&run(&s, &mut store, &h, p, START, &mut ev)));
+        let v = run(&s, &mut store, &h, p, START, &mut ev);
+        let Verdict::Deny(d) = v else { panic!("{v:?}") };
+        assert_eq!(d.rule, 4);
+    }
+
+    #[test]
+    fn overflow_and_contention_policies() {
+        let base = r#""rules":[{"name":"a","key":["client_ip"],"limit":1,"max_keys":1}]"#;
+        for (policy, deny) in [("allow", false), ("deny", true)] {
+            let s = settings(&format!(r#"{{{base},"on_overflow":"{policy}"}}"#));
+            let mut store = MemStore::default();
+            create_tables(&s, &mut store);
+            let mut ev = Vec::new();
+            assert!(allowed(&run(
+                &s,
+                &mut store,
+                &headers(&[]),
+                "1.1.1.1:1",
+                START,
+                &mut ev
+            )));
+            let v = run(&s, &mut store, &headers(&[]), "2.2.2.2:1", START, &mut ev);
+            assert_eq!(!allowed(&v), deny);
+            assert!(ev.contains(&Event::Overflow));
+            // The live key kept its bucket.
+            assert!(!allowed(&run(
+                &s,
+                &mut store,
+                &headers(&[]),
+                "1.1.1.1:1",
+                START,
+                &mut ev
+            )));
+        }
+
+        /// A store where every conditional write loses.
+        struct Hostile(MemStore);
+        impl Store for Hostile {
+            fn get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+                self.0.get(key)
+            }
+            fn set(&mut self, _: &str, _: &[u8], _: Option<u32>) -> SetResult {
+                SetResult::CasMismatch
+            }
+        }
+        for (policy, deny) in [("allow", false), ("deny", true)] {
+            let s = settings(&format!(r#"{{{base},"on_contention":"{policy}"}}"#));
+            let mut store = Hostile(MemStore::default());
+            let mut ev = Vec::new();
+            let req = Request {
+                headers: &headers(&[]),
+                source_address: &|| Some(b"1.1.1.1:1".to_vec()),
+                now: START,
+            };
+            let v = evaluate(&s, &mut store, &req, |e| ev.push(e));
+            assert_eq!(!allowed(&v), deny);
+            assert_eq!(
+                ev.iter().filter(|e| **e == Event::ContentionRetry).count() as u32,
+                MAX_ATTEMPTS - 1
+            );
+            assert!(ev.contains(&Event::ContentionExhausted));
+        }
+    }
+
+    /// Four threads hammer one bucket in a tight loop (far more contention than Envoy workers
+    /// ever create: here nothing happens between requests). Every decision is exact: the
+    /// bucket allows exactly `limit`; the only extra requests are those that lost the CAS race
+    /// `MAX_ATTEMPTS` times and were let through uncounted by `on_contention: allow` — each one
+    /// counted as `ContentionExhausted`. With `on_contention: deny`, exactly `limit`.
+    #[test]
+    fn racing_threads_get_exactly_one_bucket() {
+        for policy in ["allow", "deny"] {
+            let s = Arc::new(settings(&format!(
+                r#"{{"rules":[{{"name":"all","key":["route"],"limit":1000,"window_s":3600}}],
+                    "on_contention":"{policy}"}}"#
+            )));
+            let store = MemStore::default();
+            create_tables(&s, &mut store.clone());
+            let handles: Vec<_> = (0..4)
+                .map(|t| {
+                    let s = Arc::clone(&s);
+                    let mut store = store.clone();
+                    std::thread::spawn(move || {
+                        let h = headers(&[]);
+                        let mut ev = Vec::new();
+                        let mut ok = 0u64;
+                        for i in 0..600u64 {
+                            // The threads' clocks differ by microseconds: no refill (T = 3.6 s).
+                            let now = START + t * 1000 + i;
+                            let v = run(&s, &mut store, &h, "1.1.1.1:1", now, &mut ev);
+                            ok += u64::from(allowed(&v));
+                        }
+                        let count = |want: Event| ev.iter().filter(|e| **e == want).count();
+                        (
+                            ok,
+                            count(Event::ContentionRetry),
+                            count(Event::ContentionExhausted) as u64,
+                        )
+                    })
+                })
+                .collect();
+            let results: Vec<(u64, usize, u64)> =
+                handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let total: u64 = results.iter().map(|r| r.0).sum();
+            let exhausted: u64 = results.iter().map(|r| r.2).sum();
+            eprintln!("on_contention {policy}: (allowed, retries, exhausted) {results:?}");
+            let want = if policy == "allow" {
+                1000 + exhausted
+            } else {
+                1000
+            };
+            assert_eq!(total, want, "{policy}: {results:?}");
+        }
+    }
+}

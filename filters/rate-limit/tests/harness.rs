@@ -1,0 +1,429 @@
+//! The real rate_limit.wasm in the harness: exact totals with worker VMs racing on threads,
+//! bounded shared data under a key flood, header formats, client IP from the peer vs a spoofed
+//! x-forwarded-for, refill on the virtual clock, metrics and bad configurations.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use proxy_wasm_harness::{
+    HarnessError, Host, LogLevel, Module, PluginConfig, StreamOptions, StreamView, Worker,
+};
+
+fn module() -> Module {
+    Module::artifact("rate-limit").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn worker(host: &Host, config: &str) -> Worker {
+    Worker::new(
+        host,
+        &[PluginConfig::new(&module())
+            .name("rate-limit")
+            .configuration(config)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One exchange from `peer` (`ip:port`) with extra request headers.
+fn request(w: &mut Worker, peer: &str, extra: &[(&str, &str)]) -> StreamView {
+    let id = w
+        .open_stream_with(StreamOptions {
+            source_address: peer.to_owned(),
+            ..StreamOptions::default()
+        })
+        .unwrap();
+    let mut req = vec![
+        (":method", "GET"),
+        (":path", "/api/orders"),
+        (":authority", "gw.example.com"),
+    ];
+    req.extend_from_slice(extra);
+    w.send_request_headers(id, &req, true).unwrap();
+    let v = w.stream(id).unwrap();
+    if v.local_response.is_none() {
+        w.send_response_headers(id, &[(":status", "200")], true)
+            .unwrap();
+    }
+    w.complete(id).unwrap()
+}
+
+fn ok(v: &StreamView) -> bool {
+    match v.status() {
+        Some(200) => true,
+        Some(429) => false,
+        other => panic!("unexpected status {other:?}"),
+    }
+}
+
+fn header(v: &StreamView, name: &str) -> Option<String> {
+    v.client_response_headers.as_ref()?.get(name)
+}
+
+const PER_IP: &str = r#"{"rules":[{"name":"per-ip","key":["client_ip"],"limit":5,"window_s":10}]}"#;
+
+#[test]
+fn limits_per_client_with_headers_and_refill() {
+    let host = Host::new();
+    let mut w = worker(&host, PER_IP);
+    for i in 0..5 {
+        let v = request(&mut w, "10.0.0.1:4000", &[]);
+        assert!(ok(&v), "request {i}");
+        assert_eq!(header(&v, "ratelimit-remaining"), Some((4 - i).to_string()));
+        assert_eq!(header(&v, "ratelimit-limit").as_deref(), Some("5"));
+        assert_eq!(
+            header(&v, "ratelimit-policy").as_deref(),
+            Some("\"per-ip\";q=5;w=10")
+        );
+        assert_eq!(
+            header(&v, "ratelimit"),
+            Some(format!("\"per-ip\";r={};t={}", 4 - i, 2 * (i + 1)))
+        );
+    }
+    let v = request(&mut w, "10.0.0.1:4001", &[]);
+    assert!(!ok(&v));
+    assert!(v.upstream_request_headers.is_none());
+    let reply = v.local_response.as_ref().unwrap();
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.headers.get("retry-after").as_deref(), Some("2"));
+    assert_eq!(
+        reply.headers.get("ratelimit-remaining").as_deref(),
+        Some("0")
+    );
+    assert_eq!(reply.headers.get("ratelimit-reset").as_deref(), Some("10"));
+    assert_eq!(
+        reply.headers.get("content-type").as_deref(),
+        Some("application/json")
+    );
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    // Another client is not affected.
+    assert!(ok(&request(&mut w, "10.0.0.2:4000", &[])));
+    // One token back every 2 s on the virtual clock.
+    w.advance(Duration::from_millis(1999)).unwrap();
+    assert!(!ok(&request(&mut w, "10.0.0.1:4000", &[])));
+    w.advance(Duration::from_millis(1)).unwrap();
+    assert!(ok(&request(&mut w, "10.0.0.1:4000", &[])));
+    assert!(!ok(&request(&mut w, "10.0.0.1:4000", &[])));
+    assert_eq!(host.counter("gatewasm_rate_limit_allowed_per-ip"), 7);
+    assert_eq!(host.counter("gatewasm_rate_limit_denied_per-ip"), 3);
+}
+
+#[test]
+fn header_formats() {
+    for (format, present, absent) in [
+        (
+            "draft",
+            &["ratelimit", "ratelimit-policy"][..],
+            &["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"][..],
+        ),
+        (
+            "draft03",
+            &["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"][..],
+            &["ratelimit", "ratelimit-policy"][..],
+        ),
+        (
+            "none",
+            &[][..],
+            &[
+                "ratelimit",
+                "ratelimit-policy",
+                "ratelimit-limit",
+                "ratelimit-remaining",
+                "ratelimit-reset",
+            ][..],
+        ),
+    ] {
+        let config = format!(
+            r#"{{"rules":[{{"name":"r","key":["route"],"limit":1}}],"response":{{"headers":"{format}","status":503}}}}"#
+        );
+        let mut w = worker(&Host::new(), &config);
+        let v = request(&mut w, "10.0.0.1:1", &[]);
+        for h in present {
+            assert!(header(&v, h).is_some(), "{format}: {h} missing");
+        }
+        for h in absent {
+            assert!(header(&v, h).is_none(), "{format}: {h} present");
+        }
+        let v = request(&mut w, "10.0.0.1:1", &[]);
+        assert_eq!(v.status(), Some(503));
+        assert_eq!(header(&v, "retry-after").as_deref(), Some("60"));
+        for h in absent {
+            assert!(header(&v, h).is_none(), "{format}: {h} present on denial");
+        }
+    }
+}
+
+/// With the peer address, a client cannot escape its bucket by sending x-forwarded-for; with
+/// `xff` and one trusted hop, the right-most entry is the client.
+#[test]
+fn client_ip_from_peer_ignores_spoofed_xff() {
+    let host = Host::new();
+    let config = r#"{"rules":[{"name":"ip","key":["client_ip"],"limit":2}]}"#;
+    let mut w = worker(&host, config);
+    let mut allowed = 0;
+    for i in 0..10 {
+        let spoof = format!("198.51.100.{i}");
+        allowed += u32::from(ok(&request(
+            &mut w,
+            "[2001:db8::1]:5555",
+            &[("x-forwarded-for", &spoof)],
+        )));
+    }
+    assert_eq!(allowed, 2);
+    // IPv6 peer with a different port is the same client.
+    assert!(!ok(&request(&mut w, "[2001:db8::1]:6666", &[])));
+
+    let xff = r#"{"rules":[{"name":"ip","key":["client_ip"],"limit":2}],
+                 "client_ip":{"from":"xff","trusted_hops":1}}"#;
+    let mut w = worker(&Host::new(), xff);
+    let mut allowed = 0;
+    for i in 0..10 {
+        let chain = format!("198.51.100.{i}, 203.0.113.5");
+        allowed += u32::from(ok(&request(
+            &mut w,
+            "127.0.0.1:1",
+            &[("x-forwarded-for", &chain)],
+        )));
+    }
+    assert_eq!(allowed, 2, "the spoofable left-most entry is ignored");
+}
+
+/// 2–4 worker VMs of one process on threads, racing on one bucket: exactly `limit` requests are
+/// allowed in total.
+#[test]
+fn racing_workers_share_one_exact_bucket() {
+    for workers in [2usize, 4] {
+        let host = Host::new();
+        // on_contention deny: exact even if a request lost the CAS race 32 times in a row.
+        let config = r#"{"rules":[{"name":"all","key":["route"],"limit":150,"window_s":3600}],
+                         "on_contention":"deny"}"#;
+        // Start every worker first (on_configure creates the table once).
+        let ws: Vec<Worker> = (0..workers).map(|_| worker(&host, config)).collect();
+        let handles: Vec<_> = ws
+            .into_iter()
+            .map(|mut w| {
+                std::thread::spawn(move || {
+                    let mut allowed = 0u64;
+                    let mut denied = 0u64;
+                    for _ in 0..100 {
+                        if ok(&request(&mut w, "10.0.0.1:1", &[])) {
+                            allowed += 1;
+                        } else {
+                            denied += 1;
+                        }
+                    }
+                    (allowed, denied)
+                })
+            })
+            .collect();
+        let results: Vec<(u64, u64)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let allowed: u64 = results.iter().map(|r| r.0).sum();
+        assert_eq!(allowed, 150, "{workers} workers: {results:?}");
+        assert_eq!(host.counter("gatewasm_rate_limit_allowed_all"), 150);
+        assert_eq!(
+            host.counter("gatewasm_rate_limit_denied_all"),
+            100 * workers as u64 - 150
+        );
+        eprintln!(
+            "{workers} workers: CAS retries {}, exhausted {}",
+            host.counter("gatewasm_rate_limit_contention_retries"),
+            host.counter("gatewasm_rate_limit_contention_exhausted")
+        );
+    }
+}
+
+/// A worker that starts after others have served does not reset their buckets.
+#[test]
+fn a_late_worker_does_not_reset_buckets() {
+    let host = Host::new();
+    let config = r#"{"rules":[{"name":"all","key":["route"],"limit":3}]}"#;
+    let mut a = worker(&host, config);
+    for _ in 0..3 {
+        assert!(ok(&request(&mut a, "10.0.0.1:1", &[])));
+    }
+    let mut b = worker(&host, config);
+    assert!(!ok(&request(&mut b, "10.0.0.1:1", &[])));
+    // A new config with another limit keeps the same table (same name and key). The bucket's
+    // state is time: 3 of 3 used = 60 s of debt, which at 4 per minute (τ = 45 s) is 15 s too
+    // much; 15 s later one request is allowed.
+    let mut c = worker(
+        &host,
+        r#"{"rules":[{"name":"all","key":["route"],"limit":4}]}"#,
+    );
+    assert!(!ok(&request(&mut c, "10.0.0.1:1", &[])));
+    c.advance(Duration::from_secs(15)).unwrap();
+    assert!(ok(&request(&mut c, "10.0.0.1:1", &[])));
+    assert!(!ok(&request(&mut c, "10.0.0.1:1", &[])));
+}
+
+/// 20,000 distinct clients against a table of 160 keys: shared data stays at its configured
+/// size, and a client that keeps its bucket live keeps its exact state.
+#[test]
+fn key_flood_keeps_shared_data_bounded() {
+    let host = Host::new();
+    let config =
+        r#"{"rules":[{"name":"ip","key":["client_ip"],"limit":10,"window_s":1,"max_keys":160}]}"#;
+    let mut w = worker(&host, config);
+    let vm_id = "";
+    let size_before = host.shared_data_size(vm_id);
+    assert_eq!(
+        size_before.0, 10,
+        "160 keys = 10 groups of 16, created up front"
+    );
+    let mut active_allowed = 0;
+    for i in 0..20_000u32 {
+        let peer = format!("10.{}.{}.{}:1", i >> 16, (i >> 8) & 255, i & 255);
+        request(&mut w, &peer, &[]);
+        if i % 100 == 0 {
+            active_allowed += u32::from(ok(&request(&mut w, "192.0.2.1:1", &[])));
+        }
+        if i % 10 == 0 {
+            w.advance(Duration::from_millis(1)).unwrap();
+        }
+    }
+    assert_eq!(host.shared_data_size(vm_id), size_before, "no growth");
+    // 200 active requests in 2 s of virtual time at 10/s + 10 burst: its bucket was never
+    // reset by the flood, so no more than 10 + 2·10 were allowed.
+    assert!(active_allowed <= 30, "{active_allowed}");
+    assert!(host.counter("gatewasm_rate_limit_slots_reclaimed") > 0);
+    eprintln!(
+        "flood: overflow {} reclaimed {} active allowed {active_allowed}",
+        host.counter("gatewasm_rate_limit_overflow"),
+        host.counter("gatewasm_rate_limit_slots_reclaimed")
+    );
+}
+
+#[test]
+fn bad_configurations_name_the_field() {
+    let host = Host::new();
+    let m = module();
+    for (config, field) in [
+        ("", "rules"),
+        (
+            r#"{"rules":[{"name":"a","key":["route"],"limit":0}]}"#,
+            "rules[0].limit",
+        ),
+        (
+            r#"{"rules":[{"name":"a","key":["route"],"limit":1},{"name":"b","key":["route"],"limit":1,"max_keys":0}]}"#,
+            "rules[1].max_keys",
+        ),
+        (
+            r#"{"rules":[{"name":"a","key":["route"],"limit":1}],"client_ip":{"from":"xff","trusted_hops":0}}"#,
+            "client_ip.trusted_hops",
+        ),
+        (
+            r#"{"rules":[{"name":"a","key":["rout"],"limit":1}]}"#,
+            "rules[0].key[0]",
+        ),
+    ] {
+        match Worker::new(&host, &[PluginConfig::new(&m).configuration(config)]) {
+            Err(HarnessError::ConfigRejected { logs, .. }) => {
+                let line = logs
+                    .iter()
+                    .find(|l| l.level >= LogLevel::Error)
+                    .map(|l| l.message.clone())
+                    .unwrap_or_default();
+                assert!(
+                    line.contains("rate-limit: invalid plugin configuration")
+                        && line.contains(field),
+                    "config {config}: error line {line:?} does not name {field:?}"
+                );
+            }
+            Err(e) => panic!("config {config}: unexpected error {e}"),
+            Ok(_) => panic!("config {config} was accepted"),
+        }
+    }
+}
+
+#[test]
+fn per_request_cost_in_wasm_instructions() {
+    let host = Host::new();
+    let mut w = worker(&host, PER_IP);
+    request(&mut w, "10.0.0.1:1", &[]);
+    w.clear_history();
+    request(&mut w, "10.0.0.1:1", &[]);
+    let fuel: u64 = w
+        .history()
+        .iter()
+        .filter(|c| c.callback != "proxy_on_context_create")
+        .map(|c| c.fuel)
+        .sum();
+    eprintln!(
+        "rate-limit: {fuel} wasm instructions per allowed request (one rule, both header sets)"
+    );
+    assert!(fuel < 300_000, "{fuel}");
+}
+
+/// The table is where the README says: `gatewasm.rl.<table-id>.<group>`, one fixed-size entry
+/// per group, all created by the first worker's `on_configure`, none added later.
+#[test]
+fn table_layout_in_shared_data() {
+    let host = Host::new();
+    let config = r#"{"rules":[{"name":"ip","key":["client_ip"],"limit":1,"max_keys":100}]}"#;
+    let settings = rate_limit::config::parse_settings(Some(config.as_bytes())).unwrap();
+    let rule = &settings.rules[0];
+    let mut w = worker(&host, config);
+    assert_eq!(host.shared_data_size(""), (7, 7 * (257 + 30)));
+    for g in 0..7 {
+        let key = rate_limit::table::EntryKey::new(rule.table_id, g);
+        assert!(key.as_str().starts_with("gatewasm.rl."));
+        let (value, cas) = host.shared_data("", key.as_str().as_bytes()).unwrap();
+        assert_eq!((value.len(), value[0]), (257, rate_limit::table::VERSION));
+        assert_ne!(cas, 0);
+    }
+    for i in 0..50 {
+        request(&mut w, &format!("10.0.0.{i}:1"), &[]);
+    }
+    assert_eq!(host.shared_data_size(""), (7, 7 * (257 + 30)));
+}
+
+/// Shadow rules count and log but never deny; overrides and missing keys in the real module.
+#[test]
+fn shadow_overrides_and_missing_keys() {
+    let host = Host::new();
+    let config = r#"{"rules":[
+        {"name":"trial","key":["route"],"limit":1,"shadow":true},
+        {"name":"tenant","key":[{"header":"x-tenant-id"}],"limit":1,"on_missing_key":"deny",
+         "overrides":[{"when_header":{"x-tenant-tier":"gold"},"limit":3}]}
+    ]}"#;
+    let mut w = worker(&host, config);
+    let gold = [("x-tenant-id", "acme"), ("x-tenant-tier", "gold")];
+    for _ in 0..3 {
+        let v = request(&mut w, "10.0.0.1:1", &gold);
+        assert!(ok(&v));
+        // The shadow rule never shows up in the headers.
+        assert!(header(&v, "ratelimit").unwrap().starts_with("\"tenant\";"));
+    }
+    assert!(!ok(&request(&mut w, "10.0.0.1:1", &gold)));
+    assert!(ok(&request(
+        &mut w,
+        "10.0.0.1:1",
+        &[("x-tenant-id", "globex")]
+    )));
+    let v = request(&mut w, "10.0.0.1:1", &[]);
+    assert!(!ok(&v));
+    let body: serde_json::Value =
+        serde_json::from_slice(&v.local_response.as_ref().unwrap().body).unwrap();
+    assert_eq!(body["error"], "rate_limit_key_missing");
+    assert_eq!(host.counter("gatewasm_rate_limit_allowed_trial"), 1);
+    assert_eq!(host.counter("gatewasm_rate_limit_shadow_denied_trial"), 5);
+    assert_eq!(host.counter("gatewasm_rate_limit_allowed_tenant"), 4);
+    assert_eq!(host.counter("gatewasm_rate_limit_denied_tenant"), 2);
+    assert!(w.logged(LogLevel::Info, "shadow rule trial would have denied"));
+}
+
+/// A damaged or foreign entry (another filter's value under our key, a future format) reads as
+/// an empty group and is replaced by the next write: no panic, no stuck bucket.
+#[test]
+fn damaged_entries_heal() {
+    let host = Host::new();
+    let config = r#"{"rules":[{"name":"all","key":["route"],"limit":2,"max_keys":1}]}"#;
+    let settings = rate_limit::config::parse_settings(Some(config.as_bytes())).unwrap();
+    let key = rate_limit::table::EntryKey::new(settings.rules[0].table_id, 0);
+    let mut w = worker(&host, config);
+    host.set_shared_data("", key.as_str().as_bytes(), b"junk", 0);
+    assert!(ok(&request(&mut w, "10.0.0.1:1", &[])));
+    let (value, _) = host.shared_data("", key.as_str().as_bytes()).unwrap();
+    assert_eq!((value.len(), value[0]), (17, rate_limit::table::VERSION));
+    assert!(ok(&request(&mut w, "10.0.0.1:1", &[])));
+    assert!(!ok(&request(&mut w, "10.0.0.1:1", &[])));
+}
