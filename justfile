@@ -149,7 +149,12 @@ demo: build envoy
     curl -si -H 'host: globex.tenants.localhost' $gw/t/acme/orders
     curl -si $gw/t/initech/
 
-    # 6. What the filters counted
+    # 6. Rate limits on /api/: 120 a minute per client, burst 20 — about 140 pass, then 429
+    #    with Retry-After and RateLimit headers
+    for i in \$(seq 150); do curl -s -o /dev/null -w '%{http_code}\\n' $gw/api/items; done | sort | uniq -c
+    curl -si $gw/api/items
+
+    # 7. What the filters counted
     curl -s http://127.0.0.1:{{demo_admin_port}}/stats | grep gatewasm
 
     Ctrl-C stops Envoy and the upstream.

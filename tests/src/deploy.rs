@@ -127,6 +127,20 @@ const TENANT_ROUTING_PLACEMENTS: &[Placement] = &[
     },
 ];
 
+/// Gateways only (per-pod limits in sidecars are not shipped yet); tested as Istio delivers it.
+const RATE_LIMIT_PLACEMENTS: &[Placement] = &[
+    Placement {
+        variant: Variant::Ingress,
+        envoy_config: "istio-ecds-gateway-rate-limit.yaml",
+        envoy_filter: "extensions.istio.io/wasmplugin/istio-system.rate-limit",
+    },
+    Placement {
+        variant: Variant::GatewayApi,
+        envoy_config: "istio-ecds-gateway-rate-limit.yaml",
+        envoy_filter: "extensions.istio.io/wasmplugin/istio-system.rate-limit",
+    },
+];
+
 /// Every filter that ships, **in chain order** (the order requests pass through them).
 ///
 /// The manifests' `phase`/`priority` must reproduce this order; the tests check it.
@@ -150,7 +164,12 @@ pub const FILTERS: &[Filter] = &[
         must_fail_closed: true,
         placements: TENANT_ROUTING_PLACEMENTS,
     },
-    // Filter { name: "rate-limit", phase: Phase::Authz, must_fail_closed: false, … },
+    Filter {
+        name: "rate-limit",
+        phase: Phase::Authz,
+        must_fail_closed: false,
+        placements: RATE_LIMIT_PLACEMENTS,
+    },
 ];
 
 impl Filter {
