@@ -114,15 +114,15 @@ fn check_map(what: &str, map: &HeaderMap) -> Result<(), TestCaseError> {
         prop_assert!(
             !body.is_empty()
                 && body.iter().all(|&b| {
-                    b.is_ascii_lowercase()
-                        || b.is_ascii_digit()
-                        || b"!#$%&'*+-.^_`|~".contains(&b)
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
                 }),
             "{what}: invalid header name {:?}",
             String::from_utf8_lossy(name)
         );
         prop_assert!(
-            value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)),
+            value
+                .iter()
+                .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)),
             "{what}: header {} has a control byte: {:?}",
             String::from_utf8_lossy(name),
             String::from_utf8_lossy(value)
@@ -173,7 +173,9 @@ fn the_gateway_chain_survives_hostile_headers() {
             .map_err(|e| TestCaseError::fail(format!("open: {e}")))?;
         w.send_request_headers_map(id, req, true)
             .map_err(|e| TestCaseError::fail(format!("request headers: {e}")))?;
-        let view = w.stream(id).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let view = w
+            .stream(id)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         if view.local_response.is_none() && view.upstream_request_complete {
             let mut resp: Vec<(String, String)> = vec![(":status".into(), "200".into())];
             resp.extend(
