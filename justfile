@@ -184,6 +184,25 @@ bench *ARGS: build envoy
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
     "$bin/bench" {{ARGS}}
 
+# libFuzzer on one parser target of tests/fuzz (list: `just fuzz-list`) for SECONDS (default 60).
+# New inputs go to target/fuzz-corpus/TARGET (the checked-in seeds in tests/fuzz/corpus/TARGET are
+# read too); a crash is saved in tests/fuzz/artifacts/TARGET/ and reproduced with
+# `cargo fuzz run --fuzz-dir tests/fuzz --features libfuzzer TARGET <file>`. cargo fuzz needs
+# nightly-only flags (-Zsanitizer): RUSTC_BOOTSTRAP=1 lets the pinned stable compiler take them,
+# for this build only. LTO is off for it (sanitizer-coverage symbols do not survive LTO).
+fuzz TARGET SECONDS="60": toolchain
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2
+    work="target/fuzz-corpus/{{TARGET}}"
+    mkdir -p "$work"
+    CARGO_PROFILE_RELEASE_LTO=false RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir tests/fuzz \
+      --features libfuzzer {{TARGET}} "$work" "tests/fuzz/corpus/{{TARGET}}" -- -max_total_time={{SECONDS}}
+
+# The fuzz targets.
+fuzz-list:
+    @ls tests/fuzz/fuzz_targets | sed 's/\.rs$//'
+
 # Build correlation-id at opt-level 3 and "s" and compare size and per-request cost in the harness.
 opt-compare: toolchain
     CARGO_PROFILE_RELEASE_OPT_LEVEL=3 cargo build --release --target wasm32-wasip1 -p correlation-id --target-dir target/opt-3
