@@ -1,0 +1,408 @@
+//! One request's decision: which rule applies, where the token is, which provider accepts it
+//! (cache first, then claims, keys and signature), and the scopes. Pure: the keys fetched
+//! remotely, the clock, the cache and the host's native crypto are passed in.
+
+use std::rc::Rc;
+
+use crate::cache::{Cache, Verified, token_hash};
+use crate::claims::{self, ClaimError};
+use crate::config::{PathMatch, Provider, Requires, Rule, Settings};
+use crate::jwk::KeySet;
+use crate::token::{self, Extracted, Parsed, path_only};
+use crate::verify::{NativeVerifier, Path, verify_with};
+
+/// Why a request is refused. Each has a metric, a status and an RFC 6750 error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Missing,
+    Malformed,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    Issuer,
+    Audience,
+    Subject,
+    Scope,
+    UnknownKid,
+    JwksUnavailable,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 11] = [
+        Reason::Missing,
+        Reason::Malformed,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::Issuer,
+        Reason::Audience,
+        Reason::Subject,
+        Reason::Scope,
+        Reason::UnknownKid,
+        Reason::JwksUnavailable,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The machine-readable reason (JSON `error` field and metric suffix).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Missing => "missing",
+            Reason::Malformed => "malformed",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::Issuer => "issuer",
+            Reason::Audience => "audience",
+            Reason::Subject => "subject",
+            Reason::Scope => "scope",
+            Reason::UnknownKid => "unknown_kid",
+            Reason::JwksUnavailable => "jwks_unavailable",
+        }
+    }
+
+    pub fn status(self) -> u32 {
+        match self {
+            Reason::Audience | Reason::Subject | Reason::Scope => 403,
+            Reason::JwksUnavailable => 503,
+            _ => 401,
+        }
+    }
+
+    /// The RFC 6750 `error` attribute; `None` for a missing token (§3.1) and for 503.
+    pub fn bearer_error(self) -> Option<&'static str> {
+        match self {
+            Reason::Missing | Reason::JwksUnavailable => None,
+            Reason::Audience | Reason::Subject | Reason::Scope => Some("insufficient_scope"),
+            _ => Some("invalid_token"),
+        }
+    }
+}
+
+/// A refusal: the reason and a fixed description (never any token content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: Reason,
+    pub description: &'static str,
+}
+
+const fn deny(reason: Reason, description: &'static str) -> Denial {
+    Denial {
+        reason,
+        description,
+    }
+}
+
+impl From<ClaimError> for Denial {
+    fn from(e: ClaimError) -> Self {
+        match e {
+            ClaimError::Issuer => deny(Reason::Issuer, "the token issuer is not accepted"),
+            ClaimError::Audience => deny(Reason::Audience, "the token audience is not accepted"),
+            ClaimError::Subject => deny(Reason::Subject, "the token subject is not accepted"),
+            ClaimError::MissingExp => deny(Reason::Malformed, "the token has no expiry"),
+            ClaimError::BadTime => deny(Reason::Malformed, "a token time claim is not a number"),
+            ClaimError::Expired => deny(Reason::Expired, "the token has expired"),
+            ClaimError::NotYetValid => deny(Reason::NotYetValid, "the token is not valid yet"),
+            ClaimError::Lifetime => deny(Reason::Expired, "the token lifetime is too long"),
+            ClaimError::BadHeaderValue => deny(
+                Reason::Malformed,
+                "a token claim cannot be sent as a header",
+            ),
+        }
+    }
+}
+
+/// The token was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed<'a> {
+    /// One entry per accepting provider.
+    pub verified: Vec<Rc<Verified>>,
+    /// Index into [`Settings::sources`] where the token was.
+    pub source: usize,
+    pub token: &'a str,
+    /// Remove the token before the upstream (some accepting provider has `forward: false`).
+    pub remove_token: bool,
+}
+
+impl Allowed<'_> {
+    /// The base64url payload segment of the token.
+    pub fn payload_b64(&self) -> &str {
+        self.token.split('.').nth(1).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// No token needed (no rule, `requires: null`, CORS preflight, or allowed missing).
+    Pass,
+    Allow(Allowed<'a>),
+    Deny(Denial),
+    /// Provider `provider` (which has `remote_jwks`) has no key for this token yet: the token's
+    /// `kid` is unknown (`unknown_kid`), or the JWKS was never fetched. Wait for a fetch.
+    WaitForKeys {
+        provider: usize,
+        unknown_kid: bool,
+    },
+}
+
+/// Counters the caller turns into metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub cache_hits: u32,
+    pub cache_misses: u32,
+    pub native: u32,
+    pub fallback: u32,
+}
+
+/// Per-request inputs besides the headers.
+pub struct Env<'e> {
+    /// Unix seconds (host clock).
+    pub now: i64,
+    /// Remote keys by provider index (`None`: not fetched yet, or no `remote_jwks`).
+    pub remote: &'e [Option<Rc<KeySet>>],
+    pub cache: &'e mut Cache,
+    pub native: &'e mut dyn NativeVerifier,
+    pub stats: Stats,
+}
+
+/// The first rule matching this method and path (query and fragment ignored).
+pub fn match_rule<'s>(settings: &'s Settings, method: &[u8], path: &[u8]) -> Option<&'s Rule> {
+    let path = path_only(path);
+    settings.rules.iter().find(|r| {
+        let path_ok = match &r.path {
+            PathMatch::Prefix(p) => path.starts_with(p.as_bytes()),
+            PathMatch::Exact(p) => path == p.as_bytes(),
+            PathMatch::Regex(re) => std::str::from_utf8(path).is_ok_and(|p| re.is_match(p)),
+        };
+        path_ok && (r.methods.is_empty() || r.methods.iter().any(|m| m.as_bytes() == method))
+    })
+}
+
+fn header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+fn is_cors_preflight(headers: &[(String, Vec<u8>)]) -> bool {
+    header(headers, ":method") == Some(b"OPTIONS")
+        && header(headers, "origin").is_some()
+        && header(headers, "access-control-request-method").is_some()
+}
+
+/// Failure of one provider for one token.
+enum Fail {
+    Deny(Denial),
+    Wait { unknown_kid: bool },
+}
+
+fn verify_provider(
+    idx: usize,
+    provider: &Provider,
+    parsed: &Parsed<'_>,
+    token: &str,
+    env: &mut Env<'_>,
+) -> Result<Verified, Fail> {
+    if !provider.algorithms.contains(parsed.alg) {
+        return Err(Fail::Deny(deny(
+            Reason::BadSignature,
+            "the token algorithm is not allowed",
+        )));
+    }
+    let times =
+        claims::check(provider, &parsed.claims, env.now).map_err(|e| Fail::Deny(e.into()))?;
+    let remote = env.remote.get(idx).and_then(|k| k.as_deref());
+    let sets = [provider.inline_keys.as_ref(), remote];
+    if let Some(kid) = parsed.kid.as_deref()
+        && !sets.iter().flatten().any(|s| s.has_kid(kid))
+    {
+        if provider.remote.is_some() {
+            return Err(Fail::Wait { unknown_kid: true });
+        }
+        return Err(Fail::Deny(deny(
+            Reason::UnknownKid,
+            "the token key id is not known",
+        )));
+    }
+    let mut tried = false;
+    let mut ok = false;
+    for set in sets.iter().flatten() {
+        for key in set.candidates(parsed.alg, parsed.kid.as_deref()) {
+            tried = true;
+            let (valid, path) = verify_with(
+                env.native,
+                parsed.alg,
+                key,
+                token,
+                parsed.signing_input,
+                &parsed.signature,
+            );
+            match path {
+                Path::Native => env.stats.native += 1,
+                Path::Fallback => env.stats.fallback += 1,
+            }
+            if valid {
+                ok = true;
+                break;
+            }
+        }
+        if ok {
+            break;
+        }
+    }
+    if !tried && provider.remote.is_some() && remote.is_none() {
+        return Err(Fail::Wait { unknown_kid: false });
+    }
+    if !ok {
+        return Err(Fail::Deny(deny(
+            Reason::BadSignature,
+            "the token signature is not valid",
+        )));
+    }
+    let headers = claims::render_all(&provider.claim_to_headers, &parsed.claims)
+        .map_err(|e| Fail::Deny(e.into()))?;
+    Ok(Verified {
+        provider: idx,
+        times,
+        headers,
+        scopes: claims::scopes(&parsed.claims),
+    })
+}
+
+/// Decide one request. `headers` is the whole request header list.
+pub fn decide<'h>(
+    settings: &Settings,
+    headers: &'h [(String, Vec<u8>)],
+    env: &mut Env<'_>,
+) -> Decision<'h> {
+    let method = header(headers, ":method").unwrap_or_default();
+    let path = header(headers, ":path").unwrap_or_default();
+    let Some(rule) = match_rule(settings, method, path) else {
+        return Decision::Pass;
+    };
+    let (list, all) = match &rule.requires {
+        Requires::None => return Decision::Pass,
+        Requires::Any(l) => (l, false),
+        Requires::All(l) => (l, true),
+    };
+    if settings.bypass_cors_preflight && is_cors_preflight(headers) {
+        return Decision::Pass;
+    }
+    let found = match token::extract(settings, headers) {
+        Extracted::None => {
+            return if rule.allow_missing {
+                Decision::Pass
+            } else {
+                Decision::Deny(deny(Reason::Missing, "a bearer token is required"))
+            };
+        }
+        Extracted::Invalid(why) => return Decision::Deny(deny(Reason::Malformed, why)),
+        Extracted::One(f) => f,
+    };
+    let token = found.token;
+    let eligible = |p: &usize| {
+        settings
+            .providers
+            .get(*p)
+            .is_some_and(|prov| prov.sources.contains(&found.source))
+    };
+    if all && !list.iter().all(eligible) || !list.iter().any(eligible) {
+        // A token, but not where the required providers look for theirs.
+        return if rule.allow_missing {
+            Decision::Pass
+        } else {
+            Decision::Deny(deny(Reason::Missing, "a bearer token is required"))
+        };
+    }
+    let hash = token_hash(token);
+    let mut parsed: Option<Parsed<'h>> = None;
+    let mut verified = Vec::with_capacity(1);
+    let mut first_fail: Option<(usize, Fail)> = None;
+    for &idx in list.iter().filter(|p| eligible(p)) {
+        let Some(provider) = settings.providers.get(idx) else {
+            continue;
+        };
+        let result = if let Some(hit) = env.cache.get(&hash, idx, env.now, provider.clock_skew_s) {
+            env.stats.cache_hits += 1;
+            Ok(hit)
+        } else {
+            env.stats.cache_misses += 1;
+            if parsed.is_none() {
+                match token::parse(token) {
+                    Ok(p) => parsed = Some(p),
+                    Err(e) => return Decision::Deny(deny(Reason::Malformed, e.describe())),
+                }
+            }
+            let Some(p) = parsed.as_ref() else {
+                continue;
+            };
+            match verify_provider(idx, provider, p, token, env) {
+                Ok(v) => {
+                    env.cache.insert(hash, v.clone());
+                    Ok(Rc::new(v))
+                }
+                Err(f) => Err(f),
+            }
+        };
+        match result {
+            Ok(v) => {
+                verified.push(v);
+                if !all {
+                    break;
+                }
+            }
+            Err(f) => {
+                if all {
+                    first_fail = Some((idx, f));
+                    break;
+                }
+                // Prefer a reason from a provider whose issuer matched over an issuer mismatch,
+                // and waiting for keys over either.
+                let better = match (&first_fail, &f) {
+                    (None, _) => true,
+                    (Some((_, Fail::Wait { .. })), _) => false,
+                    (_, Fail::Wait { .. }) => true,
+                    (Some((_, Fail::Deny(d))), Fail::Deny(_)) => d.reason == Reason::Issuer,
+                };
+                if better {
+                    first_fail = Some((idx, f));
+                }
+            }
+        }
+    }
+    if verified.is_empty() || first_fail.is_some() && all {
+        return match first_fail {
+            Some((provider, Fail::Wait { unknown_kid })) => Decision::WaitForKeys {
+                provider,
+                unknown_kid,
+            },
+            Some((_, Fail::Deny(d))) => Decision::Deny(d),
+            None => Decision::Deny(deny(Reason::Missing, "a bearer token is required")),
+        };
+    }
+    if !rule.scopes.is_empty() {
+        let ok = rule.scopes.iter().all(|need| {
+            verified
+                .iter()
+                .any(|v| v.scopes.iter().any(|have| have == need))
+        });
+        if !ok {
+            return Decision::Deny(deny(Reason::Scope, "the token lacks a required scope"));
+        }
+    }
+    let remove_token = verified.iter().any(|v| {
+        settings
+            .providers
+            .get(v.provider)
+            .is_some_and(|p| !p.forward)
+    });
+    Decision::Allow(Allowed {
+        verified,
+        source: found.source,
+        token,
+        remove_token,
+    })
+}

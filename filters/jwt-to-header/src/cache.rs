@@ -1,0 +1,163 @@
+//! The per-worker cache of verified tokens: a bounded LRU keyed by (SHA-256 of the token,
+//! provider). A hit skips parsing and signature verification; the time claims are re-checked
+//! on every hit and an entry past its `exp` (plus skew) is dropped. A cryptographic hash keeps
+//! a forged token from colliding with a cached one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use crate::claims::Times;
+
+/// What a successful verification produced, reusable for the token's lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub provider: usize,
+    pub times: Times,
+    /// (index into the provider's `claim_to_headers`, rendered value).
+    pub headers: Vec<(usize, String)>,
+    pub scopes: Vec<String>,
+}
+
+pub type TokenHash = [u8; 32];
+
+pub fn token_hash(token: &str) -> TokenHash {
+    hmac_sha256::Hash::hash(token.as_bytes())
+}
+
+#[derive(Debug)]
+pub struct Cache {
+    capacity: usize,
+    entries: HashMap<(TokenHash, usize), (Rc<Verified>, u64)>,
+    /// Use stamp → key: the least recently used entry is the first.
+    order: BTreeMap<u64, (TokenHash, usize)>,
+    stamp: u64,
+}
+
+impl Cache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: HashMap::with_capacity(capacity.min(4096)),
+            order: BTreeMap::new(),
+            stamp: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.order.clear();
+    }
+
+    fn next_stamp(&mut self) -> u64 {
+        self.stamp = self.stamp.wrapping_add(1);
+        self.stamp
+    }
+
+    /// The entry for this token and provider if it is still within its `exp` (+ `skew`) at
+    /// `now`; an expired entry is removed.
+    pub fn get(
+        &mut self,
+        hash: &TokenHash,
+        provider: usize,
+        now: i64,
+        skew: i64,
+    ) -> Option<Rc<Verified>> {
+        let key = (*hash, provider);
+        let stamp = self.next_stamp();
+        let (verified, old) = {
+            let entry = self.entries.get_mut(&key)?;
+            let old = entry.1;
+            entry.1 = stamp;
+            (entry.0.clone(), old)
+        };
+        self.order.remove(&old);
+        if crate::claims::check_times(verified.times, now, skew).is_err() {
+            self.entries.remove(&key);
+            return None;
+        }
+        self.order.insert(stamp, key);
+        Some(verified)
+    }
+
+    pub fn insert(&mut self, hash: TokenHash, verified: Verified) {
+        if self.capacity == 0 {
+            return;
+        }
+        let key = (hash, verified.provider);
+        let stamp = self.next_stamp();
+        if let Some((_, old)) = self.entries.insert(key, (Rc::new(verified), stamp)) {
+            self.order.remove(&old);
+        }
+        self.order.insert(stamp, key);
+        while self.entries.len() > self.capacity {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn v(provider: usize, exp: i64) -> Verified {
+        Verified {
+            provider,
+            times: Times {
+                exp: Some(exp),
+                nbf: None,
+                iat: None,
+            },
+            headers: vec![(0, "u".into())],
+            scopes: vec![],
+        }
+    }
+
+    #[test]
+    fn hit_miss_and_expiry() {
+        let mut c = Cache::new(4);
+        let h = token_hash("a.b.c");
+        assert!(c.get(&h, 0, 100, 0).is_none());
+        c.insert(h, v(0, 200));
+        assert_eq!(c.get(&h, 0, 100, 0).unwrap().headers[0].1, "u");
+        assert!(c.get(&h, 1, 100, 0).is_none(), "other provider");
+        assert!(c.get(&h, 0, 260, 60).is_some(), "within skew");
+        assert!(c.get(&h, 0, 261, 60).is_none(), "expired");
+        assert!(c.is_empty(), "expired entries are dropped");
+    }
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let mut c = Cache::new(2);
+        let (a, b, d) = (token_hash("a"), token_hash("b"), token_hash("d"));
+        c.insert(a, v(0, 1000));
+        c.insert(b, v(0, 1000));
+        assert!(c.get(&a, 0, 0, 0).is_some()); // a is now the most recent
+        c.insert(d, v(0, 1000));
+        assert_eq!(c.len(), 2);
+        assert!(c.get(&b, 0, 0, 0).is_none());
+        assert!(c.get(&a, 0, 0, 0).is_some());
+        assert!(c.get(&d, 0, 0, 0).is_some());
+        c.insert(d, v(0, 1000)); // replacing keeps the size
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.order.len(), 2);
+    }
+
+    #[test]
+    fn zero_capacity_caches_nothing() {
+        let mut c = Cache::new(0);
+        c.insert(token_hash("a"), v(0, 1000));
+        assert!(c.is_empty());
+    }
+}
