@@ -406,3 +406,253 @@ pub fn decide<'h>(
         remove_token,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::config::parse_settings;
+    use crate::verify::NoNative;
+    use jwt_simple::prelude::*;
+    use serde_json::{Value, json};
+
+    const NOW: u64 = 1_767_225_600;
+    const SECRET_A: &[u8] = b"secret-a-secret-a-secret-a-secret-a";
+    const SECRET_B: &[u8] = b"secret-b-secret-b-secret-b-secret-b";
+
+    fn b64(b: &[u8]) -> String {
+        use ct_codecs::{Base64UrlSafeNoPadding, Encoder};
+        Base64UrlSafeNoPadding::encode_to_string(b).unwrap()
+    }
+
+    fn settings(rules: Value) -> Settings {
+        let v = json!({
+            "providers": {
+                "a": {"issuer": "A", "jwks": {"keys": [{"kty": "oct", "kid": "ka", "k": b64(SECRET_A)}]},
+                      "claim_to_headers": [{"claim": "sub", "header": "x-sub"}]},
+                "b": {"issuer": "B", "jwks": {"keys": [{"kty": "oct", "kid": "kb", "k": b64(SECRET_B)}]},
+                      "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}, {"name": "x-b-token"}],
+                      "forward": true},
+                "r": {"issuer": "R", "remote_jwks": {"cluster": "idp", "authority": "idp", "path": "/j"}}
+            },
+            "rules": rules
+        });
+        parse_settings(Some(&serde_json::to_vec(&v).unwrap())).unwrap()
+    }
+
+    fn token(secret: &[u8], kid: &str, iss: &str, extra: Value) -> String {
+        let mut c = Claims::with_custom_claims(
+            extra.as_object().unwrap().clone(),
+            jwt_simple::prelude::Duration::from_secs(60),
+        )
+        .with_issuer(iss)
+        .with_subject("s");
+        c.issued_at = Some(UnixTimeStamp::from_secs(NOW));
+        c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 60));
+        c.invalid_before = None;
+        HS256Key::from_bytes(secret)
+            .with_key_id(kid)
+            .authenticate(c)
+            .unwrap()
+    }
+
+    fn headers(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        let mut h = vec![
+            (":method".to_string(), method.as_bytes().to_vec()),
+            (":path".to_string(), path.as_bytes().to_vec()),
+        ];
+        h.extend(
+            extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())),
+        );
+        h
+    }
+
+    struct Run {
+        cache: Cache,
+        remote: Vec<Option<Rc<KeySet>>>,
+        stats: Stats,
+    }
+
+    impl Run {
+        fn new() -> Self {
+            Self {
+                cache: Cache::new(16),
+                remote: vec![None, None, None],
+                stats: Stats::default(),
+            }
+        }
+
+        fn decide<'h>(&mut self, s: &Settings, h: &'h [(String, Vec<u8>)]) -> Decision<'h> {
+            let mut native = NoNative;
+            let mut env = Env {
+                now: NOW as i64,
+                remote: &self.remote,
+                cache: &mut self.cache,
+                native: &mut native,
+                stats: Stats::default(),
+            };
+            let d = decide(s, h, &mut env);
+            self.stats = env.stats;
+            d
+        }
+    }
+
+    fn reason(d: &Decision<'_>) -> Reason {
+        match d {
+            Decision::Deny(d) => d.reason,
+            other => panic!("not denied: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rule_matching_first_match_wins() {
+        let s = settings(json!([
+            {"match": {"path": "/health"}, "requires": null},
+            {"match": {"regex": "/v[0-9]+/items/[^/]+"}, "requires": "a"},
+            {"match": {"prefix": "/api", "methods": ["POST", "delete"]}, "requires": "b"},
+            {"match": {"prefix": "/api"}, "requires": "a"},
+        ]));
+        let idx = |m: &str, p: &str| {
+            match_rule(&s, m.as_bytes(), p.as_bytes())
+                .map(|r| s.rules.iter().position(|x| std::ptr::eq(x, r)).unwrap())
+        };
+        assert_eq!(idx("GET", "/health"), Some(0));
+        assert_eq!(idx("GET", "/health?x=1"), Some(0));
+        assert_eq!(idx("GET", "/health/x"), None);
+        assert_eq!(idx("GET", "/v2/items/7"), Some(1));
+        assert_eq!(idx("GET", "/v2/items/7/x"), None, "regex is anchored");
+        assert_eq!(idx("GET", "/xv2/items/7"), None);
+        assert_eq!(idx("POST", "/api/x"), Some(2));
+        assert_eq!(idx("DELETE", "/api"), Some(2));
+        assert_eq!(idx("GET", "/api/x"), Some(3));
+        assert_eq!(idx("GET", "/other"), None);
+    }
+
+    #[test]
+    fn no_rule_or_null_requires_passes_without_looking_at_tokens() {
+        let s = settings(json!([{"match": {"prefix": "/open"}, "requires": null}]));
+        let mut run = Run::new();
+        for path in ["/open", "/elsewhere"] {
+            let h = headers("GET", path, &[("authorization", "Bearer garbage")]);
+            assert_eq!(run.decide(&s, &h), Decision::Pass);
+        }
+    }
+
+    #[test]
+    fn any_picks_the_provider_by_issuer_and_all_needs_every_one() {
+        let s = settings(json!([
+            {"match": {"prefix": "/any"}, "requires": {"any": ["a", "b"]}},
+            {"match": {"prefix": "/all"}, "requires": {"all": ["a", "b"]}},
+        ]));
+        let mut run = Run::new();
+        let tb = token(SECRET_B, "kb", "B", json!({}));
+        let auth = format!("Bearer {tb}");
+        let h = headers("GET", "/any", &[("authorization", &auth)]);
+        match run.decide(&s, &h) {
+            Decision::Allow(a) => {
+                assert_eq!(a.verified.len(), 1);
+                assert_eq!(a.verified[0].provider, 1);
+                assert!(!a.remove_token, "b forwards the token");
+            }
+            other => panic!("{other:?}"),
+        }
+        let h = headers("GET", "/all", &[("authorization", &auth)]);
+        assert_eq!(reason(&run.decide(&s, &h)), Reason::Issuer);
+        let tx = token(SECRET_B, "kb", "X", json!({}));
+        let auth = format!("Bearer {tx}");
+        let h = headers("GET", "/any", &[("authorization", &auth)]);
+        assert_eq!(reason(&run.decide(&s, &h)), Reason::Issuer);
+        // Right issuer, other provider's key: a bad signature, not an issuer error.
+        let forged = token(SECRET_B, "ka", "A", json!({}));
+        let auth = format!("Bearer {forged}");
+        let h = headers("GET", "/any", &[("authorization", &auth)]);
+        assert_eq!(reason(&run.decide(&s, &h)), Reason::BadSignature);
+    }
+
+    #[test]
+    fn token_in_another_providers_source_counts_as_missing() {
+        let s = settings(json!([
+            {"match": {"prefix": "/a"}, "requires": "a"},
+            {"match": {"prefix": "/opt"}, "requires": "a", "allow_missing": true},
+        ]));
+        let mut run = Run::new();
+        let tb = token(SECRET_B, "kb", "B", json!({}));
+        let h = headers("GET", "/a", &[("x-b-token", &tb)]);
+        assert_eq!(reason(&run.decide(&s, &h)), Reason::Missing);
+        let h = headers("GET", "/opt", &[("x-b-token", &tb)]);
+        assert_eq!(run.decide(&s, &h), Decision::Pass);
+    }
+
+    #[test]
+    fn allowed_carries_headers_and_the_cache_is_used() {
+        let s = settings(json!([{"match": {"prefix": "/"}, "requires": "a"}]));
+        let mut run = Run::new();
+        let ta = token(SECRET_A, "ka", "A", json!({}));
+        let auth = format!("Bearer {ta}");
+        let h = headers("GET", "/", &[("authorization", &auth)]);
+        let first = run.decide(&s, &h);
+        assert_eq!(run.stats.cache_misses, 1);
+        assert_eq!(run.stats.fallback, 1);
+        let Decision::Allow(a) = &first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(a.verified[0].headers, vec![(0, "s".to_string())]);
+        assert!(a.remove_token);
+        assert_eq!(a.source, 0);
+        assert_eq!(a.payload_b64(), ta.split('.').nth(1).unwrap());
+        let second = run.decide(&s, &h);
+        assert_eq!(run.stats.cache_hits, 1);
+        assert_eq!(run.stats.fallback, 0);
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn remote_providers_wait_for_keys() {
+        let s = settings(json!([{"match": {"prefix": "/"}, "requires": "r"}]));
+        let mut run = Run::new();
+        let k = ES256KeyPair::generate().with_key_id("k1");
+        let mut c = Claims::create(jwt_simple::prelude::Duration::from_secs(60)).with_issuer("R");
+        c.issued_at = Some(UnixTimeStamp::from_secs(NOW));
+        c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 60));
+        c.invalid_before = None;
+        let t = k.sign(c).unwrap();
+        let auth = format!("Bearer {t}");
+        let h = headers("GET", "/", &[("authorization", &auth)]);
+        assert_eq!(
+            run.decide(&s, &h),
+            Decision::WaitForKeys {
+                provider: 2,
+                unknown_kid: true
+            }
+        );
+        let jwk: Value = serde_json::from_str(&k.public_key().to_jwk()).unwrap();
+        let other: Value = serde_json::from_str(
+            &ES256KeyPair::generate()
+                .with_key_id("k0")
+                .public_key()
+                .to_jwk(),
+        )
+        .unwrap();
+        run.remote[2] = Some(Rc::new(
+            crate::jwk::parse_jwks(&json!({"keys": [other]})).unwrap(),
+        ));
+        assert!(matches!(
+            run.decide(&s, &h),
+            Decision::WaitForKeys {
+                unknown_kid: true,
+                ..
+            }
+        ));
+        run.remote[2] = Some(Rc::new(
+            crate::jwk::parse_jwks(&json!({"keys": [jwk]})).unwrap(),
+        ));
+        assert!(matches!(run.decide(&s, &h), Decision::Allow(_)));
+        // HS256 is not a default algorithm of a remote provider.
+        let hs = token(SECRET_A, "k1", "R", json!({}));
+        let auth = format!("Bearer {hs}");
+        let h = headers("GET", "/", &[("authorization", &auth)]);
+        assert_eq!(reason(&run.decide(&s, &h)), Reason::BadSignature);
+    }
+}

@@ -193,14 +193,18 @@ fn load_if_newer(shared: &Shared, idx: usize, meta: &Meta) {
 
 fn install(shared: &Shared, idx: usize, version: u64, keys: KeySet) {
     let mut w = shared.borrow_mut();
-    if let (Some(slot), Some(v)) = (w.remote.get_mut(idx), Some(version)) {
+    if let Some(slot) = w.remote.get_mut(idx) {
         *slot = Some(Rc::new(keys));
-        if let Some(ver) = w.versions.get_mut(idx) {
-            *ver = v;
-        }
-        // Keys changed: tokens verified with keys that are gone must be verified again.
-        w.cache.clear();
     }
+    if let Some(v) = w.versions.get_mut(idx) {
+        *v = version;
+    }
+    // Whoever fetched, the refetch this worker wanted has happened.
+    if let Some(flag) = w.refetch_wanted.get_mut(idx) {
+        *flag = false;
+    }
+    // Keys changed: tokens verified with keys that are gone must be verified again.
+    w.cache.clear();
 }
 
 fn deny_action(settings: &Settings, metrics: &Metrics, denial: &Denial) -> Action {
@@ -365,8 +369,9 @@ fn process(shared: &Shared, context_id: u32, may_wait: bool) -> Action {
                 .unwrap_or_default();
             if meta.version != 0 && meta.version != local {
                 // Another worker already fetched newer keys: use them now.
+                // (After loading, our version equals the shared one: no second round here.)
                 load_if_newer(shared, provider, &meta);
-                return process(shared, context_id, false);
+                return process(shared, context_id, true);
             }
             let min_interval = remote.min_refetch_interval_s.saturating_mul(1000);
             if unknown_kid && have_keys && !meta.refetch_allowed(now, min_interval) {
