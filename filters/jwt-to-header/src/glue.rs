@@ -373,6 +373,11 @@ fn process(shared: &Shared, context_id: u32, may_wait: bool) -> Action {
                 load_if_newer(shared, provider, &meta);
                 return process(shared, context_id, true);
             }
+            // The IdP is down and the process has never had keys: answer 503 at once instead
+            // of holding every request until its deadline (one attempt per second continues).
+            if !have_keys && meta.version == 0 && meta.failed_at > 0 && !meta.leased(now) {
+                return give_up(false);
+            }
             let min_interval = remote.min_refetch_interval_s.saturating_mul(1000);
             if unknown_kid && have_keys && !meta.refetch_allowed(now, min_interval) {
                 return give_up(have_keys);

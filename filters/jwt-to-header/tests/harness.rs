@@ -845,6 +845,17 @@ fn no_keys_yet_pauses_then_503_when_the_idp_is_down() {
     );
     assert_eq!(host.counter(&m("jwks_fetch_failed")), 1);
     assert!(w.logged(LogLevel::Warn, "JWKS fetch failed"));
+    // While the IdP stays down, requests fail fast instead of waiting for their deadline.
+    let v = with_token(&mut w, "/", &token);
+    assert_eq!(refused(&v).0, 503);
+    // The next attempt (1 s later) succeeds: requests pass again.
+    w.advance(StdDuration::from_secs(1)).unwrap();
+    serve_jwks(&mut w, jwks_of(&["rs"]));
+    assert!(
+        with_token(&mut w, "/", &token)
+            .upstream_request_headers
+            .is_some()
+    );
 }
 
 #[test]
