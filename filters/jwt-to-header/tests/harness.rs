@@ -801,8 +801,6 @@ fn remote_jwks_is_fetched_once_and_shared_by_workers() {
         let v = with_token(w, "/", &token);
         assert_eq!(up(&v).get("x-user-id").as_deref(), Some("user-1"));
     }
-    let keys: Vec<String> = (0..1).map(|_| String::new()).collect();
-    drop(keys);
     // Shared data: two keys per provider.
     assert_eq!(host.shared_data_size("").0, 2);
 }
