@@ -325,7 +325,10 @@ pub fn decide<'h>(
         let Some(provider) = settings.providers.get(idx) else {
             continue;
         };
-        let result = if let Some(hit) = env.cache.get(&hash, idx, env.now, provider.clock_skew_s) {
+        let result = if let Some(hit) =
+            env.cache
+                .get(token, hash, idx, env.now, provider.clock_skew_s)
+        {
             env.stats.cache_hits += 1;
             Ok(hit)
         } else {
@@ -341,7 +344,7 @@ pub fn decide<'h>(
             };
             match verify_provider(idx, provider, p, token, env) {
                 Ok(v) => {
-                    env.cache.insert(hash, v.clone());
+                    env.cache.insert(token, hash, v.clone());
                     Ok(Rc::new(v))
                 }
                 Err(f) => Err(f),
