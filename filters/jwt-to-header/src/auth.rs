@@ -129,7 +129,15 @@ pub struct Allowed<'a> {
 impl Allowed<'_> {
     /// The base64url payload segment of the token.
     pub fn payload_b64(&self) -> &str {
-        self.token.split('.').nth(1).unwrap_or_default()
+        let b = self.token.as_bytes();
+        let Some(start) = b.iter().position(|&c| c == b'.').map(|i| i + 1) else {
+            return "";
+        };
+        let len = b
+            .get(start..)
+            .and_then(|rest| rest.iter().position(|&c| c == b'.'))
+            .unwrap_or(0);
+        self.token.get(start..start + len).unwrap_or_default()
     }
 }
 

@@ -55,12 +55,23 @@ fn strip_prefix_ci<'a>(value: &'a [u8], prefix: &str) -> Option<&'a [u8]> {
     }
 }
 
+/// `TOKEN_CHARS[b]`: whether byte `b` may appear in a compact JWS (base64url and `.`).
+static TOKEN_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.';
+        i += 1;
+    }
+    t
+};
+
 /// Token characters: base64url and the two dots. Anything else (spaces, `%`-escapes, quotes)
-/// means the value is not a compact JWS.
+/// means the value is not a compact JWS. (A table lookup: this runs over every byte of every
+/// token, cached or not.)
 fn is_token_text(b: &[u8]) -> bool {
-    !b.is_empty()
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+    !b.is_empty() && b.iter().all(|&c| TOKEN_CHARS[usize::from(c)])
 }
 
 /// Look for the token in every configured source. `headers` is the request header list; the

@@ -704,7 +704,28 @@ fn fuel_of_fresh_and_cached_requests() {
         .filter(|r| r.callback == "proxy_on_request_headers")
         .map(|r| r.fuel)
         .sum();
-    eprintln!("fuel: fresh RS256 (native) {fresh}, cached {cached}, no token needed {public}");
+    let short = keys()
+        .hs
+        .authenticate({
+            let mut c = claims(&host, json!({}));
+            c.custom = serde_json::Map::new();
+            c
+        })
+        .unwrap();
+    with_token(&mut w, "/", &short);
+    w.clear_history();
+    with_token(&mut w, "/", &short);
+    let short_cached: u64 = w
+        .history()
+        .iter()
+        .filter(|r| r.callback == "proxy_on_request_headers")
+        .map(|r| r.fuel)
+        .sum();
+    eprintln!(
+        "fuel: fresh RS256 (native) {fresh}, cached {cached} ({} B token), cached {short_cached} ({} B token), no token needed {public}",
+        token.len(),
+        short.len()
+    );
     assert!(cached < fresh);
 }
 
