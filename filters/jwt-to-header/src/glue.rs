@@ -685,4 +685,30 @@ impl HttpContext for Stream {
         };
         process(&shared, self.context_id, true)
     }
+
+    // While the request waits for keys, its body and trailers must wait too: in Envoy a
+    // `Continue` from a later phase would resume the paused headers, unverified.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.hold_while_waiting()
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.hold_while_waiting()
+    }
+}
+
+impl Stream {
+    fn hold_while_waiting(&self) -> Action {
+        let waiting = self.shared.as_ref().is_some_and(|s| {
+            s.borrow()
+                .waiters
+                .iter()
+                .any(|w| w.context_id == self.context_id)
+        });
+        if waiting {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
 }

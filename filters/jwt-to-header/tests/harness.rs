@@ -981,3 +981,34 @@ fn failed_refresh_keeps_the_last_good_keys() {
             .is_some()
     );
 }
+
+#[test]
+fn a_waiting_request_keeps_its_body_until_verified() {
+    let host = Host::new();
+    host.add_cluster("idp");
+    let mut w = worker(&host, &remote_config(30));
+    let token = rs256(&host, json!({}));
+    let auth = format!("Bearer {token}");
+    let id = w.open_stream().unwrap();
+    w.send_request_headers(
+        id,
+        &[
+            (":method", "POST"),
+            (":path", "/"),
+            (":authority", "a"),
+            ("authorization", &auth),
+        ],
+        false,
+    )
+    .unwrap();
+    w.send_request_body(id, b"payload", true).unwrap();
+    assert!(
+        w.stream(id).unwrap().upstream_request_headers.is_none(),
+        "the body must not release the paused headers"
+    );
+    tick(&mut w);
+    serve_jwks(&mut w, jwks_of(&["rs"]));
+    let v = w.stream(id).unwrap();
+    assert_eq!(up(&v).get("x-user-id").as_deref(), Some("user-1"));
+    assert_eq!(v.upstream_request_body, b"payload");
+}
