@@ -285,6 +285,27 @@ fn jwt_gateway_verifies_forwards_claims_and_survives_key_rotation() -> Result<()
         gw.counter("verify_native")? >= 2,
         "ES256 verified natively too"
     );
+    // A second rotation, and the first request with the newest key has a body: it must wait
+    // for the keys with its body (not be released unverified when the body arrives).
+    let newest = ES384KeyPair::generate().with_key_id("2026-newest");
+    std::thread::sleep(Duration::from_millis(2100));
+    gw.idp.set(jwks(&[
+        new.public_key().to_jwk(),
+        newest.public_key().to_jwk(),
+    ]));
+    let t = newest.sign(claims("user-post", "editor"))?;
+    let post =
+        Request::post("/orders", "{\"item\":1}").header("authorization", format!("Bearer {t}"));
+    let seen = gw.through(&post)?;
+    ensure!(
+        seen.header_all("x-user-id") == ["user-post"],
+        "{:?}",
+        seen.headers
+    );
+    ensure!(seen.body == "{\"item\":1}", "{}", seen.body);
+    ensure!(gw.counter("denied_unknown_kid")? == 0);
+    ensure!(gw.counter("jwks_fetch_ok")? >= 3);
+
     // Repeated tokens are served from the per-worker cache (two workers: at least 2 of 4 hit).
     let repeated = new.sign(claims("user-cached", "viewer"))?;
     for _ in 0..4 {
