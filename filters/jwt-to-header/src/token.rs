@@ -235,6 +235,19 @@ struct JoseHeader {
     kid: Option<String>,
     #[serde(default)]
     crit: Option<serde_json::Value>,
+    #[serde(default)]
+    typ: Option<String>,
+}
+
+/// `typ`, when present, must say JWT (`JWT`, or an explicit type such as `at+jwt`), so the
+/// native and the jwt-simple paths accept the same tokens.
+fn typ_ok(typ: Option<&str>) -> bool {
+    typ.is_none_or(|t| {
+        t.eq_ignore_ascii_case("jwt")
+            || (t.len() > 4
+                && t.get(t.len() - 4..)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("+jwt")))
+    })
 }
 
 /// A token split and decoded, nothing verified yet.
@@ -265,6 +278,9 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, ParseError> {
     let header: JoseHeader =
         serde_json::from_slice(&header_bytes).map_err(|_| ParseError::Header)?;
     let alg = Alg::parse(&header.alg).ok_or(ParseError::UnsupportedAlg)?;
+    if !typ_ok(header.typ.as_deref()) {
+        return Err(ParseError::Header);
+    }
     if header.crit.is_some() {
         return Err(ParseError::Critical);
     }
@@ -408,6 +424,21 @@ mod tests {
             b64("x")
         );
         assert_eq!(parse(&crit).unwrap_err(), ParseError::Critical);
+        for (typ, ok) in [
+            ("JWT", true),
+            ("jwt", true),
+            ("at+jwt", true),
+            ("JOSE", false),
+            ("+jwt", false),
+        ] {
+            let t = format!(
+                "{}.{}.{}",
+                b64(&format!(r#"{{"alg":"HS256","typ":"{typ}"}}"#)),
+                b64("{}"),
+                b64("x")
+            );
+            assert_eq!(parse(&t).is_ok(), ok, "{typ}");
+        }
         let arr = format!("{}.{}.{}", b64(r#"{"alg":"HS256"}"#), b64("[1]"), b64("x"));
         assert_eq!(parse(&arr).unwrap_err(), ParseError::Payload);
         for bad in ["a.b", "a.b.c.d", "..", "!!.a.b"] {
