@@ -1012,3 +1012,28 @@ fn a_waiting_request_keeps_its_body_until_verified() {
     assert_eq!(up(&v).get("x-user-id").as_deref(), Some("user-1"));
     assert_eq!(v.upstream_request_body, b"payload");
 }
+
+#[test]
+fn token_sources_are_removed_or_forwarded() {
+    let host = Host::new();
+    let config = inline_config().replace(r#""issuer""#, r#""from_cookies":["jwt"],"issuer""#);
+    let mut w = worker(&host, &config);
+    let token = rs256(&host, json!({}));
+    let cookie = format!("a=1; jwt={token}; b=2");
+    let h = up(&get(&mut w, "/", &[("cookie", &cookie)]));
+    assert_eq!(h.get("x-user-id").as_deref(), Some("user-1"));
+    assert_eq!(
+        h.get_all("cookie"),
+        vec!["a=1; b=2"],
+        "only the token cookie goes"
+    );
+    let only = format!("jwt={token}");
+    let h = up(&get(&mut w, "/", &[("cookie", &only)]));
+    assert!(!h.contains("cookie"));
+
+    let forwarding = inline_config().replace(r#""issuer""#, r#""forward":true,"issuer""#);
+    let mut w = worker(&host, &forwarding);
+    let h = up(&with_token(&mut w, "/", &token));
+    assert_eq!(h.get("authorization"), Some(format!("Bearer {token}")));
+    assert_eq!(h.get("x-user-id").as_deref(), Some("user-1"));
+}
