@@ -72,31 +72,18 @@ fn jwks(keys: &[String]) -> String {
 }
 
 fn rsa_jwk(kp: &RS256KeyPair, kid: &str) -> Result<String> {
-    use ct_b64::encode;
     let c = kp.public_key().to_components();
     Ok(format!(
         r#"{{"kty":"RSA","kid":"{kid}","alg":"RS256","use":"sig","n":"{}","e":"{}"}}"#,
-        encode(&c.n),
-        encode(&c.e)
+        b64url(&c.n),
+        b64url(&c.e)
     ))
 }
 
-mod ct_b64 {
-    /// base64url without padding.
-    pub fn encode(data: &[u8]) -> String {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in data.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-            for i in 0..=chunk.len() {
-                out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
-            }
-        }
-        out
-    }
+/// base64url without padding.
+fn b64url(data: &[u8]) -> String {
+    use ct_codecs::{Base64UrlSafeNoPadding, Encoder};
+    Base64UrlSafeNoPadding::encode_to_string(data).unwrap_or_default()
 }
 
 fn claims(sub: &str, role: &str) -> JWTClaims<serde_json::Value> {
@@ -193,7 +180,7 @@ fn jwt_gateway_verifies_forwards_claims_and_survives_key_rotation() -> Result<()
 
     // A forged token (payload swapped under a valid signature): 401 invalid_token.
     let parts: Vec<&str> = token.split('.').collect();
-    let forged_payload = ct_b64::encode(
+    let forged_payload = b64url(
         format!(r#"{{"iss":"{ISS}","aud":"{AUD}","sub":"root","exp":9999999999}}"#).as_bytes(),
     );
     let forged = format!("{}.{forged_payload}.{}", parts[0], parts[2]);

@@ -14,7 +14,7 @@ use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _, Encoder};
 use jwt_simple::prelude::*;
 use proxy_wasm_harness::{
     HarnessError, HeaderMap, Host, HttpCallResponse, LogLevel, Module, PluginConfig, Status,
-    StreamView, Worker,
+    StreamId, StreamView, Worker,
 };
 use serde_json::{Value, json};
 
@@ -788,6 +788,25 @@ fn jwks_of(kids: &[&str]) -> Vec<u8> {
     serde_json::to_vec(&json!({"keys": keys})).unwrap()
 }
 
+/// Opens a stream and sends `method /` with the token; the request is left wherever the filter
+/// put it (paused while it waits for keys).
+fn start_request(w: &mut Worker, method: &str, token: &str, end_of_stream: bool) -> StreamId {
+    let id = w.open_stream().unwrap();
+    let auth = format!("Bearer {token}");
+    w.send_request_headers(
+        id,
+        &[
+            (":method", method),
+            (":path", "/"),
+            (":authority", "a"),
+            ("authorization", &auth),
+        ],
+        end_of_stream,
+    )
+    .unwrap();
+    id
+}
+
 fn tick(w: &mut Worker) {
     w.advance(StdDuration::from_millis(100)).unwrap();
 }
@@ -840,19 +859,7 @@ fn no_keys_yet_pauses_then_503_when_the_idp_is_down() {
     host.add_cluster("idp");
     let mut w = worker(&host, &remote_config(30));
     let token = rs256(&host, json!({}));
-    let id = w.open_stream().unwrap();
-    let auth = format!("Bearer {token}");
-    w.send_request_headers(
-        id,
-        &[
-            (":method", "GET"),
-            (":path", "/"),
-            (":authority", "a"),
-            ("authorization", &auth),
-        ],
-        true,
-    )
-    .unwrap();
+    let id = start_request(&mut w, "GET", &token, true);
     assert!(w.request_paused(id), "waits for the first fetch");
     tick(&mut w);
     let call = w.pending_http_calls()[0].id;
@@ -896,19 +903,7 @@ fn unknown_kid_refetches_while_the_request_waits() {
     // Minutes later the IdP rotates to a new key (es256) and signs with it.
     host.advance_clock(StdDuration::from_secs(120));
     let rotated = keys().es256.sign(claims(&host, json!({}))).unwrap();
-    let id = w.open_stream().unwrap();
-    let auth = format!("Bearer {rotated}");
-    w.send_request_headers(
-        id,
-        &[
-            (":method", "GET"),
-            (":path", "/"),
-            (":authority", "a"),
-            ("authorization", &auth),
-        ],
-        true,
-    )
-    .unwrap();
+    let id = start_request(&mut w, "GET", &rotated, true);
     assert!(w.request_paused(id), "paused for the refetch");
     tick(&mut w);
     serve_jwks(&mut w, jwks_of(&["rs", "es256"]));
@@ -936,23 +931,14 @@ fn paused_requests_on_other_workers_wake_when_keys_arrive() {
     tick(&mut b);
     host.advance_clock(StdDuration::from_secs(60));
     let rotated = keys().es384.sign(claims(&host, json!({}))).unwrap();
-    let auth = format!("Bearer {rotated}");
-    let req = [
-        (":method", "GET"),
-        (":path", "/"),
-        (":authority", "a"),
-        ("authorization", auth.as_str()),
-    ];
-    let sb = b.open_stream().unwrap();
-    b.send_request_headers(sb, &req, true).unwrap();
+    let sb = start_request(&mut b, "GET", &rotated, true);
     assert!(b.request_paused(sb));
     // b's root takes the lease and fetches; a sees the lease and does not.
     tick(&mut b);
     a.run_due().unwrap();
     tick(&mut a);
     assert!(a.pending_http_calls().is_empty());
-    let sa = a.open_stream().unwrap();
-    a.send_request_headers(sa, &req, true).unwrap();
+    let sa = start_request(&mut a, "GET", &rotated, true);
     assert!(a.request_paused(sa), "a waits for b's fetch");
     serve_jwks(&mut b, jwks_of(&["rs", "es384"]));
     assert!(b.stream(sb).unwrap().upstream_request_headers.is_some());
@@ -988,19 +974,7 @@ fn a_waiting_request_keeps_its_body_until_verified() {
     host.add_cluster("idp");
     let mut w = worker(&host, &remote_config(30));
     let token = rs256(&host, json!({}));
-    let auth = format!("Bearer {token}");
-    let id = w.open_stream().unwrap();
-    w.send_request_headers(
-        id,
-        &[
-            (":method", "POST"),
-            (":path", "/"),
-            (":authority", "a"),
-            ("authorization", &auth),
-        ],
-        false,
-    )
-    .unwrap();
+    let id = start_request(&mut w, "POST", &token, false);
     w.send_request_body(id, b"payload", true).unwrap();
     assert!(
         w.stream(id).unwrap().upstream_request_headers.is_none(),
