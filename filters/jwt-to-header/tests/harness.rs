@@ -1011,3 +1011,43 @@ fn token_sources_are_removed_or_forwarded() {
     assert_eq!(h.get("authorization"), Some(format!("Bearer {token}")));
     assert_eq!(h.get("x-user-id").as_deref(), Some("user-1"));
 }
+
+#[test]
+fn a_lease_left_by_a_vanished_worker_expires() {
+    let host = Host::new();
+    host.add_cluster("idp");
+    let config = remote_config(30);
+    let mut a = worker(&host, &config);
+    let mut b = worker(&host, &config);
+    tick(&mut a);
+    assert_eq!(a.pending_http_calls().len(), 1, "a holds the lease");
+    drop(a); // the VM goes away mid-fetch
+    b.advance(StdDuration::from_secs(2)).unwrap();
+    assert!(
+        b.pending_http_calls().is_empty(),
+        "lease still valid (timeout 2 s + 1 s)"
+    );
+    b.advance(StdDuration::from_millis(1100)).unwrap();
+    serve_jwks(&mut b, jwks_of(&["rs"]));
+    let token = rs256(&host, json!({}));
+    assert!(
+        with_token(&mut b, "/", &token)
+            .upstream_request_headers
+            .is_some()
+    );
+}
+
+#[test]
+fn a_timed_out_fetch_is_a_failure_and_is_retried() {
+    let host = Host::new();
+    host.add_cluster("idp");
+    let mut w = worker(&host, &remote_config(30));
+    tick(&mut w);
+    assert_eq!(w.pending_http_calls().len(), 1);
+    // Nobody answers: Envoy times the callout out (504) after timeout_ms.
+    w.advance(StdDuration::from_millis(2000)).unwrap();
+    assert_eq!(host.counter(&m("jwks_fetch_failed")), 1);
+    w.advance(StdDuration::from_millis(1000)).unwrap();
+    serve_jwks(&mut w, jwks_of(&["rs"]));
+    assert_eq!(host.counter(&m("jwks_fetch_ok")), 1);
+}
