@@ -286,11 +286,63 @@ struct JwkDoc {
     k: Option<String>,
 }
 
-/// Base64url without padding (RFC 7515 §2); padding is tolerated.
+/// `B64URL[c]`: the 6-bit value of base64url character `c`, or 0xff.
+static B64URL: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut i = 0;
+    while i < 64 {
+        t[alphabet[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Base64url without padding (RFC 7515 §2); trailing `=` padding is tolerated. Strict
+/// otherwise: any other character, an impossible length, or non-zero bits after the last
+/// byte is `None`. Table-driven: a token is public, so constant time buys nothing here, and
+/// this runs over every byte of every fresh token.
 pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
-    use ct_codecs::{Base64UrlSafeNoPadding, Decoder};
-    let s = s.trim_end_matches('=');
-    Base64UrlSafeNoPadding::decode_to_vec(s, None).ok()
+    let b = s.trim_end_matches('=').as_bytes();
+    if b.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(b.len() / 4 * 3 + 2);
+    let mut chunks = b.chunks_exact(4);
+    for c in &mut chunks {
+        let mut n: u32 = 0;
+        for &ch in c {
+            let v = B64URL[usize::from(ch)];
+            if v == 0xff {
+                return None;
+            }
+            n = (n << 6) | u32::from(v);
+        }
+        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut n: u32 = 0;
+        for &ch in rest {
+            let v = B64URL[usize::from(ch)];
+            if v == 0xff {
+                return None;
+            }
+            n = (n << 6) | u32::from(v);
+        }
+        // 2 chars = 12 bits → 1 byte (4 spare bits); 3 chars = 18 bits → 2 bytes (2 spare).
+        let spare = if rest.len() == 2 { 4 } else { 2 };
+        if n & ((1 << spare) - 1) != 0 {
+            return None;
+        }
+        n >>= spare;
+        if rest.len() == 2 {
+            out.push(n as u8);
+        } else {
+            out.extend_from_slice(&[(n >> 8) as u8, n as u8]);
+        }
+    }
+    Some(out)
 }
 
 fn field<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, String> {
@@ -436,6 +488,32 @@ mod tests {
             v["alg"] = alg.into();
         }
         v
+    }
+
+    #[test]
+    fn b64url_agrees_with_ct_codecs() {
+        use ct_codecs::{Base64UrlSafeNoPadding, Decoder, Encoder};
+        let mut x: u32 = 1;
+        for len in 0..200usize {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 16) as u8
+                })
+                .collect();
+            let enc = Base64UrlSafeNoPadding::encode_to_string(&data).unwrap();
+            assert_eq!(b64url_decode(&enc).as_deref(), Some(&data[..]), "{len}");
+        }
+        for bad in ["A", "AAAAA", "AB+/", "AB==x", "A B", "AB.C", "é"] {
+            assert_eq!(b64url_decode(bad), None, "{bad}");
+            let _ = Base64UrlSafeNoPadding::decode_to_vec(bad, None);
+        }
+        // Non-canonical trailing bits are refused.
+        assert_eq!(b64url_decode("AB"), None);
+        assert_eq!(b64url_decode("AA"), Some(vec![0]));
+        assert_eq!(b64url_decode("AAB"), None);
+        assert_eq!(b64url_decode("AAE"), Some(vec![0, 1]));
+        assert_eq!(b64url_decode("AA=="), Some(vec![0]));
     }
 
     #[test]

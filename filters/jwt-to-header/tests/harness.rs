@@ -721,6 +721,23 @@ fn fuel_of_fresh_and_cached_requests() {
         .filter(|r| r.callback == "proxy_on_request_headers")
         .map(|r| r.fuel)
         .sum();
+    let mut fresh_of = |token: String| -> u64 {
+        w.clear_history();
+        with_token(&mut w, "/", &token);
+        w.history()
+            .iter()
+            .filter(|r| r.callback == "proxy_on_request_headers")
+            .map(|r| r.fuel)
+            .sum()
+    };
+    let k = keys();
+    let es256 = fresh_of(k.es256.sign(claims(&host, json!({}))).unwrap());
+    let ed = fresh_of(k.ed.sign(claims(&host, json!({}))).unwrap());
+    let hs = fresh_of(k.hs.authenticate(claims(&host, json!({}))).unwrap());
+    let ps = fresh_of(k.ps.sign(claims(&host, json!({}))).unwrap());
+    eprintln!(
+        "fuel: fresh ES256 (native) {es256}, EdDSA {ed}, HS256 {hs}, PS256 {ps} (jwt-simple)"
+    );
     eprintln!(
         "fuel: fresh RS256 (native) {fresh}, cached {cached} ({} B token), cached {short_cached} ({} B token), no token needed {public}",
         token.len(),
