@@ -292,6 +292,10 @@ fn jwt_gateway_verifies_forwards_claims_and_survives_key_rotation() -> Result<()
     ensure!(seen.body == "{\"item\":1}", "{}", seen.body);
     ensure!(gw.counter("denied_unknown_kid")? == 0);
     ensure!(gw.counter("jwks_fetch_ok")? >= 3);
+    ensure!(
+        gw.counter("verify_fallback")? == 0,
+        "RS256, ES256 and ES384 are all verified by Envoy, never by jwt-simple"
+    );
 
     // Repeated tokens are served from the per-worker cache (two workers: at least 2 of 4 hit).
     let repeated = new.sign(claims("user-cached", "viewer"))?;
