@@ -619,6 +619,50 @@ mod tests {
         assert_eq!(first, second);
     }
 
+    /// Random and mangled tokens never panic (debug build: overflow checks on) and are never
+    /// allowed.
+    #[test]
+    fn garbage_tokens_are_refused_without_panicking() {
+        let s = settings(json!([{"match": {"prefix": "/"}, "requires": {"any": ["a", "r"]}}]));
+        let mut run = Run::new();
+        let good = token(SECRET_A, "ka", "A", json!({"n": [1, {"x": null}]}));
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=";
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for i in 0..3000 {
+            let t: String = if i % 2 == 0 {
+                let len = next(120) as usize;
+                (0..len)
+                    .map(|_| char::from(alphabet[next(alphabet.len() as u64) as usize]))
+                    .collect()
+            } else {
+                // The good token with one byte changed, cut, or a segment dropped.
+                let mut b = good.clone().into_bytes();
+                let at = next(b.len() as u64) as usize;
+                match next(3) {
+                    0 => b[at] = alphabet[next(alphabet.len() as u64) as usize],
+                    1 => b.truncate(at),
+                    _ => {
+                        b.remove(at);
+                    }
+                }
+                String::from_utf8(b).unwrap()
+            };
+            let auth = format!("Bearer {t}");
+            let h = headers("GET", "/", &[("authorization", &auth)]);
+            match run.decide(&s, &h) {
+                Decision::Allow(_) => assert_eq!(t, good, "a mangled token was allowed"),
+                Decision::Deny(_) | Decision::WaitForKeys { .. } => {}
+                Decision::Pass => panic!("pass"),
+            }
+        }
+    }
+
     #[test]
     fn remote_providers_wait_for_keys() {
         let s = settings(json!([{"match": {"prefix": "/"}, "requires": "r"}]));
