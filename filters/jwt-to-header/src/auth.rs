@@ -8,13 +8,15 @@ use crate::cache::{Cache, Verified, token_hash};
 use crate::claims::{self, ClaimError};
 use crate::config::{PathMatch, Provider, Requires, Rule, Settings};
 use crate::jwk::KeySet;
-use crate::token::{self, Extracted, Parsed, path_only};
+use crate::token::{self, Extracted, MULTIPLE_TOKENS, Parsed, path_only};
 use crate::verify::{NativeVerifier, Path, verify_with};
 
 /// Why a request is refused. Each has a metric, a status and an RFC 6750 error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Missing,
+    /// More than one token (RFC 6750 `invalid_request`, 400).
+    InvalidRequest,
     Malformed,
     BadSignature,
     Expired,
@@ -28,8 +30,9 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Missing,
+        Reason::InvalidRequest,
         Reason::Malformed,
         Reason::BadSignature,
         Reason::Expired,
@@ -50,6 +53,7 @@ impl Reason {
     pub fn name(self) -> &'static str {
         match self {
             Reason::Missing => "missing",
+            Reason::InvalidRequest => "invalid_request",
             Reason::Malformed => "malformed",
             Reason::BadSignature => "bad_signature",
             Reason::Expired => "expired",
@@ -65,6 +69,7 @@ impl Reason {
 
     pub fn status(self) -> u32 {
         match self {
+            Reason::InvalidRequest => 400,
             Reason::Audience | Reason::Subject | Reason::Scope => 403,
             Reason::JwksUnavailable => 503,
             _ => 401,
@@ -75,6 +80,7 @@ impl Reason {
     pub fn bearer_error(self) -> Option<&'static str> {
         match self {
             Reason::Missing | Reason::JwksUnavailable => None,
+            Reason::InvalidRequest => Some("invalid_request"),
             Reason::Audience | Reason::Subject | Reason::Scope => Some("insufficient_scope"),
             _ => Some("invalid_token"),
         }
@@ -306,6 +312,9 @@ pub fn decide<'h>(
             } else {
                 Decision::Deny(deny(Reason::Missing, "a bearer token is required"))
             };
+        }
+        Extracted::Invalid(why) if why == MULTIPLE_TOKENS => {
+            return Decision::Deny(deny(Reason::InvalidRequest, why));
         }
         Extracted::Invalid(why) => return Decision::Deny(deny(Reason::Malformed, why)),
         Extracted::One(f) => f,

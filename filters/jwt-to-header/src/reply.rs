@@ -10,9 +10,9 @@ use crate::auth::{Denial, Reason};
 /// Seconds a client is told to wait (`Retry-After`) when no keys are available.
 pub const RETRY_AFTER_S: &str = "5";
 
-/// The `WWW-Authenticate` value for a 401/403; `None` for other statuses.
+/// The `WWW-Authenticate` value for a 400/401/403; `None` for 503.
 pub fn www_authenticate(realm: &str, denial: &Denial) -> Option<String> {
-    if !matches!(denial.reason.status(), 401 | 403) {
+    if !matches!(denial.reason.status(), 400 | 401 | 403) {
         return None;
     }
     let mut v = String::with_capacity(96);
@@ -93,7 +93,7 @@ mod tests {
         assert_eq!(b["error"], "bad_signature");
         assert_eq!(b["message"], "bad");
         for r in Reason::ALL {
-            assert!(matches!(r.status(), 401 | 403 | 503));
+            assert!(matches!(r.status(), 400 | 401 | 403 | 503));
         }
     }
 }

@@ -15,6 +15,10 @@ pub struct Found<'a> {
     pub token: &'a str,
 }
 
+/// The [`Extracted::Invalid`] reason for a request with more than one token (RFC 6750
+/// `invalid_request`, 400; the other reasons are `invalid_token`, 401).
+pub const MULTIPLE_TOKENS: &str = "more than one token in the request";
+
 /// The outcome of looking for a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Extracted<'a> {
@@ -87,7 +91,7 @@ pub fn extract<'a>(settings: &Settings, headers: &'a [(String, Vec<u8>)]) -> Ext
         }
         let token = std::str::from_utf8(raw).map_err(|_| "token is not a compact JWS")?;
         if found.is_some() {
-            return Err("more than one token in the request");
+            return Err(MULTIPLE_TOKENS);
         }
         found = Some(Found { source, token });
         Ok(())

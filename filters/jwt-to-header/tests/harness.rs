@@ -591,13 +591,19 @@ fn more_than_one_token_is_refused() {
     let auth = format!("Bearer {token}");
     let path = format!("/x?access_token={token}");
     let v = get(&mut w, &path, &[("authorization", &auth)]);
-    assert_eq!(refused(&v).1, "malformed");
+    let (status, reason, challenge) = refused(&v);
+    assert_eq!((status, reason.as_str()), (400, "invalid_request"));
+    assert!(
+        challenge
+            .unwrap()
+            .contains(r#"error="invalid_request", error_description="more than one token"#)
+    );
     let v = get(
         &mut w,
         "/",
         &[("authorization", &auth), ("authorization", &auth)],
     );
-    assert_eq!(refused(&v).1, "malformed");
+    assert_eq!(refused(&v).1, "invalid_request");
     // From the query alone: accepted and removed from :path.
     let v = get(&mut w, &format!("/x?a=1&access_token={token}"), &[]);
     assert_eq!(up(&v).get(":path").as_deref(), Some("/x?a=1"));
