@@ -628,6 +628,31 @@ mod tests {
         assert_eq!(first, second);
     }
 
+    #[test]
+    fn fractional_times_on_the_jwt_simple_path() {
+        let s = settings(json!([{"match": {"prefix": "/"}, "requires": "a"}]));
+        let mut run = Run::new();
+        let header = b64(br#"{"alg":"HS256","kid":"ka"}"#);
+        let payload = b64(format!(
+            r#"{{"iss":"A","sub":"s","iat":{NOW}.25,"exp":{}.5}}"#,
+            NOW + 60
+        )
+        .as_bytes());
+        let input = format!("{header}.{payload}");
+        let tag = {
+            use jwt_simple::algorithms::MACLike;
+            HS256Key::from_bytes(SECRET_A).authentication_tag(input.as_bytes())
+        };
+        let t = format!("{input}.{}", b64(&tag));
+        let auth = format!("Bearer {t}");
+        let h = headers("GET", "/", &[("authorization", &auth)]);
+        // RFC 7519 NumericDate may be fractional: accepted, rounded down.
+        match run.decide(&s, &h) {
+            Decision::Allow(a) => assert_eq!(a.verified[0].times.exp, Some(NOW as i64 + 60)),
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Random and mangled tokens never panic (debug build: overflow checks on) and are never
     /// allowed.
     #[test]
