@@ -2,7 +2,8 @@
 //! sets it up: a remote JWKS served by a test server through an Envoy cluster, an echo
 //! upstream behind. No token → 401; a valid token → 200 with x-user-id / x-user-role at the
 //! upstream; spoofed claim headers removed; a key rotation mid-test causes no 401 for tokens
-//! signed with the new key; signatures verified by Envoy's native crypto.
+//! signed with the new key; signatures verified by Envoy's native crypto; 503 while the IdP
+//! is down, recovery when it is back.
 //!
 //! Needs `just build` and `just envoy`; `just test-e2e` does both.
 
@@ -43,7 +44,10 @@ impl Idp {
                 } else {
                     String::new()
                 };
+                // No keys configured: the IdP is down.
+                let status = if body.is_empty() { 500 } else { 200 };
                 let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
                 resp.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static("application/json"),
@@ -308,5 +312,54 @@ fn jwt_gateway_verifies_forwards_claims_and_survives_key_rotation() -> Result<()
         gw.counter("cache_hit")?
     );
     ensure!(gw.counter("allowed")? >= 23);
+    Ok(())
+}
+
+#[test]
+fn jwt_gateway_answers_503_while_the_idp_is_down() -> Result<()> {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let gw = Gateway::start(String::new())?;
+    let token = key.sign(claims("user-1", "admin"))?;
+    // 503 with Retry-After: from the root context when a request was waiting for the first
+    // fetch as it failed, or at once once a failure is known (which one depends on timing).
+    for _ in 0..3 {
+        let resp = gw.send(&get("/orders", Some(&token)))?;
+        ensure!(
+            resp.status == 503,
+            "status {}: {}",
+            resp.status,
+            resp.text()
+        );
+        ensure!(
+            resp.header("retry-after") == Some("5"),
+            "{:?}",
+            resp.headers
+        );
+        ensure!(
+            resp.json()?["error"] == "jwks_unavailable",
+            "{}",
+            resp.text()
+        );
+    }
+    ensure!(gw.echo.requests_seen() == 0);
+    ensure!(gw.counter("jwks_fetch_failed")? >= 1);
+    ensure!(gw.counter("denied_jwks_unavailable")? == 3);
+    // The IdP comes back: within a few retries (one a second) tokens pass.
+    gw.idp.set(jwks(&[key.public_key().to_jwk()]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = gw.send(&get("/orders", Some(&token)))?;
+        if resp.status == 200 {
+            break;
+        }
+        ensure!(
+            resp.status == 503,
+            "status {}: {}",
+            resp.status,
+            resp.text()
+        );
+        ensure!(Instant::now() < deadline, "keys never arrived");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
