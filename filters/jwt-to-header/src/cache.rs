@@ -1,0 +1,206 @@
+//! The per-worker cache of verified tokens: a bounded LRU keyed by (a 64-bit hash of the
+//! token's tail, provider). A hit skips parsing and signature verification; the time claims are
+//! re-checked on every hit and an entry past its `exp` (plus skew) is dropped.
+//!
+//! The hash only picks the slot: every entry keeps its whole token and a hit requires the
+//! request's token to be byte-for-byte equal, so a forged token that collides (the hash is not
+//! collision-resistant) is a miss and gets verified. This is far cheaper in the VM than
+//! SHA-256 of the whole token. Only verified tokens are inserted, and tokens above
+//! [`MAX_CACHED_TOKEN`] are not cached, so memory stays bounded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use crate::claims::Times;
+
+/// What a successful verification produced, reusable for the token's lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub provider: usize,
+    pub times: Times,
+    /// (index into the provider's `claim_to_headers`, rendered value).
+    pub headers: Vec<(usize, String)>,
+    pub scopes: Vec<String>,
+}
+
+pub type TokenHash = u64;
+
+/// Tokens longer than this are verified every time (bounds the cache's memory).
+pub const MAX_CACHED_TOKEN: usize = 4096;
+
+/// The slot of a token: FNV-1a of its length and its last 64 bytes (the end of the signature,
+/// which differs between any two genuine tokens). Cheap whatever the token's size; collisions
+/// only cost a miss, since a hit compares the whole token.
+pub fn token_hash(token: &str) -> TokenHash {
+    let b = token.as_bytes();
+    let tail = &b[b.len().saturating_sub(64)..];
+    crate::config::fnv1a64(tail) ^ (b.len() as u64).rotate_left(48)
+}
+
+#[derive(Debug)]
+struct Entry {
+    token: Box<str>,
+    verified: Rc<Verified>,
+    stamp: u64,
+}
+
+#[derive(Debug)]
+pub struct Cache {
+    capacity: usize,
+    entries: HashMap<(TokenHash, usize), Entry>,
+    /// Use stamp → key: the least recently used entry is the first.
+    order: BTreeMap<u64, (TokenHash, usize)>,
+    stamp: u64,
+}
+
+impl Cache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: HashMap::with_capacity(capacity.min(4096)),
+            order: BTreeMap::new(),
+            stamp: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.order.clear();
+    }
+
+    fn next_stamp(&mut self) -> u64 {
+        self.stamp = self.stamp.wrapping_add(1);
+        self.stamp
+    }
+
+    /// The entry for this token and provider if it is still within its `exp` (+ `skew`) at
+    /// `now`; an expired entry is removed.
+    pub fn get(
+        &mut self,
+        token: &str,
+        hash: TokenHash,
+        provider: usize,
+        now: i64,
+        skew: i64,
+    ) -> Option<Rc<Verified>> {
+        let key = (hash, provider);
+        let stamp = self.next_stamp();
+        let (verified, old) = {
+            let entry = self.entries.get_mut(&key)?;
+            if *entry.token != *token {
+                return None;
+            }
+            let old = entry.stamp;
+            entry.stamp = stamp;
+            (entry.verified.clone(), old)
+        };
+        self.order.remove(&old);
+        if crate::claims::check_times(verified.times, now, skew).is_err() {
+            self.entries.remove(&key);
+            return None;
+        }
+        self.order.insert(stamp, key);
+        Some(verified)
+    }
+
+    pub fn insert(&mut self, token: &str, hash: TokenHash, verified: Verified) {
+        if self.capacity == 0 || token.len() > MAX_CACHED_TOKEN {
+            return;
+        }
+        let key = (hash, verified.provider);
+        let stamp = self.next_stamp();
+        let entry = Entry {
+            token: token.into(),
+            verified: Rc::new(verified),
+            stamp,
+        };
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.order.remove(&old.stamp);
+        }
+        self.order.insert(stamp, key);
+        while self.entries.len() > self.capacity {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.entries.remove(&oldest);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn v(provider: usize, exp: i64) -> Verified {
+        Verified {
+            provider,
+            times: Times {
+                exp: Some(exp),
+                nbf: None,
+                iat: None,
+            },
+            headers: vec![(0, "u".into())],
+            scopes: vec![],
+        }
+    }
+
+    #[test]
+    fn hit_miss_and_expiry() {
+        let mut c = Cache::new(4);
+        let t = "a.b.c";
+        let h = token_hash(t);
+        assert!(c.get(t, h, 0, 100, 0).is_none());
+        c.insert(t, h, v(0, 200));
+        assert_eq!(c.get(t, h, 0, 100, 0).unwrap().headers[0].1, "u");
+        assert!(c.get(t, h, 1, 100, 0).is_none(), "other provider");
+        assert!(c.get(t, h, 0, 260, 60).is_some(), "within skew");
+        assert!(c.get(t, h, 0, 261, 60).is_none(), "expired");
+        assert!(c.is_empty(), "expired entries are dropped");
+    }
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let mut c = Cache::new(2);
+        let (a, b, d) = (token_hash("a"), token_hash("b"), token_hash("d"));
+        c.insert("a", a, v(0, 1000));
+        c.insert("b", b, v(0, 1000));
+        assert!(c.get("a", a, 0, 0, 0).is_some()); // a is now the most recent
+        c.insert("d", d, v(0, 1000));
+        assert_eq!(c.len(), 2);
+        assert!(c.get("b", b, 0, 0, 0).is_none());
+        assert!(c.get("a", a, 0, 0, 0).is_some());
+        assert!(c.get("d", d, 0, 0, 0).is_some());
+        c.insert("d", d, v(0, 1000)); // replacing keeps the size
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.order.len(), 2);
+    }
+
+    #[test]
+    fn zero_capacity_caches_nothing() {
+        let mut c = Cache::new(0);
+        c.insert("a", token_hash("a"), v(0, 1000));
+        assert!(c.is_empty());
+        let mut c = Cache::new(4);
+        let big = "a".repeat(MAX_CACHED_TOKEN + 1);
+        c.insert(&big, token_hash(&big), v(0, 1000));
+        assert!(c.is_empty(), "oversized tokens are not cached");
+    }
+
+    #[test]
+    fn a_colliding_token_is_a_miss() {
+        let mut c = Cache::new(4);
+        c.insert("good.token.sig", 7, v(0, 1000));
+        // Same slot (forced hash), different token: never served from the cache.
+        assert!(c.get("forged.token.sig", 7, 0, 0, 0).is_none());
+        assert!(c.get("good.token.sig", 7, 0, 0, 0).is_some());
+    }
+}

@@ -1,0 +1,1076 @@
+//! The real jwt_to_header.wasm in the harness: every algorithm, every refusal, header hygiene,
+//! the native `verify_signature` path and its fallback, the verified-token cache, and the
+//! remote JWKS (first fetch, unknown-kid refetch with a paused request, single flight across
+//! two worker VMs, IdP down). Tokens are minted here with jwt-simple.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::UNIX_EPOCH;
+
+type StdDuration = std::time::Duration;
+
+use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _, Encoder};
+use jwt_simple::prelude::*;
+use proxy_wasm_harness::{
+    HarnessError, HeaderMap, Host, HttpCallResponse, LogLevel, Module, PluginConfig, Status,
+    StreamId, StreamView, Worker,
+};
+use serde_json::{Value, json};
+
+fn module() -> Module {
+    Module::artifact("jwt-to-header").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn worker(host: &Host, config: &str) -> Worker {
+    Worker::new(
+        host,
+        &[PluginConfig::new(&module())
+            .name("jwt")
+            .configuration(config)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn b64(b: &[u8]) -> String {
+    Base64UrlSafeNoPadding::encode_to_string(b).unwrap()
+}
+
+const ISS: &str = "https://idp.example.com";
+
+/// Every key kind, minted once per test binary.
+struct Keys {
+    rs: RS256KeyPair,
+    ps: PS256KeyPair,
+    es256: ES256KeyPair,
+    es384: ES384KeyPair,
+    ed: Ed25519KeyPair,
+    hs: HS256Key,
+    hs_raw: Vec<u8>,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let rs = RS256KeyPair::generate(2048).unwrap().with_key_id("rs");
+        let ps = PS256KeyPair::from_der(&rs.to_der().unwrap())
+            .unwrap()
+            .with_key_id("ps");
+        let hs_raw = b"0123456789abcdef0123456789abcdef-hs".to_vec();
+        Keys {
+            rs,
+            ps,
+            es256: ES256KeyPair::generate().with_key_id("es256"),
+            es384: ES384KeyPair::generate().with_key_id("es384"),
+            ed: Ed25519KeyPair::generate().with_key_id("ed"),
+            hs: HS256Key::from_bytes(&hs_raw).with_key_id("hs"),
+            hs_raw,
+        }
+    })
+}
+
+fn rsa_jwk(kp: &RS256KeyPair, kid: &str) -> Value {
+    let c = kp.public_key().to_components();
+    json!({"kty": "RSA", "kid": kid, "n": b64(&c.n), "e": b64(&c.e)})
+}
+
+fn jwks() -> Value {
+    let k = keys();
+    let parse = |s: String| -> Value { serde_json::from_str(&s).unwrap() };
+    json!({"keys": [
+        rsa_jwk(&k.rs, "rs"),
+        rsa_jwk(&k.rs, "ps"),
+        parse(k.es256.public_key().to_jwk()),
+        parse(k.es384.public_key().to_jwk()),
+        parse(k.ed.public_key().to_jwk()),
+        {"kty": "oct", "kid": "hs", "alg": "HS256", "k": b64(&k.hs_raw)},
+    ]})
+}
+
+fn config_with(jwks_source: Value) -> String {
+    let mut provider = json!({
+        "issuer": ISS,
+        "audiences": ["api"],
+        "claim_to_headers": [
+            {"claim": "sub", "header": "x-user-id"},
+            {"claim": "role", "header": "x-user-role"},
+            {"claim": "groups", "header": "x-user-groups", "separator": ";"}
+        ],
+        "forward_payload_header": "x-jwt-payload"
+    });
+    for (k, v) in jwks_source.as_object().unwrap() {
+        provider[k] = v.clone();
+    }
+    json!({
+        "providers": {"idp": provider},
+        "rules": [
+            {"match": {"prefix": "/public"}, "requires": null},
+            {"match": {"prefix": "/optional"}, "requires": "idp", "allow_missing": true},
+            {"match": {"prefix": "/admin"}, "requires": "idp", "scopes": ["admin"]},
+            {"match": {"prefix": "/"}, "requires": "idp"}
+        ],
+        "realm": "api"
+    })
+    .to_string()
+}
+
+fn inline_config() -> String {
+    config_with(json!({"jwks": jwks()}))
+}
+
+/// Claims valid at the host's current time, plus `extra` (null removes a claim).
+fn claims(host: &Host, extra: Value) -> JWTClaims<serde_json::Map<String, Value>> {
+    let now = host.now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let mut custom = json!({"role": "admin", "groups": ["a", "b"], "scope": "read admin"});
+    let mut c = Claims::with_custom_claims(serde_json::Map::new(), Duration::from_secs(600))
+        .with_issuer(ISS)
+        .with_audience("api")
+        .with_subject("user-1");
+    c.issued_at = Some(UnixTimeStamp::from_secs(now));
+    c.expires_at = Some(UnixTimeStamp::from_secs(now + 600));
+    c.invalid_before = None;
+    for (k, v) in extra.as_object().unwrap() {
+        match k.as_str() {
+            "exp" => c.expires_at = v.as_u64().map(UnixTimeStamp::from_secs),
+            "nbf" => c.invalid_before = v.as_u64().map(UnixTimeStamp::from_secs),
+            "iat" => c.issued_at = v.as_u64().map(UnixTimeStamp::from_secs),
+            "iss" => c.issuer = v.as_str().map(str::to_owned),
+            "aud" => c.audiences = v.as_str().map(|a| Audiences::AsString(a.to_owned())),
+            "sub" => c.subject = v.as_str().map(str::to_owned),
+            _ => custom[k] = v.clone(),
+        }
+    }
+    c.custom = custom.as_object().unwrap().clone();
+    c
+}
+
+fn rs256(host: &Host, extra: Value) -> String {
+    keys().rs.sign(claims(host, extra)).unwrap()
+}
+
+fn get(w: &mut Worker, path: &str, extra: &[(&str, &str)]) -> StreamView {
+    let mut req = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", "api.example.com"),
+    ];
+    req.extend_from_slice(extra);
+    w.exchange(&req, None, &[(":status", "200")], None)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn with_token(w: &mut Worker, path: &str, token: &str) -> StreamView {
+    let auth = format!("Bearer {token}");
+    get(w, path, &[("authorization", &auth)])
+}
+
+fn up(v: &StreamView) -> HeaderMap {
+    v.upstream_request_headers
+        .clone()
+        .unwrap_or_else(|| panic!("not forwarded: {:?}", v.local_response))
+}
+
+/// Status, `error` of the JSON body and the WWW-Authenticate header of a local reply.
+fn refused(v: &StreamView) -> (u32, String, Option<String>) {
+    assert!(v.upstream_request_headers.is_none(), "reached the upstream");
+    let reply = v.local_response.as_ref().expect("a local reply");
+    assert_eq!(
+        reply.headers.get("content-type").as_deref(),
+        Some("application/json")
+    );
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert!(body["message"].is_string());
+    (
+        reply.status,
+        body["error"].as_str().unwrap().to_owned(),
+        reply.headers.get("www-authenticate"),
+    )
+}
+
+fn m(name: &str) -> String {
+    format!("gatewasm_jwt_to_header_{name}")
+}
+
+// ---- the host's native verify_signature, implemented with RustCrypto ----------------------
+
+fn read_varint(b: &[u8], pos: &mut usize) -> u64 {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let byte = b[*pos];
+        *pos += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// `VerifySignatureArguments` → (hash, der, signature, text).
+fn decode_args(b: &[u8]) -> (String, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut fields: [Vec<u8>; 6] = Default::default();
+    let mut pos = 0;
+    while pos < b.len() {
+        let tag = read_varint(b, &mut pos);
+        assert_eq!(tag & 7, 2, "all fields are length-delimited");
+        let len = read_varint(b, &mut pos) as usize;
+        fields[(tag >> 3) as usize] = b[pos..pos + len].to_vec();
+        pos += len;
+    }
+    let [_, hash, der, sig, text, _] = fields;
+    (String::from_utf8(hash).unwrap(), der, sig, text)
+}
+
+fn native_verify(args: &[u8]) -> Result<Vec<u8>, Status> {
+    use p256::pkcs8::DecodePublicKey as _;
+    let (hash, der, sig, text) = decode_args(args);
+    let ok = if let Ok(pk) =
+        <rsa::RsaPublicKey as rsa::pkcs8::DecodePublicKey>::from_public_key_der(&der)
+    {
+        use rsa::signature::Verifier;
+        let sig = rsa::pkcs1v15::Signature::try_from(&sig[..]).map_err(|_| Status::BadArgument)?;
+        match hash.as_str() {
+            "sha256" => rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(pk)
+                .verify(&text, &sig)
+                .is_ok(),
+            "sha384" => rsa::pkcs1v15::VerifyingKey::<sha2::Sha384>::new(pk)
+                .verify(&text, &sig)
+                .is_ok(),
+            "sha512" => rsa::pkcs1v15::VerifyingKey::<sha2::Sha512>::new(pk)
+                .verify(&text, &sig)
+                .is_ok(),
+            _ => return Err(Status::BadArgument),
+        }
+    } else if let Ok(vk) = p256::ecdsa::VerifyingKey::from_public_key_der(&der) {
+        use p256::ecdsa::signature::Verifier;
+        assert_eq!(hash, "sha256");
+        p256::ecdsa::Signature::from_der(&sig).is_ok_and(|s| vk.verify(&text, &s).is_ok())
+    } else if let Ok(vk) = p384::ecdsa::VerifyingKey::from_public_key_der(&der) {
+        use p384::ecdsa::signature::Verifier;
+        assert_eq!(hash, "sha384");
+        p384::ecdsa::Signature::from_der(&sig).is_ok_and(|s| vk.verify(&text, &s).is_ok())
+    } else {
+        return Err(Status::BadArgument);
+    };
+    // VerifySignatureResult { result = 1 (bool), error = 2 }
+    Ok(if ok {
+        vec![0x08, 0x01]
+    } else {
+        vec![0x08, 0x00, 0x12, 0x03, b'b', b'a', b'd']
+    })
+}
+
+/// Registers `verify_signature`; the counter tells how often the module called it.
+fn with_native(host: &Host) -> Arc<AtomicUsize> {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    host.register_foreign_function("verify_signature", move |args| {
+        c.fetch_add(1, Ordering::SeqCst);
+        native_verify(args)
+    });
+    calls
+}
+
+// ---- tests ----------------------------------------------------------------------------------
+
+#[test]
+fn valid_token_forwards_claims_and_removes_the_token() {
+    let host = Host::new();
+    let native = with_native(&host);
+    let mut w = worker(&host, &inline_config());
+    let token = rs256(&host, json!({}));
+    let v = with_token(&mut w, "/orders", &token);
+    let h = up(&v);
+    assert_eq!(h.get("x-user-id").as_deref(), Some("user-1"));
+    assert_eq!(h.get("x-user-role").as_deref(), Some("admin"));
+    assert_eq!(h.get("x-user-groups").as_deref(), Some("a;b"));
+    assert_eq!(
+        h.get("x-jwt-payload").as_deref(),
+        token.split('.').nth(1),
+        "payload forwarded as base64url"
+    );
+    assert!(
+        !h.contains("authorization"),
+        "forward: false removes the token"
+    );
+    assert_eq!(v.route_cache_clears, 1);
+    assert_eq!(host.counter(&m("allowed")), 1);
+    assert_eq!(host.counter(&m("verify_native")), 1);
+    assert_eq!(host.counter(&m("verify_fallback")), 0);
+    assert_eq!(
+        native.load(Ordering::SeqCst),
+        1,
+        "RS256 verified by the host"
+    );
+}
+
+#[test]
+fn every_algorithm_verifies_natively_or_with_jwt_simple() {
+    let host = Host::new();
+    let native = with_native(&host);
+    let mut w = worker(&host, &inline_config());
+    let k = keys();
+    let c = || claims(&host, json!({}));
+    let cases: [(&str, String, bool); 6] = [
+        ("RS256", k.rs.sign(c()).unwrap(), true),
+        ("PS256", k.ps.sign(c()).unwrap(), false),
+        ("ES256", k.es256.sign(c()).unwrap(), true),
+        ("ES384", k.es384.sign(c()).unwrap(), true),
+        ("EdDSA", k.ed.sign(c()).unwrap(), false),
+        ("HS256", k.hs.authenticate(c()).unwrap(), false),
+    ];
+    for (alg, token, is_native) in cases {
+        let before = native.load(Ordering::SeqCst);
+        let v = with_token(&mut w, "/", &token);
+        assert_eq!(up(&v).get("x-user-id").as_deref(), Some("user-1"), "{alg}");
+        assert_eq!(
+            native.load(Ordering::SeqCst) - before,
+            usize::from(is_native),
+            "{alg}"
+        );
+    }
+    assert_eq!(host.counter(&m("verify_native")), 3);
+    assert_eq!(host.counter(&m("verify_fallback")), 3);
+}
+
+#[test]
+fn without_the_host_function_everything_falls_back_to_jwt_simple() {
+    let host = Host::new();
+    let mut w = worker(&host, &inline_config());
+    let k = keys();
+    for token in [
+        k.rs.sign(claims(&host, json!({}))).unwrap(),
+        k.es256.sign(claims(&host, json!({}))).unwrap(),
+    ] {
+        assert!(
+            with_token(&mut w, "/", &token)
+                .upstream_request_headers
+                .is_some()
+        );
+    }
+    assert_eq!(host.counter(&m("verify_native")), 0);
+    assert_eq!(host.counter(&m("verify_fallback")), 2);
+}
+
+#[test]
+fn native_answers_agree_with_jwt_simple_on_forged_signatures() {
+    for native in [true, false] {
+        let host = Host::new();
+        if native {
+            with_native(&host);
+        }
+        let mut w = worker(&host, &inline_config());
+        let k = keys();
+        for token in [
+            k.rs.sign(claims(&host, json!({}))).unwrap(),
+            k.es256.sign(claims(&host, json!({}))).unwrap(),
+            k.es384.sign(claims(&host, json!({}))).unwrap(),
+        ] {
+            // Flip one bit of the signature.
+            let (input, sig) = token.rsplit_once('.').unwrap();
+            let mut raw = ct_codecs::Base64UrlSafeNoPadding::decode_to_vec(sig, None).unwrap();
+            raw[5] ^= 1;
+            let forged = format!("{input}.{}", b64(&raw));
+            let v = with_token(&mut w, "/", &forged);
+            assert_eq!(refused(&v).1, "bad_signature", "native={native}");
+            // A payload changed under a valid signature.
+            let parts: Vec<&str> = token.split('.').collect();
+            let payload = b64(
+                br#"{"iss":"https://idp.example.com","aud":"api","sub":"root","exp":9999999999}"#,
+            );
+            let swapped = format!("{}.{payload}.{}", parts[0], parts[2]);
+            assert_eq!(
+                refused(&with_token(&mut w, "/", &swapped)).1,
+                "bad_signature"
+            );
+        }
+    }
+}
+
+#[test]
+fn spoofed_claim_headers_never_reach_the_upstream() {
+    let host = Host::new();
+    let mut w = worker(&host, &inline_config());
+    let spoof = [
+        ("x-user-id", "admin"),
+        ("X-User-Role", "root"),
+        ("x-jwt-payload", "e30"),
+        ("x-user-groups", "admins"),
+    ];
+    // A route that needs no token: still stripped.
+    let v = get(&mut w, "/public/x", &spoof);
+    let h = up(&v);
+    for (name, _) in spoof {
+        assert!(!h.contains(name), "{name} on a public route");
+    }
+    // allow_missing without a token: stripped too.
+    let h = up(&get(&mut w, "/optional", &spoof));
+    assert!(!h.contains("x-user-id"));
+    // With a valid token: the claim replaces the spoofed value, one copy.
+    let token = rs256(&host, json!({"role": null}));
+    let auth = format!("Bearer {token}");
+    let mut req = spoof.to_vec();
+    req.push(("authorization", &auth));
+    let h = up(&get(&mut w, "/", &req));
+    assert_eq!(h.get_all("x-user-id"), vec!["user-1"]);
+    assert!(
+        !h.contains("x-user-role"),
+        "no role claim: the spoofed one is gone too"
+    );
+    assert_eq!(h.get_all("x-jwt-payload").len(), 1);
+}
+
+#[test]
+fn missing_token_is_401_without_error_attribute() {
+    let host = Host::new();
+    let mut w = worker(&host, &inline_config());
+    for extra in [&[][..], &[("authorization", "Basic dXNlcjpwYXNz")]] {
+        let (status, reason, challenge) = refused(&get(&mut w, "/", extra));
+        assert_eq!((status, reason.as_str()), (401, "missing"));
+        assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="api""#));
+    }
+    assert_eq!(host.counter(&m("denied_missing")), 2);
+}
+
+#[test]
+fn invalid_tokens_are_refused_with_the_right_reason() {
+    let host = Host::new();
+    let mut w = worker(&host, &inline_config());
+    let k = keys();
+    let now = host.now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let header = |h: &str| b64(h.as_bytes());
+    let payload = b64(&serde_json::to_vec(
+        &json!({"iss": ISS, "aud": "api", "sub": "u", "exp": now + 60}),
+    )
+    .unwrap());
+    // HS256 "signed" with the RSA public key as the secret (the alg-confusion attack).
+    let rsa_pub_der = k.rs.public_key().to_der().unwrap();
+    let confused_input = format!("{}.{payload}", header(r#"{"alg":"HS256","kid":"rs"}"#));
+    let confused_sig = HS256Key::from_bytes(&rsa_pub_der);
+    let tag = {
+        use jwt_simple::algorithms::MACLike;
+        confused_sig.authentication_tag(confused_input.as_bytes())
+    };
+    let confused = format!("{confused_input}.{}", b64(&tag));
+    let confused_nokid_input = format!("{}.{payload}", header(r#"{"alg":"HS256"}"#));
+    let tag2 = {
+        use jwt_simple::algorithms::MACLike;
+        confused_sig.authentication_tag(confused_nokid_input.as_bytes())
+    };
+    let confused_nokid = format!("{confused_nokid_input}.{}", b64(&tag2));
+    let none = format!("{}.{payload}.", header(r#"{"alg":"none"}"#));
+    let none_sig = format!("{}.{payload}.{}", header(r#"{"alg":"none"}"#), b64(b"x"));
+    let es512 = format!("{}.{payload}.{}", header(r#"{"alg":"ES512"}"#), b64(b"x"));
+    let big = format!("{}.{}.{}", "a".repeat(9000), "b".repeat(9000), "c");
+    let cases: Vec<(&str, String, u32, &str)> = vec![
+        (
+            "expired",
+            rs256(&host, json!({"exp": now - 120})),
+            401,
+            "expired",
+        ),
+        (
+            "within skew",
+            rs256(&host, json!({"exp": now - 30})),
+            200,
+            "",
+        ),
+        (
+            "nbf",
+            rs256(&host, json!({"nbf": now + 300})),
+            401,
+            "not_yet_valid",
+        ),
+        (
+            "iat future",
+            rs256(&host, json!({"iat": now + 300})),
+            401,
+            "not_yet_valid",
+        ),
+        (
+            "no exp",
+            rs256(&host, json!({"exp": null})),
+            401,
+            "malformed",
+        ),
+        (
+            "issuer",
+            rs256(&host, json!({"iss": "https://evil"})),
+            401,
+            "issuer",
+        ),
+        (
+            "audience",
+            rs256(&host, json!({"aud": "other"})),
+            403,
+            "audience",
+        ),
+        (
+            "unknown kid",
+            k.rs.clone()
+                .with_key_id("nope")
+                .sign(claims(&host, json!({})))
+                .unwrap(),
+            401,
+            "unknown_kid",
+        ),
+        ("HS256 with RSA pubkey, kid", confused, 401, "bad_signature"),
+        (
+            "HS256 with RSA pubkey, no kid",
+            confused_nokid,
+            401,
+            "bad_signature",
+        ),
+        ("alg none", none, 401, "malformed"),
+        ("alg none with sig", none_sig, 401, "malformed"),
+        ("unknown alg", es512, 401, "malformed"),
+        ("too big", big, 401, "malformed"),
+        ("garbage", "abc".into(), 401, "malformed"),
+        (
+            "CRLF claim",
+            rs256(&host, json!({"role": "a\r\nx-admin: 1"})),
+            401,
+            "malformed",
+        ),
+        (
+            "NUL claim",
+            rs256(&host, json!({"role": "a\u{0}b"})),
+            401,
+            "malformed",
+        ),
+    ];
+    for (what, token, status, reason) in cases {
+        let v = with_token(&mut w, "/", &token);
+        if status == 200 {
+            assert!(v.upstream_request_headers.is_some(), "{what}");
+            continue;
+        }
+        let (s, r, challenge) = refused(&v);
+        assert_eq!((s, r.as_str()), (status, reason), "{what}");
+        let challenge = challenge.unwrap();
+        let error = if status == 403 {
+            "insufficient_scope"
+        } else {
+            "invalid_token"
+        };
+        assert!(
+            challenge.starts_with(&format!(
+                r#"Bearer realm="api", error="{error}", error_description=""#
+            )),
+            "{what}: {challenge}"
+        );
+        // Never echo token contents.
+        let body = &v.local_response.as_ref().unwrap().body;
+        let body = String::from_utf8_lossy(body);
+        for part in token.split('.').filter(|p| p.len() > 8) {
+            assert!(!body.contains(part) && !challenge.contains(part), "{what}");
+        }
+        for l in w.logs() {
+            assert!(
+                !l.message.contains("x-admin")
+                    && !token
+                        .split('.')
+                        .any(|p| p.len() > 8 && l.message.contains(p)),
+                "{what}: {}",
+                l.message
+            );
+        }
+    }
+    assert_eq!(host.counter(&m("denied_expired")), 1);
+    assert_eq!(host.counter(&m("denied_bad_signature")), 2);
+}
+
+#[test]
+fn more_than_one_token_is_refused() {
+    let host = Host::new();
+    let config =
+        inline_config().replace(r#""issuer""#, r#""from_params":["access_token"],"issuer""#);
+    let mut w = worker(&host, &config);
+    let token = rs256(&host, json!({}));
+    let auth = format!("Bearer {token}");
+    let path = format!("/x?access_token={token}");
+    let v = get(&mut w, &path, &[("authorization", &auth)]);
+    let (status, reason, challenge) = refused(&v);
+    assert_eq!((status, reason.as_str()), (400, "invalid_request"));
+    assert!(
+        challenge
+            .unwrap()
+            .contains(r#"error="invalid_request", error_description="more than one token"#)
+    );
+    let v = get(
+        &mut w,
+        "/",
+        &[("authorization", &auth), ("authorization", &auth)],
+    );
+    assert_eq!(refused(&v).1, "invalid_request");
+    // From the query alone: accepted and removed from :path.
+    let v = get(&mut w, &format!("/x?a=1&access_token={token}"), &[]);
+    assert_eq!(up(&v).get(":path").as_deref(), Some("/x?a=1"));
+}
+
+#[test]
+fn scopes_and_allow_missing_and_cors() {
+    let host = Host::new();
+    let mut w = worker(&host, &inline_config());
+    let ok = rs256(&host, json!({}));
+    assert!(
+        with_token(&mut w, "/admin/x", &ok)
+            .upstream_request_headers
+            .is_some()
+    );
+    let reader = rs256(&host, json!({"scope": "read"}));
+    let (s, r, c) = refused(&with_token(&mut w, "/admin/x", &reader));
+    assert_eq!((s, r.as_str()), (403, "scope"));
+    assert!(c.unwrap().contains(r#"error="insufficient_scope""#));
+    // allow_missing: no token passes, an invalid one does not.
+    assert!(
+        get(&mut w, "/optional", &[])
+            .upstream_request_headers
+            .is_some()
+    );
+    let expired = rs256(&host, json!({"exp": 1000}));
+    assert_eq!(
+        refused(&with_token(&mut w, "/optional", &expired)).1,
+        "expired"
+    );
+    let h = up(&with_token(&mut w, "/optional", &ok));
+    assert_eq!(h.get("x-user-id").as_deref(), Some("user-1"));
+    // CORS preflight needs no token.
+    let v = w
+        .exchange(
+            &[
+                (":method", "OPTIONS"),
+                (":path", "/orders"),
+                (":authority", "api.example.com"),
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "POST"),
+            ],
+            None,
+            &[(":status", "204")],
+            None,
+        )
+        .unwrap();
+    assert!(v.upstream_request_headers.is_some());
+}
+
+#[test]
+fn repeated_tokens_hit_the_cache_until_they_expire() {
+    let host = Host::new();
+    let native = with_native(&host);
+    let mut w = worker(&host, &inline_config());
+    let token = rs256(&host, json!({}));
+    for _ in 0..3 {
+        assert!(
+            with_token(&mut w, "/", &token)
+                .upstream_request_headers
+                .is_some()
+        );
+    }
+    assert_eq!(native.load(Ordering::SeqCst), 1);
+    assert_eq!(host.counter(&m("cache_miss")), 1);
+    assert_eq!(host.counter(&m("cache_hit")), 2);
+    // Past exp + skew the cached entry is not used.
+    host.advance_clock(StdDuration::from_secs(600 + 61));
+    assert_eq!(refused(&with_token(&mut w, "/", &token)).1, "expired");
+    // A cached token still needs the rule's scopes.
+    let reader = rs256(&host, json!({"scope": "read"}));
+    assert!(
+        with_token(&mut w, "/", &reader)
+            .upstream_request_headers
+            .is_some()
+    );
+    assert_eq!(refused(&with_token(&mut w, "/admin", &reader)).1, "scope");
+}
+
+#[test]
+fn fuel_of_fresh_and_cached_requests() {
+    let host = Host::new();
+    with_native(&host);
+    let mut w = worker(&host, &inline_config());
+    let warm = rs256(&host, json!({"sub": "warm"}));
+    with_token(&mut w, "/", &warm);
+    let token = rs256(&host, json!({}));
+    let fuel = |w: &mut Worker| -> u64 {
+        w.clear_history();
+        with_token(w, "/", &token);
+        w.history()
+            .iter()
+            .filter(|r| r.callback == "proxy_on_request_headers")
+            .map(|r| r.fuel)
+            .sum()
+    };
+    let fresh = fuel(&mut w);
+    let cached = fuel(&mut w);
+    w.clear_history();
+    get(&mut w, "/public", &[]);
+    let public: u64 = w
+        .history()
+        .iter()
+        .filter(|r| r.callback == "proxy_on_request_headers")
+        .map(|r| r.fuel)
+        .sum();
+    let short = keys()
+        .hs
+        .authenticate({
+            let mut c = claims(&host, json!({}));
+            c.custom = serde_json::Map::new();
+            c
+        })
+        .unwrap();
+    with_token(&mut w, "/", &short);
+    w.clear_history();
+    with_token(&mut w, "/", &short);
+    let short_cached: u64 = w
+        .history()
+        .iter()
+        .filter(|r| r.callback == "proxy_on_request_headers")
+        .map(|r| r.fuel)
+        .sum();
+    let mut fresh_of = |token: String| -> u64 {
+        w.clear_history();
+        with_token(&mut w, "/", &token);
+        w.history()
+            .iter()
+            .filter(|r| r.callback == "proxy_on_request_headers")
+            .map(|r| r.fuel)
+            .sum()
+    };
+    let k = keys();
+    let es256 = fresh_of(k.es256.sign(claims(&host, json!({}))).unwrap());
+    let ed = fresh_of(k.ed.sign(claims(&host, json!({}))).unwrap());
+    let hs = fresh_of(k.hs.authenticate(claims(&host, json!({}))).unwrap());
+    let ps = fresh_of(k.ps.sign(claims(&host, json!({}))).unwrap());
+    eprintln!(
+        "fuel: fresh ES256 (native) {es256}, EdDSA {ed}, HS256 {hs}, PS256 {ps} (jwt-simple)"
+    );
+    eprintln!(
+        "fuel: fresh RS256 (native) {fresh}, cached {cached} ({} B token), cached {short_cached} ({} B token), no token needed {public}",
+        token.len(),
+        short.len()
+    );
+    assert!(cached < fresh);
+}
+
+#[test]
+fn bad_configurations_are_rejected_naming_the_field() {
+    let host = Host::new();
+    let mdl = module();
+    for (config, field) in [
+        (
+            r#"{"providers":{"a":{"issuer":"i","remote_jwks":{"cluster":"","authority":"idp","path":"/j"}}}}"#,
+            "providers.a.remote_jwks.cluster",
+        ),
+        (
+            r#"{"providers":{"a":{"issuer":"i","jwks":{"keys":[]}}}}"#,
+            "providers.a.jwks",
+        ),
+        (
+            r#"{"providers":{},"rules":[{"match":{"prefix":"/"},"requires":"x"}]}"#,
+            "rules[0].requires",
+        ),
+        (
+            r#"{"rules":[{"match":{"regex":"("},"requires":null}]}"#,
+            "rules[0].match.regex",
+        ),
+        (r#"{"bogus":1}"#, "bogus"),
+    ] {
+        match Worker::new(&host, &[PluginConfig::new(&mdl).configuration(config)]) {
+            Err(HarnessError::ConfigRejected { logs, .. }) => {
+                assert!(
+                    logs.iter()
+                        .any(|l| l.level == LogLevel::Error
+                            && l.message.contains(&format!("{field}:"))),
+                    "{field}: {logs:?}"
+                );
+            }
+            Err(e) => panic!("{field}: {e}"),
+            Ok(_) => panic!("{field}: accepted"),
+        }
+    }
+}
+
+// ---- remote JWKS -----------------------------------------------------------------------------
+
+fn remote_config(min_refetch_s: u64) -> String {
+    config_with(json!({"remote_jwks": {
+        "cluster": "idp", "authority": "idp.example.com", "path": "/jwks",
+        "timeout_ms": 2000, "min_refetch_interval_s": min_refetch_s
+    }}))
+}
+
+fn jwks_of(kids: &[&str]) -> Vec<u8> {
+    let all = jwks();
+    let keys: Vec<Value> = all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap_or_default()))
+        .cloned()
+        .collect();
+    serde_json::to_vec(&json!({"keys": keys})).unwrap()
+}
+
+/// Opens a stream and sends `method /` with the token; the request is left wherever the filter
+/// put it (paused while it waits for keys).
+fn start_request(w: &mut Worker, method: &str, token: &str, end_of_stream: bool) -> StreamId {
+    let id = w.open_stream().unwrap();
+    let auth = format!("Bearer {token}");
+    w.send_request_headers(
+        id,
+        &[
+            (":method", method),
+            (":path", "/"),
+            (":authority", "a"),
+            ("authorization", &auth),
+        ],
+        end_of_stream,
+    )
+    .unwrap();
+    id
+}
+
+fn tick(w: &mut Worker) {
+    w.advance(StdDuration::from_millis(100)).unwrap();
+}
+
+/// Answer the only pending JWKS call of `w`.
+fn serve_jwks(w: &mut Worker, body: Vec<u8>) {
+    let calls = w.pending_http_calls();
+    assert_eq!(calls.len(), 1, "one JWKS fetch");
+    let c = &calls[0];
+    assert_eq!(c.upstream, "idp");
+    assert_eq!(c.headers.get(":path").as_deref(), Some("/jwks"));
+    assert_eq!(
+        c.headers.get(":authority").as_deref(),
+        Some("idp.example.com")
+    );
+    w.respond_http_call(c.id, HttpCallResponse::new(200, body))
+        .unwrap();
+}
+
+#[test]
+fn remote_jwks_is_fetched_once_and_shared_by_workers() {
+    let host = Host::new();
+    host.add_cluster("idp");
+    with_native(&host);
+    let config = remote_config(30);
+    let mut a = worker(&host, &config);
+    let mut b = worker(&host, &config);
+    tick(&mut a);
+    b.run_due().unwrap();
+    tick(&mut b);
+    let total = a.pending_http_calls().len() + b.pending_http_calls().len();
+    assert_eq!(total, 1, "single flight across worker VMs");
+    serve_jwks(&mut a, jwks_of(&["rs"]));
+    assert_eq!(host.counter(&m("jwks_fetch_ok")), 1);
+    // b picks the keys up from shared data on its next tick, without fetching.
+    tick(&mut b);
+    assert!(b.pending_http_calls().is_empty());
+    let token = rs256(&host, json!({}));
+    for w in [&mut a, &mut b] {
+        let v = with_token(w, "/", &token);
+        assert_eq!(up(&v).get("x-user-id").as_deref(), Some("user-1"));
+    }
+    // Shared data: two keys per provider.
+    assert_eq!(host.shared_data_size("").0, 2);
+}
+
+#[test]
+fn no_keys_yet_pauses_then_503_when_the_idp_is_down() {
+    let host = Host::new();
+    host.add_cluster("idp");
+    let mut w = worker(&host, &remote_config(30));
+    let token = rs256(&host, json!({}));
+    let id = start_request(&mut w, "GET", &token, true);
+    assert!(w.request_paused(id), "waits for the first fetch");
+    tick(&mut w);
+    let call = w.pending_http_calls()[0].id;
+    w.respond_http_call(call, HttpCallResponse::new(500, "down"))
+        .unwrap();
+    let v = w.complete(id).unwrap();
+    let (status, reason, _) = refused(&v);
+    assert_eq!((status, reason.as_str()), (503, "jwks_unavailable"));
+    assert_eq!(
+        v.local_response
+            .as_ref()
+            .unwrap()
+            .headers
+            .get("retry-after")
+            .as_deref(),
+        Some("5")
+    );
+    assert_eq!(host.counter(&m("jwks_fetch_failed")), 1);
+    assert!(w.logged(LogLevel::Warn, "JWKS fetch failed"));
+    // While the IdP stays down, requests fail fast instead of waiting for their deadline.
+    let v = with_token(&mut w, "/", &token);
+    assert_eq!(refused(&v).0, 503);
+    // The next attempt (1 s later) succeeds: requests pass again.
+    w.advance(StdDuration::from_secs(1)).unwrap();
+    serve_jwks(&mut w, jwks_of(&["rs"]));
+    assert!(
+        with_token(&mut w, "/", &token)
+            .upstream_request_headers
+            .is_some()
+    );
+}
+
+#[test]
+fn unknown_kid_refetches_while_the_request_waits() {
+    let host = Host::new();
+    host.add_cluster("idp");
+    with_native(&host);
+    let mut w = worker(&host, &remote_config(30));
+    tick(&mut w);
+    serve_jwks(&mut w, jwks_of(&["rs"]));
+    // Minutes later the IdP rotates to a new key (es256) and signs with it.
+    host.advance_clock(StdDuration::from_secs(120));
+    let rotated = keys().es256.sign(claims(&host, json!({}))).unwrap();
+    let id = start_request(&mut w, "GET", &rotated, true);
+    assert!(w.request_paused(id), "paused for the refetch");
+    tick(&mut w);
+    serve_jwks(&mut w, jwks_of(&["rs", "es256"]));
+    assert!(!w.request_paused(id));
+    let v = w.stream(id).unwrap();
+    assert_eq!(up(&v).get("x-user-id").as_deref(), Some("user-1"));
+    assert_eq!(host.counter(&m("denied_unknown_kid")), 0);
+    // Another unknown kid right after: no refetch (min_refetch_interval_s), 401 at once.
+    let other = keys().ed.sign(claims(&host, json!({}))).unwrap();
+    let v = with_token(&mut w, "/", &other);
+    assert_eq!(refused(&v).1, "unknown_kid");
+    tick(&mut w);
+    assert!(w.pending_http_calls().is_empty());
+}
+
+#[test]
+fn paused_requests_on_other_workers_wake_when_keys_arrive() {
+    let host = Host::new();
+    host.add_cluster("idp");
+    let config = remote_config(30);
+    let mut a = worker(&host, &config);
+    let mut b = worker(&host, &config);
+    tick(&mut a);
+    serve_jwks(&mut a, jwks_of(&["rs"]));
+    tick(&mut b);
+    host.advance_clock(StdDuration::from_secs(60));
+    let rotated = keys().es384.sign(claims(&host, json!({}))).unwrap();
+    let sb = start_request(&mut b, "GET", &rotated, true);
+    assert!(b.request_paused(sb));
+    // b's root takes the lease and fetches; a sees the lease and does not.
+    tick(&mut b);
+    a.run_due().unwrap();
+    tick(&mut a);
+    assert!(a.pending_http_calls().is_empty());
+    let sa = start_request(&mut a, "GET", &rotated, true);
+    assert!(a.request_paused(sa), "a waits for b's fetch");
+    serve_jwks(&mut b, jwks_of(&["rs", "es384"]));
+    assert!(b.stream(sb).unwrap().upstream_request_headers.is_some());
+    tick(&mut a);
+    assert!(a.stream(sa).unwrap().upstream_request_headers.is_some());
+    assert_eq!(host.counter(&m("jwks_fetch_ok")), 2);
+}
+
+#[test]
+fn failed_refresh_keeps_the_last_good_keys() {
+    let host = Host::new();
+    host.add_cluster("idp");
+    let mut w = worker(&host, &remote_config(30));
+    tick(&mut w);
+    serve_jwks(&mut w, jwks_of(&["rs"]));
+    // refresh_s (600) later a refresh is due; the IdP is down.
+    host.advance_clock(StdDuration::from_secs(600));
+    tick(&mut w);
+    let call = w.pending_http_calls()[0].id;
+    w.fail_http_call(call).unwrap();
+    assert_eq!(host.counter(&m("jwks_fetch_failed")), 1);
+    let token = rs256(&host, json!({}));
+    assert!(
+        with_token(&mut w, "/", &token)
+            .upstream_request_headers
+            .is_some()
+    );
+}
+
+#[test]
+fn a_waiting_request_keeps_its_body_until_verified() {
+    let host = Host::new();
+    host.add_cluster("idp");
+    let mut w = worker(&host, &remote_config(30));
+    let token = rs256(&host, json!({}));
+    let id = start_request(&mut w, "POST", &token, false);
+    w.send_request_body(id, b"payload", true).unwrap();
+    assert!(
+        w.stream(id).unwrap().upstream_request_headers.is_none(),
+        "the body must not release the paused headers"
+    );
+    tick(&mut w);
+    serve_jwks(&mut w, jwks_of(&["rs"]));
+    let v = w.stream(id).unwrap();
+    assert_eq!(up(&v).get("x-user-id").as_deref(), Some("user-1"));
+    assert_eq!(v.upstream_request_body, b"payload");
+}
+
+#[test]
+fn token_sources_are_removed_or_forwarded() {
+    let host = Host::new();
+    let config = inline_config().replace(r#""issuer""#, r#""from_cookies":["jwt"],"issuer""#);
+    let mut w = worker(&host, &config);
+    let token = rs256(&host, json!({}));
+    let cookie = format!("a=1; jwt={token}; b=2");
+    let h = up(&get(&mut w, "/", &[("cookie", &cookie)]));
+    assert_eq!(h.get("x-user-id").as_deref(), Some("user-1"));
+    assert_eq!(
+        h.get_all("cookie"),
+        vec!["a=1; b=2"],
+        "only the token cookie goes"
+    );
+    let only = format!("jwt={token}");
+    let h = up(&get(&mut w, "/", &[("cookie", &only)]));
+    assert!(!h.contains("cookie"));
+
+    let forwarding = inline_config().replace(r#""issuer""#, r#""forward":true,"issuer""#);
+    let mut w = worker(&host, &forwarding);
+    let h = up(&with_token(&mut w, "/", &token));
+    assert_eq!(h.get("authorization"), Some(format!("Bearer {token}")));
+    assert_eq!(h.get("x-user-id").as_deref(), Some("user-1"));
+}
+
+#[test]
+fn a_lease_left_by_a_vanished_worker_expires() {
+    let host = Host::new();
+    host.add_cluster("idp");
+    let config = remote_config(30);
+    let mut a = worker(&host, &config);
+    let mut b = worker(&host, &config);
+    tick(&mut a);
+    assert_eq!(a.pending_http_calls().len(), 1, "a holds the lease");
+    drop(a); // the VM goes away mid-fetch
+    b.advance(StdDuration::from_secs(2)).unwrap();
+    assert!(
+        b.pending_http_calls().is_empty(),
+        "lease still valid (timeout 2 s + 1 s)"
+    );
+    b.advance(StdDuration::from_millis(1100)).unwrap();
+    serve_jwks(&mut b, jwks_of(&["rs"]));
+    let token = rs256(&host, json!({}));
+    assert!(
+        with_token(&mut b, "/", &token)
+            .upstream_request_headers
+            .is_some()
+    );
+}
+
+#[test]
+fn a_timed_out_fetch_is_a_failure_and_is_retried() {
+    let host = Host::new();
+    host.add_cluster("idp");
+    let mut w = worker(&host, &remote_config(30));
+    tick(&mut w);
+    assert_eq!(w.pending_http_calls().len(), 1);
+    // Nobody answers: Envoy times the callout out (504) after timeout_ms.
+    w.advance(StdDuration::from_millis(2000)).unwrap();
+    assert_eq!(host.counter(&m("jwks_fetch_failed")), 1);
+    w.advance(StdDuration::from_millis(1000)).unwrap();
+    serve_jwks(&mut w, jwks_of(&["rs"]));
+    assert_eq!(host.counter(&m("jwks_fetch_ok")), 1);
+}
