@@ -20,6 +20,7 @@
 //! Everything here is synchronous from the caller's point of view: async work runs on one
 //! process-wide tokio runtime ([`runtime`]), so plain `#[test] fn`s can use it.
 //!
+//! - [`demo_jwt`]: the demo identity provider's key (tokens for `just demo`, tests, bench).
 //! - [`bench`]: `just bench`, Envoy's CPU per request with each filter vs native filters.
 //!
 //! Missing prerequisites fail loudly and name the fix (`just build`, `just envoy`); nothing is
@@ -27,6 +28,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod demo_jwt;
 pub mod deploy;
 pub mod echo;
 pub mod envoy;

@@ -390,3 +390,100 @@ fn jwt_gateway_answers_503_while_the_idp_is_down() -> Result<()> {
     }
     Ok(())
 }
+
+/// `envoy-configs/gateway.yaml`: jwt-to-header in the edge chain with the demo IdP's inline
+/// JWKS. /api/ needs a token; the token's claims reach the upstream as headers, its tenant
+/// routes the request (tenant-routing), spoofed claim headers never pass, and Envoy's own
+/// crypto verifies the ES256 signature.
+#[test]
+fn the_edge_gateway_requires_a_token_on_api_and_forwards_its_claims() -> Result<()> {
+    use gatewasm_tests::demo_jwt::{DemoClaims, mint};
+    let shared = EchoUpstream::start()?;
+    let acme = EchoUpstream::start()?;
+    let envoy = EnvoyBuilder::new("gateway.yaml")
+        .upstream(shared.port())
+        .upstream2(acme.port())
+        .start()?;
+    let send = |req: &Request| client::send(envoy.listen_addr(), req);
+    let token = mint(&DemoClaims::default())?;
+
+    // No token on /api/: 401 with an RFC 6750 challenge (no error attribute), and the chain's ID.
+    let resp = send(&Request::get("/api/orders"))?;
+    ensure!(resp.status == 401, "status {}", resp.status);
+    let challenge = resp.header("www-authenticate").unwrap_or("");
+    ensure!(
+        challenge.starts_with("Bearer realm=\"gatewasm-demo\"") && !challenge.contains("error="),
+        "{challenge}"
+    );
+    ensure!(resp.header("x-request-id").is_some(), "{:?}", resp.headers);
+    ensure!(shared.requests_seen() + acme.requests_seen() == 0);
+
+    // With the demo token: alice, admin, tenant acme → acme's backend, tier gold.
+    let resp = send(&get("/api/orders", Some(&token)).header("x-user-id", "mallory"))?;
+    ensure!(
+        resp.status == 200,
+        "status {}: {}",
+        resp.status,
+        resp.text()
+    );
+    let seen = Echoed::from_response(&resp)?;
+    ensure!(
+        seen.header_all("x-user-id") == ["alice"],
+        "{:?}",
+        seen.headers
+    );
+    ensure!(
+        seen.header_all("x-user-role") == ["admin"],
+        "{:?}",
+        seen.headers
+    );
+    ensure!(
+        seen.header_all("x-tenant-id") == ["acme"],
+        "{:?}",
+        seen.headers
+    );
+    ensure!(
+        seen.header_all("x-tenant-tier") == ["gold"],
+        "{:?}",
+        seen.headers
+    );
+    ensure!(
+        seen.header("authorization").is_none(),
+        "the token is not forwarded"
+    );
+    ensure!(acme.requests_seen() == 1);
+
+    // A tampered token is refused everywhere, also where a token is optional.
+    let tampered = format!("{token}x");
+    let resp = send(&get("/hello", Some(&tampered)))?;
+    ensure!(resp.status == 401, "status {}", resp.status);
+    ensure!(
+        resp.header("www-authenticate")
+            .unwrap_or("")
+            .contains("error=\"invalid_token\""),
+        "{:?}",
+        resp.headers
+    );
+
+    // Without a token on a public path: no identity, and spoofed claim headers are removed.
+    let resp = send(
+        &Request::get("/hello")
+            .header("x-user-id", "mallory")
+            .header("x-jwt-tenant", "acme"),
+    )?;
+    let seen = Echoed::from_response(&resp)?;
+    ensure!(seen.header("x-user-id").is_none(), "{:?}", seen.headers);
+    ensure!(
+        seen.header_all("x-tenant-id") == ["public"],
+        "{:?}",
+        seen.headers
+    );
+
+    // The token says acme, the host says globex: cross-tenant access is refused.
+    let resp = send(&get("/api/orders", Some(&token)).header("host", "globex.tenants.localhost"))?;
+    ensure!(resp.status == 403, "status {}", resp.status);
+
+    let native = envoy.counter("wasmcustom.gatewasm_jwt_to_header_verify_native")?;
+    ensure!(native >= 1, "ES256 verified by Envoy's crypto: {native}");
+    Ok(())
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use gatewasm_tests::client::{self, Request};
+use gatewasm_tests::demo_jwt::{DemoClaims, mint};
 use gatewasm_tests::echo::{EchoUpstream, Echoed};
 use gatewasm_tests::envoy::EnvoyBuilder;
 
@@ -129,9 +130,10 @@ fn exactly_the_limit_across_two_workers_and_spoofed_xff_is_ignored() -> Result<(
 }
 
 /// `envoy-configs/gateway.yaml`: rate-limit as the last filter of the edge chain. Only `/api/`
-/// is limited (120 a minute per client, burst 20); tenant-routing's stripped path is what it
-/// sees; the 429 is a local reply that still carries the chain's request ID; other paths are
-/// not limited.
+/// is limited (120 a minute per client, burst 20) — and needs a token (jwt-to-header); the
+/// token's tenant and the path agree; tenant-routing's stripped path is what rate-limit sees;
+/// the 429 is a local reply that still carries the chain's request ID; other paths are not
+/// limited.
 #[test]
 fn the_edge_gateway_limits_api_requests_per_client() -> Result<()> {
     let shared = EchoUpstream::start()?;
@@ -143,10 +145,18 @@ fn the_edge_gateway_limits_api_requests_per_client() -> Result<()> {
         .start()?;
     let addr = envoy.listen_addr();
 
+    // /api/ needs a token (jwt-to-header); the demo IdP's, for tenant acme.
+    let token = format!("Bearer {}", mint(&DemoClaims::default())?);
+    let unauthenticated = client::send(addr, &Request::get("/t/acme/api/orders"))?;
+    ensure!(
+        unauthenticated.status == 401,
+        "status {}",
+        unauthenticated.status
+    );
     let started = Instant::now();
     // Through tenant acme's path prefix: rate-limit sees /api/orders after the strip.
-    let responses = client::send_burst(addr, 200, 4, Duration::from_secs(60), |i| {
-        Request::get(&format!("/t/acme/api/orders?i={i}"))
+    let responses = client::send_burst(addr, 200, 4, Duration::from_secs(60), move |i| {
+        Request::get(&format!("/t/acme/api/orders?i={i}")).header("authorization", &token)
     })?;
     let elapsed = started.elapsed();
     let ok = responses.iter().filter(|r| r.status == 200).count();
