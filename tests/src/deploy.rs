@@ -111,6 +111,26 @@ const TRACE_PROPAGATION_PLACEMENTS: &[Placement] = &[
     },
 ];
 
+/// The gateways copy the Istio-style ECDS resource (Istio delivers it without a vm_id), sidecars
+/// `sidecar.yaml` (a token verified when present, never required).
+const JWT_TO_HEADER_PLACEMENTS: &[Placement] = &[
+    Placement {
+        variant: Variant::Ingress,
+        envoy_config: "istio-ecds-gateway-jwt-to-header.yaml",
+        envoy_filter: "extensions.istio.io/wasmplugin/istio-system.jwt-to-header",
+    },
+    Placement {
+        variant: Variant::GatewayApi,
+        envoy_config: "istio-ecds-gateway-jwt-to-header.yaml",
+        envoy_filter: "extensions.istio.io/wasmplugin/istio-system.jwt-to-header",
+    },
+    Placement {
+        variant: Variant::Sidecar,
+        envoy_config: "sidecar.yaml",
+        envoy_filter: "gatewasm.jwt_to_header",
+    },
+];
+
 /// Gateways only: routing to a tenant's backend is a gateway's job (and Istio's claim-based
 /// routing works on gateways only). The Istio manifests name clusters as istiod does, so they
 /// copy the Istio-style ECDS gateway config rather than the standalone `gateway.yaml`.
@@ -157,7 +177,12 @@ pub const FILTERS: &[Filter] = &[
         must_fail_closed: false,
         placements: TRACE_PROPAGATION_PLACEMENTS,
     },
-    // Filter { name: "jwt-to-header", phase: Phase::Authn, must_fail_closed: true, … },
+    Filter {
+        name: "jwt-to-header",
+        phase: Phase::Authn,
+        must_fail_closed: true,
+        placements: JWT_TO_HEADER_PLACEMENTS,
+    },
     Filter {
         name: "tenant-routing",
         phase: Phase::Authz,

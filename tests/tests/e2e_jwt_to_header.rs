@@ -487,3 +487,29 @@ fn the_edge_gateway_requires_a_token_on_api_and_forwards_its_claims() -> Result<
     ensure!(native >= 1, "ES256 verified by Envoy's crypto: {native}");
     Ok(())
 }
+
+/// `envoy-configs/sidecar.yaml`: a token is verified when present (claims forwarded), never
+/// required; a bad one is still refused.
+#[test]
+fn the_sidecar_verifies_a_token_when_there_is_one() -> Result<()> {
+    use gatewasm_tests::demo_jwt::{DemoClaims, mint};
+    let app = EchoUpstream::start()?;
+    let envoy = EnvoyBuilder::new("sidecar.yaml")
+        .upstream(app.port())
+        .start()?;
+    let send = |req: &Request| client::send(envoy.listen_addr(), req);
+    let token = mint(&DemoClaims::default())?;
+    let seen = Echoed::from_response(&send(&get("/orders", Some(&token)))?)?;
+    ensure!(
+        seen.header_all("x-user-id") == ["alice"],
+        "{:?}",
+        seen.headers
+    );
+    let resp = send(&Request::get("/orders").header("x-user-role", "admin"))?;
+    ensure!(resp.status == 200, "status {}", resp.status);
+    let seen = Echoed::from_response(&resp)?;
+    ensure!(seen.header("x-user-role").is_none(), "{:?}", seen.headers);
+    let resp = send(&get("/orders", Some(&format!("{token}x"))))?;
+    ensure!(resp.status == 401, "status {}", resp.status);
+    Ok(())
+}

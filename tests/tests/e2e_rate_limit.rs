@@ -217,11 +217,23 @@ fn istio_ecds_delivers_rate_limit_without_a_vm_id() -> Result<()> {
         ))? == 1,
         "ECDS update_success"
     );
+    // /api/ needs a token (jwt-to-header, also delivered over ECDS); one without a tenant claim,
+    // so the default tenant's backend answers.
+    let token = format!(
+        "Bearer {}",
+        mint(&DemoClaims {
+            tenant: String::new(),
+            ..DemoClaims::default()
+        })?
+    );
     let started = Instant::now();
-    let responses =
-        client::send_burst(envoy.listen_addr(), 160, 4, Duration::from_secs(60), |i| {
-            Request::get(&format!("/api/items/{i}"))
-        })?;
+    let responses = client::send_burst(
+        envoy.listen_addr(),
+        160,
+        4,
+        Duration::from_secs(60),
+        move |i| Request::get(&format!("/api/items/{i}")).header("authorization", &token),
+    )?;
     let elapsed = started.elapsed();
     let ok = responses.iter().filter(|r| r.status == 200).count();
     let limited = responses.iter().filter(|r| r.status == 429).count();
