@@ -183,8 +183,10 @@ impl Host {
         lock(&self.shared.properties).insert(path.join("\0").into_bytes(), value.into());
     }
 
-    /// Registers a foreign function, replacing one of the same name. `clear_route_cache` is
-    /// built in (see [`crate::StreamView::route_cache_clears`]); others answer NotFound unless registered.
+    /// Registers a foreign function, replacing one of the same name. Built in, as in Envoy:
+    /// `clear_route_cache` (see [`crate::StreamView::route_cache_clears`]) and
+    /// `verify_signature` (RSA PKCS#1 v1.5, ECDSA P-256/P-384); others answer NotFound unless
+    /// registered.
     pub fn register_foreign_function(
         &self,
         name: &str,

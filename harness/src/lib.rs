@@ -27,6 +27,7 @@
 
 mod abi;
 mod error;
+mod foreign;
 mod host;
 mod imports;
 mod module;

@@ -261,6 +261,14 @@ fn native_verify(args: &[u8]) -> Result<Vec<u8>, Status> {
     })
 }
 
+/// A host without Envoy's `verify_signature` (the harness has it built in, as Envoy does):
+/// tests of the fallback start here, tests of the native path add [`with_native`].
+fn host_without_native() -> Host {
+    let host = Host::new();
+    host.remove_foreign_function("verify_signature");
+    host
+}
+
 /// Registers `verify_signature`; the counter tells how often the module called it.
 fn with_native(host: &Host) -> Arc<AtomicUsize> {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -276,7 +284,7 @@ fn with_native(host: &Host) -> Arc<AtomicUsize> {
 
 #[test]
 fn valid_token_forwards_claims_and_removes_the_token() {
-    let host = Host::new();
+    let host = host_without_native();
     let native = with_native(&host);
     let mut w = worker(&host, &inline_config());
     let token = rs256(&host, json!({}));
@@ -307,7 +315,7 @@ fn valid_token_forwards_claims_and_removes_the_token() {
 
 #[test]
 fn every_algorithm_verifies_natively_or_with_jwt_simple() {
-    let host = Host::new();
+    let host = host_without_native();
     let native = with_native(&host);
     let mut w = worker(&host, &inline_config());
     let k = keys();
@@ -336,7 +344,7 @@ fn every_algorithm_verifies_natively_or_with_jwt_simple() {
 
 #[test]
 fn without_the_host_function_everything_falls_back_to_jwt_simple() {
-    let host = Host::new();
+    let host = host_without_native();
     let mut w = worker(&host, &inline_config());
     let k = keys();
     for token in [
@@ -356,7 +364,7 @@ fn without_the_host_function_everything_falls_back_to_jwt_simple() {
 #[test]
 fn native_answers_agree_with_jwt_simple_on_forged_signatures() {
     for native in [true, false] {
-        let host = Host::new();
+        let host = host_without_native();
         if native {
             with_native(&host);
         }
@@ -390,7 +398,7 @@ fn native_answers_agree_with_jwt_simple_on_forged_signatures() {
 
 #[test]
 fn spoofed_claim_headers_never_reach_the_upstream() {
-    let host = Host::new();
+    let host = host_without_native();
     let mut w = worker(&host, &inline_config());
     let spoof = [
         ("x-user-id", "admin"),
@@ -423,7 +431,7 @@ fn spoofed_claim_headers_never_reach_the_upstream() {
 
 #[test]
 fn missing_token_is_401_without_error_attribute() {
-    let host = Host::new();
+    let host = host_without_native();
     let mut w = worker(&host, &inline_config());
     for extra in [&[][..], &[("authorization", "Basic dXNlcjpwYXNz")]] {
         let (status, reason, challenge) = refused(&get(&mut w, "/", extra));
@@ -435,7 +443,7 @@ fn missing_token_is_401_without_error_attribute() {
 
 #[test]
 fn invalid_tokens_are_refused_with_the_right_reason() {
-    let host = Host::new();
+    let host = host_without_native();
     let mut w = worker(&host, &inline_config());
     let k = keys();
     let now = host.now().duration_since(UNIX_EPOCH).unwrap().as_secs();
@@ -583,7 +591,7 @@ fn invalid_tokens_are_refused_with_the_right_reason() {
 
 #[test]
 fn more_than_one_token_is_refused() {
-    let host = Host::new();
+    let host = host_without_native();
     let config =
         inline_config().replace(r#""issuer""#, r#""from_params":["access_token"],"issuer""#);
     let mut w = worker(&host, &config);
@@ -611,7 +619,7 @@ fn more_than_one_token_is_refused() {
 
 #[test]
 fn scopes_and_allow_missing_and_cors() {
-    let host = Host::new();
+    let host = host_without_native();
     let mut w = worker(&host, &inline_config());
     let ok = rs256(&host, json!({}));
     assert!(
@@ -656,7 +664,7 @@ fn scopes_and_allow_missing_and_cors() {
 
 #[test]
 fn repeated_tokens_hit_the_cache_until_they_expire() {
-    let host = Host::new();
+    let host = host_without_native();
     let native = with_native(&host);
     let mut w = worker(&host, &inline_config());
     let token = rs256(&host, json!({}));
@@ -685,7 +693,7 @@ fn repeated_tokens_hit_the_cache_until_they_expire() {
 
 #[test]
 fn fuel_of_fresh_and_cached_requests() {
-    let host = Host::new();
+    let host = host_without_native();
     with_native(&host);
     let mut w = worker(&host, &inline_config());
     let warm = rs256(&host, json!({"sub": "warm"}));
@@ -754,7 +762,7 @@ fn fuel_of_fresh_and_cached_requests() {
 
 #[test]
 fn bad_configurations_are_rejected_naming_the_field() {
-    let host = Host::new();
+    let host = host_without_native();
     let mdl = module();
     for (config, field) in [
         (
@@ -851,7 +859,7 @@ fn serve_jwks(w: &mut Worker, body: Vec<u8>) {
 
 #[test]
 fn remote_jwks_is_fetched_once_and_shared_by_workers() {
-    let host = Host::new();
+    let host = host_without_native();
     host.add_cluster("idp");
     with_native(&host);
     let config = remote_config(30);
@@ -878,7 +886,7 @@ fn remote_jwks_is_fetched_once_and_shared_by_workers() {
 
 #[test]
 fn no_keys_yet_pauses_then_503_when_the_idp_is_down() {
-    let host = Host::new();
+    let host = host_without_native();
     host.add_cluster("idp");
     let mut w = worker(&host, &remote_config(30));
     let token = rs256(&host, json!({}));
@@ -917,7 +925,7 @@ fn no_keys_yet_pauses_then_503_when_the_idp_is_down() {
 
 #[test]
 fn unknown_kid_refetches_while_the_request_waits() {
-    let host = Host::new();
+    let host = host_without_native();
     host.add_cluster("idp");
     with_native(&host);
     let mut w = worker(&host, &remote_config(30));
@@ -944,7 +952,7 @@ fn unknown_kid_refetches_while_the_request_waits() {
 
 #[test]
 fn paused_requests_on_other_workers_wake_when_keys_arrive() {
-    let host = Host::new();
+    let host = host_without_native();
     host.add_cluster("idp");
     let config = remote_config(30);
     let mut a = worker(&host, &config);
@@ -972,7 +980,7 @@ fn paused_requests_on_other_workers_wake_when_keys_arrive() {
 
 #[test]
 fn failed_refresh_keeps_the_last_good_keys() {
-    let host = Host::new();
+    let host = host_without_native();
     host.add_cluster("idp");
     let mut w = worker(&host, &remote_config(30));
     tick(&mut w);
@@ -993,7 +1001,7 @@ fn failed_refresh_keeps_the_last_good_keys() {
 
 #[test]
 fn a_waiting_request_keeps_its_body_until_verified() {
-    let host = Host::new();
+    let host = host_without_native();
     host.add_cluster("idp");
     let mut w = worker(&host, &remote_config(30));
     let token = rs256(&host, json!({}));
@@ -1012,7 +1020,7 @@ fn a_waiting_request_keeps_its_body_until_verified() {
 
 #[test]
 fn token_sources_are_removed_or_forwarded() {
-    let host = Host::new();
+    let host = host_without_native();
     let config = inline_config().replace(r#""issuer""#, r#""from_cookies":["jwt"],"issuer""#);
     let mut w = worker(&host, &config);
     let token = rs256(&host, json!({}));
@@ -1037,7 +1045,7 @@ fn token_sources_are_removed_or_forwarded() {
 
 #[test]
 fn a_lease_left_by_a_vanished_worker_expires() {
-    let host = Host::new();
+    let host = host_without_native();
     host.add_cluster("idp");
     let config = remote_config(30);
     let mut a = worker(&host, &config);
@@ -1062,7 +1070,7 @@ fn a_lease_left_by_a_vanished_worker_expires() {
 
 #[test]
 fn a_timed_out_fetch_is_a_failure_and_is_retried() {
-    let host = Host::new();
+    let host = host_without_native();
     host.add_cluster("idp");
     let mut w = worker(&host, &remote_config(30));
     tick(&mut w);
