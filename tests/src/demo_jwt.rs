@@ -34,6 +34,9 @@ pub struct DemoClaims {
     pub ttl: std::time::Duration,
     /// A `jti`, so that every token is distinct (e.g. "fresh token" benchmarks).
     pub jti: Option<String>,
+    /// `iat` and `nbf` (Unix seconds) instead of now, e.g. the harness's clock start
+    /// (2026-01-01T00:00:00Z = 1767225600) for tokens both hosts of a scenario accept.
+    pub issued_at: Option<u64>,
 }
 
 impl Default for DemoClaims {
@@ -44,6 +47,7 @@ impl Default for DemoClaims {
             tenant: "acme".into(),
             ttl: std::time::Duration::from_secs(3600),
             jti: None,
+            issued_at: None,
         }
     }
 }
@@ -76,6 +80,11 @@ pub fn mint_with(key: &ES256KeyPair, claims: &DemoClaims) -> Result<String> {
     .with_subject(&claims.sub);
     if let Some(jti) = &claims.jti {
         c = c.with_jwt_id(jti);
+    }
+    if let Some(iat) = claims.issued_at {
+        c.issued_at = Some(UnixTimeStamp::from_secs(iat));
+        c.invalid_before = Some(UnixTimeStamp::from_secs(iat));
+        c.expires_at = Some(UnixTimeStamp::from_secs(iat + claims.ttl.as_secs()));
     }
     key.sign(c)
         .map_err(|e| anyhow::anyhow!("signing the demo token: {e}"))

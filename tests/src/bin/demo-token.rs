@@ -1,4 +1,4 @@
-//! `demo-token [--sub S] [--role R] [--tenant T] [--ttl SECONDS]`: prints a JWT signed with the
+//! `demo-token [--sub S] [--role R] [--tenant T] [--ttl SECONDS] [--iat UNIX]`: prints a JWT signed with the
 //! demo key that `envoy-configs/gateway.yaml` trusts (see `gatewasm_tests::demo_jwt`). Used by
 //! `just demo`. DEMO KEY: never trust it outside a demo.
 
@@ -18,8 +18,13 @@ fn main() -> Result<()> {
                 claims.ttl =
                     std::time::Duration::from_secs(value()?.parse().context("--ttl takes seconds")?)
             }
+            "--iat" => {
+                claims.issued_at = Some(value()?.parse().context("--iat takes Unix seconds")?)
+            }
             "-h" | "--help" => {
-                println!("usage: demo-token [--sub S] [--role R] [--tenant T] [--ttl SECONDS]");
+                println!(
+                    "usage: demo-token [--sub S] [--role R] [--tenant T] [--ttl SECONDS] [--iat UNIX]"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?}"),
