@@ -14,8 +14,8 @@
 //!
 //! A `global`/`hybrid` rule that applies (and whose local bucket allowed) adds 1
 //! `dispatch_grpc_call`; the request pauses until every call has answered (or timed out:
-//! Envoy closes the call with DEADLINE_EXCEEDED after `timeout_ms`), then 1 buffer read and 1
-//! counter increment per answer, the request headers to add, and 1 `continue_stream` (or the
+//! Envoy ends the call after `timeout_ms`, with status UNAVAILABLE), then 1 buffer read (1
+//! clock read instead for a failure) and 1 counter increment per answer, the request headers to add, and 1 `continue_stream` (or the
 //! local reply).
 
 use std::rc::Rc;
@@ -32,7 +32,7 @@ use crate::limiter::{
     quota_limit,
 };
 use crate::response::{global_rate_limit_headers, rate_limit_headers, retry_after};
-use crate::rls::{Answer, GlobalQuota, METHOD, SERVICE, interpret};
+use crate::rls::{Answer, GRPC_DEADLINE_EXCEEDED, GlobalQuota, METHOD, SERVICE, interpret};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -56,6 +56,14 @@ impl Store for HostStore {
             Err(_) => SetResult::Failed,
         }
     }
+}
+
+/// The host's clock, in nanoseconds since the Unix epoch (0 if unreadable).
+fn now_ns() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn define(name: &str) -> Option<u32> {
@@ -223,8 +231,8 @@ struct GlobalDenial {
 /// The global calls of one request.
 #[derive(Default)]
 struct Global {
-    /// (token, rule) of the calls not answered yet.
-    pending: Vec<(u32, usize)>,
+    /// (token, rule, dispatch time in ns since the epoch) of the calls not answered yet.
+    pending: Vec<(u32, usize, u64)>,
     /// The first (by rule order) denial.
     denial: Option<GlobalDenial>,
     /// Headers the services asked to add.
@@ -372,10 +380,27 @@ impl Context for Stream {
         let Some(global) = self.global.as_mut() else {
             return;
         };
-        let Some(at) = global.pending.iter().position(|(t, _)| *t == token_id) else {
+        let Some(at) = global.pending.iter().position(|(t, ..)| *t == token_id) else {
             return;
         };
-        let (_, rule) = global.pending.swap_remove(at);
+        let (_, rule, dispatched) = global.pending.swap_remove(at);
+        // Envoy reports a call that hit its timeout as UNAVAILABLE (14: the 504 of its async
+        // client), not DEADLINE_EXCEEDED: a failure at (about) the deadline is a timeout.
+        let status_code = if status_code != 0
+            && status_code != GRPC_DEADLINE_EXCEEDED
+            && let Some(service) = compiled
+                .settings
+                .rules
+                .get(rule)
+                .and_then(|r| r.service.as_ref())
+            // Envoy's timer and its wall clock disagree by a little: 90 % of the timeout counts.
+            && now_ns().saturating_sub(dispatched).saturating_mul(10)
+                >= u64::from(service.timeout_ms) * 9_000_000
+        {
+            GRPC_DEADLINE_EXCEEDED
+        } else {
+            status_code
+        };
         let body = if status_code == 0 {
             hostcalls::get_buffer(
                 proxy_wasm::types::BufferType::GrpcReceiveBuffer,
@@ -412,10 +437,7 @@ impl HttpContext for Stream {
         let settings = &compiled.settings;
         let headers = hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders)
             .unwrap_or_default();
-        let now = hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let now = now_ns();
         let request = Request {
             headers: &headers,
             source_address: &|| {
@@ -462,7 +484,7 @@ impl HttpContext for Stream {
                             .global
                             .get_or_insert_with(Box::default)
                             .pending
-                            .push((token, check.rule)),
+                            .push((token, check.rule, now)),
                         Err(status) => {
                             log::warn!(
                                 "rate-limit: cannot call the rate-limit service on cluster {}: {status:?}",

@@ -198,7 +198,8 @@ fn put_string(tag: u32, s: &str, buf: &mut Vec<u8>) {
     }
 }
 
-/// gRPC status `DEADLINE_EXCEEDED`: what Envoy reports when the call's timeout fires.
+/// gRPC status `DEADLINE_EXCEEDED`. Envoy 1.40 reports a call that hit its timeout as
+/// UNAVAILABLE (14) instead; the glue maps a failure at or after the deadline to this.
 pub const GRPC_DEADLINE_EXCEEDED: u32 = 4;
 
 /// A limit as the service reported it, for the rate-limit headers.
@@ -230,7 +231,8 @@ pub enum Answer {
     /// The call failed (any gRPC status but OK and DEADLINE_EXCEEDED, an undecodable message,
     /// or overall code UNKNOWN).
     Error,
-    /// DEADLINE_EXCEEDED: `timeout_ms` passed without an answer.
+    /// DEADLINE_EXCEEDED, or a failure at or after the deadline: `timeout_ms` passed without
+    /// an answer.
     Timeout,
 }
 

@@ -216,6 +216,32 @@ fn failures_follow_failure_mode_and_garbage_does_not_trap() {
 }
 
 #[test]
+fn a_failure_at_the_deadline_is_a_timeout() {
+    // Envoy reports a timed-out call as UNAVAILABLE (its async client's 504); the filter tells
+    // it from an error by the time elapsed since the dispatch: 90 % of the 25 ms timeout.
+    let host = host();
+    let mut w = worker(&host, GLOBAL);
+    let (id, call) = start(&mut w, "/api/x");
+    w.advance(std::time::Duration::from_millis(22)).unwrap();
+    w.respond_grpc_call(
+        call.unwrap().id,
+        GrpcResponse::error(14, "upstream connect error"),
+    )
+    .unwrap();
+    assert_eq!(finish(&mut w, id).status(), Some(200));
+    let (id, call) = start(&mut w, "/api/x");
+    w.advance(std::time::Duration::from_millis(23)).unwrap();
+    w.respond_grpc_call(
+        call.unwrap().id,
+        GrpcResponse::error(14, "upstream request timeout"),
+    )
+    .unwrap();
+    assert_eq!(finish(&mut w, id).status(), Some(200));
+    assert_eq!(host.counter("gatewasm_rate_limit_global_error_api"), 1);
+    assert_eq!(host.counter("gatewasm_rate_limit_global_timeout_api"), 1);
+}
+
+#[test]
 fn unknown_cluster_is_a_failure_without_a_pause() {
     let host = Host::new(); // no "rls" cluster: dispatch_grpc_call fails at once
     let config = GLOBAL.replace(r#""timeout_ms":25"#, r#""failure_mode":"deny""#);
