@@ -6,8 +6,8 @@
 //! - 300 /api/ requests spread over both replicas, global limit 100 per hour → exactly 100
 //!   allowed (the service's fixed window is exact within a window; the test keeps clear of a
 //!   window boundary), the 429s carry the service's figures;
-//! - /admin/ (hybrid): each replica's local bucket first (20 per client), the service only
-//!   for what it allows;
+//! - /admin/ (hybrid): each replica's local bucket (20 per hour per client) first, then the
+//!   service (10 per hour per client) — and, once the local bucket is empty, no call at all;
 //! - Redis frozen (SIGSTOP: the service hangs) → every request is answered within the filter's
 //!   timeout (100 ms) plus a margin, per `failure_mode` (/api/ allow, /admin/ deny);
 //! - Redis killed (the service answers UNAVAILABLE) → the same, immediately;

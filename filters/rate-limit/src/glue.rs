@@ -336,6 +336,12 @@ impl Stream {
             return Action::Continue;
         };
         if let Some(d) = global.denial.take() {
+            // The local reply passes through on_http_response_headers too: it must find
+            // nothing left to add there (its headers are all in the reply).
+            self.shown = None;
+            let Some(global) = self.global.take() else {
+                return Action::Pause;
+            };
             let retry_after = retry_after(d.retry_after_s);
             let name = settings.rules.get(d.rule).map_or("", |r| r.name.as_str());
             let extra = d

@@ -256,11 +256,11 @@ fn unknown_cluster_is_a_failure_without_a_pause() {
 #[test]
 fn hybrid_asks_the_service_only_when_the_local_bucket_allows() {
     let host = host();
-    let config = r#"{"rules":[{"name":"h","key":["route"],"mode":"hybrid","limit":2,
+    let config = r#"{"rules":[{"name":"h","key":["route"],"mode":"hybrid","limit":3,
         "window_s":60,"service":{"cluster":"rls","domain":"gw"}},
         {"name":"other","match":{"path_prefix":"/none"},"key":["route"],"limit":1}]}"#;
     let mut w = worker(&host, config);
-    // 1: local OK (1 left), global OK with fewer remaining: the global figures are shown.
+    // 1: local OK (2 left), global OK with fewer remaining: the global figures are shown.
     let (id, call) = start(&mut w, "/a");
     w.respond_grpc_call(call.unwrap().id, GrpcResponse::ok(answer(Code::Ok, 0, 5)))
         .unwrap();
@@ -268,7 +268,7 @@ fn hybrid_asks_the_service_only_when_the_local_bucket_allows() {
     let resp = v.client_response_headers.as_ref().unwrap();
     assert_eq!(resp.get("ratelimit-remaining").as_deref(), Some("0"));
     assert_eq!(resp.get("ratelimit-limit").as_deref(), Some("100"));
-    // 2: local OK (0 left), global OK with more remaining: the local figures are shown.
+    // 2: local OK (1 left), global OK with more remaining: the local figures are shown.
     let (id, call) = start(&mut w, "/a");
     let req = RateLimitRequest::decode(call.as_ref().unwrap().messages[0].as_slice()).unwrap();
     assert_eq!(req.descriptors[0].entries.len(), 1, "route: the rule only");
@@ -276,16 +276,31 @@ fn hybrid_asks_the_service_only_when_the_local_bucket_allows() {
         .unwrap();
     let v = finish(&mut w, id);
     let resp = v.client_response_headers.as_ref().unwrap();
-    assert_eq!(resp.get("ratelimit-remaining").as_deref(), Some("0"));
-    assert_eq!(resp.get("ratelimit-limit").as_deref(), Some("2"));
-    // 3: the local bucket is empty: 429 at once, the service is not asked.
+    assert_eq!(resp.get("ratelimit-remaining").as_deref(), Some("1"));
+    assert_eq!(resp.get("ratelimit-limit").as_deref(), Some("3"));
+    // 3: local OK (0 left), global OVER_LIMIT: the client sees the service's figures, not the
+    //    local bucket's, and the service's header once (the reply passes the response path).
+    let (id, call) = start(&mut w, "/a");
+    w.respond_grpc_call(
+        call.unwrap().id,
+        GrpcResponse::ok(answer(Code::OverLimit, 0, 9)),
+    )
+    .unwrap();
+    let v = finish(&mut w, id);
+    assert_eq!(v.status(), Some(429));
+    let resp = v.client_response_headers.as_ref().unwrap();
+    assert_eq!(resp.get("ratelimit-limit").as_deref(), Some("100"));
+    assert_eq!(resp.get("retry-after").as_deref(), Some("9"));
+    assert_eq!(resp.get_all("x-ratelimit-by"), vec!["rls".to_owned()]);
+    // 4: the local bucket is empty: 429 at once, the service is not asked.
     let (id, call) = start(&mut w, "/a");
     assert!(call.is_none());
     let v = finish(&mut w, id);
     assert_eq!(v.local_response.as_ref().unwrap().status, 429);
     assert_eq!(host.counter("gatewasm_rate_limit_global_ok_h"), 2);
-    assert_eq!(host.counter("gatewasm_rate_limit_allowed_h"), 2);
-    assert_eq!(host.counter("gatewasm_rate_limit_denied_h"), 1);
+    assert_eq!(host.counter("gatewasm_rate_limit_global_over_limit_h"), 1);
+    assert_eq!(host.counter("gatewasm_rate_limit_allowed_h"), 3);
+    assert_eq!(host.counter("gatewasm_rate_limit_denied_h"), 2);
 }
 
 #[test]
