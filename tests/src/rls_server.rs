@@ -7,7 +7,8 @@
 //!
 //! A **fixed window**, as envoyproxy/ratelimit does: per descriptor and window (`window_s`,
 //! aligned to the Unix epoch), one Redis key; each call runs `MULTI; INCRBY key hits;
-//! EXPIRE key window_s; EXEC` and compares the new count with the limit. INCRBY is atomic, so
+//! EXPIRE key window_s; EXEC` (a small RESP client below: the `redis` crate would add ≈ 4
+//! CPU-minutes of compilation, mostly `url`'s Unicode tables) and compares the new count with the limit. INCRBY is atomic, so
 //! within a window the service allows **exactly** `limit` hits however many proxies and
 //! connections race — the count is never off. Across a window boundary a client can get up to
 //! `2 × limit` in `window_s` seconds (the fixed-window trade-off); the e2e test keeps clear of
@@ -24,7 +25,8 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -95,17 +97,13 @@ impl RedisServer {
         self.port
     }
 
-    /// The URL the RLS server connects to.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
     /// PING.
     pub fn ping(&self) -> Result<()> {
-        let client = redis::Client::open(self.url())?;
-        let mut conn = client.get_connection_with_timeout(Duration::from_millis(500))?;
-        let _: String = redis::cmd("PING").query(&mut conn)?;
-        Ok(())
+        let mut conn = Resp::connect(self.port)?;
+        match conn.command(&[b"PING"])? {
+            Reply::Simple(s) if s == "PONG" => Ok(()),
+            other => bail!("PING answered {other:?}"),
+        }
     }
 
     /// Freezes the process (SIGSTOP): connections are accepted by the kernel, nothing answers.
@@ -169,17 +167,17 @@ pub struct RlsServer {
 }
 
 struct State {
-    redis: redis::Client,
+    redis_port: u16,
     limits: BTreeMap<String, RlsLimit>,
     counts: Arc<RlsCounts>,
 }
 
 impl RlsServer {
-    /// Serves on a free port of 127.0.0.1, counting in the Redis at `redis_url`.
-    pub fn start(redis_url: &str, limits: Vec<RlsLimit>) -> Result<Self> {
+    /// Serves on a free port of 127.0.0.1, counting in the Redis on 127.0.0.1:`redis_port`.
+    pub fn start(redis_port: u16, limits: Vec<RlsLimit>) -> Result<Self> {
         let counts = Arc::new(RlsCounts::default());
         let state = Arc::new(State {
-            redis: redis::Client::open(redis_url)?,
+            redis_port,
             limits: limits.into_iter().map(|l| (l.rule.clone(), l)).collect(),
             counts: Arc::clone(&counts),
         });
@@ -336,7 +334,7 @@ async fn handle(
 fn should_rate_limit(state: &State, request: &RateLimitRequest) -> Result<RateLimitResponse> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
     let hits = u64::from(request.hits_addend.max(1));
-    let mut conn: Option<redis::Connection> = None;
+    let mut conn: Option<Resp> = None;
     let mut statuses = Vec::with_capacity(request.descriptors.len());
     let mut over = false;
     for d in &request.descriptors {
@@ -358,21 +356,9 @@ fn should_rate_limit(state: &State, request: &RateLimitRequest) -> Result<RateLi
         }
         let c = match &mut conn {
             Some(c) => c,
-            None => {
-                let c = state
-                    .redis
-                    .get_connection_with_timeout(Duration::from_millis(500))?;
-                c.set_read_timeout(Some(Duration::from_millis(500)))?;
-                c.set_write_timeout(Some(Duration::from_millis(500)))?;
-                conn.insert(c)
-            }
+            None => conn.insert(Resp::connect(state.redis_port)?),
         };
-        let (count,): (u64,) = redis::pipe()
-            .atomic()
-            .incr(&key, hits)
-            .expire(&key, limit.window_s as i64)
-            .ignore()
-            .query(c)?;
+        let count = c.incr_expire(key.as_bytes(), hits, limit.window_s)?;
         let allowed = count <= u64::from(limit.limit);
         over |= !allowed;
         let reset = (window + 1) * limit.window_s;
@@ -411,5 +397,114 @@ fn unit_of(window_s: u64) -> Unit {
         3_600 => Unit::Hour,
         86_400 => Unit::Day,
         _ => Unit::Unknown,
+    }
+}
+
+/// A minimal Redis client (RESP2 over TCP, blocking, 500 ms timeouts): the few commands the
+/// fixture needs, without the `redis` crate's compile cost.
+struct Resp {
+    reader: BufReader<TcpStream>,
+}
+
+/// A RESP2 reply.
+#[derive(Debug)]
+enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    /// A bulk string (read and dropped: no command used here needs one).
+    Bulk,
+    Array(Option<Vec<Reply>>),
+}
+
+impl Resp {
+    fn connect(port: u16) -> Result<Resp> {
+        let timeout = Duration::from_millis(500);
+        let stream =
+            TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(Resp {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    fn command(&mut self, args: &[&[u8]]) -> Result<Reply> {
+        let mut out = Vec::new();
+        Self::encode(&mut out, args);
+        self.reader.get_mut().write_all(&out)?;
+        self.read()
+    }
+
+    /// `MULTI; INCRBY key by; EXPIRE key ttl_s; EXEC` in one write: the new count.
+    fn incr_expire(&mut self, key: &[u8], by: u64, ttl_s: u64) -> Result<u64> {
+        let (by, ttl) = (by.to_string(), ttl_s.to_string());
+        let mut out = Vec::new();
+        Self::encode(&mut out, &[b"MULTI"]);
+        Self::encode(&mut out, &[b"INCRBY", key, by.as_bytes()]);
+        Self::encode(&mut out, &[b"EXPIRE", key, ttl.as_bytes()]);
+        Self::encode(&mut out, &[b"EXEC"]);
+        self.reader.get_mut().write_all(&out)?;
+        for _ in 0..3 {
+            if let Reply::Error(e) = self.read()? {
+                bail!("{e}");
+            }
+        }
+        match self.read()? {
+            Reply::Array(Some(items)) => match items.first() {
+                Some(Reply::Int(n)) => Ok(u64::try_from(*n)?),
+                other => bail!("EXEC: INCRBY answered {other:?}"),
+            },
+            other => bail!("EXEC answered {other:?}"),
+        }
+    }
+
+    fn line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("connection closed");
+        }
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    }
+
+    fn read(&mut self) -> Result<Reply> {
+        let line = self.line()?;
+        let (kind, rest) = line.split_at(line.len().min(1));
+        Ok(match kind {
+            "+" => Reply::Simple(rest.to_owned()),
+            "-" => Reply::Error(rest.to_owned()),
+            ":" => Reply::Int(rest.parse()?),
+            "$" => {
+                let n: i64 = rest.parse()?;
+                if n >= 0 {
+                    let mut buf = vec![0; usize::try_from(n)? + 2];
+                    self.reader.read_exact(&mut buf)?;
+                }
+                Reply::Bulk
+            }
+            "*" => {
+                let n: i64 = rest.parse()?;
+                if n < 0 {
+                    Reply::Array(None)
+                } else {
+                    let mut items = Vec::new();
+                    for _ in 0..n {
+                        items.push(self.read()?);
+                    }
+                    Reply::Array(Some(items))
+                }
+            }
+            _ => bail!("not a RESP reply: {line:?}"),
+        })
     }
 }

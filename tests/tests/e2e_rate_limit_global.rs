@@ -69,7 +69,7 @@ fn two_replicas_share_one_limit_and_failures_follow_failure_mode() -> Result<()>
 
     let mut redis = RedisServer::start()?;
     let rls = RlsServer::start(
-        &redis.url(),
+        redis.port(),
         vec![
             RlsLimit {
                 rule: "api-global".into(),
