@@ -168,6 +168,8 @@ pub struct RlsServer {
 
 struct State {
     redis_port: u16,
+    /// Idle Redis connections, reused (a connection that failed is dropped).
+    idle: std::sync::Mutex<Vec<Resp>>,
     limits: BTreeMap<String, RlsLimit>,
     counts: Arc<RlsCounts>,
 }
@@ -178,6 +180,7 @@ impl RlsServer {
         let counts = Arc::new(RlsCounts::default());
         let state = Arc::new(State {
             redis_port,
+            idle: std::sync::Mutex::new(Vec::new()),
             limits: limits.into_iter().map(|l| (l.rule.clone(), l)).collect(),
             counts: Arc::clone(&counts),
         });
@@ -334,7 +337,7 @@ async fn handle(
 fn should_rate_limit(state: &State, request: &RateLimitRequest) -> Result<RateLimitResponse> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
     let hits = u64::from(request.hits_addend.max(1));
-    let mut conn: Option<Resp> = None;
+    let mut conn: Option<Resp> = state.idle.lock().ok().and_then(|mut idle| idle.pop());
     let mut statuses = Vec::with_capacity(request.descriptors.len());
     let mut over = false;
     for d in &request.descriptors {
@@ -376,6 +379,9 @@ fn should_rate_limit(state: &State, request: &RateLimitRequest) -> Result<RateLi
                 nanos: 0,
             }),
         });
+    }
+    if let (Some(c), Ok(mut idle)) = (conn, state.idle.lock()) {
+        idle.push(c);
     }
     Ok(RateLimitResponse {
         overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
