@@ -36,9 +36,9 @@ lint: toolchain
     cargo clippy --workspace --all-targets -- -D warnings
     cargo clippy --release --target wasm32-wasip1 {{ prepend("-p ", wasm_crates) }} -- -D warnings
 
-# Builds the .wasm files and installs Envoy, the manifest validator and skopeo first.
+# Builds the .wasm files and installs Envoy, the manifest validator, skopeo and Redis first.
 # Everything, from a fresh clone.
-test: build envoy manifest-validator skopeo
+test: build envoy manifest-validator skopeo redis
     cargo test --workspace
 
 # Remove build output (keeps .venv).
@@ -69,7 +69,7 @@ envoy:
 
 # End-to-end tests against a real Envoy (another version: ENVOY_VERSION=1.36.4 just test-e2e).
 # --workspace: the same feature resolution as `just test`, so nothing is rebuilt between them.
-test-e2e: build envoy
+test-e2e: build envoy redis
     cargo test --workspace --test 'e2e_*'
 
 # Run the gateway (envoy-configs/gateway.yaml) locally with an echo upstream and print curl
@@ -254,6 +254,23 @@ skopeo:
     $sudo apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo >/dev/null
     skopeo --version
+
+# Install redis-server (Debian's package); the global rate-limit e2e test starts its own on a
+# free loopback port (tests/src/rls_server.rs) and stops it after.
+redis:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v redis-server >/dev/null; then exit 0; fi
+    if ! command -v apt-get >/dev/null; then
+      echo "redis-server is not installed and there is no apt-get here: install Redis with your package manager" >&2
+      exit 1
+    fi
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing redis-server with apt-get"
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    # Debian's package starts a system instance on :6379; the tests do not use it.
+    redis-server --version
 
 # How to check a plugin configuration before deploying it. Usage:
 #   just scenario my-config.yaml        just scenario -v FILE (everything each host saw)

@@ -443,6 +443,7 @@ pub fn envoy_filter_configuration(config: &str, filter_name: &str) -> Result<Val
         ("ADMIN_PORT", "10001"),
         ("UPSTREAM_PORT", "10002"),
         ("UPSTREAM2_PORT", "10003"),
+        ("RLS_PORT", "10004"),
         ("WASM_DIR", "/wasm"),
         ("ECDS_DIR", "/ecds"),
     ]

@@ -52,6 +52,7 @@ pub struct EnvoyBuilder {
     concurrency: usize,
     upstream_port: Option<u16>,
     upstream2_port: Option<u16>,
+    rls_port: Option<u16>,
     ready_timeout: Duration,
     log_level: String,
     args: Vec<String>,
@@ -69,6 +70,7 @@ impl EnvoyBuilder {
             concurrency: 1,
             upstream_port: None,
             upstream2_port: None,
+            rls_port: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             log_level: std::env::var("GATEWASM_ENVOY_LOG_LEVEL")
                 .ok()
@@ -96,6 +98,13 @@ impl EnvoyBuilder {
     /// (e.g. `tenant-gateway.yaml`). Without it, a free port nobody listens on.
     pub fn upstream2(mut self, port: u16) -> Self {
         self.upstream2_port = Some(port);
+        self
+    }
+
+    /// The port of a rate-limit service (`{{RLS_PORT}}`), e.g. an
+    /// [`crate::rls_server::RlsServer`]. Without it, a free port nobody listens on.
+    pub fn rls(mut self, port: u16) -> Self {
+        self.rls_port = Some(port);
         self
     }
 
@@ -169,6 +178,11 @@ impl EnvoyBuilder {
             None => crate::free_port()?,
         };
         vars.insert("UPSTREAM2_PORT".into(), upstream2_port.to_string());
+        let rls_port = match self.rls_port {
+            Some(p) => p,
+            None => crate::free_port()?,
+        };
+        vars.insert("RLS_PORT".into(), rls_port.to_string());
         vars.insert("WASM_DIR".into(), paths::wasm_dir().display().to_string());
         let config = render::render_config(&self.config, dir.path(), &vars)?;
 

@@ -14,6 +14,8 @@
 //! - [`echo`]: an upstream that answers every request with JSON describing what it received.
 //! - [`oci`] and [`deploy`]: reproducible OCI images of the filters (`just package`), the
 //!   list of filters that ship, and the Istio / Envoy Gateway manifests that pin them.
+//! - [`rls_server`]: a test rate-limit service (Envoy's RLS gRPC protocol) counting in a real
+//!   Redis, and the `redis-server` process it uses.
 //! - [`client`]: a small HTTP/1.1 client that can send any (duplicated, odd) headers, plus a
 //!   fast keep-alive burst sender for volume tests.
 //!
@@ -36,6 +38,7 @@ pub mod http_server;
 pub mod oci;
 pub mod paths;
 pub mod render;
+pub mod rls_server;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::{Mutex, OnceLock};

@@ -9,6 +9,7 @@
 //! | `{{ADMIN_PORT}}`   | Envoy's admin interface                                     |
 //! | `{{UPSTREAM_PORT}}`| the upstream / local app (the echo server in tests)         |
 //! | `{{UPSTREAM2_PORT}}`| a second upstream (two-backend configs such as `tenant-gateway.yaml`) |
+//! | `{{RLS_PORT}}`     | a rate-limit service's gRPC port (`ratelimit-global.yaml`) |
 //! | `{{WASM_DIR}}`     | directory holding the built `*.wasm` filters                |
 //! | `{{ECDS_DIR}}`     | directory holding rendered ECDS resource files              |
 //!

@@ -78,8 +78,22 @@ pub struct RuleConfig {
     #[serde(default)]
     pub on_missing_key: OnMissingKey,
 
-    /// Requests per `window_s` (the steady rate is `limit / window_s`). ≥ 1.
-    pub limit: u64,
+    /// `local` (default): this proxy's own buckets (shared by its workers). `global`: ask the
+    /// rate-limit service (`service`, Envoy's RLS gRPC protocol) about every request; the
+    /// service owns the limit. `hybrid`: the local bucket first, then the service only for
+    /// requests the local bucket allows.
+    #[serde(default)]
+    pub mode: Mode,
+
+    /// The global rate-limit service (`global` and `hybrid` modes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceConfig>,
+
+    /// Requests per `window_s` (the steady rate is `limit / window_s`) of the local bucket.
+    /// ≥ 1. Required in `local` and `hybrid` modes; must be absent in `global` mode (the
+    /// service owns the limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 
     /// The window in seconds. ≥ 1.
     #[serde(default = "default_window")]
@@ -104,6 +118,49 @@ pub struct RuleConfig {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shadow: bool,
 }
+
+/// Where a rule's limit is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// This proxy's buckets only.
+    #[default]
+    Local,
+    /// The global rate-limit service only.
+    Global,
+    /// The local bucket first, then the global service for the requests it allows.
+    Hybrid,
+}
+
+/// A rate-limit service speaking `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`
+/// (envoyproxy/ratelimit, Limitador, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The Envoy cluster of the service (it must speak HTTP/2).
+    pub cluster: String,
+    /// The `domain` of every `RateLimitRequest` (the service's configuration namespace).
+    pub domain: String,
+    /// How long a request waits for the service's answer, in milliseconds, 1..=60,000.
+    #[serde(default = "default_timeout_ms")]
+    #[cfg_attr(test, schemars(range(min = 1, max = 60_000)))]
+    pub timeout_ms: u32,
+    /// When the service fails or does not answer in time: `allow` the request (default) or
+    /// `deny` it. Counted as `global_error` / `global_timeout` either way.
+    #[serde(default)]
+    pub failure_mode: Policy,
+}
+
+const fn default_timeout_ms() -> u32 {
+    DEFAULT_TIMEOUT_MS
+}
+
+/// Default `service.timeout_ms`.
+pub const DEFAULT_TIMEOUT_MS: u32 = 20;
+/// The largest `service.timeout_ms`.
+pub const MAX_TIMEOUT_MS: u32 = 60_000;
 
 const fn default_window() -> u64 {
     60
@@ -278,10 +335,24 @@ pub struct Matcher {
     pub headers: Vec<(String, String)>,
 }
 
+/// A compiled `service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub cluster: String,
+    pub timeout_ms: u32,
+    pub failure_mode: Policy,
+    /// The `RateLimitRequest` with only its `domain` set, encoded once: a request's message is
+    /// this followed by its descriptor.
+    pub request_prefix: Vec<u8>,
+}
+
 /// A compiled rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub name: String,
+    pub mode: Mode,
+    /// `Some` in `global` and `hybrid` modes.
+    pub service: Option<Service>,
     pub matcher: Matcher,
     pub key: Vec<KeyPart>,
     pub on_missing_key: OnMissingKey,
@@ -312,6 +383,11 @@ impl Settings {
         self.rules.iter().any(|r| {
             r.on_missing_key == OnMissingKey::ClientIp || r.key.contains(&KeyPart::ClientIp)
         })
+    }
+
+    /// Whether any rule asks a global service.
+    pub fn has_global(&self) -> bool {
+        self.rules.iter().any(|r| r.service.is_some())
     }
 }
 
@@ -369,6 +445,33 @@ fn compile_limit(
     Ok(CompiledLimit {
         limit: limit_c,
         policy: format!("\"{name}\";q={limit};w={window_s}"),
+    })
+}
+
+fn compile_service(path: &str, s: ServiceConfig) -> Result<Service, ConfigError> {
+    if s.cluster.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.cluster"),
+            "must name an Envoy cluster",
+        ));
+    }
+    if s.domain.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.domain"),
+            "must not be empty",
+        ));
+    }
+    if s.timeout_ms == 0 || s.timeout_ms > MAX_TIMEOUT_MS {
+        return Err(ConfigError::new(
+            format!("{path}.timeout_ms"),
+            format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+        ));
+    }
+    Ok(Service {
+        request_prefix: crate::rls::request_prefix(&s.domain),
+        cluster: s.cluster,
+        timeout_ms: s.timeout_ms,
+        failure_mode: s.failure_mode,
     })
 }
 
@@ -441,7 +544,53 @@ fn compile_rule(i: usize, r: RuleConfig) -> Result<Rule, ConfigError> {
             format!("must be between 1 and {MAX_MAX_KEYS}"),
         ));
     }
-    let limit = compile_limit(&base, &r.name, r.limit, r.window_s, r.burst)?;
+    let service = match (r.mode, r.service) {
+        (Mode::Local, None) => None,
+        (Mode::Local, Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{base}.service"),
+                "only for mode global or hybrid",
+            ));
+        }
+        (_, None) => {
+            return Err(ConfigError::new(
+                format!("{base}.service"),
+                "required for mode global and hybrid",
+            ));
+        }
+        (_, Some(s)) => Some(compile_service(&format!("{base}.service"), s)?),
+    };
+    let limit = match (r.mode, r.limit) {
+        (Mode::Global, Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{base}.limit"),
+                "must be absent in mode global (the service owns the limit)",
+            ));
+        }
+        (Mode::Global, None) => {
+            if r.burst != 0 {
+                return Err(ConfigError::new(
+                    format!("{base}.burst"),
+                    "must be absent in mode global (the service owns the limit)",
+                ));
+            }
+            if !r.overrides.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{base}.overrides"),
+                    "must be absent in mode global (the service owns the limit)",
+                ));
+            }
+            // Never charged: only its window is used (Retry-After of a missing-key denial).
+            compile_limit(&base, &r.name, 1, r.window_s, 0)?
+        }
+        (_, None) => {
+            return Err(ConfigError::new(
+                format!("{base}.limit"),
+                "required for mode local and hybrid",
+            ));
+        }
+        (_, Some(limit)) => compile_limit(&base, &r.name, limit, r.window_s, r.burst)?,
+    };
     if r.overrides.len() > MAX_RULES {
         return Err(ConfigError::new(
             format!("{base}.overrides"),
@@ -461,13 +610,18 @@ fn compile_rule(i: usize, r: RuleConfig) -> Result<Rule, ConfigError> {
         let limit = compile_limit(
             &obase,
             &r.name,
-            o.limit.unwrap_or(r.limit),
+            o.limit.unwrap_or(limit.limit.limit),
             o.window_s.unwrap_or(r.window_s),
             o.burst.unwrap_or(r.burst),
         )?;
         overrides.push(Override { when, limit });
     }
-    let layout = Layout::for_max_keys(r.max_keys);
+    // A global rule has no local table (one group, never created).
+    let layout = Layout::for_max_keys(if r.mode == Mode::Global {
+        1
+    } else {
+        r.max_keys
+    });
     // The table id: name, key shape, layout and format version — not the limits.
     let key_shape = format!("{key:?}");
     let table_id = stable_id(&[
@@ -479,6 +633,8 @@ fn compile_rule(i: usize, r: RuleConfig) -> Result<Rule, ConfigError> {
     ]);
     Ok(Rule {
         name: r.name,
+        mode: r.mode,
+        service,
         matcher,
         key,
         on_missing_key: r.on_missing_key,
@@ -613,6 +769,33 @@ mod tests {
     }
 
     #[test]
+    fn global_and_hybrid_rules() {
+        let s = parse(
+            r#"{"rules":[
+                {"name":"g","key":["client_ip"],"mode":"global",
+                 "service":{"cluster":"rls","domain":"gw","timeout_ms":50,"failure_mode":"deny"}},
+                {"name":"h","key":["route"],"mode":"hybrid","limit":10,
+                 "service":{"cluster":"rls","domain":"gw"}},
+                {"name":"l","key":["route"],"limit":10}
+            ]}"#,
+        )
+        .unwrap();
+        let g = s.rules[0].service.as_ref().unwrap();
+        assert_eq!((s.rules[0].mode, g.cluster.as_str()), (Mode::Global, "rls"));
+        assert_eq!((g.timeout_ms, g.failure_mode), (50, Policy::Deny));
+        let h = s.rules[1].service.as_ref().unwrap();
+        assert_eq!(
+            (h.timeout_ms, h.failure_mode),
+            (DEFAULT_TIMEOUT_MS, Policy::Allow)
+        );
+        assert_eq!(s.rules[1].limit.limit.limit, 10);
+        assert!(s.rules[2].service.is_none());
+        assert!(s.has_global());
+        // A global rule has no table to speak of.
+        assert_eq!(s.rules[0].layout.groups, 1);
+    }
+
+    #[test]
     fn table_id_ignores_limits_but_not_key_or_size() {
         let id = |rule: &str| parse(&format!(r#"{{"rules":[{rule}]}}"#)).unwrap().rules[0].table_id;
         let base = id(r#"{"name":"a","key":["client_ip"],"limit":1}"#);
@@ -631,6 +814,7 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let ok = r#""name":"a","key":["route"],"limit":1"#;
+        let svc = r#"{"cluster":"rls","domain":"gw"}"#;
         let cases: Vec<(String, &str)> = vec![
             ("{}".into(), "rules"),
             (r#"{"rules":[]}"#.into(), "rules"),
@@ -680,7 +864,63 @@ mod tests {
             ),
             (
                 r#"{"rules":[{"name":"a","key":["route"]}]}"#.into(),
-                "rules[0]",
+                "rules[0].limit",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok},"service":{svc}}}]}}"#),
+                "rules[0].service",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok},"mode":"hybrid"}}]}}"#),
+                "rules[0].service",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok},"mode":"global","service":{svc}}}]}}"#),
+                "rules[0].limit",
+            ),
+            (
+                format!(
+                    r#"{{"rules":[{{"name":"a","key":["route"],"mode":"global","burst":2,"service":{svc}}}]}}"#
+                ),
+                "rules[0].burst",
+            ),
+            (
+                format!(
+                    r#"{{"rules":[{{"name":"a","key":["route"],"mode":"global","service":{svc},"overrides":[{{"when_header":{{"x":"y"}},"limit":2}}]}}]}}"#
+                ),
+                "rules[0].overrides",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":["route"],"mode":"global"}]}"#.into(),
+                "rules[0].service",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":["route"],"mode":"global","service":{"cluster":"","domain":"d"}}]}"#.into(),
+                "rules[0].service.cluster",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":["route"],"mode":"global","service":{"cluster":"c","domain":""}}]}"#.into(),
+                "rules[0].service.domain",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":["route"],"mode":"global","service":{"cluster":"c","domain":"d","timeout_ms":0}}]}"#.into(),
+                "rules[0].service.timeout_ms",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":["route"],"mode":"global","service":{"cluster":"c","domain":"d","timeout_ms":60001}}]}"#.into(),
+                "rules[0].service.timeout_ms",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":["route"],"mode":"global","service":{"cluster":"c","domain":"d","failure_mode":"open"}}]}"#.into(),
+                "rules[0].service.failure_mode",
+            ),
+            (
+                r#"{"rules":[{"name":"a","key":["route"],"mode":"global","service":{"cluster":"c","domain":"d","grpc":true}}]}"#.into(),
+                "rules[0].service.grpc",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok},"mode":"everywhere"}}]}}"#),
+                "rules[0].mode",
             ),
             (
                 format!(r#"{{"rules":[{{{ok}}},{{{ok}}}]}}"#),

@@ -14,6 +14,7 @@
 //! - [`limiter`]: one request against all rules: matching, keys, the bounded CAS loop on a
 //!   [`limiter::Store`], the verdict and the metric events.
 //! - [`response`]: the rate-limit and `Retry-After` header values.
+//! - [`rls`]: Envoy's rate-limit service protocol (prost messages), for `global`/`hybrid` rules.
 //! - `glue` (wasm32 only): the proxy-wasm root and HTTP contexts, metrics, host calls.
 
 pub mod config;
@@ -21,6 +22,7 @@ pub mod gcra;
 pub mod key;
 pub mod limiter;
 pub mod response;
+pub mod rls;
 pub mod table;
 
 #[cfg(target_arch = "wasm32")]

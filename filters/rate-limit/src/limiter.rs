@@ -10,7 +10,11 @@
 
 use std::net::IpAddr;
 
-use crate::config::{ClientIpConfig, CompiledLimit, KeyPart, OnMissingKey, Policy, Rule, Settings};
+use std::borrow::Cow;
+
+use crate::config::{
+    ClientIpConfig, CompiledLimit, KeyPart, Mode, OnMissingKey, Policy, Rule, Settings,
+};
 use crate::gcra::ceil_secs;
 use crate::key::{KeyBuilder, peer_ip, xff_ip};
 use crate::table::{Apply, EntryKey, Group, MAX_VALUE_BYTES, apply};
@@ -86,6 +90,8 @@ pub enum DenyReason {
     Overflow,
     /// `on_contention: deny`.
     Contention,
+    /// The global rate-limit service failed or timed out and `failure_mode` is `deny`.
+    Unavailable,
 }
 
 impl DenyReason {
@@ -96,6 +102,7 @@ impl DenyReason {
             Self::KeyMissing => "rate_limit_key_missing",
             Self::Overflow => "rate_limit_overflow",
             Self::Contention => "rate_limit_contention",
+            Self::Unavailable => "rate_limit_unavailable",
         }
     }
 
@@ -105,6 +112,7 @@ impl DenyReason {
             Self::KeyMissing => "the request lacks what this rate limit is keyed on",
             Self::Overflow => "too many distinct clients are being rate limited",
             Self::Contention => "the rate limiter is overloaded",
+            Self::Unavailable => "the rate-limit service is unavailable",
         }
     }
 }
@@ -280,21 +288,141 @@ fn tighter(a: Option<Quota>, b: Quota) -> Option<Quota> {
     }
 }
 
-/// Evaluate every rule for `request`. `events` receives what the metrics count.
+/// Evaluate every local bucket (rules in `local` and `hybrid` mode) for `request`. `events`
+/// receives what the metrics count. Rules in `global` mode are left to [`decide`].
 pub fn evaluate(
     settings: &Settings,
     store: &mut impl Store,
     request: &Request<'_>,
-    mut events: impl FnMut(Event),
+    events: impl FnMut(Event),
 ) -> Verdict {
     let mut ip = ClientIp {
         config: settings.client_ip,
         request,
         cached: None,
     };
+    evaluate_local(settings, store, request, &mut ip, events)
+}
+
+/// One call to a global rate-limit service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalCheck {
+    /// The rule's index.
+    pub rule: usize,
+    /// The encoded `RateLimitRequest`.
+    pub message: Vec<u8>,
+}
+
+/// The local verdict and, when it allows, the global services to ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Deny(Denial),
+    /// Allowed locally; allowed in the end if every check answers OK (or fails with
+    /// `failure_mode: allow`). `checks` is empty without `global`/`hybrid` rules.
+    Allow {
+        quota: Option<Quota>,
+        checks: Vec<GlobalCheck>,
+    },
+}
+
+/// [`evaluate`], then the descriptor of every `global` rule that applies and every `hybrid`
+/// rule whose local bucket allowed the request. A `global` rule whose key is missing follows
+/// `on_missing_key` (as a local rule does); for a `hybrid` rule the local part already did.
+pub fn decide(
+    settings: &Settings,
+    store: &mut impl Store,
+    request: &Request<'_>,
+    mut events: impl FnMut(Event),
+) -> Decision {
+    let mut ip = ClientIp {
+        config: settings.client_ip,
+        request,
+        cached: None,
+    };
+    let quota = match evaluate_local(settings, store, request, &mut ip, &mut events) {
+        Verdict::Deny(d) => return Decision::Deny(d),
+        Verdict::Allow(q) => q,
+    };
+    let mut checks = Vec::new();
+    for (index, rule) in settings.rules.iter().enumerate() {
+        let Some(service) = &rule.service else {
+            continue;
+        };
+        if !matches(rule, request.headers) {
+            continue;
+        }
+        match descriptor(rule, request, &mut ip) {
+            Some(entries) => checks.push(GlobalCheck {
+                rule: index,
+                message: crate::rls::encode_request(
+                    &service.request_prefix,
+                    entries.iter().map(|(k, v)| (*k, v.as_ref())),
+                ),
+            }),
+            None if rule.mode == Mode::Global => {
+                if rule.on_missing_key == OnMissingKey::Deny && !rule.shadow {
+                    events(Event::Denied(index));
+                    return Decision::Deny(Denial {
+                        rule: index,
+                        reason: DenyReason::KeyMissing,
+                        retry_after_s: rule.limit.limit.window_s,
+                        quota: None,
+                    });
+                }
+                events(Event::KeyMissing(index));
+            }
+            None => {}
+        }
+    }
+    Decision::Allow { quota, checks }
+}
+
+/// The descriptor entries of a rule: `("rule", <name>)`, then one per key part:
+/// `remote_address` (the client IP), `path` (without the query), `method`, the header's
+/// (lowercase) name; `route` adds nothing. `None` when a part is missing (after
+/// `on_missing_key: client_ip`).
+fn descriptor<'a>(
+    rule: &'a Rule,
+    request: &'a Request<'a>,
+    ip: &mut ClientIp<'_>,
+) -> Option<Vec<(&'a str, Cow<'a, str>)>> {
+    let mut entries = Vec::with_capacity(rule.key.len() + 1);
+    entries.push(("rule", Cow::Borrowed(rule.name.as_str())));
+    let text = |b: &'a [u8]| String::from_utf8_lossy(b);
+    for part in &rule.key {
+        match part {
+            KeyPart::ClientIp => entries.push(("remote_address", ip.get()?.to_string().into())),
+            KeyPart::Path => {
+                let path = first_header(request.headers, ":path")?;
+                let end = path.iter().position(|b| *b == b'?').unwrap_or(path.len());
+                entries.push(("path", text(&path[..end])));
+            }
+            KeyPart::Method => {
+                entries.push(("method", text(first_header(request.headers, ":method")?)))
+            }
+            KeyPart::Route => {}
+            KeyPart::Header(name) => match first_header(request.headers, name) {
+                Some(v) => entries.push((name.as_str(), text(v))),
+                None if rule.on_missing_key == OnMissingKey::ClientIp => {
+                    entries.push(("remote_address", ip.get()?.to_string().into()))
+                }
+                None => return None,
+            },
+        }
+    }
+    Some(entries)
+}
+
+fn evaluate_local(
+    settings: &Settings,
+    store: &mut impl Store,
+    request: &Request<'_>,
+    ip: &mut ClientIp<'_>,
+    mut events: impl FnMut(Event),
+) -> Verdict {
     let mut quota: Option<Quota> = None;
     for (index, rule) in settings.rules.iter().enumerate() {
-        if !matches(rule, request.headers) {
+        if rule.mode == Mode::Global || !matches(rule, request.headers) {
             continue;
         }
         let (override_index, limit) = select_limit(rule, request.headers);
@@ -306,7 +434,7 @@ pub fn evaluate(
                 quota,
             })
         };
-        let Some(kb) = bucket_key(rule, request, &mut ip) else {
+        let Some(kb) = bucket_key(rule, request, ip) else {
             if rule.on_missing_key == OnMissingKey::Deny && !rule.shadow {
                 events(Event::Denied(index));
                 return deny(DenyReason::KeyMissing, limit.limit.window_s, None);
@@ -402,7 +530,7 @@ pub fn quota_limit<'s>(settings: &'s Settings, quota: &Quota) -> Option<&'s Comp
 pub fn create_tables(settings: &Settings, store: &mut impl Store) -> u64 {
     let mut created = 0;
     let mut buf = [0u8; MAX_VALUE_BYTES];
-    for rule in &settings.rules {
+    for rule in settings.rules.iter().filter(|r| r.mode != Mode::Global) {
         let empty = Group::empty(&rule.layout);
         let value = empty.encode(&mut buf);
         for g in 0..rule.layout.groups {
@@ -511,6 +639,107 @@ mod tests {
 
     fn allowed(v: &Verdict) -> bool {
         matches!(v, Verdict::Allow(_))
+    }
+
+    fn entries(check: &GlobalCheck) -> (String, Vec<(String, String)>) {
+        use prost::Message;
+        let r = crate::rls::RateLimitRequest::decode(check.message.as_slice()).unwrap();
+        assert_eq!(r.descriptors.len(), 1);
+        let e = r.descriptors[0]
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        (r.domain, e)
+    }
+
+    #[test]
+    fn global_descriptors_and_hybrid_local_first() {
+        let s = settings(
+            r#"{"rules":[
+                {"name":"g","key":["client_ip","path","method",{"header":"x-tenant"}],
+                 "mode":"global","service":{"cluster":"rls","domain":"gw"}},
+                {"name":"gdeny","match":{"path_prefix":"/deny"},"key":[{"header":"x-user"}],
+                 "on_missing_key":"deny","mode":"global","service":{"cluster":"rls","domain":"gw"}},
+                {"name":"h","key":["route"],"mode":"hybrid","limit":3,
+                 "service":{"cluster":"rls","domain":"other"}}
+            ]}"#,
+        );
+        let mut store = MemStore::default();
+        create_tables(&s, &mut store);
+        assert_eq!(
+            store.len(),
+            s.rules[2].layout.groups as usize,
+            "only the hybrid rule has a local table"
+        );
+        let peer_reads = std::cell::Cell::new(0);
+        let mut decide_with = |h: &[(String, Vec<u8>)], events: &mut Vec<Event>| {
+            let req = Request {
+                headers: h,
+                source_address: &|| {
+                    peer_reads.set(peer_reads.get() + 1);
+                    Some(b"10.1.2.3:5000".to_vec())
+                },
+                now: START,
+            };
+            decide(&s, &mut store, &req, |e| events.push(e))
+        };
+        let mut events = Vec::new();
+        let h = headers(&[("x-tenant", "acme")]);
+        let Decision::Allow { quota, checks } = decide_with(&h, &mut events) else {
+            panic!()
+        };
+        assert_eq!(quota.unwrap().rule, 2, "the hybrid rule's local bucket");
+        assert_eq!(checks.iter().map(|c| c.rule).collect::<Vec<_>>(), [0, 2]);
+        let pairs = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            entries(&checks[0]),
+            (
+                "gw".to_owned(),
+                pairs(&[
+                    ("rule", "g"),
+                    ("remote_address", "10.1.2.3"),
+                    ("path", "/api/x"),
+                    ("method", "GET"),
+                    ("x-tenant", "acme")
+                ])
+            )
+        );
+        assert_eq!(
+            entries(&checks[1]),
+            ("other".to_owned(), pairs(&[("rule", "h")]))
+        );
+        assert_eq!(events, [Event::Allowed(2)]);
+        // A missing header: the global rule is skipped (counted), or denies.
+        events.clear();
+        let Decision::Allow { checks, .. } = decide_with(&headers(&[]), &mut events) else {
+            panic!()
+        };
+        assert_eq!(checks.len(), 1);
+        assert_eq!(events, [Event::Allowed(2), Event::KeyMissing(0)]);
+        events.clear();
+        let h = headers(&[(":path", "/deny/1"), ("x-tenant", "t")]);
+        let Decision::Deny(d) = decide_with(&h, &mut events) else {
+            panic!()
+        };
+        assert_eq!((d.rule, d.reason), (1, DenyReason::KeyMissing));
+        assert_eq!(events, [Event::Allowed(2), Event::Denied(1)]);
+        // The hybrid rule's local bucket (2) is now empty: denied locally, no call at all.
+        events.clear();
+        let Decision::Deny(d) = decide_with(&headers(&[("x-tenant", "t")]), &mut events) else {
+            panic!()
+        };
+        assert_eq!((d.rule, d.reason), (2, DenyReason::Limited));
+        assert_eq!(events, [Event::Denied(2)]);
+        assert_eq!(
+            peer_reads.get(),
+            3,
+            "the peer address is read once per request"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::fmt::{self, Write};
 
 use crate::config::{CompiledLimit, HeaderFormat};
 use crate::limiter::Quota;
+use crate::rls::GlobalQuota;
 
 /// Room for the longest value: a 64-byte rule name, quotes and three u64 figures.
 const VALUE_CAP: usize = 160;
@@ -103,6 +104,35 @@ pub fn rate_limit_headers(
     out
 }
 
+/// The headers to add for a limit the global service reported for rule `rule_name`:
+/// `RateLimit-Policy: "<rule>";q=<requests_per_unit>;w=<unit in seconds>` and so on.
+pub fn global_rate_limit_headers(
+    format: HeaderFormat,
+    rule_name: &str,
+    quota: &GlobalQuota,
+) -> RateLimitHeaders {
+    let mut out = RateLimitHeaders {
+        items: [("", Value::EMPTY); 5],
+        len: 0,
+    };
+    if matches!(format, HeaderFormat::Draft | HeaderFormat::Both) {
+        out.push(
+            "ratelimit-policy",
+            format_args!("\"{rule_name}\";q={};w={}", quota.limit, quota.window_s),
+        );
+        out.push(
+            "ratelimit",
+            format_args!("\"{rule_name}\";r={};t={}", quota.remaining, quota.reset_s),
+        );
+    }
+    if matches!(format, HeaderFormat::Draft03 | HeaderFormat::Both) {
+        out.push("ratelimit-limit", format_args!("{}", quota.limit));
+        out.push("ratelimit-remaining", format_args!("{}", quota.remaining));
+        out.push("ratelimit-reset", format_args!("{}", quota.reset_s));
+    }
+    out
+}
+
 /// `Retry-After` seconds as a header value, without allocating.
 pub fn retry_after(seconds: u64) -> impl AsRef<str> {
     struct Secs(Value);
@@ -174,5 +204,25 @@ mod tests {
             format!("ratelimit: \"{long}\";r={};t={}", u64::MAX, u64::MAX)
         );
         assert_eq!(retry_after(20).as_ref(), "20");
+        let g = GlobalQuota {
+            limit: 100,
+            window_s: 60,
+            remaining: 7,
+            reset_s: 12,
+        };
+        let got: Vec<String> = global_rate_limit_headers(HeaderFormat::Both, "api", &g)
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "ratelimit-policy: \"api\";q=100;w=60",
+                "ratelimit: \"api\";r=7;t=12",
+                "ratelimit-limit: 100",
+                "ratelimit-remaining: 7",
+                "ratelimit-reset: 12"
+            ]
+        );
     }
 }
