@@ -102,9 +102,14 @@ pub struct Case {
     pub headers: Vec<(String, String)>,
 }
 
-/// Request headers every case gets: what an edge request to tenant acme looks like.
-pub fn common_headers() -> Vec<(String, String)> {
-    [
+/// The path every request asks for: under /api/, where gateway.yaml requires a token and
+/// applies its rate limits.
+pub const BENCH_PATH: &str = "/api/bench";
+
+/// Request headers every case gets: what an authenticated edge request of tenant acme looks
+/// like (`token`: a demo-IdP JWT, see [`crate::demo_jwt`]).
+pub fn common_headers(token: &str) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = [
         ("host", "acme.tenants.localhost"),
         ("user-agent", "gatewasm-bench"),
         ("accept", "*/*"),
@@ -115,7 +120,9 @@ pub fn common_headers() -> Vec<(String, String)> {
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    .collect();
+    headers.push(("authorization".into(), format!("Bearer {token}")));
+    headers
 }
 
 // ---- configurations ---------------------------------------------------------------------------
@@ -159,12 +166,44 @@ pub fn gateway_wasm_filters(gateway: &Value) -> Result<Vec<(String, Value)>> {
         .clone();
     Ok(filters
         .into_iter()
-        .filter_map(|f| {
+        .filter_map(|mut f| {
             let name = f.get("name")?.as_str()?.to_string();
             let short = name.strip_prefix("gatewasm.")?.replace('_', "-");
+            if short == "rate-limit" {
+                never_deny(&mut f);
+            }
             Some((short, f))
         })
         .collect())
+}
+
+/// The rate-limit filter's rules as configured, with limits no benchmark reaches: the cost of
+/// evaluating and charging them, never a 429.
+fn never_deny(filter: &mut Value) {
+    let Some(value) = filter.pointer_mut("/typed_config/config/configuration/value") else {
+        return;
+    };
+    let Some(mut config) = value
+        .as_str()
+        .and_then(|v| serde_json::from_str::<Value>(v).ok())
+    else {
+        return;
+    };
+    if let Some(rules) = config.get_mut("rules").and_then(Value::as_array_mut) {
+        for rule in rules {
+            if rule.get("limit").is_some() {
+                rule["limit"] = json!(1_000_000_000u64);
+            }
+            if let Some(overrides) = rule.get_mut("overrides").and_then(Value::as_array_mut) {
+                for o in overrides {
+                    if o.get("limit").is_some() {
+                        o["limit"] = json!(1_000_000_000u64);
+                    }
+                }
+            }
+        }
+    }
+    *value = Value::String(config.to_string());
 }
 
 /// The Envoy config of `case`: gateway.yaml's listener and connection manager, a
@@ -245,11 +284,37 @@ pub fn native_local_ratelimit() -> Value {
     })
 }
 
+/// Envoy's `jwt_authn` verifying the demo IdP's ES256 tokens (the same JWKS, issuer, audience
+/// and claim headers as gateway.yaml's jwt-to-header), optionally with its verified-token cache.
+pub fn native_jwt_authn(cache: bool) -> Value {
+    let mut provider = json!({
+        "issuer": crate::demo_jwt::DEMO_ISSUER,
+        "audiences": [crate::demo_jwt::DEMO_AUDIENCE],
+        "local_jwks": {"inline_string": crate::demo_jwt::DEMO_JWKS},
+        "claim_to_headers": [
+            {"header_name": "x-user-id", "claim_name": "sub"},
+            {"header_name": "x-user-role", "claim_name": "role"},
+            {"header_name": "x-jwt-tenant", "claim_name": "tenant"}
+        ]
+    });
+    if cache {
+        provider["jwt_cache_config"] = json!({"jwt_cache_size": 1000});
+    }
+    json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"demo": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "demo"}}]
+        }
+    })
+}
+
 /// The cases: baseline, each gatewasm filter of gateway.yaml alone, the gatewasm chain, the
 /// native equivalents and the native chain. `extra` adds cases built elsewhere (e.g. JWT).
-pub fn cases(gateway: &Value) -> Result<Vec<Case>> {
+pub fn cases(gateway: &Value, token: &str) -> Result<Vec<Case>> {
     let wasm = gateway_wasm_filters(gateway)?;
-    let headers = common_headers();
+    let headers = common_headers(token);
     let case = |name: &str, family, filters: Vec<Value>, native: Option<&str>| Case {
         name: name.to_string(),
         family,
@@ -264,6 +329,7 @@ pub fn cases(gateway: &Value) -> Result<Vec<Case>> {
             "correlation-id" => Some("native request-id"),
             "trace-propagation" | "tenant-routing" => Some("native header_mutation"),
             "rate-limit" => Some("native local_ratelimit"),
+            "jwt-to-header" => Some("native jwt_authn (cache)"),
             _ => None,
         };
         out.push(case(name, Family::Gatewasm, vec![filter.clone()], native));
@@ -289,10 +355,26 @@ pub fn cases(gateway: &Value) -> Result<Vec<Case>> {
         vec![native_local_ratelimit()],
         None,
     ));
+    out.push(case(
+        "native jwt_authn",
+        Family::Native,
+        vec![native_jwt_authn(false)],
+        None,
+    ));
+    out.push(case(
+        "native jwt_authn (cache)",
+        Family::Native,
+        vec![native_jwt_authn(true)],
+        None,
+    ));
     let mut chain = case(
         "native chain",
         Family::Native,
-        vec![native_header_mutation(), native_local_ratelimit()],
+        vec![
+            native_jwt_authn(true),
+            native_header_mutation(),
+            native_local_ratelimit(),
+        ],
         None,
     );
     chain.native_request_id = true;
@@ -422,7 +504,7 @@ fn wrk(
     for (k, v) in headers {
         cmd.arg("-H").arg(format!("{k}: {v}"));
     }
-    cmd.arg(format!("http://{addr}/bench"));
+    cmd.arg(format!("http://{addr}{BENCH_PATH}"));
     crate::envoy::pin_to_cpus(&mut cmd, &[cpu]);
     let out = cmd
         .output()
@@ -447,7 +529,7 @@ impl Connection {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut request = b"GET /bench HTTP/1.1\r\n".to_vec();
+        let mut request = format!("GET {BENCH_PATH} HTTP/1.1\r\n").into_bytes();
         for (k, v) in headers {
             request.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
         }
@@ -913,7 +995,7 @@ mod tests {
     #[test]
     fn cases_come_from_gateway_yaml_with_a_direct_response() -> Result<()> {
         let gateway = gateway_config()?;
-        let cases = cases(&gateway)?;
+        let cases = cases(&gateway, "t.o.ken")?;
         let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
         for want in [
             "baseline",
@@ -924,6 +1006,9 @@ mod tests {
             "native header_mutation",
             "native local_ratelimit",
             "native chain",
+            "native jwt_authn",
+            "jwt-to-header",
+            "rate-limit",
         ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }

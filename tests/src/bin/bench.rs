@@ -54,7 +54,12 @@ fn main() -> Result<()> {
     }
 
     let gateway = bench::gateway_config()?;
-    let mut cases = bench::cases(&gateway)?;
+    // One long-lived demo-IdP token for tenant acme: every case sends it (a repeated token).
+    let token = gatewasm_tests::demo_jwt::mint(&gatewasm_tests::demo_jwt::DemoClaims {
+        ttl: std::time::Duration::from_secs(6 * 3600),
+        ..Default::default()
+    })?;
+    let mut cases = bench::cases(&gateway, &token)?;
     if !opts.only.is_empty() {
         cases.retain(|c| {
             c.name == "baseline" || opts.only.iter().any(|o| c.name.contains(o.as_str()))
