@@ -78,7 +78,7 @@ test-e2e: build envoy redis
 demo: build envoy
     #!/usr/bin/env bash
     set -euo pipefail
-    cargo build --quiet --workspace --bin echo-upstream --bin render-config
+    cargo build --quiet --workspace --bin echo-upstream --bin render-config --bin demo-token
     bin="$(cargo metadata --format-version 1 --no-deps \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
     wasm_dir="${GATEWASM_WASM_DIR:-{{justfile_directory()}}/target/wasm32-wasip1/release}"
@@ -119,6 +119,8 @@ demo: build envoy
       exit 1
     fi
     gw="http://127.0.0.1:{{demo_port}}"
+    # A token from the demo IdP (DEMO KEY, see tests/src/demo_jwt.rs): alice, admin, tenant acme.
+    token="$("$bin/demo-token" --sub alice --role admin --tenant acme)"
     cat <<EOT
 
     gatewasm demo: Envoy $("$ENVOY_BIN" --version | sed -n 's/.*version: [0-9a-f]*\/\([^/]*\)\/.*/\1/p') on $gw (admin http://127.0.0.1:{{demo_admin_port}}), echo upstreams on 127.0.0.1:{{demo_upstream_port}} (shared) and :{{demo_upstream2_port}} (tenant acme).
@@ -149,12 +151,20 @@ demo: build envoy
     curl -si -H 'host: globex.tenants.localhost' $gw/t/acme/orders
     curl -si $gw/t/initech/
 
-    # 6. Rate limits on /api/: 120 a minute per client, burst 20 — about 140 pass, then 429
-    #    with Retry-After and RateLimit headers
-    for i in \$(seq 150); do curl -s -o /dev/null -w '%{http_code}\\n' $gw/api/items; done | sort | uniq -c
-    curl -si $gw/api/items
+    # 6. JWTs: /api/ needs a token. Without one: 401 with a Bearer challenge. With the demo
+    #    token (alice, admin, tenant acme): the upstream gets x-user-id / x-user-role, the
+    #    token's tenant routes it (x-tenant-id: acme), and the token itself is not forwarded.
+    #    A spoofed x-user-id never passes. Another token: target/debug/demo-token --help
+    curl -si $gw/api/orders
+    TOKEN=$token
+    curl -s -H "authorization: Bearer \$TOKEN" -H 'x-user-id: mallory' $gw/api/orders
 
-    # 7. What the filters counted
+    # 7. Rate limits on /api/: 120 a minute per client, burst 20 — about 140 pass, then 429
+    #    with Retry-After and RateLimit headers
+    for i in \$(seq 150); do curl -s -o /dev/null -w '%{http_code}\\n' -H "authorization: Bearer \$TOKEN" $gw/api/items; done | sort | uniq -c
+    curl -si -H "authorization: Bearer \$TOKEN" $gw/api/items
+
+    # 8. What the filters counted
     curl -s http://127.0.0.1:{{demo_admin_port}}/stats | grep gatewasm
 
     Ctrl-C stops Envoy and the upstream.

@@ -1,6 +1,7 @@
 //! Fuzz targets for every parser of gatewasm that takes outside input: request headers
 //! (traceparent, tracestate, b3, baggage, correlation IDs, hosts, paths, query strings,
-//! x-forwarded-for, peer addresses) and every filter's plugin configuration JSON.
+//! x-forwarded-for, peer addresses, JWTs: header, payload and signature segments), JWKS
+//! documents from identity providers, and every filter's plugin configuration JSON.
 //!
 //! Each target is a plain function of the input bytes that must not panic and checks the
 //! parser's invariants with `assert!` (an invariant broken is a bug, which the fuzzer reports
@@ -33,6 +34,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tenant_path", tenant_path),
     ("client_ip", client_ip),
     ("config_json", config_json),
+    ("jwt", jwt),
+    ("jwks", jwks),
 ];
 
 /// The input split into header field values at `\n` (several fields of one header).
@@ -187,14 +190,66 @@ pub fn config_json(data: &[u8]) {
         trace_propagation::config::parse_settings(Some(data)).is_ok(),
         tenant_routing::config::parse_settings(Some(data)).is_ok(),
         rate_limit::config::parse_settings(Some(data)).is_ok(),
+        jwt_to_header::config::parse_settings(Some(data)).is_ok(),
     ];
     let again = [
         correlation_id::config::parse_settings(Some(data)).is_ok(),
         trace_propagation::config::parse_settings(Some(data)).is_ok(),
         tenant_routing::config::parse_settings(Some(data)).is_ok(),
         rate_limit::config::parse_settings(Some(data)).is_ok(),
+        jwt_to_header::config::parse_settings(Some(data)).is_ok(),
     ];
     assert_eq!(ok, again);
+}
+
+/// JWTs: a token that parses has a signing input that is exactly its first two segments, and
+/// its time claims never panic the checks.
+pub fn jwt(data: &[u8]) {
+    use jwt_to_header::{claims, token};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(parsed) = token::parse(text) {
+        assert!(text.starts_with(parsed.signing_input));
+        assert_eq!(parsed.signing_input.matches('.').count(), 1);
+        assert!(parsed.signing_input.ends_with(parsed.payload_b64));
+        if let Ok(times) = claims::times(&parsed.claims) {
+            let _ = claims::check_times(times, 1_767_225_600, 60);
+            let _ = claims::check_times(times, i64::MAX, i64::MAX);
+            let _ = claims::check_times(times, i64::MIN, 0);
+        }
+        let _ = claims::scopes(&parsed.claims);
+    }
+}
+
+/// JWKS documents: whatever an IdP (or an attacker in its place) serves parses or is refused,
+/// never panics; every key it keeps accepts only algorithms of its own kind.
+pub fn jwks(data: &[u8]) {
+    use jwt_to_header::jwk::{Alg, AlgSet, parse_jwks_bytes};
+    let Ok(set) = parse_jwks_bytes(data) else {
+        return;
+    };
+    for key in &set.keys {
+        for alg in Alg::ALL {
+            if key.accepts(alg) {
+                assert!(
+                    AlgSet::for_kind(key.material.kind()).contains(alg),
+                    "a {:?} key accepts {}",
+                    key.material.kind(),
+                    alg.name()
+                );
+            }
+        }
+    }
+    for alg in Alg::ALL {
+        for key in set.candidates(alg, None) {
+            assert!(
+                key.accepts(alg),
+                "candidate for {} that refuses it",
+                alg.name()
+            );
+        }
+    }
 }
 
 /// The checked-in corpus of `target` (`corpus/<target>/`).

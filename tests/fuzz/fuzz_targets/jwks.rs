@@ -1,0 +1,3 @@
+#![no_main]
+//! `just fuzz jwks`: see gatewasm_fuzz::jwks.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gatewasm_fuzz::jwks(data));
