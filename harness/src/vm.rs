@@ -187,6 +187,8 @@ pub struct VmState {
     pub(crate) host_fault: Option<String>,
     /// Properties set from a root context (no stream to hold them).
     pub(crate) vm_properties: HashMap<Vec<u8>, Vec<u8>>,
+    /// Calls from the module into the host (ABI and WASI imports) so far, counted by a call hook.
+    pub(crate) host_calls: u64,
 }
 
 impl VmState {
@@ -216,6 +218,7 @@ impl VmState {
             exit_code: None,
             host_fault: None,
             vm_properties: HashMap::new(),
+            host_calls: 0,
         }
     }
 
@@ -258,6 +261,8 @@ pub struct CallbackRecord {
     pub result: CallbackResult,
     /// Wasm instructions (wasmtime fuel) the callback consumed, host calls excluded.
     pub fuel: u64,
+    /// Calls the module made into the host during the callback (each one costs ~0.5 µs in Envoy).
+    pub host_calls: u64,
 }
 
 /// A plugin's VM on one worker.
@@ -291,6 +296,12 @@ impl Vm {
         state.vm_index = vm_index;
         state.plugin = Some(plugin.clone());
         let mut store = Store::new(engine, state);
+        store.call_hook(|mut store, hook| {
+            if matches!(hook, wasmtime::CallHook::CallingHost) {
+                store.data_mut().host_calls += 1;
+            }
+            Ok(())
+        });
         store
             .set_fuel(FUEL_BUDGET)
             .map_err(|e| HarnessError::Load(e.to_string()))?;
@@ -397,6 +408,7 @@ impl Vm {
         let context_id = args.first().copied().unwrap_or(0) as u32;
         self.store.data_mut().effective_context = context_id;
         let before = self.store.get_fuel().unwrap_or(FUEL_BUDGET);
+        let host_calls_before = self.store.data().host_calls;
         let outcome = func.call(&mut self.store, &params, &mut results);
         let after = self.store.get_fuel().unwrap_or(FUEL_BUDGET);
         let _ = self.store.set_fuel(FUEL_BUDGET);
@@ -452,6 +464,7 @@ impl Vm {
             context_id,
             result,
             fuel: before.saturating_sub(after),
+            host_calls: self.store.data().host_calls - host_calls_before,
         });
         Ok(result)
     }

@@ -253,6 +253,35 @@ pub fn envoy_config(gateway: &Value, case: &Case) -> Result<String> {
     Ok(text)
 }
 
+/// The case that measures what any Proxy-Wasm filter costs before it does any work.
+pub const WASM_FLOOR: &str = "idle wasm filter";
+
+/// A Rust-SDK (proxy-wasm 0.2.5) filter that reads `:path` and continues: the harness's test
+/// module configured to answer only a path no bench request asks for. What it adds is the
+/// platform's fixed cost per request (V8 entries for the stream's callbacks, Envoy's Wasm
+/// filter), the floor under every gatewasm filter.
+pub fn idle_wasm_filter() -> Value {
+    let name = "gatewasm.idle";
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "vm_config": {
+                    "vm_id": name,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": "{{WASM_DIR}}/harness_test_module.wasm"}}
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": r#"scenario-local-reply:{"status":500,"path_prefix":"/never"}"#
+                }
+            }
+        }
+    })
+}
+
 /// Envoy's `header_mutation` adding two request headers and one response header: the native
 /// stand-in for a header-setting filter (tenant-routing, trace-propagation).
 pub fn native_header_mutation() -> Value {
@@ -324,6 +353,12 @@ pub fn cases(gateway: &Value, token: &str) -> Result<Vec<Case>> {
         headers: headers.clone(),
     };
     let mut out = vec![case("baseline", Family::Baseline, vec![], None)];
+    out.push(case(
+        WASM_FLOOR,
+        Family::Gatewasm,
+        vec![idle_wasm_filter()],
+        None,
+    ));
     for (name, filter) in &wasm {
         let native = match name.as_str() {
             "correlation-id" => Some("native request-id"),

@@ -24,12 +24,15 @@
 //!
 //! - [`demo_jwt`]: the demo identity provider's key (tokens for `just demo`, tests, bench).
 //! - [`bench`]: `just bench`, Envoy's CPU per request with each filter vs native filters.
+//! - [`cost`]: the same request in the harness: callbacks, host calls and Wasm instructions
+//!   per filter — deterministic figures for regression checks and the bench report.
 //!
 //! Missing prerequisites fail loudly and name the fix (`just build`, `just envoy`); nothing is
 //! ever skipped.
 
 pub mod bench;
 pub mod client;
+pub mod cost;
 pub mod demo_jwt;
 pub mod deploy;
 pub mod echo;

@@ -114,11 +114,109 @@ where
     found
 }
 
+/// A header list borrowed from the host's serialised map: `(name, value)` pairs.
+pub type HeaderPairs<'a> = Vec<(&'a str, &'a [u8])>;
+
+/// Borrowed pairs from an owned header list (tests, and anything built natively).
+pub fn borrow_pairs(list: &[(String, Vec<u8>)]) -> HeaderPairs<'_> {
+    list.iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect()
+}
+
+/// Parses a header map as the host serialises it for `proxy_get_header_map_pairs` (Proxy-Wasm
+/// ABI): a little-endian u32 count, a (name length, value length) u32 pair per header, then
+/// each name and each value followed by a NUL byte. The pairs borrow from `bytes`: one small
+/// vector instead of the SDK's two allocations and copies per header (`get_map_bytes`), which
+/// were most of a filter's per-request instructions. Names that are not UTF-8 (no HTTP codec
+/// lets one through) are skipped; a malformed buffer gives `None`. An empty buffer is an empty
+/// map.
+pub fn parse_header_map(bytes: &[u8]) -> Option<HeaderPairs<'_>> {
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let u32_at = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let count = u32_at(0)?;
+    let mut data = count.checked_mul(8)?.checked_add(4)?;
+    if data > bytes.len() {
+        return None;
+    }
+    let mut pairs = Vec::with_capacity(count);
+    for i in 0..count {
+        let name_len = u32_at(4 + i * 8)?;
+        let value_len = u32_at(8 + i * 8)?;
+        let name_end = data.checked_add(name_len)?;
+        let name = bytes.get(data..name_end)?;
+        let value_at = name_end.checked_add(1)?;
+        let value_end = value_at.checked_add(value_len)?;
+        let value = bytes.get(value_at..value_end)?;
+        data = value_end.checked_add(1)?;
+        if let Ok(name) = std::str::from_utf8(name) {
+            pairs.push((name, value));
+        }
+    }
+    Some(pairs)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
+    fn serialise(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend_from_slice(k);
+            out.push(0);
+            out.extend_from_slice(v);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn parses_the_hosts_serialised_header_map_without_copies() {
+        let bytes = serialise(&[
+            (b":path", b"/a"),
+            (b"x-empty", b""),
+            (b"x-bin", b"\xff\x00\x01"),
+            (b"x-dup", b"1"),
+            (b"x-dup", b"2"),
+        ]);
+        let pairs = parse_header_map(&bytes).unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                (":path", &b"/a"[..]),
+                ("x-empty", &b""[..]),
+                ("x-bin", &b"\xff\x00\x01"[..]),
+                ("x-dup", &b"1"[..]),
+                ("x-dup", &b"2"[..]),
+            ]
+        );
+        assert_eq!(parse_header_map(&[]).unwrap(), vec![]);
+        assert_eq!(parse_header_map(&serialise(&[])).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn skips_non_utf8_names_and_rejects_malformed_maps() {
+        let bytes = serialise(&[(b"x-\xff", b"v"), (b"ok", b"1")]);
+        assert_eq!(parse_header_map(&bytes).unwrap(), vec![("ok", &b"1"[..])]);
+        let good = serialise(&[(b"name", b"value")]);
+        for cut in 1..good.len() - 1 {
+            assert_eq!(parse_header_map(&good[..cut]), None, "cut at {cut}");
+        }
+        // A count whose size table cannot fit, and one that overflows.
+        assert_eq!(parse_header_map(&[9, 0, 0, 0, 1, 0, 0, 0]), None);
+        assert_eq!(parse_header_map(&[0xff, 0xff, 0xff, 0xff]), None);
+    }
     #[test]
     fn normalizes_valid_names() {
         assert_eq!(

@@ -11,10 +11,11 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gatewasm_common::headers::single_value;
+use gatewasm_common::headers::{Occurrence, single_value};
+use gatewasm_common::host::get_header_map;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::config::{Settings, parse_settings};
 use crate::incoming::{Outcome, Plan, plan_request};
@@ -220,10 +221,16 @@ impl HttpContext for Stream {
         // only returns the first copy in Envoy. So read the whole map: one host call, instead of
         // a lookup (one call) that would still need the map to count copies. The common case is
         // an ID being present (Envoy generated it, or an upstream hop did), where this is the
-        // fewest calls. The SDK allocates a String + Vec per header; the matching value is
-        // moved out, not copied.
+        // fewest calls. The pairs borrow from the host's buffer; only a kept ID is copied.
         let plan = plan_request(settings.trust_incoming, settings.max_length, || {
-            single_value(self.get_http_request_headers_bytes(), &settings.header)
+            let Ok(map) = get_header_map(MapType::HttpRequestHeaders) else {
+                return Occurrence::Absent;
+            };
+            match single_value(map.pairs(), &settings.header) {
+                Occurrence::Once(value) => Occurrence::Once(value.to_vec()),
+                Occurrence::Repeated(n) => Occurrence::Repeated(n),
+                Occurrence::Absent => Occurrence::Absent,
+            }
         });
         let outcome = match plan {
             Plan::Keep(value) => {

@@ -194,14 +194,17 @@ pub fn match_rule<'s>(settings: &'s Settings, method: &[u8], path: &[u8]) -> Opt
     })
 }
 
-fn header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
+fn header<'h, K: AsRef<str>, V: AsRef<[u8]>>(
+    headers: &'h [(K, V)],
+    name: &str,
+) -> Option<&'h [u8]> {
     headers
         .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_slice())
+        .find(|(k, _)| k.as_ref() == name)
+        .map(|(_, v)| v.as_ref())
 }
 
-fn is_cors_preflight(headers: &[(String, Vec<u8>)]) -> bool {
+fn is_cors_preflight<K: AsRef<str>, V: AsRef<[u8]>>(headers: &[(K, V)]) -> bool {
     header(headers, ":method") == Some(b"OPTIONS")
         && header(headers, "origin").is_some()
         && header(headers, "access-control-request-method").is_some()
@@ -287,9 +290,9 @@ fn verify_provider(
 }
 
 /// Decide one request. `headers` is the whole request header list.
-pub fn decide<'h>(
+pub fn decide<'h, K: AsRef<str>, V: AsRef<[u8]>>(
     settings: &Settings,
-    headers: &'h [(String, Vec<u8>)],
+    headers: &'h [(K, V)],
     env: &mut Env<'_>,
 ) -> Decision<'h> {
     let method = header(headers, ":method").unwrap_or_default();

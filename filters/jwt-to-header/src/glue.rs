@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use gatewasm_common::host::get_header_map;
 use gatewasm_common::reply::JSON_CONTENT_TYPE;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -226,7 +227,7 @@ fn deny_action(settings: &Settings, metrics: &Metrics, denial: &Denial) -> Actio
     Action::Pause
 }
 
-fn apply(settings: &Settings, headers: &[(String, Vec<u8>)], a: &Allowed<'_>) {
+fn apply(settings: &Settings, headers: &[(&str, &[u8])], a: &Allowed<'_>) {
     for v in &a.verified {
         let Some(p) = settings.providers.get(v.provider) else {
             continue;
@@ -250,7 +251,7 @@ fn apply(settings: &Settings, headers: &[(String, Vec<u8>)], a: &Allowed<'_>) {
                 let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
             }
             Some(Source::Param(name)) => {
-                if let Some((_, path)) = headers.iter().find(|(k, _)| k == ":path") {
+                if let Some((_, path)) = headers.iter().find(|(k, _)| *k == ":path") {
                     let _ = hostcalls::set_map_value_bytes(
                         MapType::HttpRequestHeaders,
                         ":path",
@@ -261,7 +262,7 @@ fn apply(settings: &Settings, headers: &[(String, Vec<u8>)], a: &Allowed<'_>) {
             Some(Source::Cookie(name)) => {
                 let kept: Vec<Vec<u8>> = headers
                     .iter()
-                    .filter(|(k, _)| k == "cookie")
+                    .filter(|(k, _)| *k == "cookie")
                     .filter_map(|(_, v)| remove_cookie(v, name))
                     .collect();
                 let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "cookie");
@@ -288,10 +289,11 @@ fn process(shared: &Shared, context_id: u32, may_wait: bool) -> Action {
         let w = shared.borrow();
         (w.settings.clone(), w.metrics.clone())
     };
-    let headers = match hostcalls::get_map_bytes(MapType::HttpRequestHeaders) {
+    let header_map = match get_header_map(MapType::HttpRequestHeaders) {
         Ok(h) => h,
         Err(_) => return Action::Continue,
     };
+    let headers = header_map.pairs();
     // Claim and payload headers are the filter's: a client never gets to send them.
     for name in &settings.strip_headers {
         if headers.iter().any(|(k, _)| k == name) {

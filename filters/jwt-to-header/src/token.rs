@@ -80,7 +80,10 @@ fn is_token_text(b: &[u8]) -> bool {
 
 /// Look for the token in every configured source. `headers` is the request header list; the
 /// `:path` in it supplies the query. At most one token (one source, once) is accepted.
-pub fn extract<'a>(settings: &Settings, headers: &'a [(String, Vec<u8>)]) -> Extracted<'a> {
+pub fn extract<'a, K: AsRef<str>, V: AsRef<[u8]>>(
+    settings: &Settings,
+    headers: &'a [(K, V)],
+) -> Extracted<'a> {
     let mut found: Option<Found<'a>> = None;
     let mut record = |source: usize, raw: &'a [u8]| -> Result<(), &'static str> {
         if raw.len() > MAX_TOKEN_LEN {
@@ -102,8 +105,8 @@ pub fn extract<'a>(settings: &Settings, headers: &'a [(String, Vec<u8>)]) -> Ext
             Source::Header { name, prefix } => {
                 let mut r = Ok(());
                 for (k, v) in headers {
-                    if k.eq_ignore_ascii_case(name) {
-                        match strip_prefix_ci(v, prefix) {
+                    if k.as_ref().eq_ignore_ascii_case(name) {
+                        match strip_prefix_ci(v.as_ref(), prefix) {
                             // A header with a different scheme (e.g. `Basic`) is not ours.
                             None => continue,
                             Some(tok) => {
@@ -121,8 +124,8 @@ pub fn extract<'a>(settings: &Settings, headers: &'a [(String, Vec<u8>)]) -> Ext
                 let p = *path.get_or_insert_with(|| {
                     headers
                         .iter()
-                        .find(|(k, _)| k == ":path")
-                        .map_or(&[][..], |(_, v)| &v[..])
+                        .find(|(k, _)| k.as_ref() == ":path")
+                        .map_or(&[][..], |(_, v)| v.as_ref())
                 });
                 let mut r = Ok(());
                 for pair in query_of(p).split(|&b| b == b'&') {
@@ -139,10 +142,10 @@ pub fn extract<'a>(settings: &Settings, headers: &'a [(String, Vec<u8>)]) -> Ext
             Source::Cookie(name) => {
                 let mut r = Ok(());
                 'outer: for (k, v) in headers {
-                    if k != "cookie" {
+                    if k.as_ref() != "cookie" {
                         continue;
                     }
-                    for pair in v.split(|&b| b == b';') {
+                    for pair in v.as_ref().split(|&b| b == b';') {
                         let (ck, cv) = split_once(pair.trim_ascii(), b'=');
                         if ck == name.as_bytes() && !cv.is_empty() {
                             r = record(idx, cv);

@@ -21,6 +21,7 @@
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
+use gatewasm_common::host::{HeaderMapBytes, get_header_map};
 use gatewasm_common::reply::{JSON_CONTENT_TYPE, json_error_body};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -441,7 +442,10 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         let settings = &compiled.settings;
-        let headers = hostcalls::get_map_bytes(proxy_wasm::types::MapType::HttpRequestHeaders)
+        let header_map = get_header_map(proxy_wasm::types::MapType::HttpRequestHeaders).ok();
+        let headers = header_map
+            .as_ref()
+            .map(HeaderMapBytes::pairs)
             .unwrap_or_default();
         let now = now_ns();
         let request = Request {

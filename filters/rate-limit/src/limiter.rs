@@ -59,8 +59,8 @@ pub enum Event {
 
 /// The facts of a request the rules look at.
 pub struct Request<'a> {
-    /// As `get_http_request_headers_bytes()` returns them (lowercase names).
-    pub headers: &'a [(String, Vec<u8>)],
+    /// The request header map as the host gives it (lowercase names), borrowed.
+    pub headers: &'a [(&'a str, &'a [u8])],
     /// Reads Envoy's `source.address` (called at most once, only when a client IP is needed
     /// from the peer — or from `x-forwarded-for` that is too short, see [`ClientIpConfig::Xff`]).
     pub source_address: &'a dyn Fn() -> Option<Vec<u8>>,
@@ -137,14 +137,11 @@ pub enum Verdict {
     Deny(Denial),
 }
 
-fn first_header<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_slice())
+fn first_header<'h>(headers: &[(&str, &'h [u8])], name: &str) -> Option<&'h [u8]> {
+    headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
 }
 
-fn matches(rule: &Rule, headers: &[(String, Vec<u8>)]) -> bool {
+fn matches(rule: &Rule, headers: &[(&str, &[u8])]) -> bool {
     let m = &rule.matcher;
     if let Some(prefix) = &m.path_prefix {
         let path = first_header(headers, ":path").unwrap_or_default();
@@ -165,7 +162,7 @@ fn matches(rule: &Rule, headers: &[(String, Vec<u8>)]) -> bool {
 
 fn select_limit<'r>(
     rule: &'r Rule,
-    headers: &[(String, Vec<u8>)],
+    headers: &[(&str, &[u8])],
 ) -> (Option<usize>, &'r CompiledLimit) {
     for (i, o) in rule.overrides.iter().enumerate() {
         if o.when
@@ -198,8 +195,8 @@ impl ClientIp<'_> {
                     .request
                     .headers
                     .iter()
-                    .filter(|(k, _)| k == "x-forwarded-for")
-                    .map(|(_, v)| v.as_slice());
+                    .filter(|(k, _)| *k == "x-forwarded-for")
+                    .map(|(_, v)| *v);
                 // As Envoy does with xff_num_trusted_hops: when x-forwarded-for is too short or
                 // that entry is not an address, the request did not come through the trusted
                 // proxies, and its client is the peer.
@@ -551,6 +548,7 @@ mod tests {
     use super::*;
     use crate::config::parse_settings;
     use crate::gcra::NANOS_PER_SEC;
+    use gatewasm_common::headers::borrow_pairs;
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
@@ -629,8 +627,9 @@ mod tests {
         now: u64,
         events: &mut Vec<Event>,
     ) -> Verdict {
+        let h = borrow_pairs(h);
         let req = Request {
-            headers: h,
+            headers: &h,
             source_address: &|| Some(peer.as_bytes().to_vec()),
             now,
         };
@@ -674,8 +673,9 @@ mod tests {
         );
         let peer_reads = std::cell::Cell::new(0);
         let mut decide_with = |h: &[(String, Vec<u8>)], events: &mut Vec<Event>| {
+            let h = borrow_pairs(h);
             let req = Request {
-                headers: h,
+                headers: &h,
                 source_address: &|| {
                     peer_reads.set(peer_reads.get() + 1);
                     Some(b"10.1.2.3:5000".to_vec())
@@ -819,6 +819,7 @@ mod tests {
         }
         // Neither: the rule is skipped (on_missing_key: skip).
         let h = headers(&[]);
+        let h = borrow_pairs(&h);
         let req = Request {
             headers: &h,
             source_address: &|| None,
@@ -950,8 +951,10 @@ mod tests {
             let s = settings(&format!(r#"{{{base},"on_contention":"{policy}"}}"#));
             let mut store = Hostile(MemStore::default());
             let mut ev = Vec::new();
+            let owned = headers(&[]);
+            let h = borrow_pairs(&owned);
             let req = Request {
-                headers: &headers(&[]),
+                headers: &h,
                 source_address: &|| Some(b"1.1.1.1:1".to_vec()),
                 now: START,
             };

@@ -8,10 +8,11 @@
 
 use std::rc::Rc;
 
+use gatewasm_common::host::{HeaderMapBytes, get_header_map};
 use gatewasm_common::reply::{JSON_CONTENT_TYPE, json_error_body};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::{Settings, UNKNOWN_TENANT, parse_settings};
 use crate::resolve::{Decision, Rejection, requests_metric_name, resolve, stale_tenant_headers};
@@ -140,7 +141,12 @@ impl HttpContext for Stream {
             return Action::Pause;
         };
         let settings = &compiled.settings;
-        let headers = self.get_http_request_headers_bytes();
+        // One host call; the pairs borrow from the host's buffer (no copy per header).
+        let header_map = get_header_map(MapType::HttpRequestHeaders).ok();
+        let headers = header_map
+            .as_ref()
+            .map(HeaderMapBytes::pairs)
+            .unwrap_or_default();
         let (index, new_path) = match resolve(settings, &headers) {
             Decision::Reject(rejection) => return self.reject(&compiled, rejection),
             Decision::Route { tenant, new_path } => (tenant, new_path),

@@ -127,15 +127,15 @@ fn collect<'a>(values: impl Iterator<Item = Cow<'a, [u8]>>) -> Found<'a> {
     found
 }
 
-fn first_value<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
+fn first_value<'h>(headers: &[(&str, &'h [u8])], name: &str) -> Option<&'h [u8]> {
     headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
+        .map(|(_, v)| *v)
 }
 
 /// Decide what to do with a request, given all its headers.
-pub fn resolve(settings: &Settings, headers: &[(String, Vec<u8>)]) -> Decision {
+pub fn resolve(settings: &Settings, headers: &[(&str, &[u8])]) -> Decision {
     let path = first_value(headers, ":path");
     let host = if settings.needs_host() {
         first_value(headers, ":authority").and_then(normalize_host)
@@ -223,7 +223,7 @@ pub fn resolve(settings: &Settings, headers: &[(String, Vec<u8>)]) -> Decision {
 pub fn stale_tenant_headers<'s>(
     settings: &'s Settings,
     tenant: usize,
-    headers: &[(String, Vec<u8>)],
+    headers: &[(&str, &[u8])],
 ) -> Vec<&'s str> {
     let own = settings.tenants.get(tenant).map(|t| t.headers.as_slice());
     settings
@@ -252,11 +252,8 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn req(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect()
+    fn req<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a [u8])> {
+        pairs.iter().map(|(k, v)| (*k, v.as_bytes())).collect()
     }
 
     fn decide(s: &Settings, pairs: &[(&str, &str)]) -> Result<(String, Option<String>), Rejection> {

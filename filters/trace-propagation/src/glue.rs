@@ -11,10 +11,11 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
+use gatewasm_common::host::{HeaderMapBytes, get_header_map};
 use gatewasm_common::rng::{self, Xoshiro256pp};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 use crate::config::{Format, Settings, parse_settings};
 use crate::ids::Text;
@@ -185,7 +186,11 @@ impl HttpContext for Stream {
         let settings = Rc::clone(&self.settings);
         // One host call for the whole map: duplicates must be seen (the single-value lookup
         // returns only the first copy) and up to nine headers are looked at.
-        let headers = self.get_http_request_headers_bytes();
+        let header_map = get_header_map(MapType::HttpRequestHeaders).ok();
+        let headers = header_map
+            .as_ref()
+            .map(HeaderMapBytes::pairs)
+            .unwrap_or_default();
         let mut rng = RNG
             .with(Cell::get)
             .unwrap_or_else(|| Xoshiro256pp::from_seed(fresh_seed(self.root_context_id)));

@@ -101,12 +101,12 @@ struct Seen<'a> {
 
 /// The request headers, scanned once for the known names (ASCII case-insensitively).
 struct Incoming<'a> {
-    headers: &'a [(String, Vec<u8>)],
+    headers: &'a [(&'a str, &'a [u8])],
     seen: [Seen<'a>; KNOWN.len()],
 }
 
 impl<'a> Incoming<'a> {
-    fn scan(headers: &'a [(String, Vec<u8>)]) -> Self {
+    fn scan(headers: &'a [(&'a str, &'a [u8])]) -> Self {
         let mut seen = [Seen::default(); KNOWN.len()];
         for (key, value) in headers {
             let slot = KNOWN
@@ -115,7 +115,7 @@ impl<'a> Incoming<'a> {
                 .find(|((name, _), _)| key.eq_ignore_ascii_case(name));
             if let Some((_, slot)) = slot {
                 if slot.first.is_none() {
-                    slot.first = Some(value.as_slice());
+                    slot.first = Some(*value);
                 }
                 slot.count = slot.count.saturating_add(1);
             }
@@ -138,7 +138,7 @@ impl<'a> Incoming<'a> {
         self.headers
             .iter()
             .filter(move |(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_slice())
+            .map(|(_, value)| *value)
     }
 }
 
@@ -296,7 +296,7 @@ fn draw(settings: &Settings, rng: &mut Xoshiro256pp) -> bool {
 /// header change is passed to `sink` in order (the glue applies it to the live request).
 pub fn plan_request<F: FnMut(Write<'_>)>(
     settings: &Settings,
-    headers: &[(String, Vec<u8>)],
+    headers: &[(&str, &[u8])],
     rng: &mut Xoshiro256pp,
     mut sink: F,
 ) -> Plan {
@@ -533,11 +533,8 @@ mod tests {
         parse_settings(Some(json.as_bytes())).unwrap()
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-            .collect()
+    fn headers<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a [u8])> {
+        pairs.iter().map(|(k, v)| (*k, v.as_bytes())).collect()
     }
 
     fn rng() -> Xoshiro256pp {
@@ -557,11 +554,7 @@ mod tests {
         }
     }
 
-    fn plan_with(
-        settings: &Settings,
-        pairs: &[(String, Vec<u8>)],
-        rng: &mut Xoshiro256pp,
-    ) -> Planned {
+    fn plan_with(settings: &Settings, pairs: &[(&str, &[u8])], rng: &mut Xoshiro256pp) -> Planned {
         let mut writes = Vec::new();
         let plan = plan_request(settings, pairs, rng, |w| writes.push(OwnedWrite::from(w)));
         Planned { plan, writes }

@@ -269,7 +269,7 @@ proptest! {
     ) {
         let mut rng = Xoshiro256pp::from_seed(seed);
         let mut writes = Vec::new();
-        let plan = plan_request(&settings, &headers, &mut rng, |w| writes.push(OwnedWrite::from(w)));
+        let plan = plan_request(&settings, &gatewasm_common::headers::borrow_pairs(&headers), &mut rng, |w| writes.push(OwnedWrite::from(w)));
         check_upstream(&settings, &headers, &plan, &writes);
     }
 

@@ -1,0 +1,137 @@
+//! Deterministic per-request cost of each gatewasm filter: the bench request of `just bench`
+//! sent through the real `.wasm` in the harness, counting what Envoy would pay for —
+//! **callbacks** into the VM (each a V8 entry, the fixed cost of any Wasm filter), **host
+//! calls** (each a V8 exit, ~0.5 µs in Envoy) and **Wasm instructions** (wasmtime fuel).
+//!
+//! Unlike CPU time on a shared machine these figures do not move between runs, so the tests
+//! bound them (a regression check) and the bench report prints them beside Envoy's figures.
+//! The configuration of each filter is the one in `envoy-configs/gateway.yaml`.
+
+use anyhow::{Context, Result, anyhow};
+use proxy_wasm_harness::{Host, Module, PluginConfig, Worker};
+
+use crate::bench::{BENCH_PATH, common_headers};
+use crate::deploy;
+
+/// What one request cost one filter (or the chain).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestCost {
+    /// Callbacks into the VM for the stream: context create, headers, body, log, done, delete.
+    pub callbacks: u64,
+    /// Calls from the module into the host during those callbacks.
+    pub host_calls: u64,
+    /// Wasm instructions executed (host calls excluded).
+    pub instructions: u64,
+}
+
+/// The gatewasm filters of gateway.yaml in chain order, as harness plugins: (name, plugin).
+pub fn gateway_plugins() -> Result<Vec<(String, PluginConfig)>> {
+    deploy::FILTERS
+        .iter()
+        .filter_map(|f| {
+            let config =
+                deploy::envoy_filter_configuration("gateway.yaml", &f.envoy_filter_name()).ok()?;
+            Some((f, config))
+        })
+        .map(|(f, config)| {
+            let module = Module::artifact(f.name).map_err(|e| anyhow!("{e}"))?;
+            Ok((
+                f.name.to_string(),
+                PluginConfig::new(&module)
+                    .name(&f.envoy_filter_name())
+                    .vm_id(&f.envoy_filter_name())
+                    .configuration(config.to_string()),
+            ))
+        })
+        .collect()
+}
+
+/// One worker running `chain`, ready for [`measure`].
+pub fn worker(chain: &[PluginConfig]) -> Result<Worker> {
+    let host = Host::new();
+    for cluster in ["upstream", "tenant_acme", "jwks"] {
+        host.add_cluster(cluster);
+    }
+    Worker::new(&host, chain).map_err(|e| anyhow!("{e}"))
+}
+
+/// The bench request (GET `BENCH_PATH`, tenant acme, a trace context, `token`) through the
+/// worker's chain and a 200 "ok" answer; what the stream cost. Fails if a filter answered
+/// instead of the upstream (the bench measures the pass-through path).
+pub fn measure(worker: &mut Worker, token: &str) -> Result<RequestCost> {
+    let mut request: Vec<(String, String)> = vec![
+        (":method".into(), "GET".into()),
+        (":scheme".into(), "http".into()),
+        (":path".into(), BENCH_PATH.into()),
+        (":authority".into(), "acme.tenants.localhost".into()),
+    ];
+    request.extend(
+        common_headers(token)
+            .into_iter()
+            .filter(|(name, _)| name != "host"),
+    );
+    let request: Vec<(&str, &str)> = request
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    worker.clear_history();
+    let view = worker
+        .exchange(
+            &request,
+            None,
+            &[(":status", "200"), ("content-type", "text/plain")],
+            Some(b"ok\n"),
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+    if let Some(reply) = &view.local_response {
+        return Err(anyhow!(
+            "a filter answered the bench request with {}: {:?}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        ));
+    }
+    let mut cost = RequestCost::default();
+    for record in worker.history() {
+        cost.callbacks += 1;
+        cost.host_calls += record.host_calls;
+        cost.instructions += record.fuel;
+    }
+    Ok(cost)
+}
+
+/// Per filter of gateway.yaml (and the whole chain): the cost of a request whose token the
+/// filter has seen before (`repeated`) and of one it has not (`fresh`; the same as
+/// `repeated` for filters that do not read tokens). `tokens` yields distinct valid tokens.
+pub fn gateway_costs(
+    mut tokens: impl FnMut() -> Result<String>,
+) -> Result<Vec<(String, RequestCost, RequestCost)>> {
+    let plugins = gateway_plugins()?;
+    let mut cases: Vec<(String, Vec<PluginConfig>)> = plugins
+        .iter()
+        .map(|(name, p)| (name.clone(), vec![p.clone()]))
+        .collect();
+    cases.push((
+        format!("gatewasm chain ({})", plugins.len()),
+        plugins.iter().map(|(_, p)| p.clone()).collect(),
+    ));
+    let mut out = Vec::new();
+    for (name, chain) in cases {
+        let mut w = worker(&chain)?;
+        let warm = tokens()?;
+        // Twice: the first request of a worker pays one-time set-up (lazy tables).
+        measure(&mut w, &warm).with_context(|| format!("{name}: warm-up"))?;
+        let repeated = measure(&mut w, &warm).with_context(|| format!("{name}: repeated"))?;
+        let fresh = measure(&mut w, &tokens()?).with_context(|| format!("{name}: fresh"))?;
+        out.push((name, repeated, fresh));
+    }
+    Ok(out)
+}
+
+/// The callbacks of the last [`measure`]: (callback, host calls, instructions), for profiling.
+pub fn last_callbacks(worker: &Worker) -> Vec<(&'static str, u64, u64)> {
+    worker
+        .history()
+        .iter()
+        .map(|r| (r.callback, r.host_calls, r.fuel))
+        .collect()
+}
