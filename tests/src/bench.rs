@@ -100,6 +100,10 @@ pub struct Case {
     pub native_equivalent: Option<String>,
     /// Extra request headers this case needs (e.g. a JWT).
     pub headers: Vec<(String, String)>,
+    /// Distinct tokens to send in turn as `authorization: Bearer …` (a fresh token per
+    /// request: more tokens than any verified-token cache holds, sent in order, so an LRU never
+    /// hits). `None`: every request carries the token in `headers`.
+    pub rotating_tokens: Option<std::sync::Arc<[String]>>,
 }
 
 /// The path every request asks for: under /api/, where gateway.yaml requires a token and
@@ -282,6 +286,55 @@ pub fn idle_wasm_filter() -> Value {
     })
 }
 
+/// How many distinct tokens a fresh-token case cycles through: five times the verified-token
+/// caches of gateway.yaml's jwt-to-header (1000 entries per worker) and of the native
+/// `jwt_authn (cache)` case, so every request misses.
+pub const FRESH_TOKENS: usize = 5000;
+
+/// The fresh-token cases: gateway.yaml's jwt-to-header and native `jwt_authn` (no cache: it
+/// would miss anyway), each request carrying a token neither has seen — the cost of a
+/// signature verification, which the repeated-token cases hide behind the caches.
+/// The names of [`fresh_token_cases`] (to know whether a run needs its tokens).
+pub const FRESH_TOKEN_CASES: [&str; 2] = [
+    "jwt-to-header (fresh tokens)",
+    "native jwt_authn (fresh tokens)",
+];
+
+pub fn fresh_token_cases(
+    gateway: &Value,
+    token: &str,
+    tokens: std::sync::Arc<[String]>,
+) -> Result<Vec<Case>> {
+    let jwt = gateway_wasm_filters(gateway)?
+        .into_iter()
+        .find(|(name, _)| name == "jwt-to-header")
+        .map(|(_, f)| f)
+        .context("gateway.yaml has no jwt-to-header filter")?;
+    let case = |name: &str, family, filter: Value, native: Option<&str>| Case {
+        name: name.to_string(),
+        family,
+        filters: vec![filter],
+        native_request_id: false,
+        native_equivalent: native.map(str::to_string),
+        headers: common_headers(token),
+        rotating_tokens: Some(tokens.clone()),
+    };
+    Ok(vec![
+        case(
+            FRESH_TOKEN_CASES[0],
+            Family::Gatewasm,
+            jwt,
+            Some(FRESH_TOKEN_CASES[1]),
+        ),
+        case(
+            FRESH_TOKEN_CASES[1],
+            Family::Native,
+            native_jwt_authn(false),
+            None,
+        ),
+    ])
+}
+
 /// Envoy's `header_mutation` adding two request headers and one response header: the native
 /// stand-in for a header-setting filter (tenant-routing, trace-propagation).
 pub fn native_header_mutation() -> Value {
@@ -351,6 +404,7 @@ pub fn cases(gateway: &Value, token: &str) -> Result<Vec<Case>> {
         native_request_id: false,
         native_equivalent: native.map(str::to_string),
         headers: headers.clone(),
+        rotating_tokens: None,
     };
     let mut out = vec![case("baseline", Family::Baseline, vec![], None)];
     out.push(case(
@@ -529,8 +583,12 @@ fn wrk(
     duration: Duration,
     connections: usize,
     headers: &[(String, String)],
+    script: Option<&Path>,
 ) -> Result<WrkResult> {
     let mut cmd = Command::new("wrk");
+    if let Some(script) = script {
+        cmd.arg("-s").arg(script);
+    }
     cmd.args(["-t1", &format!("-c{connections}")])
         // wrk takes whole seconds (its units are s, m, h).
         .arg(format!("-d{}s", duration.as_secs_f64().ceil().max(1.0)))
@@ -553,31 +611,56 @@ fn wrk(
     parse_wrk(&text)
 }
 
+/// A wrk script sending the tokens of `tokens_file` in turn (one per line) as the
+/// `authorization` header; the other headers are wrk's (`-H`).
+fn rotating_token_script(tokens_file: &Path) -> String {
+    format!(
+        r#"local tokens = {{}}
+for line in io.lines("{}") do tokens[#tokens + 1] = line end
+local i = 0
+request = function()
+  i = i % #tokens + 1
+  wrk.headers["authorization"] = "Bearer " .. tokens[i]
+  return wrk.format()
+end
+"#,
+        tokens_file.display()
+    )
+}
+
+/// The request bytes: GET [`BENCH_PATH`] with `headers`, the `authorization` one replaced by
+/// `Bearer <token>` when a token is given.
+fn request_bytes(headers: &[(String, String)], token: Option<&str>) -> Vec<u8> {
+    let mut request = format!("GET {BENCH_PATH} HTTP/1.1\r\n").into_bytes();
+    for (k, v) in headers {
+        let v = match token {
+            Some(t) if k.eq_ignore_ascii_case("authorization") => format!("Bearer {t}"),
+            _ => v.clone(),
+        };
+        request.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    request
+}
+
 /// A blocking HTTP/1.1 keep-alive connection for the paced latency probe.
 struct Connection {
     reader: BufReader<TcpStream>,
-    request: Vec<u8>,
 }
 
 impl Connection {
-    fn open(addr: SocketAddr, headers: &[(String, String)]) -> Result<Self> {
+    fn open(addr: SocketAddr) -> Result<Self> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut request = format!("GET {BENCH_PATH} HTTP/1.1\r\n").into_bytes();
-        for (k, v) in headers {
-            request.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-        }
-        request.extend_from_slice(b"\r\n");
         Ok(Self {
             reader: BufReader::new(stream),
-            request,
         })
     }
 
     /// Sends the request and reads the whole response; returns the status.
-    fn round_trip(&mut self) -> Result<u16> {
-        self.reader.get_mut().write_all(&self.request)?;
+    fn round_trip(&mut self, request: &[u8]) -> Result<u16> {
+        self.reader.get_mut().write_all(request)?;
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
         let status: u16 = line
@@ -612,8 +695,10 @@ fn paced_latencies(
     rate: u32,
     duration: Duration,
     headers: &[(String, String)],
+    tokens: Option<&[String]>,
 ) -> Result<Vec<Duration>> {
-    let mut conn = Connection::open(addr, headers)?;
+    let mut conn = Connection::open(addr)?;
+    let fixed = request_bytes(headers, None);
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let count = (duration.as_secs_f64() * f64::from(rate)) as usize;
     let start = Instant::now();
@@ -625,7 +710,11 @@ fn paced_latencies(
         }
         // Measured from when the request was due: queueing behind a slow one counts.
         let sent = due.max(start);
-        let status = conn.round_trip()?;
+        // Fresh tokens continue where the load left off (end of the list first: long unused).
+        let rotated = tokens
+            .filter(|t| !t.is_empty())
+            .map(|t| request_bytes(headers, Some(&t[t.len() - 1 - i % t.len()])));
+        let status = conn.round_trip(rotated.as_deref().unwrap_or(&fixed))?;
         ensure!(status == 200, "paced request answered {status}");
         latencies.push(Instant::now().saturating_duration_since(sent));
     }
@@ -653,6 +742,16 @@ pub fn measure(gateway: &Value, case: &Case, opts: &Options, work: &Path) -> Res
         .with_context(|| format!("starting Envoy for {}", case.name))?;
     let pid = envoy.pid().context("Envoy has no pid")?;
     let addr = envoy.listen_addr();
+    let script = match &case.rotating_tokens {
+        Some(tokens) => {
+            let tokens_file = work.join(format!("{}.tokens", slug(&case.name)));
+            std::fs::write(&tokens_file, tokens.join("\n") + "\n")?;
+            let script = work.join(format!("{}.lua", slug(&case.name)));
+            std::fs::write(&script, rotating_token_script(&tokens_file))?;
+            Some(script)
+        }
+        None => None,
+    };
 
     let warm = wrk(
         addr,
@@ -660,6 +759,7 @@ pub fn measure(gateway: &Value, case: &Case, opts: &Options, work: &Path) -> Res
         opts.warmup,
         opts.connections,
         &case.headers,
+        script.as_deref(),
     )?;
     ensure!(
         warm.non_2xx == 0,
@@ -675,6 +775,7 @@ pub fn measure(gateway: &Value, case: &Case, opts: &Options, work: &Path) -> Res
         opts.saturate,
         opts.connections,
         &case.headers,
+        script.as_deref(),
     )?;
     let cpu_after = process_cpu(pid)?;
     ensure!(
@@ -686,11 +787,16 @@ pub fn measure(gateway: &Value, case: &Case, opts: &Options, work: &Path) -> Res
         run.socket_errors
     );
     let cpu = (cpu_after - cpu_before).as_secs_f64();
-    let mut latencies: Vec<f64> =
-        paced_latencies(addr, opts.paced_rate, opts.paced, &case.headers)?
-            .into_iter()
-            .map(|d| d.as_secs_f64() * 1e6)
-            .collect();
+    let mut latencies: Vec<f64> = paced_latencies(
+        addr,
+        opts.paced_rate,
+        opts.paced,
+        &case.headers,
+        case.rotating_tokens.as_deref(),
+    )?
+    .into_iter()
+    .map(|d| d.as_secs_f64() * 1e6)
+    .collect();
     let rss = process_rss_mib(pid)?;
     Ok(Sample {
         requests: run.requests,

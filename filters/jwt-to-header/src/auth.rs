@@ -188,7 +188,7 @@ pub fn match_rule<'s>(settings: &'s Settings, method: &[u8], path: &[u8]) -> Opt
         let path_ok = match &r.path {
             PathMatch::Prefix(p) => path.starts_with(p.as_bytes()),
             PathMatch::Exact(p) => path == p.as_bytes(),
-            PathMatch::Regex(re) => std::str::from_utf8(path).is_ok_and(|p| re.is_match(p)),
+            PathMatch::Regex(re) => re.is_match(path),
         };
         path_ok && (r.methods.is_empty() || r.methods.iter().any(|m| m.as_bytes() == method))
     })

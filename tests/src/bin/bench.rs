@@ -60,6 +60,23 @@ fn main() -> Result<()> {
         ..Default::default()
     })?;
     let mut cases = bench::cases(&gateway, &token)?;
+    // Distinct tokens (a `jti` each) for the fresh-token cases, minted only if they run.
+    let fresh_wanted = opts.only.is_empty()
+        || bench::FRESH_TOKEN_CASES
+            .iter()
+            .any(|name| opts.only.iter().any(|o| name.contains(o.as_str())));
+    if fresh_wanted {
+        let tokens = (0..bench::FRESH_TOKENS)
+            .map(|i| {
+                gatewasm_tests::demo_jwt::mint(&gatewasm_tests::demo_jwt::DemoClaims {
+                    ttl: std::time::Duration::from_secs(6 * 3600),
+                    jti: Some(format!("bench-{i}")),
+                    ..Default::default()
+                })
+            })
+            .collect::<Result<Vec<String>>>()?;
+        cases.extend(bench::fresh_token_cases(&gateway, &token, tokens.into())?);
+    }
     if !opts.only.is_empty() {
         cases.retain(|c| {
             c.name == "baseline" || opts.only.iter().any(|o| c.name.contains(o.as_str()))
