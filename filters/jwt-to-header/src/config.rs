@@ -461,7 +461,7 @@ fn compile_provider(
         }
     };
     for (i, h) in p.from_headers.iter().enumerate() {
-        let name = header_name(&format!("providers.{name}.from_headers[{i}].name"), &h.name)?;
+        let header = header_name(&format!("providers.{name}.from_headers[{i}].name"), &h.name)?;
         if h.value_prefix.bytes().any(|b| b.is_ascii_control()) {
             return Err(err(
                 format!("providers.{name}.from_headers[{i}].value_prefix"),
@@ -469,7 +469,7 @@ fn compile_provider(
             ));
         }
         add(Source::Header {
-            name,
+            name: header,
             prefix: h.value_prefix.clone(),
         });
     }
@@ -856,6 +856,15 @@ pub(crate) mod tests {
         let mut v = minimal();
         v["providers"]["p"]["from_headers"] = serde_json::json!([]);
         assert!(error_of(v).starts_with("providers.p: needs at least one of"));
+
+        // The path names the provider, not the header.
+        let mut v = minimal();
+        v["providers"]["p"]["from_headers"] =
+            serde_json::json!([{"name": "x-token", "value_prefix": "Bearer\n"}]);
+        assert_eq!(
+            error_of(v),
+            "providers.p.from_headers[0].value_prefix: must not contain control characters"
+        );
 
         let mut v = minimal();
         v["providers"]["p"]["from_params"] = serde_json::json!(["a=b"]);
