@@ -13,8 +13,8 @@ type StdDuration = std::time::Duration;
 use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _, Encoder};
 use jwt_simple::prelude::*;
 use proxy_wasm_harness::{
-    HarnessError, HeaderMap, Host, HttpCallResponse, LogLevel, Module, PluginConfig, Status,
-    StreamId, StreamView, Worker,
+    HeaderMap, Host, HttpCallResponse, LogLevel, Module, PluginConfig, Status, StreamId,
+    StreamView, Worker, assert_configs_rejected,
 };
 use serde_json::{Value, json};
 
@@ -760,42 +760,617 @@ fn fuel_of_fresh_and_cached_requests() {
     assert!(cached < fresh);
 }
 
-#[test]
-fn bad_configurations_are_rejected_naming_the_field() {
-    let host = host_without_native();
-    let mdl = module();
-    for (config, field) in [
-        (
-            r#"{"providers":{"a":{"issuer":"i","remote_jwks":{"cluster":"","authority":"idp","path":"/j"}}}}"#,
-            "providers.a.remote_jwks.cluster",
-        ),
-        (
-            r#"{"providers":{"a":{"issuer":"i","jwks":{"keys":[]}}}}"#,
-            "providers.a.jwks",
-        ),
-        (
-            r#"{"providers":{},"rules":[{"match":{"prefix":"/"},"requires":"x"}]}"#,
-            "rules[0].requires",
-        ),
-        (
-            r#"{"rules":[{"match":{"regex":"("},"requires":null}]}"#,
-            "rules[0].match.regex",
-        ),
-        (r#"{"bogus":1}"#, "bogus"),
-    ] {
-        match Worker::new(&host, &[PluginConfig::new(&mdl).configuration(config)]) {
-            Err(HarnessError::ConfigRejected { logs, .. }) => {
-                assert!(
-                    logs.iter()
-                        .any(|l| l.level == LogLevel::Error
-                            && l.message.contains(&format!("{field}:"))),
-                    "{field}: {logs:?}"
-                );
+/// A valid configuration — provider `idp` with one inline HMAC key and one rule that requires
+/// it — with the members of `provider` replaced in the provider, those of `rule` in the rule and
+/// those of `top` at the top level (`null` removes a member).
+fn patched(provider: Value, rule: Value, top: Value) -> String {
+    let merge = |into: &mut Value, patch: &Value| {
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                into.as_object_mut().unwrap().remove(k);
+            } else {
+                into[k] = v.clone();
             }
-            Err(e) => panic!("{field}: {e}"),
-            Ok(_) => panic!("{field}: accepted"),
+        }
+    };
+    let mut p = json!({"issuer": ISS, "jwks": {"keys": [hs_jwk()]}});
+    merge(&mut p, &provider);
+    let mut r = json!({"match": {"prefix": "/"}, "requires": "idp"});
+    merge(&mut r, &rule);
+    let mut config = json!({"providers": {"idp": p}, "rules": [r]});
+    merge(&mut config, &top);
+    config.to_string()
+}
+
+fn hs_jwk() -> Value {
+    json!({"kty": "oct", "kid": "hs", "k": b64(b"0123456789abcdef0123456789abcdef-hs")})
+}
+
+fn with_provider(provider: Value) -> String {
+    patched(provider, json!({}), json!({}))
+}
+
+fn with_rule(rule: Value) -> String {
+    patched(json!({}), rule, json!({}))
+}
+
+fn with_top(top: Value) -> String {
+    patched(json!({}), json!({}), top)
+}
+
+/// The provider with inline keys `keys` (a JWKS `keys` list).
+fn with_keys(keys: Value) -> String {
+    with_provider(json!({"jwks": {"keys": keys}}))
+}
+
+/// The provider with a remote JWKS whose members `patch` replaces.
+fn with_remote(patch: Value) -> String {
+    let mut remote = json!({"cluster": "idp", "authority": "idp.example.com", "path": "/jwks"});
+    for (k, v) in patch.as_object().unwrap() {
+        if v.is_null() {
+            remote.as_object_mut().unwrap().remove(k);
+        } else {
+            remote[k] = v.clone();
         }
     }
+    with_provider(json!({"jwks": null, "remote_jwks": remote}))
+}
+
+/// Every kind of broken configuration is refused by `on_configure`, and the error line names
+/// the field and what is wrong with it.
+#[test]
+fn bad_configurations_are_rejected_naming_the_field() {
+    let rsa = || rsa_jwk(&keys().rs, "rs");
+    let with_alg = |mut k: Value, alg: &str| {
+        k["alg"] = json!(alg);
+        k
+    };
+    let cases: Vec<(String, &[&str])> = vec![
+        // Not a JSON object / wrong types.
+        ("[]".into(), &["the configuration must be a JSON object"]),
+        (r#"{"providers":{"#.into(), &["EOF while parsing an object"]),
+        (
+            with_top(json!({"providers": [{"issuer": ISS}]})),
+            &["providers: invalid type: sequence, expected a map"],
+        ),
+        (
+            with_top(json!({"rules": {"match": {"prefix": "/"}}})),
+            &["rules: invalid type: map, expected a sequence"],
+        ),
+        (
+            with_top(json!({"cache_size": "10"})),
+            &["cache_size: invalid type: string \"10\", expected usize"],
+        ),
+        (
+            with_top(json!({"realm": 5})),
+            &["realm: invalid type: integer `5`, expected a string"],
+        ),
+        (
+            with_top(json!({"bypass_cors_preflight": "no"})),
+            &["bypass_cors_preflight: invalid type: string \"no\", expected a boolean"],
+        ),
+        (
+            with_provider(json!({"issuer": 5})),
+            &["providers.idp.issuer: invalid type: integer `5`, expected a string"],
+        ),
+        (
+            with_provider(json!({"audiences": "api"})),
+            &["providers.idp.audiences: invalid type: string \"api\", expected a sequence"],
+        ),
+        (
+            with_provider(json!({"jwks": 5})),
+            &["providers.idp.jwks: must be a JWKS object or a JSON string"],
+        ),
+        (
+            with_provider(json!({"jwks": [hs_jwk()]})),
+            &["providers.idp.jwks: must be a JWKS object or a JSON string"],
+        ),
+        (
+            with_provider(json!({"jwks": null, "remote_jwks": "https://idp.example.com/jwks"})),
+            &["providers.idp.remote_jwks: invalid type: string \"https://idp.example.com/jwks\""],
+        ),
+        (
+            with_remote(json!({"timeout_ms": "1000"})),
+            &["providers.idp.remote_jwks.timeout_ms: invalid type: string \"1000\", expected u64"],
+        ),
+        (
+            with_provider(json!({"forward": "yes"})),
+            &["providers.idp.forward: invalid type: string \"yes\", expected a boolean"],
+        ),
+        (
+            with_provider(json!({"from_headers": "authorization"})),
+            &[
+                "providers.idp.from_headers: invalid type: string \"authorization\", expected a sequence",
+            ],
+        ),
+        (
+            with_provider(json!({"claim_to_headers": [{"claim": "sub", "header": 5}]})),
+            &[
+                "providers.idp.claim_to_headers[0].header: invalid type: integer `5`, expected a string",
+            ],
+        ),
+        (
+            with_provider(json!({"algorithms": "HS256"})),
+            &["providers.idp.algorithms: invalid type: string \"HS256\", expected a sequence"],
+        ),
+        (
+            with_rule(json!({"match": "/"})),
+            &["rules[0].match: invalid type: string \"/\", expected struct MatchConfig"],
+        ),
+        (
+            with_rule(json!({"scopes": "admin"})),
+            &["rules[0].scopes: invalid type: string \"admin\", expected a sequence"],
+        ),
+        (
+            with_rule(json!({"allow_missing": 1})),
+            &["rules[0].allow_missing: invalid type: integer `1`, expected a boolean"],
+        ),
+        // Unknown fields, top level and nested.
+        (
+            r#"{"bogus":1}"#.into(),
+            &["bogus: unknown field `bogus`, expected one of"],
+        ),
+        (
+            with_top(json!({"provider": {}})),
+            &["provider: unknown field `provider`"],
+        ),
+        (
+            with_provider(json!({"isuser": ISS})),
+            &["providers.idp.isuser: unknown field `isuser`"],
+        ),
+        (
+            with_remote(json!({"url": "https://idp.example.com/jwks"})),
+            &["providers.idp.remote_jwks.url: unknown field `url`"],
+        ),
+        (
+            with_provider(json!({"from_headers": [{"name": "x-token", "prefix": "Bearer "}]})),
+            &["providers.idp.from_headers[0].prefix: unknown field `prefix`"],
+        ),
+        (
+            with_provider(json!({"claim_to_headers": [{"claim": "sub", "headr": "x-sub"}]})),
+            &["providers.idp.claim_to_headers[0].headr: unknown field `headr`"],
+        ),
+        (
+            with_rule(json!({"match": {"prefx": "/"}})),
+            &["rules[0].match.prefx: unknown field `prefx`"],
+        ),
+        (
+            with_rule(json!({"requirs": "idp"})),
+            &["rules[0].requirs: unknown field `requirs`"],
+        ),
+        // Empty or missing required values.
+        (
+            with_provider(json!({"issuer": null})),
+            &["providers.idp: missing field `issuer`"],
+        ),
+        (
+            with_provider(json!({"issuer": ""})),
+            &["providers.idp.issuer: must not be empty"],
+        ),
+        (
+            with_provider(json!({"jwks": null})),
+            &["providers.idp: needs `jwks` or `remote_jwks`"],
+        ),
+        (
+            with_remote(json!({"cluster": ""})),
+            &["providers.idp.remote_jwks.cluster: must not be empty"],
+        ),
+        (
+            with_remote(json!({"authority": ""})),
+            &["providers.idp.remote_jwks.authority: must be a non-empty host name"],
+        ),
+        (
+            with_remote(json!({"path": ""})),
+            &["providers.idp.remote_jwks.path: must start with '/'"],
+        ),
+        (
+            with_remote(json!({"path": null})),
+            &["providers.idp.remote_jwks: missing field `path`"],
+        ),
+        (
+            with_provider(json!({"from_headers": []})),
+            &["providers.idp: needs at least one of `from_headers`, `from_params`, `from_cookies`"],
+        ),
+        (
+            with_provider(json!({"from_headers": [{"name": ""}]})),
+            &["providers.idp.from_headers[0].name: header name must not be empty"],
+        ),
+        (
+            with_provider(json!({"from_params": [""]})),
+            &["providers.idp.from_params[0]: must be a non-empty name"],
+        ),
+        (
+            with_provider(json!({"from_cookies": [""]})),
+            &["providers.idp.from_cookies[0]: must be a non-empty name"],
+        ),
+        (
+            with_provider(json!({"claim_to_headers": [{"claim": "", "header": "x-sub"}]})),
+            &["providers.idp.claim_to_headers[0].claim: must be a claim name or a dotted path"],
+        ),
+        (
+            with_provider(json!({"claim_to_headers": [{"claim": "sub", "header": ""}]})),
+            &["providers.idp.claim_to_headers[0].header: header name must not be empty"],
+        ),
+        (
+            with_provider(json!({"algorithms": []})),
+            &["providers.idp.algorithms: must not be empty"],
+        ),
+        (
+            with_top(json!({"realm": ""})),
+            &["realm: must be 1-128 printable ASCII characters"],
+        ),
+        (
+            with_rule(json!({"match": null})),
+            &["rules[0]: missing field `match`"],
+        ),
+        (
+            with_rule(json!({"match": {}})),
+            &["rules[0].match: needs exactly one of `prefix`, `path`, `regex`"],
+        ),
+        (
+            with_rule(json!({"requires": {"any": []}})),
+            &["rules[0].requires.any: must name at least one provider"],
+        ),
+        (
+            with_rule(json!({"requires": {"all": []}})),
+            &["rules[0].requires.all: must name at least one provider"],
+        ),
+        (
+            with_rule(json!({"scopes": [""]})),
+            &["rules[0].scopes[0]: not a scope token"],
+        ),
+        (
+            with_rule(json!({"match": {"prefix": "/", "methods": [""]}})),
+            &["rules[0].match.methods[0]: not a method"],
+        ),
+        // Invalid regexes.
+        (
+            with_rule(json!({"match": {"regex": "("}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        (
+            with_rule(json!({"match": {"regex": "/api/[z-a]"}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        (
+            with_rule(json!({"match": {"regex": "/a{2,1}"}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        (
+            with_rule(json!({"match": {"regex": "*/api"}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        (
+            with_rule(json!({"match": {"regex": "/\\p{Greek}+"}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        (
+            with_rule(json!({"match": {"regex": "(?<v>a)/(?<v>b)"}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        (
+            with_rule(json!({"match": {"regex": "/api/(v1|v2"}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        // Invalid keys.
+        (
+            with_keys(json!([])),
+            &["providers.idp.jwks: the JWKS has no usable signing key"],
+        ),
+        (
+            with_provider(json!({"jwks": {}})),
+            &["providers.idp.jwks: missing field `keys`"],
+        ),
+        (
+            with_provider(json!({"jwks": {"keys": "hs"}})),
+            &["providers.idp.jwks: invalid type: string \"hs\", expected a sequence"],
+        ),
+        (
+            with_provider(json!({"jwks": "not json"})),
+            &["providers.idp.jwks: expected ident at line 1 column 2"],
+        ),
+        (
+            with_provider(json!({"jwks": "{\"keys\":[]}"})),
+            &["providers.idp.jwks: the JWKS has no usable signing key"],
+        ),
+        (
+            with_keys(json!([{"kty": "RSA", "kid": "rs", "e": "AQAB"}])),
+            &["providers.idp.jwks: keys[0]: missing `n`"],
+        ),
+        (
+            with_keys(json!([{"kty": "RSA", "kid": "rs", "n": "n+/=", "e": "AQAB"}])),
+            &["providers.idp.jwks: keys[0]: `n` is not base64url"],
+        ),
+        (
+            with_keys(json!([hs_jwk(), with_alg(rsa(), "ES256")])),
+            &["providers.idp.jwks: keys[1]: `alg` ES256 does not fit a Rsa key"],
+        ),
+        (
+            with_keys(json!([with_alg(hs_jwk(), "RS256")])),
+            &["providers.idp.jwks: keys[0]: `alg` RS256 does not fit a Oct key"],
+        ),
+        (
+            with_keys(
+                json!([{"kty": "EC", "crv": "P-256", "x": b64(&[1; 31]), "y": b64(&[1; 32])}]),
+            ),
+            &["providers.idp.jwks: keys[0]: `x`/`y` have the wrong length"],
+        ),
+        (
+            with_keys(
+                json!([{"kty": "EC", "crv": "P-256", "x": b64(&[1; 32]), "y": b64(&[1; 32])}]),
+            ),
+            &["providers.idp.jwks: keys[0]: invalid P-256 key"],
+        ),
+        (
+            with_keys(json!([{"kty": "EC", "crv": "P-384", "y": b64(&[1; 48])}])),
+            &["providers.idp.jwks: keys[0]: missing `x`"],
+        ),
+        (
+            with_keys(json!([{"kty": "OKP", "crv": "Ed25519", "x": b64(&[1; 31])}])),
+            &["providers.idp.jwks: keys[0]: invalid Ed25519 key"],
+        ),
+        (
+            with_keys(json!([{"kty": "oct", "k": b64(b"too short")}])),
+            &["providers.idp.jwks: keys[0]: `k` is shorter than 256 bits"],
+        ),
+        (
+            with_keys(json!([{"kty": "oct", "kid": "hs"}])),
+            &["providers.idp.jwks: keys[0]: missing `k`"],
+        ),
+        (
+            with_keys(json!([{"kid": "hs", "k": b64(&[7; 32])}])),
+            &["providers.idp.jwks: keys[0]: missing field `kty`"],
+        ),
+        (
+            with_keys(json!([hs_jwk(), 5])),
+            &["providers.idp.jwks: keys[1]: invalid type: integer `5`"],
+        ),
+        (
+            with_keys(json!([{"kty": "oct", "use": "enc", "k": b64(&[7; 32])}])),
+            &["providers.idp.jwks: the JWKS has no usable signing key"],
+        ),
+        // Algorithms: unknown, forbidden, or without a key.
+        (
+            with_provider(json!({"algorithms": ["none"]})),
+            &["providers.idp.algorithms[0]: unknown or forbidden algorithm"],
+        ),
+        (
+            with_provider(json!({"algorithms": ["HS256", "ES512"]})),
+            &["providers.idp.algorithms[1]: unknown or forbidden algorithm"],
+        ),
+        (
+            with_provider(json!({"algorithms": ["hs256"]})),
+            &["providers.idp.algorithms[0]: unknown or forbidden algorithm"],
+        ),
+        (
+            with_provider(json!({"algorithms": ["RS256"]})),
+            &["providers.idp.algorithms[0]: no key in `jwks` can verify RS256"],
+        ),
+        // Impossible limits.
+        (
+            with_remote(json!({"timeout_ms": 0})),
+            &["providers.idp.remote_jwks.timeout_ms: must be 1..=60000"],
+        ),
+        (
+            with_remote(json!({"timeout_ms": 60_001})),
+            &["providers.idp.remote_jwks.timeout_ms: must be 1..=60000"],
+        ),
+        (
+            with_remote(json!({"timeout_ms": -1})),
+            &["providers.idp.remote_jwks.timeout_ms: invalid value: integer `-1`, expected u64"],
+        ),
+        (
+            with_remote(json!({"refresh_s": 0})),
+            &["providers.idp.remote_jwks.refresh_s: must be at least 1"],
+        ),
+        (
+            with_remote(json!({"min_refetch_interval_s": -30})),
+            &[
+                "providers.idp.remote_jwks.min_refetch_interval_s: invalid value: integer `-30`, expected u64",
+            ],
+        ),
+        (
+            with_provider(json!({"clock_skew_s": 3601})),
+            &["providers.idp.clock_skew_s: must be at most 3600"],
+        ),
+        (
+            with_provider(json!({"clock_skew_s": u64::MAX})),
+            &["providers.idp.clock_skew_s: must be at most 3600"],
+        ),
+        (
+            with_provider(json!({"clock_skew_s": -1})),
+            &["providers.idp.clock_skew_s: invalid value: integer `-1`, expected u64"],
+        ),
+        (
+            with_provider(json!({"max_lifetime_s": 0})),
+            &["providers.idp.max_lifetime_s: must be at least 1"],
+        ),
+        (
+            with_provider(json!({"max_lifetime_s": -3600})),
+            &["providers.idp.max_lifetime_s: invalid value: integer `-3600`, expected u64"],
+        ),
+        (
+            with_top(json!({"cache_size": 100_001})),
+            &["cache_size: must be at most 100000"],
+        ),
+        (
+            with_top(json!({"cache_size": -1})),
+            &["cache_size: invalid value: integer `-1`, expected usize"],
+        ),
+        (
+            r#"{"cache_size":18446744073709551616}"#.into(),
+            &["cache_size: invalid type: floating point"],
+        ),
+        (
+            with_top(json!({"realm": "r".repeat(129)})),
+            &["realm: must be 1-128 printable ASCII characters"],
+        ),
+        (
+            with_top(json!({"realm": "a \"quoted\" realm"})),
+            &["realm: must be 1-128 printable ASCII characters without '\"' or '\\'"],
+        ),
+        (
+            with_top(json!({"realm": "api\r\nx-evil: 1"})),
+            &["realm: must be 1-128 printable ASCII characters"],
+        ),
+        // Unknown provider names in rules.
+        (
+            with_top(json!({"providers": {}})),
+            &["rules[0].requires: unknown provider `idp`"],
+        ),
+        (
+            with_rule(json!({"requires": "x"})),
+            &["rules[0].requires: unknown provider `x`"],
+        ),
+        (
+            with_rule(json!({"requires": "IDP"})),
+            &["rules[0].requires: unknown provider `IDP`"],
+        ),
+        (
+            with_rule(json!({"requires": {"any": ["idp", "x"]}})),
+            &["rules[0].requires.any[1]: unknown provider `x`"],
+        ),
+        (
+            with_rule(json!({"requires": {"all": ["x", "idp"]}})),
+            &["rules[0].requires.all[0]: unknown provider `x`"],
+        ),
+        (
+            with_top(json!({"rules": [
+                {"match": {"prefix": "/public"}, "requires": null},
+                {"match": {"prefix": "/"}, "requires": "auth0"}
+            ]})),
+            &["rules[1].requires: unknown provider `auth0`"],
+        ),
+        // Bad values for `requires` (a string, {"any": [...]} or {"all": [...]}).
+        (
+            with_rule(json!({"requires": 5})),
+            &["rules[0].requires: data did not match any variant of untagged enum RequiresConfig"],
+        ),
+        (
+            with_rule(json!({"requires": ["idp"]})),
+            &["rules[0].requires: data did not match any variant of untagged enum RequiresConfig"],
+        ),
+        (
+            with_rule(json!({"requires": {"some": ["idp"]}})),
+            &["rules[0].requires: data did not match any variant of untagged enum RequiresConfig"],
+        ),
+        (
+            with_rule(json!({"requires": {"any": "idp"}})),
+            &["rules[0].requires: data did not match any variant of untagged enum RequiresConfig"],
+        ),
+        // Invalid names, headers and paths; settings that contradict each other.
+        (
+            with_top(
+                json!({"providers": {"my idp": {"issuer": ISS, "jwks": {"keys": [hs_jwk()]}}}, "rules": []}),
+            ),
+            &["providers.my idp: provider names must be 1-64 characters of [A-Za-z0-9_-]"],
+        ),
+        (
+            with_top(
+                json!({"providers": {"": {"issuer": ISS, "jwks": {"keys": [hs_jwk()]}}}, "rules": []}),
+            ),
+            &["providers.: provider names must be 1-64 characters"],
+        ),
+        (
+            with_provider(json!({"from_headers": [{"name": "x token"}]})),
+            &["providers.idp.from_headers[0].name: invalid character at position 1"],
+        ),
+        (
+            with_provider(
+                json!({"from_headers": [{"name": "authorization", "value_prefix": "Bearer\n"}]}),
+            ),
+            &["providers.idp.from_headers[0].value_prefix: must not contain control characters"],
+        ),
+        (
+            with_provider(json!({"from_params": ["access_token="]})),
+            &["providers.idp.from_params[0]: must be a non-empty name without '='"],
+        ),
+        (
+            with_provider(json!({"from_cookies": ["jwt session"]})),
+            &["providers.idp.from_cookies[0]: must be a non-empty name"],
+        ),
+        (
+            with_provider(
+                json!({"claim_to_headers": [{"claim": "realm..roles", "header": "x-roles"}]}),
+            ),
+            &[
+                "providers.idp.claim_to_headers[0].claim: must be a claim name or a dotted path without empty segments",
+            ],
+        ),
+        (
+            with_provider(json!({"claim_to_headers": [{"claim": "sub", "header": ":authority"}]})),
+            &["providers.idp.claim_to_headers[0].header: pseudo-headers"],
+        ),
+        (
+            with_provider(json!({"claim_to_headers": [{"claim": "sub", "header": "host"}]})),
+            &["providers.idp.claim_to_headers[0].header: connection/framing headers"],
+        ),
+        (
+            with_provider(
+                json!({"claim_to_headers": [{"claim": "groups", "header": "x-groups", "separator": "\n"}]}),
+            ),
+            &["providers.idp.claim_to_headers[0].separator: must not contain control characters"],
+        ),
+        (
+            with_provider(json!({"forward_payload_header": "x payload"})),
+            &["providers.idp.forward_payload_header: invalid character at position 1"],
+        ),
+        (
+            with_provider(
+                json!({"claim_to_headers": [{"claim": "sub", "header": "Authorization"}]}),
+            ),
+            &[
+                "providers: header `authorization` is both a token source and a claim/payload header",
+            ],
+        ),
+        (
+            with_provider(json!({"forward_payload_header": "authorization"})),
+            &[
+                "providers: header `authorization` is both a token source and a claim/payload header",
+            ],
+        ),
+        (
+            with_remote(json!({"authority": "idp example.com"})),
+            &["providers.idp.remote_jwks.authority: must be a non-empty host name"],
+        ),
+        (
+            with_remote(json!({"path": "jwks"})),
+            &["providers.idp.remote_jwks.path: must start with '/'"],
+        ),
+        (
+            with_rule(json!({"match": {"prefix": "api"}})),
+            &["rules[0].match.prefix: must start with '/'"],
+        ),
+        (
+            with_rule(json!({"match": {"path": "api"}})),
+            &["rules[0].match.path: must start with '/'"],
+        ),
+        (
+            with_rule(json!({"match": {"prefix": "/", "regex": "/.*"}})),
+            &["rules[0].match: needs exactly one of `prefix`, `path`, `regex`"],
+        ),
+        (
+            with_rule(json!({"match": {"prefix": "/", "methods": ["G3T"]}})),
+            &["rules[0].match.methods[0]: not a method"],
+        ),
+        (
+            with_rule(json!({"scopes": ["read admin"]})),
+            &["rules[0].scopes[0]: not a scope token"],
+        ),
+        (
+            with_rule(json!({"requires": null, "scopes": ["admin"]})),
+            &["rules[0].requires: `scopes` and `allow_missing` need a provider in `requires`"],
+        ),
+        (
+            with_rule(json!({"requires": null, "allow_missing": true})),
+            &["rules[0].requires: `scopes` and `allow_missing` need a provider in `requires`"],
+        ),
+    ];
+    assert_configs_rejected(
+        &module(),
+        "jwt-to-header: invalid plugin configuration: ",
+        &cases,
+    );
 }
 
 // ---- remote JWKS -----------------------------------------------------------------------------
