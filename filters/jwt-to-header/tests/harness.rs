@@ -1,7 +1,8 @@
 //! The real jwt_to_header.wasm in the harness: every algorithm, every refusal, header hygiene,
 //! the native `verify_signature` path and its fallback, the verified-token cache, and the
 //! remote JWKS (first fetch, unknown-kid refetch with a paused request, single flight across
-//! two worker VMs, IdP down). Tokens are minted here with jwt-simple.
+//! two worker VMs, IdP down, every kind of broken JWKS answer before and after a good fetch),
+//! and broken configurations. Tokens are minted here with jwt-simple.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -12,6 +13,8 @@ type StdDuration = std::time::Duration;
 
 use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _, Encoder};
 use jwt_simple::prelude::*;
+use jwt_to_header::config::fnv1a64;
+use jwt_to_header::jwks::{MAX_JWKS_BYTES, data_key};
 use proxy_wasm_harness::{
     HeaderMap, Host, HttpCallResponse, LogLevel, Module, PluginConfig, Status, StreamId,
     StreamView, Worker, assert_configs_rejected,
@@ -1656,4 +1659,382 @@ fn a_timed_out_fetch_is_a_failure_and_is_retried() {
     w.advance(StdDuration::from_millis(1000)).unwrap();
     serve_jwks(&mut w, jwks_of(&["rs"]));
     assert_eq!(host.counter(&m("jwks_fetch_ok")), 1);
+}
+
+// ---- remote JWKS: what a broken endpoint answers ---------------------------------------------
+
+/// The shared-data key of provider `idp`'s JWKS document under `config`.
+fn shared_jwks_key(config: &str) -> String {
+    data_key(&format!("{:016x}", fnv1a64(config.as_bytes())), "idp")
+}
+
+/// `jwks_of(kids)` padded with an extra member to exactly `len` bytes: a JWKS with good keys,
+/// whose only fault (if any) is its size.
+fn padded_jwks(kids: &[&str], len: usize) -> Vec<u8> {
+    let mut doc: Value = serde_json::from_slice(&jwks_of(kids)).unwrap();
+    doc["padding"] = json!("");
+    let base = serde_json::to_vec(&doc).unwrap().len();
+    doc["padding"] = json!("x".repeat(len - base));
+    let body = serde_json::to_vec(&doc).unwrap();
+    assert_eq!(body.len(), len);
+    body
+}
+
+/// A broken JWKS answer: what it is, the status and body the endpoint sends, and what the
+/// warning must say about it (each string a substring of one warning line).
+struct BadAnswer {
+    what: &'static str,
+    status: u16,
+    body: Vec<u8>,
+    why: Vec<String>,
+}
+
+fn bad_answers() -> Vec<BadAnswer> {
+    let rs = jwks_of(&["rs"]);
+    let rs_key = || -> Value { serde_json::from_slice::<Value>(&rs).unwrap()["keys"][0].clone() };
+    let doc = |v: Value| serde_json::to_vec(&v).unwrap();
+    let unusable = "providers.idp: the fetched JWKS is unusable: ";
+    let mut answers = vec![
+        // (a) garbage
+        BadAnswer {
+            what: "an HTML error page",
+            status: 200,
+            body: b"<html><body>Service Unavailable</body></html>".to_vec(),
+            why: strings(&[unusable, "expected value at line 1 column 1"]),
+        },
+        BadAnswer {
+            what: "bytes that are not UTF-8",
+            status: 200,
+            body: vec![0xff, 0xfe, 0x00, 0x7b, 0x80],
+            why: strings(&[unusable, "expected value at line 1 column 1"]),
+        },
+        BadAnswer {
+            what: "a truncated document",
+            status: 200,
+            body: rs[..rs.len() / 2].to_vec(),
+            why: strings(&[unusable, "EOF while parsing"]),
+        },
+        BadAnswer {
+            what: "a document followed by garbage",
+            status: 200,
+            body: [rs.as_slice(), b"}garbage"].concat(),
+            why: strings(&[unusable, "trailing characters"]),
+        },
+        BadAnswer {
+            what: "an empty body",
+            status: 200,
+            body: Vec::new(),
+            why: strings(&["providers.idp: JWKS fetch failed (status 200, 0 body bytes)"]),
+        },
+        // (b) JSON without usable keys, or keys of the wrong shape
+        BadAnswer {
+            what: "an empty key list",
+            status: 200,
+            body: doc(json!({"keys": []})),
+            why: strings(&[unusable, "the JWKS has no usable signing key"]),
+        },
+        BadAnswer {
+            what: "a JSON object without `keys`",
+            status: 200,
+            body: doc(json!({"error": "maintenance"})),
+            why: strings(&[unusable, "missing field `keys`"]),
+        },
+        BadAnswer {
+            what: "a bare key instead of a key set",
+            status: 200,
+            body: doc(rs_key()),
+            why: strings(&[unusable, "missing field `keys`"]),
+        },
+        BadAnswer {
+            what: "`keys` is an object",
+            status: 200,
+            body: doc(json!({"keys": {"rs": rs_key()}})),
+            why: strings(&[unusable, "invalid type: map, expected a sequence"]),
+        },
+        BadAnswer {
+            // serde reads a struct from an array by position: `keys` is then the first element.
+            what: "a JSON array",
+            status: 200,
+            body: doc(json!([rs_key()])),
+            why: strings(&[unusable, "invalid type: map, expected a sequence"]),
+        },
+        BadAnswer {
+            what: "JSON null",
+            status: 200,
+            body: b"null".to_vec(),
+            why: strings(&[unusable, "invalid type: null"]),
+        },
+        BadAnswer {
+            what: "only key types the filter does not use",
+            status: 200,
+            body: doc(json!({"keys": [
+                {"kty": "EC", "crv": "secp256k1", "kid": "k1", "x": "AA", "y": "AA"},
+                {"kty": "OKP", "crv": "X25519", "kid": "x", "x": "AA"},
+                {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
+            ]})),
+            why: strings(&[unusable, "the JWKS has no usable signing key"]),
+        },
+        BadAnswer {
+            what: "a key that is a string",
+            status: 200,
+            body: doc(json!({"keys": ["rs"]})),
+            why: strings(&[unusable, "keys[0]: invalid type: string"]),
+        },
+        BadAnswer {
+            what: "an RSA key without `n`",
+            status: 200,
+            body: doc(json!({"keys": [{"kty": "RSA", "kid": "rs", "e": "AQAB"}]})),
+            why: strings(&[unusable, "keys[0]: missing `n`"]),
+        },
+        BadAnswer {
+            what: "an RSA modulus that is a number",
+            status: 200,
+            body: doc(json!({"keys": [{"kty": "RSA", "kid": "rs", "n": 65537, "e": "AQAB"}]})),
+            why: strings(&[
+                unusable,
+                "keys[0]: invalid type: integer `65537`, expected a string",
+            ]),
+        },
+        BadAnswer {
+            what: "an RSA modulus that is not base64url",
+            status: 200,
+            body: doc(json!({"keys": [{"kty": "RSA", "kid": "rs", "n": "n+/=", "e": "AQAB"}]})),
+            why: strings(&[unusable, "keys[0]: `n` is not base64url"]),
+        },
+        BadAnswer {
+            what: "a good key next to a P-256 key of the wrong length",
+            status: 200,
+            body: doc(json!({"keys": [
+                rs_key(),
+                {"kty": "EC", "crv": "P-256", "kid": "es", "x": b64(&[1; 31]), "y": b64(&[1; 32])},
+            ]})),
+            why: strings(&[unusable, "keys[1]: `x`/`y` have the wrong length"]),
+        },
+        BadAnswer {
+            what: "an RSA key labelled ES256",
+            status: 200,
+            body: {
+                let mut k = rs_key();
+                k["alg"] = json!("ES256");
+                doc(json!({"keys": [k]}))
+            },
+            why: strings(&[unusable, "keys[0]: `alg` ES256 does not fit a Rsa key"]),
+        },
+        BadAnswer {
+            what: "an HMAC secret shorter than 256 bits",
+            status: 200,
+            body: doc(json!({"keys": [{"kty": "oct", "kid": "hs", "k": b64(b"short")}]})),
+            why: strings(&[unusable, "keys[0]: `k` is shorter than 256 bits"]),
+        },
+        // (c) a body above 64 KiB (the keys in it are good)
+        BadAnswer {
+            what: "a good JWKS one byte above 64 KiB",
+            status: 200,
+            body: padded_jwks(&["rs"], MAX_JWKS_BYTES + 1),
+            why: vec![format!(
+                "providers.idp: the fetched JWKS is too large ({} bytes, at most {MAX_JWKS_BYTES})",
+                MAX_JWKS_BYTES + 1
+            )],
+        },
+        BadAnswer {
+            what: "a good JWKS of 1 MiB",
+            status: 200,
+            body: padded_jwks(&["rs"], 1024 * 1024),
+            why: vec![format!(
+                "providers.idp: the fetched JWKS is too large (1048576 bytes, at most {MAX_JWKS_BYTES})"
+            )],
+        },
+    ];
+    // (d) a status other than 200 (with a body that would be a good JWKS)
+    for (status, why) in [
+        (404, "status 404"),
+        (500, "status 500"),
+        (503, "status 503"),
+        (301, "status 301"),
+        (204, "status 204"),
+        (206, "status 206"),
+    ] {
+        answers.push(BadAnswer {
+            what: "a status other than 200",
+            status,
+            body: rs.clone(),
+            why: strings(&["providers.idp: JWKS fetch failed (", why]),
+        });
+    }
+    answers
+}
+
+fn strings(s: &[&str]) -> Vec<String> {
+    s.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The warning lines of `w` (for failure messages).
+fn warnings(w: &Worker) -> Vec<String> {
+    w.logs()
+        .into_iter()
+        .filter(|l| l.level >= LogLevel::Warn)
+        .map(|l| l.message)
+        .collect()
+}
+
+fn warned(w: &Worker, why: &[String]) -> bool {
+    w.logs()
+        .iter()
+        .any(|l| l.level == LogLevel::Warn && why.iter().all(|s| l.message.contains(s)))
+}
+
+/// 503, `jwks_unavailable`, `Retry-After: 5`.
+fn assert_jwks_unavailable(v: &StreamView, what: &str) {
+    let (status, reason, _) = refused(v);
+    assert_eq!(
+        (status, reason.as_str()),
+        (503, "jwks_unavailable"),
+        "{what}"
+    );
+    let reply = v.local_response.as_ref().unwrap();
+    assert_eq!(
+        reply.headers.get("retry-after").as_deref(),
+        Some("5"),
+        "{what}"
+    );
+}
+
+#[test]
+fn a_broken_first_jwks_answer_is_503_and_the_warning_says_why() {
+    for bad in bad_answers() {
+        let what = format!("{} ({}, {} bytes)", bad.what, bad.status, bad.body.len());
+        let host = host_without_native();
+        host.add_cluster("idp");
+        let config = remote_config(30);
+        let mut w = worker(&host, &config);
+        let token = rs256(&host, json!({}));
+        let id = start_request(&mut w, "GET", &token, true);
+        assert!(w.request_paused(id), "{what}: waits for the first fetch");
+        tick(&mut w);
+        let calls = w.pending_http_calls();
+        assert_eq!(calls.len(), 1, "{what}");
+        w.respond_http_call(calls[0].id, HttpCallResponse::new(bad.status, bad.body))
+            .unwrap();
+        // The waiting request is answered at once, not at its deadline.
+        let v = w.stream(id).unwrap();
+        assert!(!w.request_paused(id), "{what}: still waiting");
+        assert_jwks_unavailable(&v, &what);
+        assert_eq!(host.counter(&m("jwks_fetch_failed")), 1, "{what}");
+        assert_eq!(host.counter(&m("jwks_fetch_ok")), 0, "{what}");
+        assert_eq!(host.counter(&m("denied_jwks_unavailable")), 1, "{what}");
+        assert_eq!(host.counter(&m("allowed")), 0, "{what}");
+        assert!(
+            warned(&w, &bad.why),
+            "{what}: no warning with {:?}: {:?}",
+            bad.why,
+            warnings(&w)
+        );
+        // Nothing was stored for other workers.
+        assert!(
+            host.shared_data("", shared_jwks_key(&config).as_bytes())
+                .is_none(),
+            "{what}"
+        );
+        // Later requests fail fast while the endpoint stays broken.
+        let v = with_token(&mut w, "/", &token);
+        assert_jwks_unavailable(&v, &what);
+        assert_eq!(host.counter(&m("denied_jwks_unavailable")), 2, "{what}");
+        // A request that needs no token is not affected.
+        assert!(
+            get(&mut w, "/public", &[])
+                .upstream_request_headers
+                .is_some()
+        );
+    }
+}
+
+#[test]
+fn a_broken_refresh_keeps_the_last_good_keys_and_the_warning_says_why() {
+    for bad in bad_answers() {
+        let what = format!("{} ({}, {} bytes)", bad.what, bad.status, bad.body.len());
+        let host = host_without_native();
+        host.add_cluster("idp");
+        let config = remote_config(30);
+        let mut w = worker(&host, &config);
+        tick(&mut w);
+        serve_jwks(&mut w, jwks_of(&["rs"]));
+        let shared_doc = || {
+            host.shared_data("", shared_jwks_key(&config).as_bytes())
+                .map(|(doc, _)| doc)
+        };
+        assert_eq!(shared_doc(), Some(jwks_of(&["rs"])));
+        // refresh_s (600) later a refresh is due; the endpoint answers garbage.
+        host.advance_clock(StdDuration::from_secs(600));
+        tick(&mut w);
+        let calls = w.pending_http_calls();
+        assert_eq!(calls.len(), 1, "{what}: the refresh");
+        w.respond_http_call(calls[0].id, HttpCallResponse::new(bad.status, bad.body))
+            .unwrap();
+        assert_eq!(host.counter(&m("jwks_fetch_failed")), 1, "{what}");
+        assert_eq!(host.counter(&m("jwks_fetch_ok")), 1, "{what}");
+        assert!(
+            warned(&w, &bad.why),
+            "{what}: no warning with {:?}: {:?}",
+            bad.why,
+            warnings(&w)
+        );
+        // The last good keys keep verifying fresh tokens, on this worker ...
+        let token = rs256(&host, json!({"sub": "after-the-failure"}));
+        let v = with_token(&mut w, "/", &token);
+        assert_eq!(
+            up(&v).get("x-user-id").as_deref(),
+            Some("after-the-failure"),
+            "{what}"
+        );
+        // ... and on a worker that starts now: the shared document was not replaced.
+        assert_eq!(
+            shared_doc(),
+            Some(jwks_of(&["rs"])),
+            "{what}: the shared document"
+        );
+        let mut late = worker(&host, &config);
+        tick(&mut late);
+        assert!(late.pending_http_calls().is_empty(), "{what}: no new fetch");
+        let v = with_token(&mut late, "/", &token);
+        assert_eq!(
+            up(&v).get("x-user-id").as_deref(),
+            Some("after-the-failure"),
+            "{what}"
+        );
+        assert_eq!(host.counter(&m("denied_jwks_unavailable")), 0, "{what}");
+        // The next attempt waits min_refetch_interval_s (30 s); then a good answer is taken.
+        host.advance_clock(StdDuration::from_secs(29));
+        tick(&mut w);
+        assert!(
+            w.pending_http_calls().is_empty(),
+            "{what}: retried too soon"
+        );
+        host.advance_clock(StdDuration::from_secs(1));
+        tick(&mut w);
+        serve_jwks(&mut w, jwks_of(&["rs", "es256"]));
+        assert_eq!(host.counter(&m("jwks_fetch_ok")), 2, "{what}");
+        let es = keys().es256.sign(claims(&host, json!({}))).unwrap();
+        assert!(
+            with_token(&mut w, "/", &es)
+                .upstream_request_headers
+                .is_some(),
+            "{what}: the new keys are used"
+        );
+    }
+}
+
+#[test]
+fn a_jwks_of_exactly_64_kib_is_accepted() {
+    let host = host_without_native();
+    host.add_cluster("idp");
+    let mut w = worker(&host, &remote_config(30));
+    tick(&mut w);
+    serve_jwks(&mut w, padded_jwks(&["rs"], MAX_JWKS_BYTES));
+    assert_eq!(host.counter(&m("jwks_fetch_ok")), 1);
+    let token = rs256(&host, json!({}));
+    assert!(
+        with_token(&mut w, "/", &token)
+            .upstream_request_headers
+            .is_some()
+    );
 }
