@@ -365,6 +365,19 @@ fn compile_provider(
     if p.issuer.is_empty() {
         return Err(err(at("issuer"), "must not be empty"));
     }
+    if let Some(i) = p.audiences.iter().position(String::is_empty) {
+        return Err(err(
+            format!("providers.{name}.audiences[{i}]"),
+            "must not be empty",
+        ));
+    }
+    if let Some(i) = p.subjects.iter().position(String::is_empty) {
+        return Err(err(
+            format!("providers.{name}.subjects[{i}]"),
+            "must not be empty (an empty prefix matches every subject; omit `subjects` to not \
+             check `sub`)",
+        ));
+    }
     let inline_keys = match &p.jwks {
         None => None,
         Some(serde_json::Value::String(s)) => {
@@ -856,6 +869,15 @@ pub(crate) mod tests {
         let mut v = minimal();
         v["providers"]["p"]["from_headers"] = serde_json::json!([]);
         assert!(error_of(v).starts_with("providers.p: needs at least one of"));
+
+        // An empty subject prefix would silently match every token.
+        let mut v = minimal();
+        v["providers"]["p"]["subjects"] = serde_json::json!(["user:", ""]);
+        assert!(error_of(v).starts_with("providers.p.subjects[1]: must not be empty"));
+
+        let mut v = minimal();
+        v["providers"]["p"]["audiences"] = serde_json::json!([""]);
+        assert_eq!(error_of(v), "providers.p.audiences[0]: must not be empty");
 
         // The path names the provider, not the header.
         let mut v = minimal();

@@ -951,6 +951,16 @@ fn bad_configurations_are_rejected_naming_the_field() {
             &["providers.idp.issuer: must not be empty"],
         ),
         (
+            with_provider(json!({"audiences": ["api", ""]})),
+            &["providers.idp.audiences[1]: must not be empty"],
+        ),
+        (
+            with_provider(json!({"subjects": [""]})),
+            &[
+                "providers.idp.subjects[0]: must not be empty (an empty prefix matches every subject",
+            ],
+        ),
+        (
             with_provider(json!({"jwks": null})),
             &["providers.idp: needs `jwks` or `remote_jwks`"],
         ),
