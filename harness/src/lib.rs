@@ -8,6 +8,8 @@
 //! - [`Worker`] is one worker thread: a VM per plugin of a filter chain and the HTTP streams
 //!   running through it, with Envoy's phase rules, pause/continue, local replies and callouts.
 //!   Several workers of one host may run on threads at once.
+//! - [`assert_configs_rejected`] checks a table of broken configurations: each one refused by
+//!   `on_configure`, with an error line that names the field and the problem.
 //!
 //! ```no_run
 //! use proxy_wasm_harness::{Host, Module, PluginConfig, Worker};
@@ -26,6 +28,7 @@
 //! ```
 
 mod abi;
+mod config_check;
 mod error;
 mod foreign;
 mod host;
@@ -36,6 +39,7 @@ mod vm;
 mod worker;
 
 pub use abi::{Action, LogLevel, MetricType, Status, deserialize_map, serialize_map};
+pub use config_check::{assert_config_rejected, assert_configs_rejected, config_rejection};
 pub use error::HarnessError;
 pub use host::{ForeignFunction, Host, MetricValue};
 pub use module::{Module, artifact_path};

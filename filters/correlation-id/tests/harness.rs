@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proxy_wasm_harness::{
-    HarnessError, HeaderMap, Host, LogLevel, Module, PluginConfig, StreamView, Worker,
+    HeaderMap, Host, Module, PluginConfig, StreamView, Worker, assert_configs_rejected,
 };
 use std::collections::HashSet;
 
@@ -217,37 +217,140 @@ fn ids_are_unique_across_workers() {
     assert_eq!(host.counter(GENERATED), 2000);
 }
 
+/// Every kind of broken configuration is refused by `on_configure`, and the error line names
+/// the field and what is wrong with it.
 #[test]
 fn bad_configurations_are_rejected_naming_the_field() {
-    let host = Host::new();
-    let m = module();
-    for (config, field) in [
-        (r#"{"headr": "x"}"#, "headr"),
-        (r#"{"generator": "uuid1"}"#, "generator"),
-        (r#"{"max_length": 0}"#, "max_length"),
-        (r#"{"max_length": 5000}"#, "max_length"),
-        (r#"{"header": "bad header"}"#, "header"),
-        (r#"{"header": ":path"}"#, "header"),
-        (r#"{"trust_incoming": "yes"}"#, "trust_incoming"),
-        (r#"[1, 2]"#, ""),
-        ("not json", ""),
-    ] {
-        match Worker::new(&host, &[PluginConfig::new(&m).configuration(config)]) {
-            Err(HarnessError::ConfigRejected { logs, .. }) => {
-                let line = logs
-                    .iter()
-                    .find(|l| l.level >= LogLevel::Error)
-                    .map(|l| l.message.clone())
-                    .unwrap_or_default();
-                assert!(
-                    line.contains(field),
-                    "config {config}: error line {line:?} does not name {field:?}"
-                );
-            }
-            Err(e) => panic!("config {config}: unexpected error {e}"),
-            Ok(_) => panic!("config {config} was accepted"),
-        }
-    }
+    assert_configs_rejected(
+        &module(),
+        "correlation-id: invalid plugin configuration: ",
+        &[
+            // Wrong types.
+            (
+                r#"{"trust_incoming": "yes"}"#,
+                &["trust_incoming: invalid type: string \"yes\", expected a boolean"],
+            ),
+            (
+                r#"{"echo_downstream": 1}"#,
+                &["echo_downstream: invalid type: integer `1`, expected a boolean"],
+            ),
+            (
+                r#"{"max_length": "64"}"#,
+                &["max_length: invalid type: string \"64\", expected u32"],
+            ),
+            (
+                r#"{"max_length": 64.5}"#,
+                &["max_length: invalid type: floating point `64.5`, expected u32"],
+            ),
+            (
+                r#"{"header": 42}"#,
+                &["header: invalid type: integer `42`, expected a string"],
+            ),
+            (
+                r#"{"header": ["x-request-id"]}"#,
+                &["header: invalid type: sequence, expected a string"],
+            ),
+            (
+                r#"{"header": null}"#,
+                &["header: invalid type: null, expected a string"],
+            ),
+            (
+                r#"{"response_header": true}"#,
+                &["response_header: invalid type: boolean `true`, expected a string"],
+            ),
+            // Not a JSON object at all.
+            (r#"[1, 2]"#, &["the configuration must be a JSON object"]),
+            ("not json", &["the configuration must be a JSON object"]),
+            (
+                r#""x-request-id""#,
+                &["the configuration must be a JSON object"],
+            ),
+            (r#"{"max_length": 64"#, &["EOF while parsing an object"]),
+            (r#"{} {}"#, &["trailing characters"]),
+            // Unknown fields (there are no nested objects in this configuration).
+            (
+                r#"{"headr": "x"}"#,
+                &["headr: unknown field `headr`, expected one of"],
+            ),
+            (
+                r#"{"maxLength": 5}"#,
+                &["maxLength: unknown field `maxLength`"],
+            ),
+            (
+                r#"{"header": "x-id", "generator": "uuid4", "trust": false}"#,
+                &["trust: unknown field `trust`"],
+            ),
+            // Duplicate fields (serde names the field in the message, not as a path).
+            (
+                r#"{"header": "a", "header": "b"}"#,
+                &["duplicate field `header`"],
+            ),
+            // Empty required values.
+            (
+                r#"{"header": ""}"#,
+                &["header: header name must not be empty"],
+            ),
+            (
+                r#"{"response_header": ""}"#,
+                &["response_header: header name must not be empty"],
+            ),
+            // Invalid header names.
+            (
+                r#"{"header": "bad header"}"#,
+                &["header: invalid character at position 3"],
+            ),
+            (
+                r#"{"header": "x-id:"}"#,
+                &["header: invalid character at position 4"],
+            ),
+            (
+                r#"{"header": "x-ïd"}"#,
+                &["header: invalid character at position 2"],
+            ),
+            (r#"{"header": ":path"}"#, &["header: pseudo-headers"]),
+            (
+                r#"{"header": "Content-Length"}"#,
+                &["header: connection/framing headers"],
+            ),
+            (
+                r#"{"response_header": "connection"}"#,
+                &["response_header: connection/framing headers"],
+            ),
+            // Impossible limits: zero, too large, negative, beyond u32.
+            (
+                r#"{"max_length": 0}"#,
+                &["max_length: must be between 1 and 1024, got 0"],
+            ),
+            (
+                r#"{"max_length": 1025}"#,
+                &["max_length: must be between 1 and 1024, got 1025"],
+            ),
+            (
+                r#"{"max_length": -1}"#,
+                &["max_length: invalid value: integer `-1`, expected u32"],
+            ),
+            (
+                r#"{"max_length": 4294967296}"#,
+                &["max_length: invalid value: integer `4294967296`, expected u32"],
+            ),
+            (
+                r#"{"max_length": 1e3}"#,
+                &["max_length: invalid type: floating point `1000.0`, expected u32"],
+            ),
+            // Bad enum values.
+            (
+                r#"{"generator": "uuid1"}"#,
+                &["generator: unknown variant `uuid1`, expected `uuid4` or `uuid7`"],
+            ),
+            (
+                r#"{"generator": "UUID4"}"#,
+                &["generator: unknown variant `UUID4`"],
+            ),
+            (r#"{"generator": ""}"#, &["generator: unknown variant ``"]),
+            (r#"{"generator": 4}"#, &["generator: expected value"]),
+            (r#"{"generator": null}"#, &["generator: expected value"]),
+        ],
+    );
 }
 
 #[test]

@@ -430,6 +430,19 @@ fn compile_provider(
     if p.issuer.is_empty() {
         return Err(err(at("issuer"), "must not be empty"));
     }
+    if let Some(i) = p.audiences.iter().position(String::is_empty) {
+        return Err(err(
+            format!("providers.{name}.audiences[{i}]"),
+            "must not be empty",
+        ));
+    }
+    if let Some(i) = p.subjects.iter().position(String::is_empty) {
+        return Err(err(
+            format!("providers.{name}.subjects[{i}]"),
+            "must not be empty (an empty prefix matches every subject; omit `subjects` to not \
+             check `sub`)",
+        ));
+    }
     let inline_keys = match &p.jwks {
         None => None,
         Some(serde_json::Value::String(s)) => {
@@ -526,7 +539,7 @@ fn compile_provider(
         }
     };
     for (i, h) in p.from_headers.iter().enumerate() {
-        let name = header_name(&format!("providers.{name}.from_headers[{i}].name"), &h.name)?;
+        let header = header_name(&format!("providers.{name}.from_headers[{i}].name"), &h.name)?;
         if h.value_prefix.bytes().any(|b| b.is_ascii_control()) {
             return Err(err(
                 format!("providers.{name}.from_headers[{i}].value_prefix"),
@@ -534,7 +547,7 @@ fn compile_provider(
             ));
         }
         add(Source::Header {
-            name,
+            name: header,
             prefix: h.value_prefix.clone(),
         });
     }
@@ -920,6 +933,24 @@ pub(crate) mod tests {
         let mut v = minimal();
         v["providers"]["p"]["from_headers"] = serde_json::json!([]);
         assert!(error_of(v).starts_with("providers.p: needs at least one of"));
+
+        // An empty subject prefix would silently match every token.
+        let mut v = minimal();
+        v["providers"]["p"]["subjects"] = serde_json::json!(["user:", ""]);
+        assert!(error_of(v).starts_with("providers.p.subjects[1]: must not be empty"));
+
+        let mut v = minimal();
+        v["providers"]["p"]["audiences"] = serde_json::json!([""]);
+        assert_eq!(error_of(v), "providers.p.audiences[0]: must not be empty");
+
+        // The path names the provider, not the header.
+        let mut v = minimal();
+        v["providers"]["p"]["from_headers"] =
+            serde_json::json!([{"name": "x-token", "value_prefix": "Bearer\n"}]);
+        assert_eq!(
+            error_of(v),
+            "providers.p.from_headers[0].value_prefix: must not contain control characters"
+        );
 
         let mut v = minimal();
         v["providers"]["p"]["from_params"] = serde_json::json!(["a=b"]);

@@ -606,6 +606,12 @@ impl Context for Root {
                     None
                 }
             },
+            (Some("200"), None) if body_size > MAX_JWKS_BYTES => {
+                log::warn!(
+                    "jwt-to-header: providers.{name}: the fetched JWKS is too large ({body_size} bytes, at most {MAX_JWKS_BYTES}); keeping the last good keys"
+                );
+                None
+            }
             _ => {
                 log::warn!(
                     "jwt-to-header: providers.{name}: JWKS fetch failed (status {}, {} body bytes); keeping the last good keys",

@@ -1,7 +1,8 @@
 //! The real jwt_to_header.wasm in the harness: every algorithm, every refusal, header hygiene,
 //! the native `verify_signature` path and its fallback, the verified-token cache, and the
 //! remote JWKS (first fetch, unknown-kid refetch with a paused request, single flight across
-//! two worker VMs, IdP down). Tokens are minted here with jwt-simple.
+//! two worker VMs, IdP down, every kind of broken JWKS answer before and after a good fetch),
+//! and broken configurations. Tokens are minted here with jwt-simple.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -12,9 +13,11 @@ type StdDuration = std::time::Duration;
 
 use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _, Encoder};
 use jwt_simple::prelude::*;
+use jwt_to_header::config::fnv1a64;
+use jwt_to_header::jwks::{MAX_JWKS_BYTES, data_key};
 use proxy_wasm_harness::{
-    HarnessError, HeaderMap, Host, HttpCallResponse, LogLevel, Module, PluginConfig, Status,
-    StreamId, StreamView, Worker,
+    HeaderMap, Host, HttpCallResponse, LogLevel, Module, PluginConfig, Status, StreamId,
+    StreamView, Worker, assert_configs_rejected,
 };
 use serde_json::{Value, json};
 
@@ -760,42 +763,627 @@ fn fuel_of_fresh_and_cached_requests() {
     assert!(cached < fresh);
 }
 
-#[test]
-fn bad_configurations_are_rejected_naming_the_field() {
-    let host = host_without_native();
-    let mdl = module();
-    for (config, field) in [
-        (
-            r#"{"providers":{"a":{"issuer":"i","remote_jwks":{"cluster":"","authority":"idp","path":"/j"}}}}"#,
-            "providers.a.remote_jwks.cluster",
-        ),
-        (
-            r#"{"providers":{"a":{"issuer":"i","jwks":{"keys":[]}}}}"#,
-            "providers.a.jwks",
-        ),
-        (
-            r#"{"providers":{},"rules":[{"match":{"prefix":"/"},"requires":"x"}]}"#,
-            "rules[0].requires",
-        ),
-        (
-            r#"{"rules":[{"match":{"regex":"("},"requires":null}]}"#,
-            "rules[0].match.regex",
-        ),
-        (r#"{"bogus":1}"#, "bogus"),
-    ] {
-        match Worker::new(&host, &[PluginConfig::new(&mdl).configuration(config)]) {
-            Err(HarnessError::ConfigRejected { logs, .. }) => {
-                assert!(
-                    logs.iter()
-                        .any(|l| l.level == LogLevel::Error
-                            && l.message.contains(&format!("{field}:"))),
-                    "{field}: {logs:?}"
-                );
+/// A valid configuration — provider `idp` with one inline HMAC key and one rule that requires
+/// it — with the members of `provider` replaced in the provider, those of `rule` in the rule and
+/// those of `top` at the top level (`null` removes a member).
+fn patched(provider: Value, rule: Value, top: Value) -> String {
+    let merge = |into: &mut Value, patch: &Value| {
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                into.as_object_mut().unwrap().remove(k);
+            } else {
+                into[k] = v.clone();
             }
-            Err(e) => panic!("{field}: {e}"),
-            Ok(_) => panic!("{field}: accepted"),
+        }
+    };
+    let mut p = json!({"issuer": ISS, "jwks": {"keys": [hs_jwk()]}});
+    merge(&mut p, &provider);
+    let mut r = json!({"match": {"prefix": "/"}, "requires": "idp"});
+    merge(&mut r, &rule);
+    let mut config = json!({"providers": {"idp": p}, "rules": [r]});
+    merge(&mut config, &top);
+    config.to_string()
+}
+
+fn hs_jwk() -> Value {
+    json!({"kty": "oct", "kid": "hs", "k": b64(b"0123456789abcdef0123456789abcdef-hs")})
+}
+
+fn with_provider(provider: Value) -> String {
+    patched(provider, json!({}), json!({}))
+}
+
+fn with_rule(rule: Value) -> String {
+    patched(json!({}), rule, json!({}))
+}
+
+fn with_top(top: Value) -> String {
+    patched(json!({}), json!({}), top)
+}
+
+/// The provider with inline keys `keys` (a JWKS `keys` list).
+fn with_keys(keys: Value) -> String {
+    with_provider(json!({"jwks": {"keys": keys}}))
+}
+
+/// The provider with a remote JWKS whose members `patch` replaces.
+fn with_remote(patch: Value) -> String {
+    let mut remote = json!({"cluster": "idp", "authority": "idp.example.com", "path": "/jwks"});
+    for (k, v) in patch.as_object().unwrap() {
+        if v.is_null() {
+            remote.as_object_mut().unwrap().remove(k);
+        } else {
+            remote[k] = v.clone();
         }
     }
+    with_provider(json!({"jwks": null, "remote_jwks": remote}))
+}
+
+/// Every kind of broken configuration is refused by `on_configure`, and the error line names
+/// the field and what is wrong with it.
+#[test]
+fn bad_configurations_are_rejected_naming_the_field() {
+    let rsa = || rsa_jwk(&keys().rs, "rs");
+    let with_alg = |mut k: Value, alg: &str| {
+        k["alg"] = json!(alg);
+        k
+    };
+    let cases: Vec<(String, &[&str])> = vec![
+        // Not a JSON object / wrong types.
+        ("[]".into(), &["the configuration must be a JSON object"]),
+        (r#"{"providers":{"#.into(), &["EOF while parsing an object"]),
+        (
+            with_top(json!({"providers": [{"issuer": ISS}]})),
+            &["providers: invalid type: sequence, expected a map"],
+        ),
+        (
+            with_top(json!({"rules": {"match": {"prefix": "/"}}})),
+            &["rules: invalid type: map, expected a sequence"],
+        ),
+        (
+            with_top(json!({"cache_size": "10"})),
+            &["cache_size: invalid type: string \"10\", expected usize"],
+        ),
+        (
+            with_top(json!({"realm": 5})),
+            &["realm: invalid type: integer `5`, expected a string"],
+        ),
+        (
+            with_top(json!({"bypass_cors_preflight": "no"})),
+            &["bypass_cors_preflight: invalid type: string \"no\", expected a boolean"],
+        ),
+        (
+            with_provider(json!({"issuer": 5})),
+            &["providers.idp.issuer: invalid type: integer `5`, expected a string"],
+        ),
+        (
+            with_provider(json!({"audiences": "api"})),
+            &["providers.idp.audiences: invalid type: string \"api\", expected a sequence"],
+        ),
+        (
+            with_provider(json!({"jwks": 5})),
+            &["providers.idp.jwks: must be a JWKS object or a JSON string"],
+        ),
+        (
+            with_provider(json!({"jwks": [hs_jwk()]})),
+            &["providers.idp.jwks: must be a JWKS object or a JSON string"],
+        ),
+        (
+            with_provider(json!({"jwks": null, "remote_jwks": "https://idp.example.com/jwks"})),
+            &["providers.idp.remote_jwks: invalid type: string \"https://idp.example.com/jwks\""],
+        ),
+        (
+            with_remote(json!({"timeout_ms": "1000"})),
+            &["providers.idp.remote_jwks.timeout_ms: invalid type: string \"1000\", expected u64"],
+        ),
+        (
+            with_provider(json!({"forward": "yes"})),
+            &["providers.idp.forward: invalid type: string \"yes\", expected a boolean"],
+        ),
+        (
+            with_provider(json!({"from_headers": "authorization"})),
+            &[
+                "providers.idp.from_headers: invalid type: string \"authorization\", expected a sequence",
+            ],
+        ),
+        (
+            with_provider(json!({"claim_to_headers": [{"claim": "sub", "header": 5}]})),
+            &[
+                "providers.idp.claim_to_headers[0].header: invalid type: integer `5`, expected a string",
+            ],
+        ),
+        (
+            with_provider(json!({"algorithms": "HS256"})),
+            &["providers.idp.algorithms: invalid type: string \"HS256\", expected a sequence"],
+        ),
+        (
+            with_rule(json!({"match": "/"})),
+            &["rules[0].match: invalid type: string \"/\", expected struct MatchConfig"],
+        ),
+        (
+            with_rule(json!({"scopes": "admin"})),
+            &["rules[0].scopes: invalid type: string \"admin\", expected a sequence"],
+        ),
+        (
+            with_rule(json!({"allow_missing": 1})),
+            &["rules[0].allow_missing: invalid type: integer `1`, expected a boolean"],
+        ),
+        // Unknown fields, top level and nested.
+        (
+            r#"{"bogus":1}"#.into(),
+            &["bogus: unknown field `bogus`, expected one of"],
+        ),
+        (
+            with_top(json!({"provider": {}})),
+            &["provider: unknown field `provider`"],
+        ),
+        (
+            with_provider(json!({"isuser": ISS})),
+            &["providers.idp.isuser: unknown field `isuser`"],
+        ),
+        (
+            with_remote(json!({"url": "https://idp.example.com/jwks"})),
+            &["providers.idp.remote_jwks.url: unknown field `url`"],
+        ),
+        (
+            with_provider(json!({"from_headers": [{"name": "x-token", "prefix": "Bearer "}]})),
+            &["providers.idp.from_headers[0].prefix: unknown field `prefix`"],
+        ),
+        (
+            with_provider(json!({"claim_to_headers": [{"claim": "sub", "headr": "x-sub"}]})),
+            &["providers.idp.claim_to_headers[0].headr: unknown field `headr`"],
+        ),
+        (
+            with_rule(json!({"match": {"prefx": "/"}})),
+            &["rules[0].match.prefx: unknown field `prefx`"],
+        ),
+        (
+            with_rule(json!({"requirs": "idp"})),
+            &["rules[0].requirs: unknown field `requirs`"],
+        ),
+        // Empty or missing required values.
+        (
+            with_provider(json!({"issuer": null})),
+            &["providers.idp: missing field `issuer`"],
+        ),
+        (
+            with_provider(json!({"issuer": ""})),
+            &["providers.idp.issuer: must not be empty"],
+        ),
+        (
+            with_provider(json!({"audiences": ["api", ""]})),
+            &["providers.idp.audiences[1]: must not be empty"],
+        ),
+        (
+            with_provider(json!({"subjects": [""]})),
+            &[
+                "providers.idp.subjects[0]: must not be empty (an empty prefix matches every subject",
+            ],
+        ),
+        (
+            with_provider(json!({"jwks": null})),
+            &["providers.idp: needs `jwks` or `remote_jwks`"],
+        ),
+        (
+            with_remote(json!({"cluster": ""})),
+            &["providers.idp.remote_jwks.cluster: must not be empty"],
+        ),
+        (
+            with_remote(json!({"authority": ""})),
+            &["providers.idp.remote_jwks.authority: must be a non-empty host name"],
+        ),
+        (
+            with_remote(json!({"path": ""})),
+            &["providers.idp.remote_jwks.path: must start with '/'"],
+        ),
+        (
+            with_remote(json!({"path": null})),
+            &["providers.idp.remote_jwks: missing field `path`"],
+        ),
+        (
+            with_provider(json!({"from_headers": []})),
+            &["providers.idp: needs at least one of `from_headers`, `from_params`, `from_cookies`"],
+        ),
+        (
+            with_provider(json!({"from_headers": [{"name": ""}]})),
+            &["providers.idp.from_headers[0].name: header name must not be empty"],
+        ),
+        (
+            with_provider(json!({"from_params": [""]})),
+            &["providers.idp.from_params[0]: must be a non-empty name"],
+        ),
+        (
+            with_provider(json!({"from_cookies": [""]})),
+            &["providers.idp.from_cookies[0]: must be a non-empty name"],
+        ),
+        (
+            with_provider(json!({"claim_to_headers": [{"claim": "", "header": "x-sub"}]})),
+            &["providers.idp.claim_to_headers[0].claim: must be a claim name or a dotted path"],
+        ),
+        (
+            with_provider(json!({"claim_to_headers": [{"claim": "sub", "header": ""}]})),
+            &["providers.idp.claim_to_headers[0].header: header name must not be empty"],
+        ),
+        (
+            with_provider(json!({"algorithms": []})),
+            &["providers.idp.algorithms: must not be empty"],
+        ),
+        (
+            with_top(json!({"realm": ""})),
+            &["realm: must be 1-128 printable ASCII characters"],
+        ),
+        (
+            with_rule(json!({"match": null})),
+            &["rules[0]: missing field `match`"],
+        ),
+        (
+            with_rule(json!({"match": {}})),
+            &["rules[0].match: needs exactly one of `prefix`, `path`, `regex`"],
+        ),
+        (
+            with_rule(json!({"requires": {"any": []}})),
+            &["rules[0].requires.any: must name at least one provider"],
+        ),
+        (
+            with_rule(json!({"requires": {"all": []}})),
+            &["rules[0].requires.all: must name at least one provider"],
+        ),
+        (
+            with_rule(json!({"scopes": [""]})),
+            &["rules[0].scopes[0]: not a scope token"],
+        ),
+        (
+            with_rule(json!({"match": {"prefix": "/", "methods": [""]}})),
+            &["rules[0].match.methods[0]: not a method"],
+        ),
+        // Invalid regexes.
+        (
+            with_rule(json!({"match": {"regex": "("}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        (
+            with_rule(json!({"match": {"regex": "/api/[z-a]"}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        (
+            with_rule(json!({"match": {"regex": "/a{2,1}"}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        (
+            with_rule(json!({"match": {"regex": "*/api"}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        (
+            with_rule(json!({"match": {"regex": "/\\p{Greek}+"}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        (
+            with_rule(json!({"match": {"regex": "(?<v>a)/(?<v>b)"}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        (
+            with_rule(json!({"match": {"regex": "/api/(v1|v2"}})),
+            &["rules[0].match.regex: invalid regex"],
+        ),
+        // Invalid keys.
+        (
+            with_keys(json!([])),
+            &["providers.idp.jwks: the JWKS has no usable signing key"],
+        ),
+        (
+            with_provider(json!({"jwks": {}})),
+            &["providers.idp.jwks: missing field `keys`"],
+        ),
+        (
+            with_provider(json!({"jwks": {"keys": "hs"}})),
+            &["providers.idp.jwks: invalid type: string \"hs\", expected a sequence"],
+        ),
+        (
+            with_provider(json!({"jwks": "not json"})),
+            &["providers.idp.jwks: expected ident at line 1 column 2"],
+        ),
+        (
+            with_provider(json!({"jwks": "{\"keys\":[]}"})),
+            &["providers.idp.jwks: the JWKS has no usable signing key"],
+        ),
+        (
+            with_keys(json!([{"kty": "RSA", "kid": "rs", "e": "AQAB"}])),
+            &["providers.idp.jwks: keys[0]: missing `n`"],
+        ),
+        (
+            with_keys(json!([{"kty": "RSA", "kid": "rs", "n": "n+/=", "e": "AQAB"}])),
+            &["providers.idp.jwks: keys[0]: `n` is not base64url"],
+        ),
+        (
+            with_keys(json!([hs_jwk(), with_alg(rsa(), "ES256")])),
+            &["providers.idp.jwks: keys[1]: `alg` ES256 does not fit a Rsa key"],
+        ),
+        (
+            with_keys(json!([with_alg(hs_jwk(), "RS256")])),
+            &["providers.idp.jwks: keys[0]: `alg` RS256 does not fit a Oct key"],
+        ),
+        (
+            with_keys(
+                json!([{"kty": "EC", "crv": "P-256", "x": b64(&[1; 31]), "y": b64(&[1; 32])}]),
+            ),
+            &["providers.idp.jwks: keys[0]: `x`/`y` have the wrong length"],
+        ),
+        (
+            with_keys(
+                json!([{"kty": "EC", "crv": "P-256", "x": b64(&[1; 32]), "y": b64(&[1; 32])}]),
+            ),
+            &["providers.idp.jwks: keys[0]: invalid P-256 key"],
+        ),
+        (
+            with_keys(json!([{"kty": "EC", "crv": "P-384", "y": b64(&[1; 48])}])),
+            &["providers.idp.jwks: keys[0]: missing `x`"],
+        ),
+        (
+            with_keys(json!([{"kty": "OKP", "crv": "Ed25519", "x": b64(&[1; 31])}])),
+            &["providers.idp.jwks: keys[0]: invalid Ed25519 key"],
+        ),
+        (
+            with_keys(json!([{"kty": "oct", "k": b64(b"too short")}])),
+            &["providers.idp.jwks: keys[0]: `k` is shorter than 256 bits"],
+        ),
+        (
+            with_keys(json!([{"kty": "oct", "kid": "hs"}])),
+            &["providers.idp.jwks: keys[0]: missing `k`"],
+        ),
+        (
+            with_keys(json!([{"kid": "hs", "k": b64(&[7; 32])}])),
+            &["providers.idp.jwks: keys[0]: missing field `kty`"],
+        ),
+        (
+            with_keys(json!([hs_jwk(), 5])),
+            &["providers.idp.jwks: keys[1]: invalid type: integer `5`"],
+        ),
+        (
+            with_keys(json!([{"kty": "oct", "use": "enc", "k": b64(&[7; 32])}])),
+            &["providers.idp.jwks: the JWKS has no usable signing key"],
+        ),
+        // Algorithms: unknown, forbidden, or without a key.
+        (
+            with_provider(json!({"algorithms": ["none"]})),
+            &["providers.idp.algorithms[0]: unknown or forbidden algorithm"],
+        ),
+        (
+            with_provider(json!({"algorithms": ["HS256", "ES512"]})),
+            &["providers.idp.algorithms[1]: unknown or forbidden algorithm"],
+        ),
+        (
+            with_provider(json!({"algorithms": ["hs256"]})),
+            &["providers.idp.algorithms[0]: unknown or forbidden algorithm"],
+        ),
+        (
+            with_provider(json!({"algorithms": ["RS256"]})),
+            &["providers.idp.algorithms[0]: no key in `jwks` can verify RS256"],
+        ),
+        // Impossible limits.
+        (
+            with_remote(json!({"timeout_ms": 0})),
+            &["providers.idp.remote_jwks.timeout_ms: must be 1..=60000"],
+        ),
+        (
+            with_remote(json!({"timeout_ms": 60_001})),
+            &["providers.idp.remote_jwks.timeout_ms: must be 1..=60000"],
+        ),
+        (
+            with_remote(json!({"timeout_ms": -1})),
+            &["providers.idp.remote_jwks.timeout_ms: invalid value: integer `-1`, expected u64"],
+        ),
+        (
+            with_remote(json!({"refresh_s": 0})),
+            &["providers.idp.remote_jwks.refresh_s: must be at least 1"],
+        ),
+        (
+            with_remote(json!({"min_refetch_interval_s": -30})),
+            &[
+                "providers.idp.remote_jwks.min_refetch_interval_s: invalid value: integer `-30`, expected u64",
+            ],
+        ),
+        (
+            with_provider(json!({"clock_skew_s": 3601})),
+            &["providers.idp.clock_skew_s: must be at most 3600"],
+        ),
+        (
+            with_provider(json!({"clock_skew_s": u64::MAX})),
+            &["providers.idp.clock_skew_s: must be at most 3600"],
+        ),
+        (
+            with_provider(json!({"clock_skew_s": -1})),
+            &["providers.idp.clock_skew_s: invalid value: integer `-1`, expected u64"],
+        ),
+        (
+            with_provider(json!({"max_lifetime_s": 0})),
+            &["providers.idp.max_lifetime_s: must be at least 1"],
+        ),
+        (
+            with_provider(json!({"max_lifetime_s": -3600})),
+            &["providers.idp.max_lifetime_s: invalid value: integer `-3600`, expected u64"],
+        ),
+        (
+            with_top(json!({"cache_size": 100_001})),
+            &["cache_size: must be at most 100000"],
+        ),
+        (
+            with_top(json!({"cache_size": -1})),
+            &["cache_size: invalid value: integer `-1`, expected usize"],
+        ),
+        (
+            r#"{"cache_size":18446744073709551616}"#.into(),
+            &["cache_size: invalid type: floating point"],
+        ),
+        (
+            with_top(json!({"realm": "r".repeat(129)})),
+            &["realm: must be 1-128 printable ASCII characters"],
+        ),
+        (
+            with_top(json!({"realm": "a \"quoted\" realm"})),
+            &["realm: must be 1-128 printable ASCII characters without '\"' or '\\'"],
+        ),
+        (
+            with_top(json!({"realm": "api\r\nx-evil: 1"})),
+            &["realm: must be 1-128 printable ASCII characters"],
+        ),
+        // Unknown provider names in rules.
+        (
+            with_top(json!({"providers": {}})),
+            &["rules[0].requires: unknown provider `idp`"],
+        ),
+        (
+            with_rule(json!({"requires": "x"})),
+            &["rules[0].requires: unknown provider `x`"],
+        ),
+        (
+            with_rule(json!({"requires": "IDP"})),
+            &["rules[0].requires: unknown provider `IDP`"],
+        ),
+        (
+            with_rule(json!({"requires": {"any": ["idp", "x"]}})),
+            &["rules[0].requires.any[1]: unknown provider `x`"],
+        ),
+        (
+            with_rule(json!({"requires": {"all": ["x", "idp"]}})),
+            &["rules[0].requires.all[0]: unknown provider `x`"],
+        ),
+        (
+            with_top(json!({"rules": [
+                {"match": {"prefix": "/public"}, "requires": null},
+                {"match": {"prefix": "/"}, "requires": "auth0"}
+            ]})),
+            &["rules[1].requires: unknown provider `auth0`"],
+        ),
+        // Bad values for `requires` (a string, {"any": [...]} or {"all": [...]}).
+        (
+            with_rule(json!({"requires": 5})),
+            &["rules[0].requires: data did not match any variant of untagged enum RequiresConfig"],
+        ),
+        (
+            with_rule(json!({"requires": ["idp"]})),
+            &["rules[0].requires: data did not match any variant of untagged enum RequiresConfig"],
+        ),
+        (
+            with_rule(json!({"requires": {"some": ["idp"]}})),
+            &["rules[0].requires: data did not match any variant of untagged enum RequiresConfig"],
+        ),
+        (
+            with_rule(json!({"requires": {"any": "idp"}})),
+            &["rules[0].requires: data did not match any variant of untagged enum RequiresConfig"],
+        ),
+        // Invalid names, headers and paths; settings that contradict each other.
+        (
+            with_top(
+                json!({"providers": {"my idp": {"issuer": ISS, "jwks": {"keys": [hs_jwk()]}}}, "rules": []}),
+            ),
+            &["providers.my idp: provider names must be 1-64 characters of [A-Za-z0-9_-]"],
+        ),
+        (
+            with_top(
+                json!({"providers": {"": {"issuer": ISS, "jwks": {"keys": [hs_jwk()]}}}, "rules": []}),
+            ),
+            &["providers.: provider names must be 1-64 characters"],
+        ),
+        (
+            with_provider(json!({"from_headers": [{"name": "x token"}]})),
+            &["providers.idp.from_headers[0].name: invalid character at position 1"],
+        ),
+        (
+            with_provider(
+                json!({"from_headers": [{"name": "authorization", "value_prefix": "Bearer\n"}]}),
+            ),
+            &["providers.idp.from_headers[0].value_prefix: must not contain control characters"],
+        ),
+        (
+            with_provider(json!({"from_params": ["access_token="]})),
+            &["providers.idp.from_params[0]: must be a non-empty name without '='"],
+        ),
+        (
+            with_provider(json!({"from_cookies": ["jwt session"]})),
+            &["providers.idp.from_cookies[0]: must be a non-empty name"],
+        ),
+        (
+            with_provider(
+                json!({"claim_to_headers": [{"claim": "realm..roles", "header": "x-roles"}]}),
+            ),
+            &[
+                "providers.idp.claim_to_headers[0].claim: must be a claim name or a dotted path without empty segments",
+            ],
+        ),
+        (
+            with_provider(json!({"claim_to_headers": [{"claim": "sub", "header": ":authority"}]})),
+            &["providers.idp.claim_to_headers[0].header: pseudo-headers"],
+        ),
+        (
+            with_provider(json!({"claim_to_headers": [{"claim": "sub", "header": "host"}]})),
+            &["providers.idp.claim_to_headers[0].header: connection/framing headers"],
+        ),
+        (
+            with_provider(
+                json!({"claim_to_headers": [{"claim": "groups", "header": "x-groups", "separator": "\n"}]}),
+            ),
+            &["providers.idp.claim_to_headers[0].separator: must not contain control characters"],
+        ),
+        (
+            with_provider(json!({"forward_payload_header": "x payload"})),
+            &["providers.idp.forward_payload_header: invalid character at position 1"],
+        ),
+        (
+            with_provider(
+                json!({"claim_to_headers": [{"claim": "sub", "header": "Authorization"}]}),
+            ),
+            &[
+                "providers: header `authorization` is both a token source and a claim/payload header",
+            ],
+        ),
+        (
+            with_provider(json!({"forward_payload_header": "authorization"})),
+            &[
+                "providers: header `authorization` is both a token source and a claim/payload header",
+            ],
+        ),
+        (
+            with_remote(json!({"authority": "idp example.com"})),
+            &["providers.idp.remote_jwks.authority: must be a non-empty host name"],
+        ),
+        (
+            with_remote(json!({"path": "jwks"})),
+            &["providers.idp.remote_jwks.path: must start with '/'"],
+        ),
+        (
+            with_rule(json!({"match": {"prefix": "api"}})),
+            &["rules[0].match.prefix: must start with '/'"],
+        ),
+        (
+            with_rule(json!({"match": {"path": "api"}})),
+            &["rules[0].match.path: must start with '/'"],
+        ),
+        (
+            with_rule(json!({"match": {"prefix": "/", "regex": "/.*"}})),
+            &["rules[0].match: needs exactly one of `prefix`, `path`, `regex`"],
+        ),
+        (
+            with_rule(json!({"match": {"prefix": "/", "methods": ["G3T"]}})),
+            &["rules[0].match.methods[0]: not a method"],
+        ),
+        (
+            with_rule(json!({"scopes": ["read admin"]})),
+            &["rules[0].scopes[0]: not a scope token"],
+        ),
+        (
+            with_rule(json!({"requires": null, "scopes": ["admin"]})),
+            &["rules[0].requires: `scopes` and `allow_missing` need a provider in `requires`"],
+        ),
+        (
+            with_rule(json!({"requires": null, "allow_missing": true})),
+            &["rules[0].requires: `scopes` and `allow_missing` need a provider in `requires`"],
+        ),
+    ];
+    assert_configs_rejected(
+        &module(),
+        "jwt-to-header: invalid plugin configuration: ",
+        &cases,
+    );
 }
 
 // ---- remote JWKS -----------------------------------------------------------------------------
@@ -1081,4 +1669,382 @@ fn a_timed_out_fetch_is_a_failure_and_is_retried() {
     w.advance(StdDuration::from_millis(1000)).unwrap();
     serve_jwks(&mut w, jwks_of(&["rs"]));
     assert_eq!(host.counter(&m("jwks_fetch_ok")), 1);
+}
+
+// ---- remote JWKS: what a broken endpoint answers ---------------------------------------------
+
+/// The shared-data key of provider `idp`'s JWKS document under `config`.
+fn shared_jwks_key(config: &str) -> String {
+    data_key(&format!("{:016x}", fnv1a64(config.as_bytes())), "idp")
+}
+
+/// `jwks_of(kids)` padded with an extra member to exactly `len` bytes: a JWKS with good keys,
+/// whose only fault (if any) is its size.
+fn padded_jwks(kids: &[&str], len: usize) -> Vec<u8> {
+    let mut doc: Value = serde_json::from_slice(&jwks_of(kids)).unwrap();
+    doc["padding"] = json!("");
+    let base = serde_json::to_vec(&doc).unwrap().len();
+    doc["padding"] = json!("x".repeat(len - base));
+    let body = serde_json::to_vec(&doc).unwrap();
+    assert_eq!(body.len(), len);
+    body
+}
+
+/// A broken JWKS answer: what it is, the status and body the endpoint sends, and what the
+/// warning must say about it (each string a substring of one warning line).
+struct BadAnswer {
+    what: &'static str,
+    status: u16,
+    body: Vec<u8>,
+    why: Vec<String>,
+}
+
+fn bad_answers() -> Vec<BadAnswer> {
+    let rs = jwks_of(&["rs"]);
+    let rs_key = || -> Value { serde_json::from_slice::<Value>(&rs).unwrap()["keys"][0].clone() };
+    let doc = |v: Value| serde_json::to_vec(&v).unwrap();
+    let unusable = "providers.idp: the fetched JWKS is unusable: ";
+    let mut answers = vec![
+        // (a) garbage
+        BadAnswer {
+            what: "an HTML error page",
+            status: 200,
+            body: b"<html><body>Service Unavailable</body></html>".to_vec(),
+            why: strings(&[unusable, "expected value at line 1 column 1"]),
+        },
+        BadAnswer {
+            what: "bytes that are not UTF-8",
+            status: 200,
+            body: vec![0xff, 0xfe, 0x00, 0x7b, 0x80],
+            why: strings(&[unusable, "expected value at line 1 column 1"]),
+        },
+        BadAnswer {
+            what: "a truncated document",
+            status: 200,
+            body: rs[..rs.len() / 2].to_vec(),
+            why: strings(&[unusable, "EOF while parsing"]),
+        },
+        BadAnswer {
+            what: "a document followed by garbage",
+            status: 200,
+            body: [rs.as_slice(), b"}garbage"].concat(),
+            why: strings(&[unusable, "trailing characters"]),
+        },
+        BadAnswer {
+            what: "an empty body",
+            status: 200,
+            body: Vec::new(),
+            why: strings(&["providers.idp: JWKS fetch failed (status 200, 0 body bytes)"]),
+        },
+        // (b) JSON without usable keys, or keys of the wrong shape
+        BadAnswer {
+            what: "an empty key list",
+            status: 200,
+            body: doc(json!({"keys": []})),
+            why: strings(&[unusable, "the JWKS has no usable signing key"]),
+        },
+        BadAnswer {
+            what: "a JSON object without `keys`",
+            status: 200,
+            body: doc(json!({"error": "maintenance"})),
+            why: strings(&[unusable, "missing field `keys`"]),
+        },
+        BadAnswer {
+            what: "a bare key instead of a key set",
+            status: 200,
+            body: doc(rs_key()),
+            why: strings(&[unusable, "missing field `keys`"]),
+        },
+        BadAnswer {
+            what: "`keys` is an object",
+            status: 200,
+            body: doc(json!({"keys": {"rs": rs_key()}})),
+            why: strings(&[unusable, "invalid type: map, expected a sequence"]),
+        },
+        BadAnswer {
+            // serde reads a struct from an array by position: `keys` is then the first element.
+            what: "a JSON array",
+            status: 200,
+            body: doc(json!([rs_key()])),
+            why: strings(&[unusable, "invalid type: map, expected a sequence"]),
+        },
+        BadAnswer {
+            what: "JSON null",
+            status: 200,
+            body: b"null".to_vec(),
+            why: strings(&[unusable, "invalid type: null"]),
+        },
+        BadAnswer {
+            what: "only key types the filter does not use",
+            status: 200,
+            body: doc(json!({"keys": [
+                {"kty": "EC", "crv": "secp256k1", "kid": "k1", "x": "AA", "y": "AA"},
+                {"kty": "OKP", "crv": "X25519", "kid": "x", "x": "AA"},
+                {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
+            ]})),
+            why: strings(&[unusable, "the JWKS has no usable signing key"]),
+        },
+        BadAnswer {
+            what: "a key that is a string",
+            status: 200,
+            body: doc(json!({"keys": ["rs"]})),
+            why: strings(&[unusable, "keys[0]: invalid type: string"]),
+        },
+        BadAnswer {
+            what: "an RSA key without `n`",
+            status: 200,
+            body: doc(json!({"keys": [{"kty": "RSA", "kid": "rs", "e": "AQAB"}]})),
+            why: strings(&[unusable, "keys[0]: missing `n`"]),
+        },
+        BadAnswer {
+            what: "an RSA modulus that is a number",
+            status: 200,
+            body: doc(json!({"keys": [{"kty": "RSA", "kid": "rs", "n": 65537, "e": "AQAB"}]})),
+            why: strings(&[
+                unusable,
+                "keys[0]: invalid type: integer `65537`, expected a string",
+            ]),
+        },
+        BadAnswer {
+            what: "an RSA modulus that is not base64url",
+            status: 200,
+            body: doc(json!({"keys": [{"kty": "RSA", "kid": "rs", "n": "n+/=", "e": "AQAB"}]})),
+            why: strings(&[unusable, "keys[0]: `n` is not base64url"]),
+        },
+        BadAnswer {
+            what: "a good key next to a P-256 key of the wrong length",
+            status: 200,
+            body: doc(json!({"keys": [
+                rs_key(),
+                {"kty": "EC", "crv": "P-256", "kid": "es", "x": b64(&[1; 31]), "y": b64(&[1; 32])},
+            ]})),
+            why: strings(&[unusable, "keys[1]: `x`/`y` have the wrong length"]),
+        },
+        BadAnswer {
+            what: "an RSA key labelled ES256",
+            status: 200,
+            body: {
+                let mut k = rs_key();
+                k["alg"] = json!("ES256");
+                doc(json!({"keys": [k]}))
+            },
+            why: strings(&[unusable, "keys[0]: `alg` ES256 does not fit a Rsa key"]),
+        },
+        BadAnswer {
+            what: "an HMAC secret shorter than 256 bits",
+            status: 200,
+            body: doc(json!({"keys": [{"kty": "oct", "kid": "hs", "k": b64(b"short")}]})),
+            why: strings(&[unusable, "keys[0]: `k` is shorter than 256 bits"]),
+        },
+        // (c) a body above 64 KiB (the keys in it are good)
+        BadAnswer {
+            what: "a good JWKS one byte above 64 KiB",
+            status: 200,
+            body: padded_jwks(&["rs"], MAX_JWKS_BYTES + 1),
+            why: vec![format!(
+                "providers.idp: the fetched JWKS is too large ({} bytes, at most {MAX_JWKS_BYTES})",
+                MAX_JWKS_BYTES + 1
+            )],
+        },
+        BadAnswer {
+            what: "a good JWKS of 1 MiB",
+            status: 200,
+            body: padded_jwks(&["rs"], 1024 * 1024),
+            why: vec![format!(
+                "providers.idp: the fetched JWKS is too large (1048576 bytes, at most {MAX_JWKS_BYTES})"
+            )],
+        },
+    ];
+    // (d) a status other than 200 (with a body that would be a good JWKS)
+    for (status, why) in [
+        (404, "status 404"),
+        (500, "status 500"),
+        (503, "status 503"),
+        (301, "status 301"),
+        (204, "status 204"),
+        (206, "status 206"),
+    ] {
+        answers.push(BadAnswer {
+            what: "a status other than 200",
+            status,
+            body: rs.clone(),
+            why: strings(&["providers.idp: JWKS fetch failed (", why]),
+        });
+    }
+    answers
+}
+
+fn strings(s: &[&str]) -> Vec<String> {
+    s.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The warning lines of `w` (for failure messages).
+fn warnings(w: &Worker) -> Vec<String> {
+    w.logs()
+        .into_iter()
+        .filter(|l| l.level >= LogLevel::Warn)
+        .map(|l| l.message)
+        .collect()
+}
+
+fn warned(w: &Worker, why: &[String]) -> bool {
+    w.logs()
+        .iter()
+        .any(|l| l.level == LogLevel::Warn && why.iter().all(|s| l.message.contains(s)))
+}
+
+/// 503, `jwks_unavailable`, `Retry-After: 5`.
+fn assert_jwks_unavailable(v: &StreamView, what: &str) {
+    let (status, reason, _) = refused(v);
+    assert_eq!(
+        (status, reason.as_str()),
+        (503, "jwks_unavailable"),
+        "{what}"
+    );
+    let reply = v.local_response.as_ref().unwrap();
+    assert_eq!(
+        reply.headers.get("retry-after").as_deref(),
+        Some("5"),
+        "{what}"
+    );
+}
+
+#[test]
+fn a_broken_first_jwks_answer_is_503_and_the_warning_says_why() {
+    for bad in bad_answers() {
+        let what = format!("{} ({}, {} bytes)", bad.what, bad.status, bad.body.len());
+        let host = host_without_native();
+        host.add_cluster("idp");
+        let config = remote_config(30);
+        let mut w = worker(&host, &config);
+        let token = rs256(&host, json!({}));
+        let id = start_request(&mut w, "GET", &token, true);
+        assert!(w.request_paused(id), "{what}: waits for the first fetch");
+        tick(&mut w);
+        let calls = w.pending_http_calls();
+        assert_eq!(calls.len(), 1, "{what}");
+        w.respond_http_call(calls[0].id, HttpCallResponse::new(bad.status, bad.body))
+            .unwrap();
+        // The waiting request is answered at once, not at its deadline.
+        let v = w.stream(id).unwrap();
+        assert!(!w.request_paused(id), "{what}: still waiting");
+        assert_jwks_unavailable(&v, &what);
+        assert_eq!(host.counter(&m("jwks_fetch_failed")), 1, "{what}");
+        assert_eq!(host.counter(&m("jwks_fetch_ok")), 0, "{what}");
+        assert_eq!(host.counter(&m("denied_jwks_unavailable")), 1, "{what}");
+        assert_eq!(host.counter(&m("allowed")), 0, "{what}");
+        assert!(
+            warned(&w, &bad.why),
+            "{what}: no warning with {:?}: {:?}",
+            bad.why,
+            warnings(&w)
+        );
+        // Nothing was stored for other workers.
+        assert!(
+            host.shared_data("", shared_jwks_key(&config).as_bytes())
+                .is_none(),
+            "{what}"
+        );
+        // Later requests fail fast while the endpoint stays broken.
+        let v = with_token(&mut w, "/", &token);
+        assert_jwks_unavailable(&v, &what);
+        assert_eq!(host.counter(&m("denied_jwks_unavailable")), 2, "{what}");
+        // A request that needs no token is not affected.
+        assert!(
+            get(&mut w, "/public", &[])
+                .upstream_request_headers
+                .is_some()
+        );
+    }
+}
+
+#[test]
+fn a_broken_refresh_keeps_the_last_good_keys_and_the_warning_says_why() {
+    for bad in bad_answers() {
+        let what = format!("{} ({}, {} bytes)", bad.what, bad.status, bad.body.len());
+        let host = host_without_native();
+        host.add_cluster("idp");
+        let config = remote_config(30);
+        let mut w = worker(&host, &config);
+        tick(&mut w);
+        serve_jwks(&mut w, jwks_of(&["rs"]));
+        let shared_doc = || {
+            host.shared_data("", shared_jwks_key(&config).as_bytes())
+                .map(|(doc, _)| doc)
+        };
+        assert_eq!(shared_doc(), Some(jwks_of(&["rs"])));
+        // refresh_s (600) later a refresh is due; the endpoint answers garbage.
+        host.advance_clock(StdDuration::from_secs(600));
+        tick(&mut w);
+        let calls = w.pending_http_calls();
+        assert_eq!(calls.len(), 1, "{what}: the refresh");
+        w.respond_http_call(calls[0].id, HttpCallResponse::new(bad.status, bad.body))
+            .unwrap();
+        assert_eq!(host.counter(&m("jwks_fetch_failed")), 1, "{what}");
+        assert_eq!(host.counter(&m("jwks_fetch_ok")), 1, "{what}");
+        assert!(
+            warned(&w, &bad.why),
+            "{what}: no warning with {:?}: {:?}",
+            bad.why,
+            warnings(&w)
+        );
+        // The last good keys keep verifying fresh tokens, on this worker ...
+        let token = rs256(&host, json!({"sub": "after-the-failure"}));
+        let v = with_token(&mut w, "/", &token);
+        assert_eq!(
+            up(&v).get("x-user-id").as_deref(),
+            Some("after-the-failure"),
+            "{what}"
+        );
+        // ... and on a worker that starts now: the shared document was not replaced.
+        assert_eq!(
+            shared_doc(),
+            Some(jwks_of(&["rs"])),
+            "{what}: the shared document"
+        );
+        let mut late = worker(&host, &config);
+        tick(&mut late);
+        assert!(late.pending_http_calls().is_empty(), "{what}: no new fetch");
+        let v = with_token(&mut late, "/", &token);
+        assert_eq!(
+            up(&v).get("x-user-id").as_deref(),
+            Some("after-the-failure"),
+            "{what}"
+        );
+        assert_eq!(host.counter(&m("denied_jwks_unavailable")), 0, "{what}");
+        // The next attempt waits min_refetch_interval_s (30 s); then a good answer is taken.
+        host.advance_clock(StdDuration::from_secs(29));
+        tick(&mut w);
+        assert!(
+            w.pending_http_calls().is_empty(),
+            "{what}: retried too soon"
+        );
+        host.advance_clock(StdDuration::from_secs(1));
+        tick(&mut w);
+        serve_jwks(&mut w, jwks_of(&["rs", "es256"]));
+        assert_eq!(host.counter(&m("jwks_fetch_ok")), 2, "{what}");
+        let es = keys().es256.sign(claims(&host, json!({}))).unwrap();
+        assert!(
+            with_token(&mut w, "/", &es)
+                .upstream_request_headers
+                .is_some(),
+            "{what}: the new keys are used"
+        );
+    }
+}
+
+#[test]
+fn a_jwks_of_exactly_64_kib_is_accepted() {
+    let host = host_without_native();
+    host.add_cluster("idp");
+    let mut w = worker(&host, &remote_config(30));
+    tick(&mut w);
+    serve_jwks(&mut w, padded_jwks(&["rs"], MAX_JWKS_BYTES));
+    assert_eq!(host.counter(&m("jwks_fetch_ok")), 1);
+    let token = rs256(&host, json!({}));
+    assert!(
+        with_token(&mut w, "/", &token)
+            .upstream_request_headers
+            .is_some()
+    );
 }

@@ -241,19 +241,26 @@ pub struct OverrideConfig {
 }
 
 /// Where the client address comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, tag = "from", rename_all = "snake_case")]
 pub enum ClientIpConfig {
     /// The connection's peer (`source.address`).
-    #[default]
-    Peer,
+    // A struct variant, not a unit one: serde ignores the other members of an internally tagged
+    // unit variant, so `{"from": "peer", "trusted_hops": 2}` would be accepted as "peer".
+    Peer {},
     /// The `trusted_hops`-th address from the right of `x-forwarded-for` (1 = right-most); the
     /// peer when the list is shorter or that entry is not an address (as Envoy does).
     Xff {
         /// ≥ 1.
         trusted_hops: u32,
     },
+}
+
+impl Default for ClientIpConfig {
+    fn default() -> Self {
+        Self::Peer {}
+    }
 }
 
 /// The denial reply and the rate-limit headers.
@@ -758,7 +765,7 @@ mod tests {
     #[test]
     fn defaults() {
         let s = parse(r#"{"rules":[{"name":"a","key":["route"],"limit":1}]}"#).unwrap();
-        assert_eq!(s.client_ip, ClientIpConfig::Peer);
+        assert_eq!(s.client_ip, ClientIpConfig::Peer {});
         assert_eq!((s.status, s.headers), (429, HeaderFormat::Both));
         assert_eq!(
             (s.on_contention, s.on_overflow),
@@ -963,6 +970,10 @@ mod tests {
             (
                 format!(r#"{{"rules":[{{{ok}}}],"client_ip":{{"from":"header"}}}}"#),
                 "client_ip.from",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok}}}],"client_ip":{{"from":"peer","trusted_hops":2}}}}"#),
+                "client_ip",
             ),
             (
                 format!(r#"{{"rules":[{{{ok}}}],"response":{{"status":200}}}}"#),

@@ -189,7 +189,7 @@ impl ClientIp<'_> {
         }
         let peer = || (self.request.source_address)().as_deref().and_then(peer_ip);
         let ip = match self.config {
-            ClientIpConfig::Peer => peer(),
+            ClientIpConfig::Peer {} => peer(),
             ClientIpConfig::Xff { trusted_hops } => {
                 let values = self
                     .request

@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use proxy_wasm_harness::{
-    HarnessError, Host, LogLevel, Module, PluginConfig, StreamOptions, StreamView, Worker,
+    Host, LogLevel, Module, PluginConfig, StreamOptions, StreamView, Worker,
+    assert_configs_rejected,
 };
+use serde_json::{Value, json};
 
 fn module() -> Module {
     Module::artifact("rate-limit").unwrap_or_else(|e| panic!("{e}"))
@@ -292,46 +294,474 @@ fn key_flood_keeps_shared_data_bounded() {
     );
 }
 
+/// A one-rule configuration (`{"name":"a","key":["route"],"limit":10}`) with the members of
+/// `rule` replaced in the rule and those of `top` at the top level (`null` removes a member).
+fn patched(rule: Value, top: Value) -> String {
+    let merge = |into: &mut Value, patch: &Value| {
+        for (k, v) in patch.as_object().unwrap() {
+            if v.is_null() {
+                into.as_object_mut().unwrap().remove(k);
+            } else {
+                into[k] = v.clone();
+            }
+        }
+    };
+    let mut r = json!({"name": "a", "key": ["route"], "limit": 10});
+    merge(&mut r, &rule);
+    let mut config = json!({ "rules": [r] });
+    merge(&mut config, &top);
+    config.to_string()
+}
+
+fn with_rule(rule: Value) -> String {
+    patched(rule, json!({}))
+}
+
+fn with_top(top: Value) -> String {
+    patched(json!({}), top)
+}
+
+/// A rule in mode `global` with the members of `patch` replaced.
+fn global(patch: Value) -> String {
+    let mut rule = json!({"mode": "global", "limit": null,
+        "service": {"cluster": "rls", "domain": "gateway"}});
+    for (k, v) in patch.as_object().unwrap() {
+        rule[k] = v.clone();
+    }
+    with_rule(rule)
+}
+
+/// Every kind of broken configuration is refused by `on_configure`, and the error line names
+/// the field and what is wrong with it.
 #[test]
 fn bad_configurations_name_the_field() {
-    let host = Host::new();
-    let m = module();
-    for (config, field) in [
-        ("", "rules"),
+    let max = u64::MAX;
+    let rules = |n: usize| -> Value {
+        (0..n)
+            .map(|i| json!({"name": format!("r{i}"), "key": ["route"], "limit": 1}))
+            .collect()
+    };
+    let overrides = |n: usize| -> Value {
+        (0..n)
+            .map(|i| json!({"when_header": {"x-plan": format!("p{i}")}, "limit": 1}))
+            .collect()
+    };
+    let cases: Vec<(String, &[&str])> = vec![
+        // Not a JSON object / wrong types.
+        ("[]".into(), &["the configuration must be a JSON object"]),
         (
-            r#"{"rules":[{"name":"a","key":["route"],"limit":0}]}"#,
-            "rules[0].limit",
+            r#"{"rules":[}"#.into(),
+            &["expected value at line 1 column 11"],
         ),
         (
-            r#"{"rules":[{"name":"a","key":["route"],"limit":1},{"name":"b","key":["route"],"limit":1,"max_keys":0}]}"#,
-            "rules[1].max_keys",
+            with_top(json!({"rules": {"a": {"limit": 1}}})),
+            &["rules: invalid type: map, expected a sequence"],
         ),
         (
-            r#"{"rules":[{"name":"a","key":["route"],"limit":1}],"client_ip":{"from":"xff","trusted_hops":0}}"#,
-            "client_ip.trusted_hops",
+            with_top(json!({"rules": ["a"]})),
+            &["rules[0]: invalid type: string \"a\", expected struct RuleConfig"],
         ),
         (
-            r#"{"rules":[{"name":"a","key":["rout"],"limit":1}]}"#,
-            "rules[0].key[0]",
+            with_rule(json!({"name": 5})),
+            &["rules[0].name: invalid type: integer `5`, expected a string"],
         ),
-    ] {
-        match Worker::new(&host, &[PluginConfig::new(&m).configuration(config)]) {
-            Err(HarnessError::ConfigRejected { logs, .. }) => {
-                let line = logs
-                    .iter()
-                    .find(|l| l.level >= LogLevel::Error)
-                    .map(|l| l.message.clone())
-                    .unwrap_or_default();
-                assert!(
-                    line.contains("rate-limit: invalid plugin configuration")
-                        && line.contains(field),
-                    "config {config}: error line {line:?} does not name {field:?}"
-                );
-            }
-            Err(e) => panic!("config {config}: unexpected error {e}"),
-            Ok(_) => panic!("config {config} was accepted"),
-        }
-    }
+        (
+            with_rule(json!({"limit": "10"})),
+            &["rules[0].limit: invalid type: string \"10\", expected u64"],
+        ),
+        (
+            with_rule(json!({"limit": 10.5})),
+            &["rules[0].limit: invalid type: floating point `10.5`, expected u64"],
+        ),
+        (
+            with_rule(json!({"window_s": "1m"})),
+            &["rules[0].window_s: invalid type: string \"1m\", expected u64"],
+        ),
+        (
+            with_rule(json!({"burst": true})),
+            &["rules[0].burst: invalid type: boolean `true`, expected u64"],
+        ),
+        (
+            with_rule(json!({"shadow": "yes"})),
+            &["rules[0].shadow: invalid type: string \"yes\", expected a boolean"],
+        ),
+        (
+            with_rule(json!({"key": "route"})),
+            &["rules[0].key: invalid type: string \"route\", expected a sequence"],
+        ),
+        (
+            with_rule(json!({"max_keys": "1000"})),
+            &["rules[0].max_keys: invalid type: string \"1000\", expected u32"],
+        ),
+        (
+            with_rule(json!({"match": {"methods": "GET"}})),
+            &["rules[0].match.methods: invalid type: string \"GET\", expected a sequence"],
+        ),
+        (
+            with_rule(json!({"match": {"headers": [["x-plan", "gold"]]}})),
+            &["rules[0].match.headers: invalid type: sequence, expected a map"],
+        ),
+        (
+            with_rule(json!({"overrides": {"when_header": {"x-plan": "gold"}}})),
+            &["rules[0].overrides: invalid type: map, expected a sequence"],
+        ),
+        (
+            with_top(json!({"response": {"status": "429"}})),
+            &["response.status: invalid type: string \"429\", expected u16"],
+        ),
+        (
+            with_top(json!({"client_ip": "xff"})),
+            &["client_ip: invalid type: string \"xff\""],
+        ),
+        (
+            with_top(json!({"client_ip": {"from": "xff", "trusted_hops": "1"}})),
+            &["client_ip", "invalid type: string \"1\", expected u32"],
+        ),
+        // Unknown fields, top level and nested.
+        (
+            with_top(json!({"rule": []})),
+            &["rule: unknown field `rule`, expected one of"],
+        ),
+        (
+            with_top(json!({"on_overload": "deny"})),
+            &["on_overload: unknown field `on_overload`"],
+        ),
+        (
+            with_rule(json!({"limt": 10})),
+            &["rules[0].limt: unknown field `limt`"],
+        ),
+        (
+            with_rule(json!({"match": {"path": "/api"}})),
+            &["rules[0].match.path: unknown field `path`"],
+        ),
+        (
+            with_top(json!({"response": {"code": 429}})),
+            &["response.code: unknown field `code`"],
+        ),
+        (
+            with_rule(json!({"overrides": [{"when_header": {"x-plan": "gold"}, "limt": 1}]})),
+            &["rules[0].overrides[0].limt: unknown field `limt`"],
+        ),
+        (
+            global(json!({"service": {"cluster": "rls", "domain": "d", "timeout": 5}})),
+            &["rules[0].service.timeout: unknown field `timeout`"],
+        ),
+        (
+            with_top(json!({"client_ip": {"from": "xff", "trusted_hops": 1, "hops": 2}})),
+            &["client_ip", "unknown field `hops`"],
+        ),
+        (
+            with_top(json!({"client_ip": {"from": "peer", "trusted_hops": 1}})),
+            &["client_ip: unknown field `trusted_hops`, there are no fields"],
+        ),
+        // Empty or missing required values.
+        ("".into(), &["rules: at least one rule is required"]),
+        ("{}".into(), &["rules: at least one rule is required"]),
+        (
+            with_top(json!({"rules": []})),
+            &["rules: at least one rule is required"],
+        ),
+        (
+            with_rule(json!({"name": null})),
+            &["rules[0]: missing field `name`"],
+        ),
+        (
+            with_rule(json!({"key": null})),
+            &["rules[0]: missing field `key`"],
+        ),
+        (
+            with_rule(json!({"name": ""})),
+            &["rules[0].name: must match [a-z0-9_-]{1,64}"],
+        ),
+        (
+            with_rule(json!({"key": []})),
+            &["rules[0].key: must not be empty"],
+        ),
+        (
+            with_rule(json!({"key": [{"header": ""}]})),
+            &["rules[0].key[0].header: header name must not be empty"],
+        ),
+        (
+            with_rule(json!({"limit": null})),
+            &["rules[0].limit: required for mode local and hybrid"],
+        ),
+        (
+            with_rule(json!({"match": {"methods": [""]}})),
+            &["rules[0].match.methods[0]: must be an HTTP method token"],
+        ),
+        (
+            with_rule(json!({"overrides": [{"when_header": {}, "limit": 1}]})),
+            &["rules[0].overrides[0].when_header: must name at least one header"],
+        ),
+        (
+            with_rule(json!({"overrides": [{"limit": 1}]})),
+            &["rules[0].overrides[0]: missing field `when_header`"],
+        ),
+        (
+            global(json!({"service": {"cluster": "", "domain": "d"}})),
+            &["rules[0].service.cluster: must name an Envoy cluster"],
+        ),
+        (
+            global(json!({"service": {"cluster": "rls", "domain": ""}})),
+            &["rules[0].service.domain: must not be empty"],
+        ),
+        (
+            global(json!({"service": {"cluster": "rls"}})),
+            &["rules[0].service: missing field `domain`"],
+        ),
+        (
+            global(json!({"service": null})),
+            &["rules[0].service: required for mode global and hybrid"],
+        ),
+        // Invalid names and headers.
+        (
+            with_rule(json!({"name": "API"})),
+            &["rules[0].name: must match [a-z0-9_-]{1,64}"],
+        ),
+        (
+            with_rule(json!({"name": "a".repeat(65)})),
+            &["rules[0].name: must match [a-z0-9_-]{1,64}"],
+        ),
+        (
+            with_top(json!({"rules": [
+                {"name": "a", "key": ["route"], "limit": 1},
+                {"name": "a", "key": ["path"], "limit": 2}
+            ]})),
+            &["rules[1].name: duplicate rule name"],
+        ),
+        (
+            with_rule(json!({"key": ["route", "route"]})),
+            &["rules[0].key[1]: duplicate key part"],
+        ),
+        (
+            with_rule(json!({"key": [{"header": "X-User"}, {"header": "x-user"}]})),
+            &["rules[0].key[1]: duplicate key part"],
+        ),
+        (
+            with_rule(json!({"key": [{"header": "x user"}]})),
+            &["rules[0].key[0].header: invalid character at position 1"],
+        ),
+        (
+            with_rule(json!({"key": [{"header": ":path"}]})),
+            &["rules[0].key[0].header: pseudo-headers"],
+        ),
+        (
+            with_rule(json!({"match": {"path_prefix": "api"}})),
+            &["rules[0].match.path_prefix: must start with '/'"],
+        ),
+        (
+            with_rule(json!({"match": {"methods": ["GET", "GE T"]}})),
+            &["rules[0].match.methods[1]: must be an HTTP method token"],
+        ),
+        (
+            with_rule(json!({"match": {"headers": {"x plan": "gold"}}})),
+            &["rules[0].match.headers.x plan: invalid character at position 1"],
+        ),
+        (
+            with_rule(json!({"match": {"headers": {"X-Plan": "a", "x-plan": "b"}}})),
+            &[
+                "rules[0].match.headers.",
+                ": duplicate header (names are case-insensitive)",
+            ],
+        ),
+        (
+            with_rule(json!({"overrides": [{"when_header": {":path": "/"}, "limit": 1}]})),
+            &["rules[0].overrides[0].when_header.:path: pseudo-headers"],
+        ),
+        // Impossible limits: zero, negative, beyond the integer type, overflowing arithmetic.
+        (
+            with_rule(json!({"limit": 0})),
+            &["rules[0].limit: must be > 0"],
+        ),
+        (
+            with_rule(json!({"limit": -1})),
+            &["rules[0].limit: invalid value: integer `-1`, expected u64"],
+        ),
+        (
+            with_rule(json!({"limit": 18_446_744_073_709_551_616.0_f64})),
+            &["rules[0].limit: invalid type: floating point"],
+        ),
+        (
+            r#"{"rules":[{"name":"a","key":["route"],"limit":18446744073709551616}]}"#.into(),
+            &["rules[0].limit: invalid type: floating point"],
+        ),
+        (
+            with_rule(json!({"limit": max})),
+            &["rules[0]: limit, window_s and burst are too large"],
+        ),
+        (
+            with_rule(json!({"window_s": 0})),
+            &["rules[0].window_s: must be > 0"],
+        ),
+        (
+            with_rule(json!({"window_s": -60})),
+            &["rules[0].window_s: invalid value: integer `-60`, expected u64"],
+        ),
+        (
+            with_rule(json!({"window_s": max})),
+            &["rules[0]: limit, window_s and burst are too large"],
+        ),
+        (
+            with_rule(json!({"limit": 1, "window_s": 3_153_600_001_u64})),
+            &["rules[0]: limit, window_s and burst are too large"],
+        ),
+        (
+            with_rule(json!({"burst": -1})),
+            &["rules[0].burst: invalid value: integer `-1`, expected u64"],
+        ),
+        (
+            with_rule(json!({"burst": max})),
+            &["rules[0]: limit, window_s and burst are too large"],
+        ),
+        (
+            with_rule(json!({"limit": 10, "window_s": 1, "burst": 1_000_000_000_000_000_000_u64})),
+            &["rules[0]: limit, window_s and burst are too large"],
+        ),
+        (
+            with_rule(json!({"overrides": [{"when_header": {"x-plan": "gold"}, "limit": 0}]})),
+            &["rules[0].overrides[0].limit: must be > 0"],
+        ),
+        (
+            with_rule(json!({"overrides": [{"when_header": {"x-plan": "gold"}, "window_s": 0}]})),
+            &["rules[0].overrides[0].window_s: must be > 0"],
+        ),
+        (
+            with_rule(json!({"overrides": [{"when_header": {"x-plan": "gold"}, "burst": max}]})),
+            &["rules[0].overrides[0]: limit, window_s and burst are too large"],
+        ),
+        (
+            with_rule(json!({"overrides": [{"when_header": {"x-plan": "gold"}, "limit": -5}]})),
+            &["rules[0].overrides[0].limit: invalid value: integer `-5`, expected u64"],
+        ),
+        (
+            with_rule(json!({"overrides": overrides(33)})),
+            &["rules[0].overrides: at most 32 overrides"],
+        ),
+        (
+            with_top(json!({"rules": rules(33)})),
+            &["rules: at most 32 rules"],
+        ),
+        (
+            with_rule(json!({"max_keys": 0})),
+            &["rules[0].max_keys: must be between 1 and 1000000"],
+        ),
+        (
+            with_rule(json!({"max_keys": 1_000_001})),
+            &["rules[0].max_keys: must be between 1 and 1000000"],
+        ),
+        (
+            with_rule(json!({"max_keys": -1})),
+            &["rules[0].max_keys: invalid value: integer `-1`, expected u32"],
+        ),
+        (
+            with_rule(json!({"max_keys": 4_294_967_296_u64})),
+            &["rules[0].max_keys: invalid value: integer `4294967296`, expected u32"],
+        ),
+        (
+            global(json!({"service": {"cluster": "rls", "domain": "d", "timeout_ms": 0}})),
+            &["rules[0].service.timeout_ms: must be between 1 and 60000"],
+        ),
+        (
+            global(json!({"service": {"cluster": "rls", "domain": "d", "timeout_ms": 60_001}})),
+            &["rules[0].service.timeout_ms: must be between 1 and 60000"],
+        ),
+        (
+            with_top(json!({"client_ip": {"from": "xff", "trusted_hops": 0}})),
+            &["client_ip.trusted_hops: must be > 0"],
+        ),
+        (
+            with_top(json!({"client_ip": {"from": "xff", "trusted_hops": -1}})),
+            &["client_ip", "invalid value: integer `-1`, expected u32"],
+        ),
+        (
+            with_top(json!({"response": {"status": 200}})),
+            &["response.status: must be between 400 and 599, got 200"],
+        ),
+        (
+            with_top(json!({"response": {"status": 600}})),
+            &["response.status: must be between 400 and 599, got 600"],
+        ),
+        (
+            with_top(json!({"response": {"status": 70_000}})),
+            &["response.status: invalid value: integer `70000`, expected u16"],
+        ),
+        // Settings that contradict the rule's mode.
+        (
+            with_rule(json!({"service": {"cluster": "rls", "domain": "d"}})),
+            &["rules[0].service: only for mode global or hybrid"],
+        ),
+        (
+            global(json!({"limit": 10})),
+            &["rules[0].limit: must be absent in mode global"],
+        ),
+        (
+            global(json!({"burst": 5})),
+            &["rules[0].burst: must be absent in mode global"],
+        ),
+        (
+            global(json!({"overrides": [{"when_header": {"x-plan": "gold"}, "limit": 1}]})),
+            &["rules[0].overrides: must be absent in mode global"],
+        ),
+        (
+            global(json!({"mode": "hybrid"})),
+            &["rules[0].limit: required for mode local and hybrid"],
+        ),
+        // Bad enum values.
+        (
+            with_rule(json!({"mode": "distributed"})),
+            &[
+                "rules[0].mode: unknown variant `distributed`, expected one of `local`, `global`, `hybrid`",
+            ],
+        ),
+        (
+            with_rule(json!({"mode": "Local"})),
+            &["rules[0].mode: unknown variant `Local`"],
+        ),
+        (
+            with_rule(json!({"on_missing_key": "allow"})),
+            &["rules[0].on_missing_key: unknown variant `allow`"],
+        ),
+        (
+            with_top(json!({"on_contention": "block"})),
+            &["on_contention: unknown variant `block`, expected `allow` or `deny`"],
+        ),
+        (
+            with_top(json!({"on_overflow": 0})),
+            &["on_overflow: expected value"],
+        ),
+        (
+            with_top(json!({"response": {"headers": "draft02"}})),
+            &["response.headers: unknown variant `draft02`"],
+        ),
+        (
+            with_top(json!({"client_ip": {"from": "forwarded"}})),
+            &[
+                "client_ip",
+                "unknown variant `forwarded`, expected `peer` or `xff`",
+            ],
+        ),
+        (
+            with_top(json!({"client_ip": {"trusted_hops": 1}})),
+            &["client_ip", "missing field `from`"],
+        ),
+        (
+            with_rule(json!({"key": ["rout"]})),
+            &["rules[0].key[0]: data did not match any variant of untagged enum KeyPartConfig"],
+        ),
+        (
+            with_rule(json!({"key": [{"query": "user"}]})),
+            &["rules[0].key[0]: data did not match any variant of untagged enum KeyPartConfig"],
+        ),
+        (
+            global(json!({"service": {"cluster": "rls", "domain": "d", "failure_mode": "open"}})),
+            &["rules[0].service.failure_mode: unknown variant `open`, expected `allow` or `deny`"],
+        ),
+    ];
+    assert_configs_rejected(
+        &module(),
+        "rate-limit: invalid plugin configuration: ",
+        &cases,
+    );
 }
 
 #[test]

@@ -3,8 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proxy_wasm_harness::{
-    HarnessError, HeaderMap, Host, LogLevel, Module, PluginConfig, StreamView, Worker,
+    HeaderMap, Host, LogLevel, Module, PluginConfig, StreamView, Worker, assert_configs_rejected,
 };
+use serde_json::{Value, json};
 
 fn module() -> Module {
     Module::artifact("tenant-routing").unwrap_or_else(|e| panic!("{e}"))
@@ -337,51 +338,327 @@ fn allowed_hosts() {
     assert_eq!(routed(&v), pair("globex", "g"));
 }
 
-#[test]
-fn bad_configurations_are_rejected_naming_the_field() {
-    let host = Host::new();
-    let m = module();
-    for (config, field) in [
-        ("", "tenants"),
-        (
-            r#"{"sources": [{"query": "t"}], "tenants": {"a": {"cluster": "c"}}, "x": 1}"#,
-            "x",
-        ),
-        (
-            r#"{"sources": [{"host": "example.com"}], "tenants": {"a": {"cluster": "c"}}}"#,
-            "sources[0].host",
-        ),
-        (
-            r#"{"sources": [{"query": "t"}], "tenants": {"Bad": {"cluster": "c"}}}"#,
-            "tenants.Bad",
-        ),
-        (
-            r#"{"sources": [{"query": "t"}], "tenants": {"a": {"cluster": "c"}}, "consistency": "x"}"#,
-            "consistency",
-        ),
-        (
-            r#"{"sources": [{"query": "t"}], "tenants": {"a": {"cluster": "c"}}, "default_tenant": "b"}"#,
-            "default_tenant",
-        ),
-        ("not json", ""),
-    ] {
-        match Worker::new(&host, &[PluginConfig::new(&m).configuration(config)]) {
-            Err(HarnessError::ConfigRejected { logs, .. }) => {
-                let line = logs
-                    .iter()
-                    .find(|l| l.level >= LogLevel::Error)
-                    .map(|l| l.message.clone())
-                    .unwrap_or_default();
-                assert!(
-                    line.contains("tenant-routing: invalid plugin configuration")
-                        && line.contains(field),
-                    "config {config}: error line {line:?} does not name {field:?}"
-                );
-            }
-            Err(e) => panic!("config {config}: unexpected error {e}"),
-            Ok(_) => panic!("config {config} was accepted"),
+/// A small valid configuration with the top-level members of `patch` replaced (`null`
+/// removes one).
+fn patched(patch: Value) -> String {
+    let mut config = json!({"sources": [{"query": "t"}], "tenants": {"a": {"cluster": "c"}}});
+    for (k, v) in patch.as_object().unwrap() {
+        if v.is_null() {
+            config.as_object_mut().unwrap().remove(k);
+        } else {
+            config[k] = v.clone();
         }
     }
+    config.to_string()
+}
+
+/// Every kind of broken configuration is refused by `on_configure`, and the error line names
+/// the field and what is wrong with it.
+#[test]
+fn bad_configurations_are_rejected_naming_the_field() {
+    let long = "c".repeat(257);
+    let id64 = "a".repeat(64);
+    let cases: Vec<(String, &[&str])> = vec![
+        // Not a JSON object / wrong types.
+        ("[]".into(), &["the configuration must be a JSON object"]),
+        (
+            "not json".into(),
+            &["the configuration must be a JSON object"],
+        ),
+        (
+            patched(json!({"sources": {"query": "t"}})),
+            &["sources: invalid type: map, expected a sequence"],
+        ),
+        (
+            patched(json!({"tenants": ["a"]})),
+            &["tenants: invalid type: sequence, expected a map"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"cluster": 5}}})),
+            &["tenants.a.cluster: invalid type: integer `5`, expected a string"],
+        ),
+        (
+            patched(json!({"tenants": {"a": "c"}})),
+            &["tenants.a: invalid type: string \"c\", expected struct TenantConfig"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"cluster": "c", "headers": ["x-plan"]}}})),
+            &["tenants.a.headers: invalid type: sequence, expected a map"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"cluster": "c", "headers": {"x-plan": 1}}}})),
+            &["tenants.a.headers.x-plan: invalid type: integer `1`, expected a string"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"cluster": "c", "allowed_hosts": "a.example.com"}}})),
+            &[
+                "tenants.a.allowed_hosts: invalid type: string \"a.example.com\", expected a sequence",
+            ],
+        ),
+        (
+            patched(json!({"sources": [{"path_prefix": "/t/{tenant}/", "strip": "yes"}]})),
+            &["sources[0].strip: invalid type: string \"yes\", expected a boolean"],
+        ),
+        (
+            patched(json!({"sources": ["query"]})),
+            &["sources[0]: invalid type: string \"query\", expected struct SourceConfig"],
+        ),
+        (
+            patched(json!({"unknown_tenant_status": "404"})),
+            &["unknown_tenant_status: invalid type: string \"404\", expected u16"],
+        ),
+        (
+            patched(json!({"default_tenant": 1})),
+            &["default_tenant: invalid type: integer `1`, expected a string"],
+        ),
+        // Unknown fields, top level and nested.
+        (
+            patched(json!({"x": 1})),
+            &["x: unknown field `x`, expected one of"],
+        ),
+        (
+            patched(json!({"tenant": "a"})),
+            &["tenant: unknown field `tenant`"],
+        ),
+        (
+            patched(json!({"sources": [{"hedaer": "x-tenant"}]})),
+            &["sources[0].hedaer: unknown field `hedaer`"],
+        ),
+        (
+            patched(json!({"sources": [{"query": "t", "required": true}]})),
+            &["sources[0].required: unknown field `required`"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"clustr": "c"}}})),
+            &["tenants.a.clustr: unknown field `clustr`"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"cluster": "c", "header": {"x-plan": "gold"}}}})),
+            &["tenants.a.header: unknown field `header`"],
+        ),
+        // Empty or missing required values.
+        ("".into(), &["tenants: at least one tenant is required"]),
+        ("{}".into(), &["tenants: at least one tenant is required"]),
+        (
+            patched(json!({"tenants": {}})),
+            &["tenants: at least one tenant is required"],
+        ),
+        (
+            patched(json!({"sources": []})),
+            &["sources: at least one source is required (or set `default_tenant`)"],
+        ),
+        (
+            patched(json!({"sources": [{}]})),
+            &["sources[0]: needs exactly one of `header`, `host`, `path_prefix`, `query`"],
+        ),
+        (
+            patched(json!({"sources": [{"query": ""}]})),
+            &["sources[0].query: must not be empty"],
+        ),
+        (
+            patched(json!({"sources": [{"header": ""}]})),
+            &["sources[0].header: header name must not be empty"],
+        ),
+        (
+            patched(json!({"sources": [{"host": ""}]})),
+            &["sources[0].host: empty label"],
+        ),
+        (
+            patched(json!({"sources": [{"path_prefix": ""}]})),
+            &["sources[0].path_prefix: must start with '/'"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {}}})),
+            &["tenants.a: missing field `cluster`"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"cluster": ""}}})),
+            &["tenants.a.cluster: must be 1 to 256 visible ASCII characters"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"cluster": "c", "allowed_hosts": []}}})),
+            &["tenants.a.allowed_hosts: must not be empty"],
+        ),
+        (
+            patched(json!({"output_header": ""})),
+            &["output_header: header name must not be empty"],
+        ),
+        (
+            patched(json!({"cluster_header": ""})),
+            &["cluster_header: header name must not be empty"],
+        ),
+        (
+            patched(json!({"tenants": {"": {"cluster": "c"}}})),
+            &["tenants.: tenant ids must match"],
+        ),
+        // Invalid patterns, names and values.
+        (
+            patched(json!({"sources": [{"host": "example.com"}]})),
+            &["sources[0].host: the pattern needs one `{tenant}` label"],
+        ),
+        (
+            patched(json!({"sources": [{"host": "{tenant}.{tenant}.example.com"}]})),
+            &["sources[0].host: `{tenant}` must occur exactly once"],
+        ),
+        (
+            patched(json!({"sources": [{"host": "t-{tenant}.example.com"}]})),
+            &["sources[0].host: `{tenant}` must be a whole label"],
+        ),
+        (
+            patched(json!({"sources": [{"host": "{tenant}.example.com:8080"}]})),
+            &["sources[0].host: a host pattern has no port"],
+        ),
+        (
+            patched(json!({"sources": [{"host": "{tenant}.exämple.com"}]})),
+            &["sources[0].host: non-ASCII host"],
+        ),
+        (
+            patched(json!({"sources": [{"path_prefix": "/t/{tenant}/x/"}]})),
+            &["sources[0].path_prefix: the last segment must be `{tenant}`"],
+        ),
+        (
+            patched(json!({"sources": [{"path_prefix": "/t//{tenant}/"}]})),
+            &["sources[0].path_prefix: empty segment"],
+        ),
+        (
+            patched(json!({"sources": [{"path_prefix": "/%74/{tenant}/"}]})),
+            &["sources[0].path_prefix: segment \"%74\": only unescaped path characters"],
+        ),
+        (
+            patched(json!({"sources": [{"query": "t=1"}]})),
+            &["sources[0].query: only letters, digits and - . _ ~ are allowed"],
+        ),
+        (
+            patched(json!({"sources": [{"header": "x tenant"}]})),
+            &["sources[0].header: invalid character at position 1"],
+        ),
+        (
+            patched(json!({"tenants": {"Bad": {"cluster": "c"}}})),
+            &["tenants.Bad: tenant ids must match [a-z0-9][a-z0-9-]{0,62}"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"cluster": "c"}, id64: {"cluster": "c"}}})),
+            &["tenants.aaaa", ": tenant ids must match"],
+        ),
+        (
+            patched(json!({"tenants": {"unknown": {"cluster": "c"}}})),
+            &["tenants.unknown: `unknown` is reserved"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"cluster": "my cluster"}}})),
+            &["tenants.a.cluster: must be 1 to 256 visible ASCII characters"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"cluster": long}}})),
+            &["tenants.a.cluster: must be 1 to 256 visible ASCII characters"],
+        ),
+        (
+            patched(
+                json!({"tenants": {"a": {"cluster": "c", "headers": {"x-plan": "gold\r\nx-evil: 1"}}}}),
+            ),
+            &["tenants.a.headers.x-plan: the value must be printable ASCII"],
+        ),
+        (
+            patched(
+                json!({"tenants": {"a": {"cluster": "c", "headers": {"X-Plan": "a", "x-plan": "b"}}}}),
+            ),
+            &[
+                "tenants.a.headers.",
+                ": duplicate header (names are case-insensitive)",
+            ],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"cluster": "c", "headers": {"x-tenant-id": "a"}}}})),
+            &[
+                "tenants.a.headers.x-tenant-id: must differ from `output_header` and `cluster_header`",
+            ],
+        ),
+        (
+            patched(
+                json!({"tenants": {"a": {"cluster": "c", "headers": {"content-length": "0"}}}}),
+            ),
+            &["tenants.a.headers.content-length: connection/framing headers"],
+        ),
+        (
+            patched(json!({"tenants": {"a": {"cluster": "c", "allowed_hosts": ["*"]}}})),
+            &["tenants.a.allowed_hosts[0]: label \"*\" has a character outside"],
+        ),
+        (
+            patched(
+                json!({"tenants": {"a": {"cluster": "c", "allowed_hosts": ["a.example.com", "a..example.com"]}}}),
+            ),
+            &["tenants.a.allowed_hosts[1]: empty label"],
+        ),
+        (
+            patched(json!({"output_header": ":authority"})),
+            &["output_header: pseudo-headers"],
+        ),
+        (
+            patched(json!({"cluster_header": "X-Tenant-ID"})),
+            &["cluster_header: must differ from `output_header`"],
+        ),
+        (
+            patched(json!({"sources": [{"header": "x-tenant-cluster"}]})),
+            &["sources[0].header: must not be `cluster_header`"],
+        ),
+        // Sources that set more than one thing, or options that do not apply.
+        (
+            patched(json!({"sources": [{"query": "t", "header": "x-tenant"}]})),
+            &["sources[0]: needs exactly one of"],
+        ),
+        (
+            patched(json!({"sources": [{"query": "t", "strip": true}]})),
+            &["sources[0].strip: only applies to a `path_prefix` source"],
+        ),
+        // Impossible limits (HTTP statuses of the refusals).
+        (
+            patched(json!({"unknown_tenant_status": 200})),
+            &["unknown_tenant_status: must be between 400 and 599, got 200"],
+        ),
+        (
+            patched(json!({"unknown_tenant_status": 600})),
+            &["unknown_tenant_status: must be between 400 and 599, got 600"],
+        ),
+        (
+            patched(json!({"missing_tenant_status": 0})),
+            &["missing_tenant_status: must be between 400 and 599, got 0"],
+        ),
+        (
+            patched(json!({"missing_tenant_status": -400})),
+            &["missing_tenant_status: invalid value: integer `-400`, expected u16"],
+        ),
+        (
+            patched(json!({"missing_tenant_status": 65936})),
+            &["missing_tenant_status: invalid value: integer `65936`, expected u16"],
+        ),
+        // References to names that do not exist.
+        (
+            patched(json!({"default_tenant": "b"})),
+            &["default_tenant: must be one of the configured tenants"],
+        ),
+        (
+            patched(json!({"sources": [], "default_tenant": "unknown"})),
+            &["default_tenant: must be one of the configured tenants"],
+        ),
+        // Bad enum values.
+        (
+            patched(json!({"consistency": "x"})),
+            &["consistency: unknown variant `x`, expected `reject` or `first`"],
+        ),
+        (
+            patched(json!({"consistency": "Reject"})),
+            &["consistency: unknown variant `Reject`"],
+        ),
+        (
+            patched(json!({"consistency": true})),
+            &["consistency: expected value"],
+        ),
+    ];
+    assert_configs_rejected(
+        &module(),
+        "tenant-routing: invalid plugin configuration: ",
+        &cases,
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proxy_wasm_harness::{
-    HarnessError, HeaderMap, Host, LogLevel, Module, PluginConfig, StreamView, Worker,
+    HeaderMap, Host, LogLevel, Module, PluginConfig, StreamView, Worker, assert_configs_rejected,
 };
 use std::collections::HashSet;
 
@@ -545,59 +545,157 @@ fn non_utf8_and_garbage_headers_never_trap() {
     assert_eq!(host.counter(RESTARTED), 5);
 }
 
+/// Every kind of broken configuration is refused by `on_configure`, and the error line names
+/// the field and what is wrong with it.
 #[test]
 fn bad_configurations_are_rejected_naming_the_field() {
-    let host = Host::new();
-    let cases = [
-        (
-            r#"{"extract":["zipkin"]}"#,
-            "extract[0]: unknown variant `zipkin`",
-        ),
-        (
-            r#"{"extract":["w3c","w3c"]}"#,
-            "extract: \"w3c\" is listed more than once",
-        ),
-        (r#"{"inject":[]}"#, "inject: must name at least one format"),
-        (r#"{"role":"proxy"}"#, "role: unknown variant `proxy`"),
-        (
-            r#"{"sampling":{"ratio":1.5}}"#,
-            "sampling.ratio: must be between 0.0 and 1.0",
-        ),
-        (
-            r#"{"sampling":{"rate":1}}"#,
-            "sampling.rate: unknown field `rate`",
-        ),
-        (
-            r#"{"response_header":"x trace"}"#,
-            "response_header: invalid character",
-        ),
-        (
-            r#"{"tracestate_max_length":100}"#,
-            "tracestate_max_length: must be between 512",
-        ),
-        (r#"{"clear":true}"#, "clear: unknown field `clear`"),
-        ("[1]", "the configuration must be a JSON object"),
-    ];
-    for (config, want) in cases {
-        let err = Worker::new(
-            &host,
-            &[PluginConfig::new(&module())
-                .name("trace")
-                .configuration(config)],
-        )
-        .err()
-        .unwrap_or_else(|| panic!("{config} was accepted"));
-        let HarnessError::ConfigRejected { logs, .. } = &err else {
-            panic!("{config}: {err}");
-        };
-        assert!(
-            logs.iter().any(|l| l.level == LogLevel::Error
-                && l.message
-                    .contains("trace-propagation: invalid plugin configuration: ")
-                && l.message.contains(want)),
-            "{config}: {logs:?}"
-        );
-    }
+    assert_configs_rejected(
+        &module(),
+        "trace-propagation: invalid plugin configuration: ",
+        &[
+            // Wrong types.
+            (
+                r#"{"extract":"w3c"}"#,
+                &["extract: invalid type: string \"w3c\", expected a sequence"],
+            ),
+            (
+                r#"{"inject":{"w3c":true}}"#,
+                &["inject: invalid type: map, expected a sequence"],
+            ),
+            (
+                r#"{"sampling":0.5}"#,
+                &["sampling: invalid type: floating point `0.5`"],
+            ),
+            (
+                r#"{"sampling":{"ratio":"0.5"}}"#,
+                &["sampling.ratio: invalid type: string \"0.5\", expected f64"],
+            ),
+            (
+                r#"{"sampling":{"respect_incoming":"no"}}"#,
+                &["sampling.respect_incoming: invalid type: string \"no\", expected a boolean"],
+            ),
+            (
+                r#"{"clear_extracted":1}"#,
+                &["clear_extracted: invalid type: integer `1`, expected a boolean"],
+            ),
+            (
+                r#"{"b3_single_parent_span_id":"true"}"#,
+                &["b3_single_parent_span_id: invalid type: string"],
+            ),
+            (
+                r#"{"response_header":7}"#,
+                &["response_header: invalid type: integer `7`, expected a string"],
+            ),
+            (
+                r#"{"tracestate_max_length":"1024"}"#,
+                &["tracestate_max_length: invalid type: string \"1024\", expected u32"],
+            ),
+            ("[1]", &["the configuration must be a JSON object"]),
+            ("w3c", &["the configuration must be a JSON object"]),
+            (r#"{"role":"span""#, &["EOF while parsing an object"]),
+            // Unknown fields, top level and nested.
+            (
+                r#"{"clear":true}"#,
+                &["clear: unknown field `clear`, expected one of"],
+            ),
+            (
+                r#"{"inject_formats":["w3c"]}"#,
+                &["inject_formats: unknown field `inject_formats`"],
+            ),
+            (
+                r#"{"sampling":{"rate":1}}"#,
+                &["sampling.rate: unknown field `rate`"],
+            ),
+            (
+                r#"{"sampling":{"ratio":0.5,"respect_incomming":true}}"#,
+                &["sampling.respect_incomming: unknown field `respect_incomming`"],
+            ),
+            // Empty required values.
+            (
+                r#"{"inject":[]}"#,
+                &["inject: must name at least one format"],
+            ),
+            (
+                r#"{"response_header":""}"#,
+                &["response_header: header name must not be empty"],
+            ),
+            // Duplicates.
+            (
+                r#"{"extract":["w3c","w3c"]}"#,
+                &["extract: \"w3c\" is listed more than once"],
+            ),
+            (
+                r#"{"inject":["b3","w3c","b3"]}"#,
+                &["inject: \"b3\" is listed more than once"],
+            ),
+            // Invalid header names.
+            (
+                r#"{"response_header":"x trace"}"#,
+                &["response_header: invalid character at position 1"],
+            ),
+            (
+                r#"{"response_header":":status"}"#,
+                &["response_header: pseudo-headers"],
+            ),
+            (
+                r#"{"response_header":"transfer-encoding"}"#,
+                &["response_header: connection/framing headers"],
+            ),
+            // Impossible limits.
+            (
+                r#"{"sampling":{"ratio":1.5}}"#,
+                &["sampling.ratio: must be between 0.0 and 1.0, got 1.5"],
+            ),
+            (
+                r#"{"sampling":{"ratio":-0.01}}"#,
+                &["sampling.ratio: must be between 0.0 and 1.0, got -0.01"],
+            ),
+            (
+                r#"{"sampling":{"ratio":1e400}}"#,
+                &["sampling.ratio: number out of range"],
+            ),
+            (
+                r#"{"tracestate_max_length":100}"#,
+                &["tracestate_max_length: must be between 512 and 16447, got 100"],
+            ),
+            (
+                r#"{"tracestate_max_length":16448}"#,
+                &["tracestate_max_length: must be between 512 and 16447, got 16448"],
+            ),
+            (
+                r#"{"tracestate_max_length":0}"#,
+                &["tracestate_max_length: must be between 512 and 16447, got 0"],
+            ),
+            (
+                r#"{"tracestate_max_length":-512}"#,
+                &["tracestate_max_length: invalid value: integer `-512`, expected u32"],
+            ),
+            (
+                r#"{"tracestate_max_length":4294967808}"#,
+                &["tracestate_max_length: invalid value: integer `4294967808`, expected u32"],
+            ),
+            // Bad enum values.
+            (
+                r#"{"extract":["zipkin"]}"#,
+                &["extract[0]: unknown variant `zipkin`"],
+            ),
+            (
+                r#"{"extract":["w3c","B3"]}"#,
+                &["extract[1]: unknown variant `B3`"],
+            ),
+            (
+                r#"{"inject":["b3-multi"]}"#,
+                &["inject[0]: unknown variant `b3-multi`"],
+            ),
+            (r#"{"inject":[null]}"#, &["inject[0]: expected value"]),
+            (
+                r#"{"role":"proxy"}"#,
+                &["role: unknown variant `proxy`, expected `span` or `passthrough`"],
+            ),
+            (r#"{"role":"Span"}"#, &["role: unknown variant `Span`"]),
+            (r#"{"role":true}"#, &["role: expected value"]),
+        ],
+    );
 }
 
 #[test]
