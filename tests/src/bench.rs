@@ -917,6 +917,9 @@ pub struct RunInfo {
     pub machine: String,
     pub wasm_sizes: BTreeMap<String, u64>,
     pub command: String,
+    /// The same request in the harness, per filter and the chain: (name, repeated token,
+    /// fresh token) — see [`crate::cost`].
+    pub costs: Vec<(String, crate::cost::RequestCost, crate::cost::RequestCost)>,
 }
 
 /// The Markdown report.
@@ -948,9 +951,23 @@ pub fn report(results: &Results, info: &RunInfo, opts: &Options) -> String {
          requests served; **added** subtracts the baseline of the same repetition. Figures are \
          medians with min–max over the repetitions.\n\n",
     );
-    md.push_str("| case | CPU µs/request | added µs | × native equivalent (added) | req/s | p50 µs | p99 µs | RSS MiB |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|\n");
+    md.push_str(&format!(
+        "**above floor** subtracts the `{WASM_FLOOR}` case of the same repetition: what a gatewasm \
+         filter costs beyond what any Proxy-Wasm filter costs in this Envoy.\n\n"
+    ));
+    md.push_str("| case | CPU µs/request | added µs | above floor µs | × native equivalent (added) | req/s | p50 µs | p99 µs | RSS MiB |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    let floor = results.index(WASM_FLOOR);
     for (i, case) in results.cases.iter().enumerate() {
+        let above_floor = match floor {
+            Some(f) if case.family == Family::Gatewasm && f != i => {
+                let ours = results.added_cpu(i);
+                let base = results.added_cpu(f);
+                let diffs: Vec<f64> = ours.iter().zip(&base).map(|(a, b)| a - b).collect();
+                Spread::of(&diffs).show(2)
+            }
+            _ => "—".to_string(),
+        };
         let cpu = results.spread(i, |s| s.cpu_us_per_request);
         let added = Spread::of(&results.added_cpu(i));
         let ratio = case
@@ -972,10 +989,11 @@ pub fn report(results: &Results, info: &RunInfo, opts: &Options) -> String {
             added.show(2)
         };
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             case.name,
             cpu.show(2),
             added,
+            above_floor,
             ratio,
             results.spread(i, |s| s.requests_per_second).show(0),
             results.spread(i, |s| s.p50_us).show(0),
@@ -986,6 +1004,23 @@ pub fn report(results: &Results, info: &RunInfo, opts: &Options) -> String {
     md.push_str("\n`.wasm` sizes (release, `just build`):\n\n| module | bytes |\n|---|---|\n");
     for (name, size) in &info.wasm_sizes {
         md.push_str(&format!("| {name} | {size} |\n"));
+    }
+    if !info.costs.is_empty() {
+        md.push_str(
+            "\nThe same request in the harness (`gatewasm_tests::cost`, deterministic): callbacks \
+             into the VM, host calls and Wasm instructions per request, with a repeated / a fresh \
+             token:\n\n| filter | callbacks | host calls | instructions |\n|---|---|---|---|\n",
+        );
+        for (name, repeated, fresh) in &info.costs {
+            md.push_str(&format!(
+                "| {name} | {} | {} / {} | {} / {} |\n",
+                repeated.callbacks,
+                repeated.host_calls,
+                fresh.host_calls,
+                repeated.instructions,
+                fresh.instructions
+            ));
+        }
     }
     md.push_str(
         "\nThe chart (`chart.png`) shows the added CPU per request (median, whiskers min–max).\n",

@@ -13,6 +13,10 @@ use proxy_wasm_harness::{Host, Module, PluginConfig, Worker};
 use crate::bench::{BENCH_PATH, common_headers};
 use crate::deploy;
 
+/// The harness clock's start (2026-01-01T00:00:00Z, `Host::new`): tokens for [`gateway_costs`]
+/// are issued then.
+pub const HARNESS_EPOCH_S: u64 = 1_767_225_600;
+
 /// What one request cost one filter (or the chain).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestCost {

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use gatewasm_tests::bench::{self, Options, RunInfo};
+use gatewasm_tests::cost::RequestCost;
 use gatewasm_tests::paths;
 
 fn usage() -> &'static str {
@@ -91,6 +92,7 @@ fn main() -> Result<()> {
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
             .join(" "),
+        costs: harness_costs()?,
     };
     eprintln!(
         "benchmarking {} cases × {} repetitions on Envoy {} ({})",
@@ -125,6 +127,19 @@ fn main() -> Result<()> {
     println!("{report}");
     println!("written to {}", dir.display());
     Ok(())
+}
+
+/// The per-request cost of each filter in the harness (tokens issued at the harness clock).
+fn harness_costs() -> Result<Vec<(String, RequestCost, RequestCost)>> {
+    let mut n = 0u32;
+    gatewasm_tests::cost::gateway_costs(|| {
+        n += 1;
+        gatewasm_tests::demo_jwt::mint(&gatewasm_tests::demo_jwt::DemoClaims {
+            jti: Some(format!("cost-{n}")),
+            issued_at: Some(gatewasm_tests::cost::HARNESS_EPOCH_S),
+            ..Default::default()
+        })
+    })
 }
 
 fn envoy_version() -> Result<String> {
