@@ -178,7 +178,8 @@ pub struct MatchConfig {
     /// `:path` starts with this (compared byte for byte, query string included).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
-    /// `:method` is one of these (case-sensitive, e.g. `["POST", "PUT"]`).
+    /// `:method` is one of these, e.g. `["POST", "PUT"]` (upper-cased when the configuration
+    /// is loaded, as jwt-to-header does: `get` means GET).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
     /// Request headers with exactly these values (first occurrence).
@@ -515,7 +516,7 @@ fn compile_rule(i: usize, r: RuleConfig) -> Result<Rule, ConfigError> {
             }
             Matcher {
                 path_prefix: m.path_prefix,
-                methods: m.methods,
+                methods: m.methods.iter().map(|x| x.to_ascii_uppercase()).collect(),
                 headers: header_pairs(&format!("{base}.match.headers"), m.headers)?,
             }
         }
@@ -720,7 +721,7 @@ mod tests {
             r#"{
             "rules": [
                 {"name": "per-ip", "key": ["client_ip"], "limit": 100},
-                {"name": "tenant", "match": {"path_prefix": "/api", "methods": ["GET", "POST"],
+                {"name": "tenant", "match": {"path_prefix": "/api", "methods": ["GET", "post"],
                   "headers": {"X-Env": "prod"}},
                  "key": [{"header": "X-Tenant-ID"}, "method", "path", "route"],
                  "on_missing_key": "client_ip", "limit": 10, "window_s": 1, "burst": 5,
@@ -736,6 +737,7 @@ mod tests {
         assert_eq!(s.rules.len(), 2);
         let r = &s.rules[1];
         assert_eq!(r.matcher.headers, vec![("x-env".into(), "prod".into())]);
+        assert_eq!(r.matcher.methods, ["GET", "POST"], "methods are upper-cased");
         assert_eq!(
             r.key,
             vec![
