@@ -9,18 +9,20 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use gatewasm_common::clock::unix_millis;
+use gatewasm_common::glue;
 use gatewasm_common::headers::{Occurrence, single_value};
 use gatewasm_common::host::get_header_map;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use crate::config::{Settings, parse_settings};
 use crate::incoming::{Outcome, Plan, plan_request};
 use crate::uuid::{IdGenerator, UuidText};
-use gatewasm_common::rng;
+
+/// The filter's name, at the start of its log lines.
+const FILTER: &str = "correlation-id";
 
 proxy_wasm::main! {{
     // Debug lines are only written for rejected incoming IDs. (`proxy_get_log_level` is not
@@ -37,28 +39,8 @@ thread_local! {
     static GENERATOR: Cell<Option<IdGenerator>> = const { Cell::new(None) };
 }
 
-fn host_nanos() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn unix_millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn fresh_seed(context_id: u32) -> [u8; 32] {
-    match rng::os_seed() {
-        Ok(seed) => seed,
-        Err(err) => {
-            log::warn!(
-                "correlation-id: no host randomness ({err}); seeding IDs from the clock instead"
-            );
-            rng::fallback_seed(host_nanos(), context_id)
-        }
-    }
+    glue::fresh_seed(FILTER, "IDs", context_id)
 }
 
 /// (Re)seed the VM's generator, keeping its uuid7 monotonic state.
@@ -86,16 +68,7 @@ struct Metrics {
 
 impl Metrics {
     fn define() -> Self {
-        let define = |outcome: Outcome| {
-            let name = outcome.metric_name();
-            match hostcalls::define_metric(MetricType::Counter, name) {
-                Ok(id) => Some(id),
-                Err(status) => {
-                    log::warn!("correlation-id: cannot define metric {name}: {status:?}");
-                    None
-                }
-            }
-        };
+        let define = |outcome: Outcome| glue::define_counter(FILTER, outcome.metric_name());
         Self {
             generated: define(Outcome::Generated),
             preserved: define(Outcome::Preserved),
@@ -109,10 +82,7 @@ impl Metrics {
             Outcome::Preserved => self.preserved,
             Outcome::ReplacedInvalid => self.replaced_invalid,
         };
-        if let Some(id) = id {
-            // NotFound/BadArgument are returned as errors; there is nothing useful to do with them.
-            let _ = hostcalls::increment_metric(id, 1);
-        }
+        glue::increment(id);
     }
 }
 
@@ -144,14 +114,10 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = self.get_plugin_configuration();
-        match parse_settings(config.as_deref()) {
-            Ok(settings) => self.settings = Rc::new(settings),
-            Err(err) => {
-                log::error!("correlation-id: invalid plugin configuration: {err}");
-                return false;
-            }
-        }
+        let Some(settings) = glue::configure(self, FILTER, parse_settings) else {
+            return false;
+        };
+        self.settings = Rc::new(settings);
         if self.metrics.is_none() {
             self.metrics = Some(Metrics::define());
         }

@@ -9,13 +9,12 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
+use gatewasm_common::glue;
 use gatewasm_common::host::{HeaderMapBytes, get_header_map};
-use gatewasm_common::rng::{self, Xoshiro256pp};
-use proxy_wasm::hostcalls;
+use gatewasm_common::rng::Xoshiro256pp;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use crate::config::{Format, Settings, parse_settings};
 use crate::ids::Text;
@@ -23,6 +22,9 @@ use crate::propagate::{
     METRIC_EXTRACTED_B3, METRIC_EXTRACTED_B3MULTI, METRIC_EXTRACTED_W3C, METRIC_RESTARTED_INVALID,
     METRIC_SAMPLED, METRIC_STARTED, Outcome, Write, plan_request,
 };
+
+/// The filter's name, at the start of its log lines.
+const FILTER: &str = "trace-propagation";
 
 proxy_wasm::main! {{
     // Debug lines are only written for refused incoming headers. (`proxy_get_log_level` is not
@@ -39,23 +41,8 @@ thread_local! {
     static RNG: Cell<Option<Xoshiro256pp>> = const { Cell::new(None) };
 }
 
-fn host_nanos() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 fn fresh_seed(context_id: u32) -> [u8; 32] {
-    match rng::os_seed() {
-        Ok(seed) => seed,
-        Err(err) => {
-            log::warn!(
-                "trace-propagation: no host randomness ({err}); seeding ids from the clock instead"
-            );
-            rng::fallback_seed(host_nanos(), context_id)
-        }
-    }
+    glue::fresh_seed(FILTER, "ids", context_id)
 }
 
 /// (Re)seed the VM's PRNG. Envoy may clone a started VM per worker, so every VM reseeds.
@@ -77,13 +64,7 @@ struct Metrics {
 
 impl Metrics {
     fn define() -> Self {
-        let define = |name: &str| match hostcalls::define_metric(MetricType::Counter, name) {
-            Ok(id) => Some(id),
-            Err(status) => {
-                log::warn!("trace-propagation: cannot define metric {name}: {status:?}");
-                None
-            }
-        };
+        let define = |name: &str| glue::define_counter(FILTER, name);
         Self {
             extracted_w3c: define(METRIC_EXTRACTED_W3C),
             extracted_b3: define(METRIC_EXTRACTED_B3),
@@ -94,15 +75,8 @@ impl Metrics {
         }
     }
 
-    fn increment(id: Option<u32>) {
-        if let Some(id) = id {
-            // NotFound/BadArgument are returned as errors; there is nothing useful to do with them.
-            let _ = hostcalls::increment_metric(id, 1);
-        }
-    }
-
     fn record(&self, outcome: Outcome, sampled: bool) {
-        Self::increment(match outcome {
+        glue::increment(match outcome {
             Outcome::Extracted(Format::W3c) => self.extracted_w3c,
             Outcome::Extracted(Format::B3) => self.extracted_b3,
             Outcome::Extracted(Format::B3Multi) => self.extracted_b3multi,
@@ -110,7 +84,7 @@ impl Metrics {
             Outcome::Started => self.started,
         });
         if sampled {
-            Self::increment(self.sampled);
+            glue::increment(self.sampled);
         }
     }
 }
@@ -141,14 +115,10 @@ impl RootContext for Root {
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = self.get_plugin_configuration();
-        match parse_settings(config.as_deref()) {
-            Ok(settings) => self.settings = Rc::new(settings),
-            Err(err) => {
-                log::error!("trace-propagation: invalid plugin configuration: {err}");
-                return false;
-            }
-        }
+        let Some(settings) = glue::configure(self, FILTER, parse_settings) else {
+            return false;
+        };
+        self.settings = Rc::new(settings);
         if self.metrics.is_none() {
             self.metrics = Some(Metrics::define());
         }
