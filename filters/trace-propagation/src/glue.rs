@@ -1,5 +1,6 @@
-//! proxy-wasm glue (wasm32 only): the root context (configuration, metrics, PRNG seeding) and
-//! the HTTP context (request/response headers). All decisions are made by `propagate`.
+//! proxy-wasm glue (wasm32 only): the root context (configuration, metrics, PRNG seeding; a
+//! `SeededRoot` from gatewasm-common) and the HTTP context (request/response headers). All
+//! decisions are made by `propagate`.
 //!
 //! Host calls per request (each ~0.5 µs):
 //! - request: 1 header-map read; 1 replace per header whose value changes (`role: span` with
@@ -10,11 +11,12 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use gatewasm_common::glue;
+use gatewasm_common::ConfigError;
+use gatewasm_common::glue::{self, SeededFilter, SeededRoot};
 use gatewasm_common::host::{HeaderMapBytes, get_header_map};
 use gatewasm_common::rng::Xoshiro256pp;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, LogLevel, MapType};
 
 use crate::config::{Format, Settings, parse_settings};
 use crate::ids::Text;
@@ -31,7 +33,7 @@ proxy_wasm::main! {{
     // used: Kong's host traps on it.)
     proxy_wasm::set_log_level(LogLevel::Debug);
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(Root::new(context_id))
+        Box::new(SeededRoot::<Filter>::new(context_id))
     });
 }}
 
@@ -43,12 +45,6 @@ thread_local! {
 
 fn fresh_seed(context_id: u32) -> [u8; 32] {
     glue::fresh_seed(FILTER, "ids", context_id)
-}
-
-/// (Re)seed the VM's PRNG. Envoy may clone a started VM per worker, so every VM reseeds.
-fn reseed(context_id: u32) {
-    let seed = fresh_seed(context_id);
-    RNG.with(|cell| cell.set(Some(Xoshiro256pp::from_seed(seed))));
 }
 
 /// The metric ids, defined once per root context and copied into each HTTP context.
@@ -63,18 +59,6 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn define() -> Self {
-        let define = |name: &str| glue::define_counter(FILTER, name);
-        Self {
-            extracted_w3c: define(METRIC_EXTRACTED_W3C),
-            extracted_b3: define(METRIC_EXTRACTED_B3),
-            extracted_b3multi: define(METRIC_EXTRACTED_B3MULTI),
-            restarted_invalid: define(METRIC_RESTARTED_INVALID),
-            started: define(METRIC_STARTED),
-            sampled: define(METRIC_SAMPLED),
-        }
-    }
-
     fn record(&self, outcome: Outcome, sampled: bool) {
         glue::increment(match outcome {
             Outcome::Extracted(Format::W3c) => self.extracted_w3c,
@@ -89,55 +73,47 @@ impl Metrics {
     }
 }
 
-struct Root {
-    context_id: u32,
-    /// Last good configuration (defaults until the first successful `on_configure`).
-    settings: Rc<Settings>,
-    metrics: Option<Metrics>,
-}
+/// The filter, for its [`SeededRoot`].
+struct Filter;
 
-impl Root {
-    fn new(context_id: u32) -> Self {
-        Self {
-            context_id,
-            settings: Rc::new(Settings::default()),
-            metrics: None,
+impl SeededFilter for Filter {
+    const NAME: &'static str = FILTER;
+    type Settings = Settings;
+    type Metrics = Metrics;
+
+    fn parse_settings(bytes: Option<&[u8]>) -> Result<Settings, ConfigError> {
+        parse_settings(bytes)
+    }
+
+    fn define_metrics() -> Metrics {
+        let define = |name: &str| glue::define_counter(FILTER, name);
+        Metrics {
+            extracted_w3c: define(METRIC_EXTRACTED_W3C),
+            extracted_b3: define(METRIC_EXTRACTED_B3),
+            extracted_b3multi: define(METRIC_EXTRACTED_B3MULTI),
+            restarted_invalid: define(METRIC_RESTARTED_INVALID),
+            started: define(METRIC_STARTED),
+            sampled: define(METRIC_SAMPLED),
         }
     }
-}
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
-        reseed(self.context_id);
-        true
+    /// (Re)seed the VM's PRNG: a fresh stream (unlike correlation-id, nothing to keep).
+    fn reseed(root_context_id: u32) {
+        let seed = fresh_seed(root_context_id);
+        RNG.with(|cell| cell.set(Some(Xoshiro256pp::from_seed(seed))));
     }
 
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let Some(settings) = glue::configure(self, FILTER, parse_settings) else {
-            return false;
-        };
-        self.settings = Rc::new(settings);
-        if self.metrics.is_none() {
-            self.metrics = Some(Metrics::define());
-        }
-        // Also reseed here: some hosts (APISIX) never call on_vm_start.
-        reseed(self.context_id);
-        true
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream {
-            settings: Rc::clone(&self.settings),
-            metrics: self.metrics.unwrap_or_default(),
-            root_context_id: self.context_id,
+    fn http_context(
+        settings: Rc<Settings>,
+        metrics: Metrics,
+        root_context_id: u32,
+    ) -> Box<dyn HttpContext> {
+        Box::new(Stream {
+            settings,
+            metrics,
+            root_context_id,
             trace_id: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 
