@@ -575,6 +575,13 @@ impl Context for Root {
             .flatten()
         };
         let now = now_ms();
+        // What a failed fetch leaves this worker with: the keys it has, or none yet (the first
+        // fetch failed).
+        let kept = if shared.borrow().remote.get(idx).is_some_and(Option::is_some) {
+            "keeping the last good keys"
+        } else {
+            "there are no keys yet"
+        };
         let parsed = match (status.as_deref(), &body) {
             (Some("200"), Some(bytes)) => match parse_jwks_bytes(bytes) {
                 Ok(keys) => Some(keys),
@@ -587,13 +594,13 @@ impl Context for Root {
             },
             (Some("200"), None) if body_size > MAX_JWKS_BYTES => {
                 log::warn!(
-                    "jwt-to-header: providers.{name}: the fetched JWKS is too large ({body_size} bytes, at most {MAX_JWKS_BYTES}); keeping the last good keys"
+                    "jwt-to-header: providers.{name}: the fetched JWKS is too large ({body_size} bytes, at most {MAX_JWKS_BYTES}); {kept}"
                 );
                 None
             }
             _ => {
                 log::warn!(
-                    "jwt-to-header: providers.{name}: JWKS fetch failed (status {}, {} body bytes); keeping the last good keys",
+                    "jwt-to-header: providers.{name}: JWKS fetch failed (status {}, {} body bytes); {kept}",
                     status.as_deref().unwrap_or("none"),
                     body_size
                 );
