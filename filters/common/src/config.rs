@@ -92,6 +92,24 @@ pub fn parse_config<T: DeserializeOwned + Default>(bytes: Option<&[u8]>) -> Resu
     Ok(value)
 }
 
+/// `on_configure`'s parse step, the same in every filter: `parse` the configuration bytes; on
+/// an error, log `<filter>: invalid plugin configuration: <error>` (the error names the field)
+/// and give `None`, for the root context to return `false` (the host rejects the
+/// configuration). `glue::configure` (Wasm only) reads the bytes from the host.
+pub fn parse_or_log<T>(
+    filter: &str,
+    bytes: Option<&[u8]>,
+    parse: impl FnOnce(Option<&[u8]>) -> Result<T, ConfigError>,
+) -> Option<T> {
+    match parse(bytes) {
+        Ok(settings) => Some(settings),
+        Err(err) => {
+            log::error!("{filter}: invalid plugin configuration: {err}");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -230,5 +248,39 @@ mod tests {
         assert_eq!(ConfigError::new("", "boom").to_string(), "boom");
         assert_eq!(ConfigError::new("a.b", "boom").to_string(), "a.b: boom");
         assert_eq!(ConfigError::new("a", "boom").message(), "boom");
+    }
+
+    #[test]
+    fn parse_or_log_logs_the_field_and_gives_none() {
+        let mut parsed = None;
+        let logs = crate::test_log::capture(|| {
+            parsed = Some(parse_or_log::<Sample>(
+                "my-filter",
+                Some(br#"{"inner":{"limit":"x"}}"#),
+                parse_config,
+            ));
+        });
+        assert_eq!(parsed, Some(None));
+        assert_eq!(
+            logs,
+            vec![(
+                log::Level::Error,
+                "my-filter: invalid plugin configuration: inner.limit: invalid type: string \"x\", expected u32 at line 1 column 21".to_owned()
+            )]
+        );
+    }
+
+    #[test]
+    fn parse_or_log_passes_good_configuration_through_silently() {
+        let mut parsed = None;
+        let logs = crate::test_log::capture(|| {
+            parsed = parse_or_log::<Sample>("my-filter", Some(br#"{"name":"n"}"#), parse_config);
+        });
+        assert_eq!(parsed.map(|s| s.name), Some("n".to_owned()));
+        assert!(logs.is_empty(), "{logs:?}");
+        assert_eq!(
+            parse_or_log::<Sample>("my-filter", None, parse_config),
+            Some(Sample::default())
+        );
     }
 }

@@ -1,8 +1,14 @@
 //! What several gatewasm filters share. Nothing here makes proxy-wasm host calls except
-//! [`host`] (Wasm only), so the rest is plain Rust, unit-tested natively.
+//! `host` and `glue` (Wasm only), so the rest is plain Rust, unit-tested natively.
 //!
 //! - [`config`]: plugin configuration bytes → a typed config. Empty or absent configuration means
-//!   all defaults; errors name the offending field (`max_length: invalid type ...`).
+//!   all defaults; errors name the offending field (`max_length: invalid type ...`);
+//!   `parse_or_log` is the parse step of every `on_configure`.
+//! - `glue` (Wasm only): the root-context plumbing of every filter's proxy-wasm glue — reading
+//!   and parsing the plugin configuration, defining and incrementing counters, the host clock,
+//!   PRNG seeds. Its host-free decisions are in [`config`], [`metrics`], [`clock`] and [`rng`].
+//! - [`clock`]: the host's `SystemTime` as nanoseconds or milliseconds since the epoch.
+//! - [`metrics`]: a counter's id from the host's answer to its definition (refusals logged).
 //! - [`headers`]: header-name validation/normalisation and duplicate-aware lookup in a header list
 //!   as returned by `get_http_request_headers_bytes()`.
 //! - `host` (Wasm only): the whole request or response header map in one host call, its pairs
@@ -15,14 +21,20 @@
 //! - `schema` (feature `schema`, for tests only): keeps a filter's committed `config.schema.json`
 //!   equal to what schemars generates.
 
+pub mod clock;
 pub mod config;
 pub mod exports;
+#[cfg(target_arch = "wasm32")]
+pub mod glue;
 pub mod headers;
 #[cfg(target_arch = "wasm32")]
 pub mod host;
+pub mod metrics;
 pub mod reply;
 pub mod rng;
 #[cfg(feature = "schema")]
 pub mod schema;
+#[cfg(test)]
+mod test_log;
 
 pub use config::{ConfigError, parse_config};

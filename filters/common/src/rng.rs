@@ -111,6 +111,28 @@ pub fn fallback_seed(now_nanos: u64, context_id: u32) -> [u8; 32] {
     seed
 }
 
+/// The seed a filter's glue (re)seeds with: `os` (from [`os_seed`]) when the host gave
+/// randomness, else [`fallback_seed`] from `now_nanos()` (read only then) and the root context
+/// id, with the warning `<filter>: no host randomness (<error>); seeding <what> from the clock
+/// instead`. `glue::fresh_seed` (Wasm only) passes the host's clock.
+pub fn seed_or_fallback(
+    filter: &str,
+    what: &str,
+    os: Result<[u8; 32], getrandom::Error>,
+    now_nanos: impl FnOnce() -> u64,
+    context_id: u32,
+) -> [u8; 32] {
+    match os {
+        Ok(seed) => seed,
+        Err(err) => {
+            log::warn!(
+                "{filter}: no host randomness ({err}); seeding {what} from the clock instead"
+            );
+            fallback_seed(now_nanos(), context_id)
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -167,5 +189,34 @@ mod tests {
     fn fallback_seed_depends_on_inputs() {
         assert_ne!(fallback_seed(1, 1)[..8], fallback_seed(2, 1)[..8]);
         assert_ne!(fallback_seed(1, 1)[8..16], fallback_seed(1, 2)[8..16]);
+    }
+
+    #[test]
+    fn seed_or_fallback_takes_the_host_seed_without_reading_the_clock() {
+        let logs = crate::test_log::capture(|| {
+            let seed = seed_or_fallback("f", "ids", Ok([7; 32]), || panic!("clock read"), 1);
+            assert_eq!(seed, [7; 32]);
+        });
+        assert!(logs.is_empty(), "{logs:?}");
+    }
+
+    #[test]
+    fn seed_or_fallback_warns_and_seeds_from_the_clock() {
+        let err = getrandom::Error::UNSUPPORTED;
+        let logs = crate::test_log::capture(|| {
+            let seed = seed_or_fallback("my-filter", "IDs", Err(err), || 42, 9);
+            // The clock and the context id, as fallback_seed lays them out.
+            assert_eq!(seed[..8], 42u64.to_le_bytes());
+            assert_eq!(seed[8..16], 9u64.to_le_bytes());
+        });
+        assert_eq!(
+            logs,
+            vec![(
+                log::Level::Warn,
+                format!(
+                    "my-filter: no host randomness ({err}); seeding IDs from the clock instead"
+                )
+            )]
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! proxy-wasm glue (wasm32 only): the root context (configuration, metrics, PRNG seeding) and
-//! the HTTP context (request/response headers). All decisions are made by the pure modules.
+//! proxy-wasm glue (wasm32 only): the root context (configuration, metrics, PRNG seeding; a
+//! `SeededRoot` from gatewasm-common) and the HTTP context (request/response headers). All
+//! decisions are made by the pure modules.
 //!
 //! Host calls per request (each ~0.5 µs):
 //! - request, `trust_incoming: true`: 1 header-map read; +1 replace when an ID is generated
@@ -9,25 +10,28 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use gatewasm_common::ConfigError;
+use gatewasm_common::clock::unix_millis;
+use gatewasm_common::glue::{self, SeededFilter, SeededRoot};
 use gatewasm_common::headers::{Occurrence, single_value};
 use gatewasm_common::host::get_header_map;
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, LogLevel, MapType};
 
 use crate::config::{Settings, parse_settings};
 use crate::incoming::{Outcome, Plan, plan_request};
 use crate::uuid::{IdGenerator, UuidText};
-use gatewasm_common::rng;
+
+/// The filter's name, at the start of its log lines.
+const FILTER: &str = "correlation-id";
 
 proxy_wasm::main! {{
     // Debug lines are only written for rejected incoming IDs. (`proxy_get_log_level` is not
     // used: Kong's host traps on it.)
     proxy_wasm::set_log_level(LogLevel::Debug);
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(Root::new(context_id))
+        Box::new(SeededRoot::<Filter>::new(context_id))
     });
 }}
 
@@ -37,43 +41,8 @@ thread_local! {
     static GENERATOR: Cell<Option<IdGenerator>> = const { Cell::new(None) };
 }
 
-fn host_nanos() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn unix_millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn fresh_seed(context_id: u32) -> [u8; 32] {
-    match rng::os_seed() {
-        Ok(seed) => seed,
-        Err(err) => {
-            log::warn!(
-                "correlation-id: no host randomness ({err}); seeding IDs from the clock instead"
-            );
-            rng::fallback_seed(host_nanos(), context_id)
-        }
-    }
-}
-
-/// (Re)seed the VM's generator, keeping its uuid7 monotonic state.
-fn reseed(context_id: u32) {
-    let seed = fresh_seed(context_id);
-    GENERATOR.with(|cell| {
-        let generator = match cell.get() {
-            Some(mut generator) => {
-                generator.reseed(seed);
-                generator
-            }
-            None => IdGenerator::from_seed(seed),
-        };
-        cell.set(Some(generator));
-    });
+    glue::fresh_seed(FILTER, "IDs", context_id)
 }
 
 /// The metric ids, defined once per root context and copied into each HTTP context.
@@ -85,92 +54,63 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn define() -> Self {
-        let define = |outcome: Outcome| {
-            let name = outcome.metric_name();
-            match hostcalls::define_metric(MetricType::Counter, name) {
-                Ok(id) => Some(id),
-                Err(status) => {
-                    log::warn!("correlation-id: cannot define metric {name}: {status:?}");
-                    None
-                }
-            }
-        };
-        Self {
-            generated: define(Outcome::Generated),
-            preserved: define(Outcome::Preserved),
-            replaced_invalid: define(Outcome::ReplacedInvalid),
-        }
-    }
-
     fn increment(&self, outcome: Outcome) {
         let id = match outcome {
             Outcome::Generated => self.generated,
             Outcome::Preserved => self.preserved,
             Outcome::ReplacedInvalid => self.replaced_invalid,
         };
-        if let Some(id) = id {
-            // NotFound/BadArgument are returned as errors; there is nothing useful to do with them.
-            let _ = hostcalls::increment_metric(id, 1);
-        }
+        glue::increment(id);
     }
 }
 
-struct Root {
-    context_id: u32,
-    /// Last good configuration (defaults until the first successful `on_configure`).
-    settings: Rc<Settings>,
-    metrics: Option<Metrics>,
-}
+/// The filter, for its [`SeededRoot`].
+struct Filter;
 
-impl Root {
-    fn new(context_id: u32) -> Self {
-        Self {
-            context_id,
-            settings: Rc::new(Settings::default()),
-            metrics: None,
-        }
-    }
-}
+impl SeededFilter for Filter {
+    const NAME: &'static str = FILTER;
+    type Settings = Settings;
+    type Metrics = Metrics;
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
-        // Envoy may clone an already-started VM (memory included) per worker: reseed here, in
-        // every VM, so clones never share a random stream.
-        reseed(self.context_id);
-        true
+    fn parse_settings(bytes: Option<&[u8]>) -> Result<Settings, ConfigError> {
+        parse_settings(bytes)
     }
 
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = self.get_plugin_configuration();
-        match parse_settings(config.as_deref()) {
-            Ok(settings) => self.settings = Rc::new(settings),
-            Err(err) => {
-                log::error!("correlation-id: invalid plugin configuration: {err}");
-                return false;
-            }
+    fn define_metrics() -> Metrics {
+        let define = |outcome: Outcome| glue::define_counter(FILTER, outcome.metric_name());
+        Metrics {
+            generated: define(Outcome::Generated),
+            preserved: define(Outcome::Preserved),
+            replaced_invalid: define(Outcome::ReplacedInvalid),
         }
-        if self.metrics.is_none() {
-            self.metrics = Some(Metrics::define());
-        }
-        // Also reseed here: some hosts (APISIX) never call on_vm_start.
-        reseed(self.context_id);
-        true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream {
-            settings: Rc::clone(&self.settings),
-            metrics: self.metrics.unwrap_or_default(),
-            root_context_id: self.context_id,
+    /// (Re)seed the VM's generator, keeping its uuid7 monotonic state.
+    fn reseed(root_context_id: u32) {
+        let seed = fresh_seed(root_context_id);
+        GENERATOR.with(|cell| {
+            let generator = match cell.get() {
+                Some(mut generator) => {
+                    generator.reseed(seed);
+                    generator
+                }
+                None => IdGenerator::from_seed(seed),
+            };
+            cell.set(Some(generator));
+        });
+    }
+
+    fn http_context(
+        settings: Rc<Settings>,
+        metrics: Metrics,
+        root_context_id: u32,
+    ) -> Box<dyn HttpContext> {
+        Box::new(Stream {
+            settings,
+            metrics,
+            root_context_id,
             id: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 

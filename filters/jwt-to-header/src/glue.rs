@@ -10,13 +10,14 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
+use gatewasm_common::glue::{self, add, increment, now_ms};
 use gatewasm_common::host::get_header_map;
 use gatewasm_common::reply::JSON_CONTENT_TYPE;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, Status};
 
 use crate::auth::{Allowed, Decision, Denial, Env, Reason, Stats, decide};
 use crate::cache::Cache;
@@ -38,22 +39,13 @@ proxy_wasm::main! {{
 /// for unknown `kid`s and waking paused requests. Only set when a provider has `remote_jwks`.
 const TICK: Duration = Duration::from_millis(100);
 
+/// The filter's name, at the start of its log lines.
+const FILTER: &str = "jwt-to-header";
+
 const PREFIX: &str = "gatewasm_jwt_to_header_";
 
 fn define(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, &format!("{PREFIX}{name}")) {
-        Ok(id) => Some(id),
-        Err(status) => {
-            log::warn!("jwt-to-header: cannot define metric {name}: {status:?}");
-            None
-        }
-    }
-}
-
-fn increment(id: Option<u32>, by: u32) {
-    if let (Some(id), true) = (id, by > 0) {
-        let _ = hostcalls::increment_metric(id, i64::from(by));
-    }
+    glue::define_prefixed_counter(FILTER, PREFIX, name)
 }
 
 #[derive(Debug, Default)]
@@ -86,10 +78,10 @@ impl Metrics {
     }
 
     fn stats(&self, s: Stats) {
-        increment(self.cache_hit, s.cache_hits);
-        increment(self.cache_miss, s.cache_misses);
-        increment(self.native, s.native);
-        increment(self.fallback, s.fallback);
+        add(self.cache_hit, s.cache_hits);
+        add(self.cache_miss, s.cache_misses);
+        add(self.native, s.native);
+        add(self.fallback, s.fallback);
     }
 }
 
@@ -120,13 +112,6 @@ struct Worker {
 }
 
 type Shared = Rc<RefCell<Worker>>;
-
-fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 struct HostNative<'a> {
     available: &'a mut bool,
@@ -209,10 +194,7 @@ fn install(shared: &Shared, idx: usize, version: u64, keys: KeySet) {
 }
 
 fn deny_action(settings: &Settings, metrics: &Metrics, denial: &Denial) -> Action {
-    increment(
-        metrics.denied.get(denial.reason.index()).copied().flatten(),
-        1,
-    );
+    increment(metrics.denied.get(denial.reason.index()).copied().flatten());
     if denial.reason == Reason::JwksUnavailable {
         log::warn!("jwt-to-header: no keys available; answering 503");
     } else {
@@ -325,7 +307,7 @@ fn process(shared: &Shared, context_id: u32, may_wait: bool) -> Action {
         Decision::Pass => Action::Continue,
         Decision::Allow(a) => {
             apply(&settings, &headers, &a);
-            increment(metrics.allowed, 1);
+            increment(metrics.allowed);
             Action::Continue
         }
         Decision::Deny(d) => deny_action(&settings, &metrics, &d),
@@ -544,14 +526,11 @@ impl Root {
                 break;
             }
         }
-        increment(
-            if ok {
-                metrics.fetch_ok
-            } else {
-                metrics.fetch_failed
-            },
-            1,
-        );
+        increment(if ok {
+            metrics.fetch_ok
+        } else {
+            metrics.fetch_failed
+        });
         if let (Some((keys, _)), Some(meta)) = (fetched, written) {
             install(shared, idx, meta.version, keys);
         }
@@ -596,6 +575,13 @@ impl Context for Root {
             .flatten()
         };
         let now = now_ms();
+        // What a failed fetch leaves this worker with: the keys it has, or none yet (the first
+        // fetch failed).
+        let kept = if shared.borrow().remote.get(idx).is_some_and(Option::is_some) {
+            "keeping the last good keys"
+        } else {
+            "there are no keys yet"
+        };
         let parsed = match (status.as_deref(), &body) {
             (Some("200"), Some(bytes)) => match parse_jwks_bytes(bytes) {
                 Ok(keys) => Some(keys),
@@ -608,13 +594,13 @@ impl Context for Root {
             },
             (Some("200"), None) if body_size > MAX_JWKS_BYTES => {
                 log::warn!(
-                    "jwt-to-header: providers.{name}: the fetched JWKS is too large ({body_size} bytes, at most {MAX_JWKS_BYTES}); keeping the last good keys"
+                    "jwt-to-header: providers.{name}: the fetched JWKS is too large ({body_size} bytes, at most {MAX_JWKS_BYTES}); {kept}"
                 );
                 None
             }
             _ => {
                 log::warn!(
-                    "jwt-to-header: providers.{name}: JWKS fetch failed (status {}, {} body bytes); keeping the last good keys",
+                    "jwt-to-header: providers.{name}: JWKS fetch failed (status {}, {} body bytes); {kept}",
                     status.as_deref().unwrap_or("none"),
                     body_size
                 );
@@ -630,33 +616,27 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration();
-        match parse_settings(bytes.as_deref()) {
-            Ok(settings) => {
-                let n = settings.providers.len();
-                let has_remote = settings.providers.iter().any(|p| p.remote.is_some());
-                let worker = Worker {
-                    cache: Cache::new(settings.cache_size),
-                    settings: Rc::new(settings),
-                    metrics: Rc::new(Metrics::define()),
-                    remote: vec![None; n],
-                    versions: vec![0; n],
-                    native_available: true,
-                    waiters: Vec::new(),
-                    refetch_wanted: vec![false; n],
-                    inflight: Vec::new(),
-                };
-                self.shared = Some(Rc::new(RefCell::new(worker)));
-                if has_remote {
-                    self.set_tick_period(TICK);
-                }
-                true
-            }
-            Err(err) => {
-                log::error!("jwt-to-header: invalid plugin configuration: {err}");
-                false
-            }
+        let Some(settings) = glue::configure(self, FILTER, parse_settings) else {
+            return false;
+        };
+        let n = settings.providers.len();
+        let has_remote = settings.providers.iter().any(|p| p.remote.is_some());
+        let worker = Worker {
+            cache: Cache::new(settings.cache_size),
+            settings: Rc::new(settings),
+            metrics: Rc::new(Metrics::define()),
+            remote: vec![None; n],
+            versions: vec![0; n],
+            native_available: true,
+            waiters: Vec::new(),
+            refetch_wanted: vec![false; n],
+            inflight: Vec::new(),
+        };
+        self.shared = Some(Rc::new(RefCell::new(worker)));
+        if has_remote {
+            self.set_tick_period(TICK);
         }
+        true
     }
 
     fn on_tick(&mut self) {

@@ -1497,7 +1497,10 @@ fn no_keys_yet_pauses_then_503_when_the_idp_is_down() {
         Some("5")
     );
     assert_eq!(host.counter(&m("jwks_fetch_failed")), 1);
-    assert!(w.logged(LogLevel::Warn, "JWKS fetch failed"));
+    assert!(w.logged(
+        LogLevel::Warn,
+        "providers.idp: JWKS fetch failed (status 500, 4 body bytes); there are no keys yet"
+    ));
     // While the IdP stays down, requests fail fast instead of waiting for their deadline.
     let v = with_token(&mut w, "/", &token);
     assert_eq!(refused(&v).0, 503);
@@ -1893,6 +1896,19 @@ fn warned(w: &Worker, why: &[String]) -> bool {
         .any(|l| l.level == LogLevel::Warn && why.iter().all(|s| l.message.contains(s)))
 }
 
+/// `bad.why` and, for the answers whose warning says what the worker is left with (a failed
+/// fetch, a too-large document; not an unusable one), `left_with`.
+fn why_and_what_is_left(bad: &BadAnswer, left_with: &str) -> Vec<String> {
+    let mut why = bad.why.clone();
+    if why
+        .iter()
+        .any(|s| s.contains("JWKS fetch failed") || s.contains("too large"))
+    {
+        why.push(format!("; {left_with}"));
+    }
+    why
+}
+
 /// 503, `jwks_unavailable`, `Retry-After: 5`.
 fn assert_jwks_unavailable(v: &StreamView, what: &str) {
     let (status, reason, _) = refused(v);
@@ -1913,6 +1929,7 @@ fn assert_jwks_unavailable(v: &StreamView, what: &str) {
 fn a_broken_first_jwks_answer_is_503_and_the_warning_says_why() {
     for bad in bad_answers() {
         let what = format!("{} ({}, {} bytes)", bad.what, bad.status, bad.body.len());
+        let why = why_and_what_is_left(&bad, "there are no keys yet");
         let host = host_without_native();
         host.add_cluster("idp");
         let config = remote_config(30);
@@ -1934,9 +1951,13 @@ fn a_broken_first_jwks_answer_is_503_and_the_warning_says_why() {
         assert_eq!(host.counter(&m("denied_jwks_unavailable")), 1, "{what}");
         assert_eq!(host.counter(&m("allowed")), 0, "{what}");
         assert!(
-            warned(&w, &bad.why),
-            "{what}: no warning with {:?}: {:?}",
-            bad.why,
+            warned(&w, &why),
+            "{what}: no warning with {why:?}: {:?}",
+            warnings(&w)
+        );
+        assert!(
+            !warnings(&w).iter().any(|l| l.contains("last good keys")),
+            "{what}: there were no keys to keep: {:?}",
             warnings(&w)
         );
         // Nothing was stored for other workers.
@@ -1962,6 +1983,7 @@ fn a_broken_first_jwks_answer_is_503_and_the_warning_says_why() {
 fn a_broken_refresh_keeps_the_last_good_keys_and_the_warning_says_why() {
     for bad in bad_answers() {
         let what = format!("{} ({}, {} bytes)", bad.what, bad.status, bad.body.len());
+        let why = why_and_what_is_left(&bad, "keeping the last good keys");
         let host = host_without_native();
         host.add_cluster("idp");
         let config = remote_config(30);
@@ -1983,9 +2005,8 @@ fn a_broken_refresh_keeps_the_last_good_keys_and_the_warning_says_why() {
         assert_eq!(host.counter(&m("jwks_fetch_failed")), 1, "{what}");
         assert_eq!(host.counter(&m("jwks_fetch_ok")), 1, "{what}");
         assert!(
-            warned(&w, &bad.why),
-            "{what}: no warning with {:?}: {:?}",
-            bad.why,
+            warned(&w, &why),
+            "{what}: no warning with {why:?}: {:?}",
             warnings(&w)
         );
         // The last good keys keep verifying fresh tokens, on this worker ...

@@ -19,13 +19,13 @@
 //! local reply).
 
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
+use gatewasm_common::glue::{self, increment, now_ns};
 use gatewasm_common::host::{HeaderMapBytes, get_header_map};
 use gatewasm_common::reply::{JSON_CONTENT_TYPE, json_error_body};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
 
 use crate::config::{HeaderFormat, Mode, Policy, Settings, parse_settings};
 use crate::limiter::{
@@ -59,28 +59,11 @@ impl Store for HostStore {
     }
 }
 
-/// The host's clock, in nanoseconds since the Unix epoch (0 if unreadable).
-fn now_ns() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
+/// The filter's name, at the start of its log lines.
+const FILTER: &str = "rate-limit";
 
 fn define(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, name) {
-        Ok(id) => Some(id),
-        Err(status) => {
-            log::warn!("rate-limit: cannot define metric {name}: {status:?}");
-            None
-        }
-    }
-}
-
-fn increment(id: Option<u32>) {
-    if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
-    }
+    glue::define_counter(FILTER, name)
 }
 
 /// Metric ids. Bounded by the configuration, never by requests.
@@ -170,25 +153,19 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration();
-        match parse_settings(bytes.as_deref()) {
-            Ok(settings) => {
-                let created = create_tables(&settings, &mut HostStore);
-                if created > 0 {
-                    log::info!(
-                        "rate-limit: created {created} shared-data entries for {} rule(s)",
-                        settings.rules.len()
-                    );
-                }
-                let metrics = Metrics::define(&settings);
-                self.config = Some(Rc::new(Compiled { settings, metrics }));
-                true
-            }
-            Err(err) => {
-                log::error!("rate-limit: invalid plugin configuration: {err}");
-                false
-            }
+        let Some(settings) = glue::configure(self, FILTER, parse_settings) else {
+            return false;
+        };
+        let created = create_tables(&settings, &mut HostStore);
+        if created > 0 {
+            log::info!(
+                "rate-limit: created {created} shared-data entries for {} rule(s)",
+                settings.rules.len()
+            );
         }
+        let metrics = Metrics::define(&settings);
+        self.config = Some(Rc::new(Compiled { settings, metrics }));
+        true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

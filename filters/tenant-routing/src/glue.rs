@@ -8,11 +8,12 @@
 
 use std::rc::Rc;
 
+use gatewasm_common::glue::{self, increment};
 use gatewasm_common::host::{HeaderMapBytes, get_header_map};
 use gatewasm_common::reply::{JSON_CONTENT_TYPE, json_error_body};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, Status};
 
 use crate::config::{Settings, UNKNOWN_TENANT, parse_settings};
 use crate::resolve::{Decision, Rejection, requests_metric_name, resolve, stale_tenant_headers};
@@ -24,21 +25,11 @@ proxy_wasm::main! {{
     });
 }}
 
-fn define(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, name) {
-        Ok(id) => Some(id),
-        Err(status) => {
-            log::warn!("tenant-routing: cannot define metric {name}: {status:?}");
-            None
-        }
-    }
-}
+/// The filter's name, at the start of its log lines.
+const FILTER: &str = "tenant-routing";
 
-fn increment(id: Option<u32>) {
-    if let Some(id) = id {
-        // Errors (NotFound/BadArgument) leave nothing useful to do.
-        let _ = hostcalls::increment_metric(id, 1);
-    }
+fn define(name: &str) -> Option<u32> {
+    glue::define_counter(FILTER, name)
 }
 
 /// Metric ids: one counter per configured tenant (same order as `Settings::tenants`), one for
@@ -79,18 +70,12 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration();
-        match parse_settings(bytes.as_deref()) {
-            Ok(settings) => {
-                let metrics = Metrics::define(&settings);
-                self.config = Some(Rc::new(Compiled { settings, metrics }));
-                true
-            }
-            Err(err) => {
-                log::error!("tenant-routing: invalid plugin configuration: {err}");
-                false
-            }
-        }
+        let Some(settings) = glue::configure(self, FILTER, parse_settings) else {
+            return false;
+        };
+        let metrics = Metrics::define(&settings);
+        self.config = Some(Rc::new(Compiled { settings, metrics }));
+        true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -1,5 +1,6 @@
-//! proxy-wasm glue (wasm32 only): the root context (configuration, metrics, PRNG seeding) and
-//! the HTTP context (request/response headers). All decisions are made by `propagate`.
+//! proxy-wasm glue (wasm32 only): the root context (configuration, metrics, PRNG seeding; a
+//! `SeededRoot` from gatewasm-common) and the HTTP context (request/response headers). All
+//! decisions are made by `propagate`.
 //!
 //! Host calls per request (each ~0.5 µs):
 //! - request: 1 header-map read; 1 replace per header whose value changes (`role: span` with
@@ -9,13 +10,13 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
+use gatewasm_common::ConfigError;
+use gatewasm_common::glue::{self, SeededFilter, SeededRoot};
 use gatewasm_common::host::{HeaderMapBytes, get_header_map};
-use gatewasm_common::rng::{self, Xoshiro256pp};
-use proxy_wasm::hostcalls;
+use gatewasm_common::rng::Xoshiro256pp;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, LogLevel, MapType};
 
 use crate::config::{Format, Settings, parse_settings};
 use crate::ids::Text;
@@ -24,12 +25,15 @@ use crate::propagate::{
     METRIC_SAMPLED, METRIC_STARTED, Outcome, Write, plan_request,
 };
 
+/// The filter's name, at the start of its log lines.
+const FILTER: &str = "trace-propagation";
+
 proxy_wasm::main! {{
     // Debug lines are only written for refused incoming headers. (`proxy_get_log_level` is not
     // used: Kong's host traps on it.)
     proxy_wasm::set_log_level(LogLevel::Debug);
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(Root::new(context_id))
+        Box::new(SeededRoot::<Filter>::new(context_id))
     });
 }}
 
@@ -39,29 +43,8 @@ thread_local! {
     static RNG: Cell<Option<Xoshiro256pp>> = const { Cell::new(None) };
 }
 
-fn host_nanos() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 fn fresh_seed(context_id: u32) -> [u8; 32] {
-    match rng::os_seed() {
-        Ok(seed) => seed,
-        Err(err) => {
-            log::warn!(
-                "trace-propagation: no host randomness ({err}); seeding ids from the clock instead"
-            );
-            rng::fallback_seed(host_nanos(), context_id)
-        }
-    }
-}
-
-/// (Re)seed the VM's PRNG. Envoy may clone a started VM per worker, so every VM reseeds.
-fn reseed(context_id: u32) {
-    let seed = fresh_seed(context_id);
-    RNG.with(|cell| cell.set(Some(Xoshiro256pp::from_seed(seed))));
+    glue::fresh_seed(FILTER, "ids", context_id)
 }
 
 /// The metric ids, defined once per root context and copied into each HTTP context.
@@ -76,15 +59,35 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn define() -> Self {
-        let define = |name: &str| match hostcalls::define_metric(MetricType::Counter, name) {
-            Ok(id) => Some(id),
-            Err(status) => {
-                log::warn!("trace-propagation: cannot define metric {name}: {status:?}");
-                None
-            }
-        };
-        Self {
+    fn record(&self, outcome: Outcome, sampled: bool) {
+        glue::increment(match outcome {
+            Outcome::Extracted(Format::W3c) => self.extracted_w3c,
+            Outcome::Extracted(Format::B3) => self.extracted_b3,
+            Outcome::Extracted(Format::B3Multi) => self.extracted_b3multi,
+            Outcome::RestartedInvalid => self.restarted_invalid,
+            Outcome::Started => self.started,
+        });
+        if sampled {
+            glue::increment(self.sampled);
+        }
+    }
+}
+
+/// The filter, for its [`SeededRoot`].
+struct Filter;
+
+impl SeededFilter for Filter {
+    const NAME: &'static str = FILTER;
+    type Settings = Settings;
+    type Metrics = Metrics;
+
+    fn parse_settings(bytes: Option<&[u8]>) -> Result<Settings, ConfigError> {
+        parse_settings(bytes)
+    }
+
+    fn define_metrics() -> Metrics {
+        let define = |name: &str| glue::define_counter(FILTER, name);
+        Metrics {
             extracted_w3c: define(METRIC_EXTRACTED_W3C),
             extracted_b3: define(METRIC_EXTRACTED_B3),
             extracted_b3multi: define(METRIC_EXTRACTED_B3MULTI),
@@ -94,80 +97,23 @@ impl Metrics {
         }
     }
 
-    fn increment(id: Option<u32>) {
-        if let Some(id) = id {
-            // NotFound/BadArgument are returned as errors; there is nothing useful to do with them.
-            let _ = hostcalls::increment_metric(id, 1);
-        }
+    /// (Re)seed the VM's PRNG: a fresh stream (unlike correlation-id, nothing to keep).
+    fn reseed(root_context_id: u32) {
+        let seed = fresh_seed(root_context_id);
+        RNG.with(|cell| cell.set(Some(Xoshiro256pp::from_seed(seed))));
     }
 
-    fn record(&self, outcome: Outcome, sampled: bool) {
-        Self::increment(match outcome {
-            Outcome::Extracted(Format::W3c) => self.extracted_w3c,
-            Outcome::Extracted(Format::B3) => self.extracted_b3,
-            Outcome::Extracted(Format::B3Multi) => self.extracted_b3multi,
-            Outcome::RestartedInvalid => self.restarted_invalid,
-            Outcome::Started => self.started,
-        });
-        if sampled {
-            Self::increment(self.sampled);
-        }
-    }
-}
-
-struct Root {
-    context_id: u32,
-    /// Last good configuration (defaults until the first successful `on_configure`).
-    settings: Rc<Settings>,
-    metrics: Option<Metrics>,
-}
-
-impl Root {
-    fn new(context_id: u32) -> Self {
-        Self {
-            context_id,
-            settings: Rc::new(Settings::default()),
-            metrics: None,
-        }
-    }
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
-        reseed(self.context_id);
-        true
-    }
-
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = self.get_plugin_configuration();
-        match parse_settings(config.as_deref()) {
-            Ok(settings) => self.settings = Rc::new(settings),
-            Err(err) => {
-                log::error!("trace-propagation: invalid plugin configuration: {err}");
-                return false;
-            }
-        }
-        if self.metrics.is_none() {
-            self.metrics = Some(Metrics::define());
-        }
-        // Also reseed here: some hosts (APISIX) never call on_vm_start.
-        reseed(self.context_id);
-        true
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream {
-            settings: Rc::clone(&self.settings),
-            metrics: self.metrics.unwrap_or_default(),
-            root_context_id: self.context_id,
+    fn http_context(
+        settings: Rc<Settings>,
+        metrics: Metrics,
+        root_context_id: u32,
+    ) -> Box<dyn HttpContext> {
+        Box::new(Stream {
+            settings,
+            metrics,
+            root_context_id,
             trace_id: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        })
     }
 }
 
