@@ -737,7 +737,11 @@ mod tests {
         assert_eq!(s.rules.len(), 2);
         let r = &s.rules[1];
         assert_eq!(r.matcher.headers, vec![("x-env".into(), "prod".into())]);
-        assert_eq!(r.matcher.methods, ["GET", "POST"], "methods are upper-cased");
+        assert_eq!(
+            r.matcher.methods,
+            ["GET", "POST"],
+            "methods are upper-cased"
+        );
         assert_eq!(
             r.key,
             vec![

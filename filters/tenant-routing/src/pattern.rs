@@ -226,7 +226,7 @@ impl HostRule {
 /// optional and means the same: the tenant segment ends at `/`, `?`, `#` or the end).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathPattern {
-    /// The literal segments before `{tenant}` (decoded form; no `%`).
+    /// The literal segments before `{tenant}` (no `%`; matched byte for byte, not decoded).
     literals: Vec<String>,
 }
 
@@ -304,7 +304,11 @@ impl PathPattern {
             let rest = path_only.get(pos..)?;
             let slash = rest.iter().position(|b| *b == b'/')?;
             let segment = rest.get(..slash)?;
-            if *percent_decode(segment)? != *literal.as_bytes() {
+            // Literal segments match as written, never decoded: the other path matchers of a
+            // chain (jwt-to-header's rules, rate-limit's path_prefix, Envoy's route table without
+            // `normalize_path`) compare the raw path, and a prefix only this filter recognised
+            // (`/%74/acme/…`) would be stripped here after they let it pass as something else.
+            if segment != literal.as_bytes() {
                 return None;
             }
             pos = pos.checked_add(slash)?.checked_add(1)?;
@@ -562,10 +566,11 @@ mod tests {
                 "/api/v1/globex/y",
                 Some(("globex", "/y")),
             ),
-            // Decode-then-validate: an encoded tenant or literal is what the upstream sees.
+            // Decode-then-validate the tenant: an encoded tenant is what the upstream sees.
             ("/t/{tenant}/", "/t/%61cme/x", Some(("acme", "/x"))),
             ("/t/{tenant}/", "/t/%61%63%6D%65/x", Some(("acme", "/x"))),
-            ("/t/{tenant}/", "/%74/acme/x", Some(("acme", "/x"))),
+            // Literal segments are not decoded (the chain's other matchers see the raw path).
+            ("/t/{tenant}/", "/%74/acme/x", None),
             // Decoded to something that is no tenant id (→ unknown, never "no tenant"):
             ("/t/{tenant}/", "/t/ac%2Fme/x", Some(("ac/me", "/x"))),
             ("/t/{tenant}/", "/t/%zzacme/x", Some(("%zzacme", "/x"))),
