@@ -260,10 +260,33 @@ pub fn envoy_config(gateway: &Value, case: &Case) -> Result<String> {
 /// The case that measures what any Proxy-Wasm filter costs before it does any work.
 pub const WASM_FLOOR: &str = "idle wasm filter";
 
+/// Where [`prepare_idle_filter`] writes the idle module, relative to the wasm directory.
+pub const IDLE_FILTER_FILE: &str = "bench/idle_filter.wasm";
+
+/// Writes the idle filter's module: the harness's test module with every optional stream
+/// callback export removed (the post-link step of `just build`, applied to all of them), so it
+/// makes the minimum three callbacks per request — context create, request headers, delete —
+/// like the trimmed gatewasm filters, not the SDK's default seven.
+pub fn prepare_idle_filter() -> Result<PathBuf> {
+    use gatewasm_common::exports::{OPTIONAL_STREAM_CALLBACKS, remove_exports};
+    let dir = paths::wasm_dir();
+    let source = dir.join("harness_test_module.wasm");
+    let bytes = std::fs::read(&source)
+        .with_context(|| format!("reading {} (run `just build`)", source.display()))?;
+    let drop: Vec<&str> = OPTIONAL_STREAM_CALLBACKS.iter().map(|(e, _)| *e).collect();
+    let (trimmed, _) = remove_exports(&bytes, &drop).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let out = dir.join(IDLE_FILTER_FILE);
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, trimmed)?;
+    Ok(out)
+}
+
 /// A Rust-SDK (proxy-wasm 0.2.5) filter that reads `:path` and continues: the harness's test
-/// module configured to answer only a path no bench request asks for. What it adds is the
-/// platform's fixed cost per request (V8 entries for the stream's callbacks, Envoy's Wasm
-/// filter), the floor under every gatewasm filter.
+/// module configured to answer only a path no bench request asks for, trimmed to three
+/// callbacks per request ([`prepare_idle_filter`]). What it adds is the platform's fixed cost
+/// per request (V8 entries, Envoy's Wasm filter), the floor under every gatewasm filter.
 pub fn idle_wasm_filter() -> Value {
     let name = "gatewasm.idle";
     json!({
@@ -275,7 +298,7 @@ pub fn idle_wasm_filter() -> Value {
                 "vm_config": {
                     "vm_id": name,
                     "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": "{{WASM_DIR}}/harness_test_module.wasm"}}
+                    "code": {"local": {"filename": format!("{{{{WASM_DIR}}}}/{IDLE_FILTER_FILE}")}}
                 },
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",

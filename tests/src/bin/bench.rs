@@ -83,6 +83,7 @@ fn main() -> Result<()> {
             c.name == "baseline" || opts.only.iter().any(|o| c.name.contains(o.as_str()))
         });
     }
+    bench::prepare_idle_filter()?;
     let info = RunInfo {
         envoy_version: envoy_version()?,
         date: today()?,
