@@ -103,7 +103,16 @@ fn main() -> Result<()> {
         info.machine
     );
     let results = bench::run(cases, &gateway, &opts)?;
-    let dir = bench::results_dir(&info, quick);
+    // A partial run (`--only`) must not overwrite the full run of the same day.
+    let mut dir = bench::results_dir(&info, quick);
+    if !opts.only.is_empty() {
+        let mut name = dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push("_partial");
+        dir.set_file_name(name);
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let report = bench::report(&results, &info, &opts);
     std::fs::write(dir.join("report.md"), &report)?;
