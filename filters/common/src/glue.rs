@@ -68,6 +68,17 @@ pub fn add(id: Option<u32>, by: u32) {
     }
 }
 
+/// Ask the host to re-pick the route after the filter changed request headers: Envoy's
+/// `clear_route_cache` foreign function, one host call. ABI 0.2.1 modules get this implicitly
+/// today, but that is going away (envoy PR #36671); a host without the function answers
+/// NotFound, which is fine; other failures are logged at debug as `<filter>: …`.
+pub fn clear_route_cache(filter: &str) {
+    match hostcalls::call_foreign_function("clear_route_cache", Some(&[])) {
+        Ok(_) | Err(proxy_wasm::types::Status::NotFound) => {}
+        Err(status) => log::debug!("{filter}: clear_route_cache failed: {status:?}"),
+    }
+}
+
 /// The host's clock in nanoseconds since the Unix epoch (0 if unreadable): one host call.
 #[inline]
 pub fn now_ns() -> u64 {

@@ -257,10 +257,7 @@ fn apply(settings: &Settings, headers: &[(&str, &[u8])], a: &Allowed<'_>) {
         }
     }
     // Re-route on the headers just set (tolerate hosts without the function).
-    match hostcalls::call_foreign_function("clear_route_cache", Some(&[])) {
-        Ok(_) | Err(Status::NotFound) => {}
-        Err(status) => log::debug!("jwt-to-header: clear_route_cache failed: {status:?}"),
-    }
+    gatewasm_common::glue::clear_route_cache("jwt-to-header");
 }
 
 /// Run the filter on the request headers of the effective context. `may_wait`: a request may

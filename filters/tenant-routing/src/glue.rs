@@ -11,9 +11,8 @@ use std::rc::Rc;
 use gatewasm_common::glue::{self, increment};
 use gatewasm_common::host::{HeaderMapBytes, get_header_map};
 use gatewasm_common::reply::{JSON_CONTENT_TYPE, json_error_body};
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use crate::config::{Settings, UNKNOWN_TENANT, parse_settings};
 use crate::resolve::{Decision, Rejection, requests_metric_name, resolve, stale_tenant_headers};
@@ -151,13 +150,8 @@ impl HttpContext for Stream {
         if let Some(path) = new_path {
             self.set_http_request_header_bytes(":path", Some(&path));
         }
-        // Re-route on the headers just set. ABI 0.2.1 modules get an automatic clear in current
-        // Envoy, but that is going away (envoy PR #36671); hosts without the function say
-        // NotFound, which is fine.
-        match hostcalls::call_foreign_function("clear_route_cache", Some(&[])) {
-            Ok(_) | Err(Status::NotFound) => {}
-            Err(status) => log::debug!("tenant-routing: clear_route_cache failed: {status:?}"),
-        }
+        // Re-route on the headers just set.
+        glue::clear_route_cache("tenant-routing");
         increment(compiled.metrics.per_tenant.get(index).copied().flatten());
         Action::Continue
     }
