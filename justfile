@@ -188,6 +188,7 @@ demo: build envoy
 # `--only NAME` runs the baseline and the cases whose name contains NAME. Writes a Markdown
 # report and a PNG chart to tests/bench-results/<date>_envoy-<version>_<machine>/.
 # Benchmark the filters against Envoy's native ones (--quick, --reps N, --only NAME).
+[positional-arguments]
 bench *ARGS: build envoy
     #!/usr/bin/env bash
     set -euo pipefail
@@ -203,7 +204,7 @@ bench *ARGS: build envoy
     cargo build --quiet --workspace --bin bench
     bin="$(cargo metadata --format-version 1 --no-deps \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
-    "$bin/bench" {{ARGS}}
+    "$bin/bench" "$@"
 
 # libFuzzer on one parser target of tests/fuzz (list: `just fuzz-list`) for SECONDS (default 60).
 # New inputs go to target/fuzz-corpus/TARGET (the checked-in seeds in tests/fuzz/corpus/TARGET are

@@ -85,6 +85,8 @@ pub enum Family {
     Baseline,
     Gatewasm,
     Native,
+    /// Hand-written modules that only enter the VM: what the platform costs per VM entry.
+    Platform,
 }
 
 /// One Envoy configuration to measure.
@@ -283,6 +285,220 @@ pub fn prepare_idle_filter() -> Result<PathBuf> {
     Ok(out)
 }
 
+/// A host call a platform case makes in `proxy_on_request_headers`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostCall {
+    /// `proxy_get_header_map_value(":path")`: Envoy calls the module's `malloc` for the value.
+    HeaderValue,
+    /// `proxy_get_header_map_pairs`: the whole map, serialised into one `malloc`ed buffer.
+    HeaderPairs,
+    /// `proxy_get_header_map_pairs`, then `proxy_set_header_map_pairs` with the same buffer:
+    /// the whole map read and written back unchanged (one write for any number of headers).
+    HeaderPairsWriteBack,
+    /// `proxy_get_current_time_nanoseconds`: a value written to a given address.
+    Clock,
+    /// `proxy_replace_header_map_value("x-platform", "value")`.
+    ReplaceHeader,
+    /// `proxy_increment_metric` on a counter defined in `proxy_on_configure`.
+    IncrementMetric,
+    /// `proxy_call_foreign_function("clear_route_cache")`, as the filters call it.
+    ClearRouteCache,
+}
+
+impl HostCall {
+    fn wat(self) -> &'static str {
+        match self {
+            HostCall::HeaderValue => {
+                "(drop (call $get_header (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 112) (i32.const 116)))"
+            }
+            HostCall::HeaderPairs => {
+                "(drop (call $get_pairs (i32.const 0) (i32.const 112) (i32.const 116)))"
+            }
+            HostCall::HeaderPairsWriteBack => {
+                "(drop (call $get_pairs (i32.const 0) (i32.const 112) (i32.const 116))) \
+                 (drop (call $set_pairs (i32.const 0) (i32.load (i32.const 112)) (i32.load (i32.const 116))))"
+            }
+            HostCall::Clock => "(drop (call $now (i32.const 104)))",
+            HostCall::ReplaceHeader => {
+                "(drop (call $replace_header (i32.const 0) (i32.const 24) (i32.const 10) (i32.const 40) (i32.const 5)))"
+            }
+            HostCall::IncrementMetric => {
+                "(drop (call $increment (i32.load (i32.const 48)) (i64.const 1)))"
+            }
+            HostCall::ClearRouteCache => {
+                "(drop (call $foreign (i32.const 80) (i32.const 17) (i32.const 0) (i32.const 0) (i32.const 112) (i32.const 116)))"
+            }
+        }
+    }
+}
+
+/// A platform case: a hand-written Wasm module (no SDK; a bump allocator reset per request)
+/// exporting `stream_exports`, each returning at once after `calls` in
+/// `proxy_on_request_headers`. Envoy enters the VM once per exported callback and skips the
+/// others, so differences between these cases price a VM entry and each kind of host call.
+pub struct PlatformCase {
+    pub name: &'static str,
+    pub stream_exports: &'static [&'static str],
+    pub calls: &'static [(HostCall, u32)],
+}
+
+const ALL_STREAM_ENTRIES: &[&str] = &[
+    "proxy_on_context_create",
+    "proxy_on_request_headers",
+    "proxy_on_delete",
+];
+
+const fn three_entries(name: &'static str, calls: &'static [(HostCall, u32)]) -> PlatformCase {
+    PlatformCase {
+        name,
+        stream_exports: ALL_STREAM_ENTRIES,
+        calls,
+    }
+}
+
+pub const PLATFORM_CASES: [PlatformCase; 10] = [
+    PlatformCase {
+        name: "wasm filter, 0 VM entries per request",
+        stream_exports: &[],
+        calls: &[],
+    },
+    PlatformCase {
+        name: "wasm filter, 1 VM entry per request",
+        stream_exports: &["proxy_on_request_headers"],
+        calls: &[],
+    },
+    three_entries("wasm filter, 3 VM entries per request", &[]),
+    three_entries(
+        "wasm filter, 3 VM entries, 8 header reads",
+        &[(HostCall::HeaderValue, 8)],
+    ),
+    three_entries(
+        "wasm filter, 3 VM entries, 8 header map reads",
+        &[(HostCall::HeaderPairs, 8)],
+    ),
+    three_entries(
+        "wasm filter, 3 VM entries, 8 header map read-write-backs",
+        &[(HostCall::HeaderPairsWriteBack, 8)],
+    ),
+    three_entries(
+        "wasm filter, 3 VM entries, 8 clock reads",
+        &[(HostCall::Clock, 8)],
+    ),
+    three_entries(
+        "wasm filter, 3 VM entries, 8 header writes",
+        &[(HostCall::ReplaceHeader, 8)],
+    ),
+    three_entries(
+        "wasm filter, 3 VM entries, 8 metric increments",
+        &[(HostCall::IncrementMetric, 8)],
+    ),
+    three_entries(
+        "wasm filter, 3 VM entries, 8 route cache clears",
+        &[(HostCall::ClearRouteCache, 8)],
+    ),
+];
+
+/// The module of a platform case, as WebAssembly text: the ABI version marker, `memory`, a bump
+/// `malloc` (reset at each request), root callbacks that accept any configuration (and define
+/// one counter), and the stream callbacks of the case.
+pub fn platform_module_wat(case: &PlatformCase) -> Result<String> {
+    let mut wat = String::from(
+        r#"(module
+  (import "env" "proxy_get_header_map_value"
+    (func $get_header (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_header_map_pairs" (func $get_pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_header_map_pairs" (func $set_pairs (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_current_time_nanoseconds" (func $now (param i32) (result i32)))
+  (import "env" "proxy_replace_header_map_value"
+    (func $replace_header (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $define_metric (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $increment (param i32 i64) (result i32)))
+  (import "env" "proxy_call_foreign_function"
+    (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) ":path")
+  (data (i32.const 24) "x-platform")
+  (data (i32.const 40) "value")
+  (data (i32.const 56) "platform_counter")
+  (data (i32.const 80) "clear_route_cache")
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $heap))
+    (if (i32.gt_u (i32.add (local.get $p) (local.get $n)) (i32.const 65536))
+      (then (return (i32.const 0))))
+    (global.set $heap (i32.add (local.get $p) (local.get $n)))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1)
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $define_metric (i32.const 0) (i32.const 56) (i32.const 16) (i32.const 48)))
+    i32.const 1)
+"#,
+    );
+    for export in case.stream_exports {
+        let func = match *export {
+            "proxy_on_context_create" => "(param i32 i32)".to_string(),
+            "proxy_on_request_headers" => {
+                let mut body = String::from(
+                    "(param i32 i32 i32) (result i32)\n    (global.set $heap (i32.const 1024))\n",
+                );
+                for (call, times) in case.calls {
+                    for _ in 0..*times {
+                        body.push_str("    ");
+                        body.push_str(call.wat());
+                        body.push('\n');
+                    }
+                }
+                body.push_str("    i32.const 0");
+                body
+            }
+            "proxy_on_delete" => "(param i32)".to_string(),
+            other => bail!("no platform module callback {other}"),
+        };
+        wat.push_str(&format!("  (func (export \"{export}\") {func})\n"));
+    }
+    wat.push_str(")\n");
+    Ok(wat)
+}
+
+/// The file of a platform case's module, relative to the wasm directory.
+fn platform_module_file(index: usize) -> String {
+    format!("bench/platform_{index}.wasm")
+}
+
+/// Writes the platform cases' modules (binary Wasm compiled from [`platform_module_wat`]).
+pub fn prepare_platform_modules() -> Result<()> {
+    let dir = paths::wasm_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    for (index, case) in PLATFORM_CASES.iter().enumerate() {
+        let binary = wat::parse_str(platform_module_wat(case)?)?;
+        std::fs::write(paths::wasm_dir().join(platform_module_file(index)), binary)?;
+    }
+    Ok(())
+}
+
+fn platform_filter(index: usize) -> Value {
+    let name = format!("gatewasm.platform.{index}");
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "vm_config": {
+                    "vm_id": name,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": format!("{{{{WASM_DIR}}}}/{}", platform_module_file(index))}}
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": "{}"
+                }
+            }
+        }
+    })
+}
+
 /// A Rust-SDK (proxy-wasm 0.2.5) filter that reads `:path` and continues: the harness's test
 /// module configured to answer only a path no bench request asks for, trimmed to three
 /// callbacks per request ([`prepare_idle_filter`]). What it adds is the platform's fixed cost
@@ -436,6 +652,14 @@ pub fn cases(gateway: &Value, token: &str) -> Result<Vec<Case>> {
         vec![idle_wasm_filter()],
         None,
     ));
+    for (index, platform) in PLATFORM_CASES.iter().enumerate() {
+        out.push(case(
+            platform.name,
+            Family::Platform,
+            vec![platform_filter(index)],
+            None,
+        ));
+    }
     for (name, filter) in &wasm {
         let native = match name.as_str() {
             "correlation-id" => Some("native request-id"),
@@ -833,6 +1057,184 @@ pub fn measure(gateway: &Value, case: &Case, opts: &Options, work: &Path) -> Res
     })
 }
 
+/// Requests [`count_instructions`] sends before it starts counting (caches, V8 tiers, Envoy's
+/// lazily built state) and while it counts.
+pub const CALLGRIND_WARMUP: usize = 300;
+pub const CALLGRIND_REQUESTS: usize = 1000;
+
+/// Envoy's instructions per request in this case, counted by callgrind: Envoy runs under
+/// valgrind, gets [`CALLGRIND_WARMUP`] requests, its counters are zeroed, it gets
+/// [`CALLGRIND_REQUESTS`] more on one keep-alive connection (sent one at a time), and the count
+/// (every thread, user space) is divided by them. Unlike CPU time this does not move with the
+/// machine's other load: repeated counts of one case differ by well under 1%. It counts work,
+/// not time — an instruction of V8's generated code and one of Envoy's C++ are not the same
+/// price — so it complements the CPU figures rather than replacing them.
+pub fn count_instructions(gateway: &Value, case: &Case, work: &Path) -> Result<f64> {
+    let config_path = work.join(format!("{}.json", slug(&case.name)));
+    std::fs::write(&config_path, envoy_config(gateway, case)?)?;
+    let out_dir = work.join(format!("{}.callgrind", slug(&case.name)));
+    std::fs::create_dir_all(&out_dir)?;
+    let out_arg = format!("--callgrind-out-file={}/out.%p", out_dir.display());
+    let envoy: Envoy = EnvoyBuilder::new(&config_path.display().to_string())
+        .wrapper(&[
+            "valgrind",
+            "--tool=callgrind",
+            "--smc-check=all-non-file",
+            &out_arg,
+        ])
+        .ready_timeout(Duration::from_secs(600))
+        .log_level("warning")
+        .start()
+        .with_context(|| format!("starting Envoy under callgrind for {}", case.name))?;
+    let pid = envoy.pid().context("Envoy has no pid")?.to_string();
+    let mut conn = Connection::open(envoy.listen_addr())?;
+    conn.reader
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(60)))?;
+    let fixed = request_bytes(&case.headers, None);
+    let tokens = case.rotating_tokens.as_deref().filter(|t| !t.is_empty());
+    let mut send = |i: usize| -> Result<()> {
+        let rotated = tokens.map(|t| request_bytes(&case.headers, Some(&t[i % t.len()])));
+        let status = conn.round_trip(rotated.as_deref().unwrap_or(&fixed))?;
+        ensure!(
+            status == 200,
+            "{}: request {i} answered {status}",
+            case.name
+        );
+        Ok(())
+    };
+    for i in 0..CALLGRIND_WARMUP {
+        send(i)?;
+    }
+    callgrind_control(&["--zero", &pid])?;
+    for i in CALLGRIND_WARMUP..CALLGRIND_WARMUP + CALLGRIND_REQUESTS {
+        send(i)?;
+    }
+    callgrind_control(&["--dump=measured", &pid])?;
+    // A filter that failed (a VM that did not start under valgrind, a trap) may be skipped by
+    // its failure policy and still answer 200: that count would be of a different chain.
+    let log = envoy.log();
+    ensure!(
+        !log.contains("][error][") && !log.contains("][critical]["),
+        "{}: Envoy logged errors while counting; the count would not be of this case:\n{}",
+        case.name,
+        log.lines()
+            .filter(|l| l.contains("][error][") || l.contains("][critical]["))
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The first dump is `out.<pid>.1`; valgrind writes it at its next scheduling point.
+    let dump = out_dir.join(format!("out.{pid}.1"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&dump)
+            && let Some(total) = callgrind_total(&text)
+        {
+            return Ok(total as f64 / CALLGRIND_REQUESTS as f64);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "callgrind wrote no complete dump to {}",
+            dump.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn callgrind_control(args: &[&str]) -> Result<()> {
+    let out = Command::new("callgrind_control")
+        .args(args)
+        .output()
+        .context("running callgrind_control (valgrind)")?;
+    ensure!(
+        out.status.success(),
+        "callgrind_control {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The instruction count of a callgrind dump (its `summary:` line, events `Ir`).
+pub fn callgrind_total(dump: &str) -> Option<u64> {
+    dump.lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The instruction-count report (`just bench --instructions`): per case, Envoy's instructions
+/// per request, what the case adds to the baseline, and the ratio to its native equivalent.
+pub fn instructions_report(
+    cases: &[Case],
+    counts: &[Result<f64, String>],
+    info: &RunInfo,
+) -> String {
+    let baseline = cases
+        .iter()
+        .position(|c| c.family == Family::Baseline)
+        .and_then(|i| counts.get(i).and_then(|c| c.as_ref().ok().copied()));
+    let added = |i: usize| {
+        let count = counts.get(i)?.as_ref().ok()?;
+        baseline.map(|b| count - b)
+    };
+    let mut md = format!(
+        "# gatewasm instruction counts — Envoy {}, {}\n\nMachine: {}. Command: `{}`. Envoy \
+         (`--concurrency 1`, direct response) under valgrind's callgrind: {CALLGRIND_WARMUP} \
+         requests to warm up, then {CALLGRIND_REQUESTS} counted, one at a time on one keep-alive \
+         connection. **instructions/request** is every Envoy thread's user-space instruction \
+         count divided by the requests; **added** subtracts the baseline. Counts, not time: \
+         repeatable whatever the machine's load, but an instruction of V8's generated code and \
+         one of Envoy's C++ need not cost the same.\n\n",
+        info.envoy_version, info.date, info.machine, info.command
+    );
+    md.push_str("| case | instructions/request | added | × native equivalent (added) |\n");
+    md.push_str("|---|---|---|---|\n");
+    let mut failures = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let count = match counts.get(i) {
+            Some(Ok(count)) => count,
+            Some(Err(why)) => {
+                md.push_str(&format!("| {} | not counted¹ | — | — |\n", case.name));
+                failures.push(format!("{}: {why}", case.name));
+                continue;
+            }
+            None => continue,
+        };
+        let ratio = case
+            .native_equivalent
+            .as_deref()
+            .and_then(|n| cases.iter().position(|c| c.name == n))
+            .and_then(|n| Some((added(i)?, added(n)?)))
+            .filter(|(_, native)| *native > 0.0)
+            .map_or("—".to_string(), |(ours, native)| {
+                format!(
+                    "{:.1}× `{}`",
+                    ours / native,
+                    case.native_equivalent.as_deref().unwrap_or_default()
+                )
+            });
+        let added = if case.family == Family::Baseline {
+            "—".to_string()
+        } else {
+            added(i).map_or("—".to_string(), |a| format!("{a:.0}"))
+        };
+        md.push_str(&format!(
+            "| {} | {count:.0} | {added} | {ratio} |\n",
+            case.name
+        ));
+    }
+    if !failures.is_empty() {
+        md.push_str(
+            "\n¹ Not counted (the case's Envoy did not run it as configured under valgrind):\n",
+        );
+        for f in failures {
+            md.push_str(&format!("- {f}\n"));
+        }
+    }
+    md
+}
+
 fn slug(name: &str) -> String {
     name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -1097,6 +1499,7 @@ pub fn chart(results: &Results, title: &str, path: &Path) -> Result<()> {
         let y = (rows.len() - 1 - row) as f64;
         let color = match family {
             Family::Gatewasm => RGBColor(31, 119, 180),
+            Family::Platform => RGBColor(127, 127, 127),
             _ => RGBColor(255, 127, 14),
         };
         let value = spread.median.max(0.0);
@@ -1164,6 +1567,63 @@ pub fn results_dir(info: &RunInfo, quick: bool) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_total_of_a_callgrind_dump() {
+        let dump = "# callgrind format\nversion: 1\ncmd: envoy\nevents: Ir\nsummary: 87482762\n\
+                    totals: 87913351\n";
+        assert_eq!(callgrind_total(dump), Some(87_482_762));
+        assert_eq!(callgrind_total("events: Ir\n"), None);
+        assert_eq!(callgrind_total("summary: many\n"), None);
+    }
+
+    #[test]
+    fn instruction_report_subtracts_the_baseline_and_compares_with_the_native_case() {
+        let case = |name: &str, family, native: Option<&str>| Case {
+            name: name.to_string(),
+            family,
+            filters: vec![],
+            native_request_id: false,
+            native_equivalent: native.map(str::to_string),
+            headers: vec![],
+            rotating_tokens: None,
+        };
+        let cases = [
+            case("baseline", Family::Baseline, None),
+            case("ours", Family::Gatewasm, Some("theirs")),
+            case("theirs", Family::Native, None),
+        ];
+        let info = RunInfo {
+            envoy_version: "1.40.0".into(),
+            date: "2026-11-29".into(),
+            machine: "vm".into(),
+            wasm_sizes: BTreeMap::new(),
+            command: "just bench --instructions".into(),
+            costs: vec![],
+        };
+        let md = instructions_report(
+            &cases,
+            &[Ok(100_000.0), Ok(160_000.0), Ok(120_000.0)],
+            &info,
+        );
+        assert!(
+            md.contains("| ours | 160000 | 60000 | 3.0× `theirs` |"),
+            "{md}"
+        );
+        assert!(md.contains("| theirs | 120000 | 20000 | — |"), "{md}");
+        assert!(md.contains("| baseline | 100000 | — | — |"), "{md}");
+        let md = instructions_report(
+            &cases,
+            &[
+                Ok(100_000.0),
+                Err("Envoy logged errors".into()),
+                Ok(120_000.0),
+            ],
+            &info,
+        );
+        assert!(md.contains("| ours | not counted¹ | — | — |"), "{md}");
+        assert!(md.contains("- ours: Envoy logged errors"), "{md}");
+    }
 
     #[test]
     fn parses_wrk_output() -> Result<()> {

@@ -57,6 +57,7 @@ pub struct EnvoyBuilder {
     log_level: String,
     args: Vec<String>,
     cpus: Vec<usize>,
+    wrapper: Vec<String>,
 }
 
 impl EnvoyBuilder {
@@ -78,6 +79,7 @@ impl EnvoyBuilder {
                 .unwrap_or_else(|| "info".into()),
             args: Vec::new(),
             cpus: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -123,6 +125,14 @@ impl EnvoyBuilder {
     /// Envoy's `--log-level`.
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = level.to_string();
+        self
+    }
+
+    /// Runs Envoy under this command (program and arguments before Envoy's path), e.g.
+    /// `valgrind --tool=callgrind` to count its instructions. The process is then the wrapper's;
+    /// valgrind runs Envoy inside its own process, so [`Envoy::pid`] still names it.
+    pub fn wrapper(mut self, command: &[&str]) -> Self {
+        self.wrapper = command.iter().map(|s| s.to_string()).collect();
         self
     }
 
@@ -189,7 +199,14 @@ impl EnvoyBuilder {
         let log_path = dir.path().join("envoy.log");
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("-c")
             .arg(&config)
             .args(["--concurrency", &self.concurrency.to_string()])

@@ -11,17 +11,20 @@ use gatewasm_tests::cost::RequestCost;
 use gatewasm_tests::paths;
 
 fn usage() -> &'static str {
-    "usage: bench [--quick] [--reps N] [--only NAME]...   (NAME: part of a case name, e.g. tenant)"
+    "usage: bench [--quick] [--reps N] [--instructions] [--only NAME]...   (NAME: part of a case name, e.g. tenant)\n\
+     --instructions: count Envoy's instructions per request under callgrind instead of timing"
 }
 
 fn main() -> Result<()> {
     let mut quick = false;
+    let mut instructions = false;
     let mut reps: Option<usize> = None;
     let mut only = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--instructions" => instructions = true,
             "--reps" => {
                 reps = Some(
                     args.next()
@@ -84,6 +87,7 @@ fn main() -> Result<()> {
         });
     }
     bench::prepare_idle_filter()?;
+    bench::prepare_platform_modules()?;
     let info = RunInfo {
         envoy_version: envoy_version()?,
         date: today()?,
@@ -95,6 +99,9 @@ fn main() -> Result<()> {
             .join(" "),
         costs: harness_costs()?,
     };
+    if instructions {
+        return count_instructions(&gateway, &cases, &info);
+    }
     eprintln!(
         "benchmarking {} cases × {} repetitions on Envoy {} ({})",
         cases.len(),
@@ -150,6 +157,53 @@ fn harness_costs() -> Result<Vec<(String, RequestCost, RequestCost)>> {
             ..Default::default()
         })
     })
+}
+
+/// `--instructions`: each case once under callgrind; writes `instructions.md`.
+fn count_instructions(
+    gateway: &serde_json::Value,
+    cases: &[bench::Case],
+    info: &RunInfo,
+) -> Result<()> {
+    let work = tempfile::Builder::new()
+        .prefix("gatewasm-bench-callgrind-")
+        .tempdir()?;
+    let mut counts = Vec::with_capacity(cases.len());
+    for case in cases {
+        // A case that cannot be counted (e.g. V8 cannot create every VM of the five-filter
+        // chain under valgrind) is reported as such; the others still are.
+        let count = bench::count_instructions(gateway, case, work.path()).map_err(|e| {
+            let why = format!("{e:#}");
+            // The reason and the first line of evidence (e.g. Envoy's first error).
+            why.lines().take(2).collect::<Vec<_>>().join(" ")
+        });
+        match &count {
+            Ok(n) => eprintln!("{:<45} {n:>10.0} instructions/request", case.name),
+            Err(why) => eprintln!("{:<45} not counted: {why}", case.name),
+        }
+        counts.push(count);
+    }
+    if counts.iter().all(|c| c.is_err()) {
+        anyhow::bail!("no case could be counted");
+    }
+    let mut dir = bench::results_dir(info, false);
+    let mut name = dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push("_instructions");
+    dir.set_file_name(name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let report = bench::instructions_report(cases, &counts, info);
+    let file = if info.command.contains("--only") {
+        "instructions_partial.md"
+    } else {
+        "instructions.md"
+    };
+    std::fs::write(dir.join(file), &report)?;
+    println!("{report}");
+    println!("written to {}", dir.join(file).display());
+    Ok(())
 }
 
 fn envoy_version() -> Result<String> {
