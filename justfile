@@ -187,6 +187,9 @@ demo: build envoy
 # wrk to CPU 1), req/s, p50/p99 at a fixed rate, RSS, .wasm sizes. ≤ 15 min; `--quick` ≤ 3 min;
 # `--only NAME` runs the baseline and the cases whose name contains NAME. Writes a Markdown
 # report and a PNG chart to tests/bench-results/<date>_envoy-<version>_<machine>/.
+# `--instructions`: instead of timing, each case once under valgrind's callgrind — Envoy's
+# instructions per request, repeatable whatever the machine's load (≈50 min for all cases);
+# writes <dir>_instructions/instructions.md.
 # Benchmark the filters against Envoy's native ones (--quick, --reps N, --only NAME).
 [positional-arguments]
 bench *ARGS: build envoy
@@ -195,6 +198,8 @@ bench *ARGS: build envoy
     missing=()
     command -v wrk >/dev/null || missing+=(wrk)
     [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+    # `--instructions` runs Envoy under callgrind.
+    command -v callgrind_control >/dev/null || missing+=(valgrind)
     if [ ${#missing[@]} -gt 0 ]; then
       sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
       echo "installing ${missing[*]} with apt-get"
