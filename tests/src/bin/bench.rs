@@ -113,12 +113,7 @@ fn main() -> Result<()> {
     // A partial run (`--only`) must not overwrite the full run of the same day.
     let mut dir = bench::results_dir(&info, quick);
     if !opts.only.is_empty() {
-        let mut name = dir
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        name.push("_partial");
-        dir.set_file_name(name);
+        dir = with_suffix(dir, "_partial");
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let report = bench::report(&results, &info, &opts);
@@ -186,13 +181,7 @@ fn count_instructions(
     if counts.iter().all(|c| c.is_err()) {
         anyhow::bail!("no case could be counted");
     }
-    let mut dir = bench::results_dir(info, false);
-    let mut name = dir
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push("_instructions");
-    dir.set_file_name(name);
+    let dir = with_suffix(bench::results_dir(info, false), "_instructions");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let report = bench::instructions_report(cases, &counts, info);
     let file = if info.command.contains("--only") {
@@ -204,6 +193,17 @@ fn count_instructions(
     println!("{report}");
     println!("written to {}", dir.join(file).display());
     Ok(())
+}
+
+/// `dir` with `suffix` appended to its last component (`…_vm` → `…_vm_partial`).
+fn with_suffix(mut dir: std::path::PathBuf, suffix: &str) -> std::path::PathBuf {
+    let mut name = dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(suffix);
+    dir.set_file_name(name);
+    dir
 }
 
 fn envoy_version() -> Result<String> {
