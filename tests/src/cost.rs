@@ -2,7 +2,7 @@
 //! sent through the real `.wasm` in the harness, counting what Envoy would pay for —
 //! **callbacks** into the VM, **host calls** and **Wasm instructions** (wasmtime fuel). What
 //! each costs in Envoy is measured by `just bench --instructions` (README, "Instruction
-//! counts"): a callback 1.4–2.2k Envoy instructions, a host call 1k (clock, counter) to 12k
+//! counts"): a callback 1.4–2.0k Envoy instructions, a host call 1k (clock, counter) to 12k
 //! (calls that hand data to the module, which Envoy allocates through its `malloc`); a Wasm
 //! instruction well under one.
 //!
