@@ -85,7 +85,7 @@ pub enum Family {
     Baseline,
     Gatewasm,
     Native,
-    /// Hand-written modules that only enter the VM: what the platform costs per VM entry.
+    /// Hand-written modules that price the platform: a VM entry, each kind of host call.
     Platform,
 }
 
@@ -306,6 +306,14 @@ pub enum HostCall {
 }
 
 impl HostCall {
+    /// How many host calls one use of this makes (the write-back is a read and a write).
+    pub fn host_calls(self) -> u64 {
+        match self {
+            HostCall::HeaderPairsWriteBack => 2,
+            _ => 1,
+        }
+    }
+
     fn wat(self) -> &'static str {
         match self {
             HostCall::HeaderValue => {
@@ -468,17 +476,26 @@ fn platform_module_file(index: usize) -> String {
 
 /// Writes the platform cases' modules (binary Wasm compiled from [`platform_module_wat`]).
 pub fn prepare_platform_modules() -> Result<()> {
-    let dir = paths::wasm_dir().join("bench");
-    std::fs::create_dir_all(&dir)?;
+    let dir = paths::wasm_dir();
+    std::fs::create_dir_all(dir.join("bench"))?;
     for (index, case) in PLATFORM_CASES.iter().enumerate() {
         let binary = wat::parse_str(platform_module_wat(case)?)?;
-        std::fs::write(paths::wasm_dir().join(platform_module_file(index)), binary)?;
+        std::fs::write(dir.join(platform_module_file(index)), binary)?;
     }
     Ok(())
 }
 
 fn platform_filter(index: usize) -> Value {
-    let name = format!("gatewasm.platform.{index}");
+    wasm_filter(
+        &format!("gatewasm.platform.{index}"),
+        &platform_module_file(index),
+        "{}",
+    )
+}
+
+/// An Envoy Wasm HTTP filter (V8, its own VM) running `file` of the wasm directory with
+/// `configuration` as its plugin configuration.
+fn wasm_filter(name: &str, file: &str, configuration: &str) -> Value {
     json!({
         "name": name,
         "typed_config": {
@@ -488,11 +505,11 @@ fn platform_filter(index: usize) -> Value {
                 "vm_config": {
                     "vm_id": name,
                     "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": format!("{{{{WASM_DIR}}}}/{}", platform_module_file(index))}}
+                    "code": {"local": {"filename": format!("{{{{WASM_DIR}}}}/{file}")}}
                 },
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": "{}"
+                    "value": configuration
                 }
             }
         }
@@ -504,25 +521,11 @@ fn platform_filter(index: usize) -> Value {
 /// callbacks per request ([`prepare_idle_filter`]). What it adds is the platform's fixed cost
 /// per request (V8 entries, Envoy's Wasm filter), the floor under every gatewasm filter.
 pub fn idle_wasm_filter() -> Value {
-    let name = "gatewasm.idle";
-    json!({
-        "name": name,
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": name,
-                "vm_config": {
-                    "vm_id": name,
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": format!("{{{{WASM_DIR}}}}/{IDLE_FILTER_FILE}")}}
-                },
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": r#"scenario-local-reply:{"status":500,"path_prefix":"/never"}"#
-                }
-            }
-        }
-    })
+    wasm_filter(
+        "gatewasm.idle",
+        IDLE_FILTER_FILE,
+        r#"scenario-local-reply:{"status":500,"path_prefix":"/never"}"#,
+    )
 }
 
 /// How many distinct tokens a fresh-token case cycles through: five times the verified-token
@@ -1196,7 +1199,12 @@ pub fn instructions_report(
             Some(Ok(count)) => count,
             Some(Err(why)) => {
                 md.push_str(&format!("| {} | not counted¹ | — | — |\n", case.name));
-                failures.push(format!("{}: {why}", case.name));
+                // Errors of `count_instructions` mostly name the case already.
+                failures.push(if why.starts_with(case.name.as_str()) {
+                    why.clone()
+                } else {
+                    format!("{}: {why}", case.name)
+                });
                 continue;
             }
             None => continue,

@@ -4,7 +4,7 @@
 //! host calls per request; a module with a wrong signature or import would not even load.
 
 use anyhow::{Result, anyhow};
-use gatewasm_tests::bench::{HostCall, PLATFORM_CASES, platform_module_wat};
+use gatewasm_tests::bench::{PLATFORM_CASES, platform_module_wat};
 use gatewasm_tests::cost;
 use proxy_wasm_harness::{Module, PluginConfig};
 
@@ -20,14 +20,7 @@ fn platform_modules_make_exactly_the_callbacks_and_host_calls_they_are_named_for
         let calls: u64 = case
             .calls
             .iter()
-            .map(|(call, times)| {
-                let per = if *call == HostCall::HeaderPairsWriteBack {
-                    2
-                } else {
-                    1
-                };
-                per * u64::from(*times)
-            })
+            .map(|(call, times)| call.host_calls() * u64::from(*times))
             .sum();
         assert_eq!(
             request.callbacks,
