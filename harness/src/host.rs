@@ -30,6 +30,8 @@ pub(crate) struct HostShared {
     /// Built-in foreign functions this host pretends not to have (NotFound), e.g. a host
     /// without `clear_route_cache`.
     pub(crate) missing_builtins: Mutex<HashSet<String>>,
+    /// Calls of each foreign function by name, whatever they answered (NotFound included).
+    pub(crate) foreign_calls: Mutex<HashMap<String, usize>>,
     pub(crate) rng: Mutex<u64>,
     pub(crate) next_vm_key: AtomicU64,
 }
@@ -144,6 +146,7 @@ impl Host {
                 properties: Mutex::new(HashMap::new()),
                 foreign: Mutex::new(HashMap::new()),
                 missing_builtins: Mutex::new(HashSet::new()),
+                foreign_calls: Mutex::new(HashMap::new()),
                 rng: Mutex::new(0x9E37_79B9_7F4A_7C15),
                 next_vm_key: AtomicU64::new(1),
             }),
@@ -185,8 +188,9 @@ impl Host {
 
     /// Registers a foreign function, replacing one of the same name. Built in, as in Envoy:
     /// `clear_route_cache` (see [`crate::StreamView::route_cache_clears`]) and
-    /// `verify_signature` (RSA PKCS#1 v1.5, ECDSA P-256/P-384); others answer NotFound unless
-    /// registered.
+    /// `verify_signature` (RSA PKCS#1 v1.5 and ECDSA P-256/P-384 with Envoy's hashes, its
+    /// errors and its answers); others answer NotFound unless registered. To see how often a
+    /// module called one, built-in or not, use [`Host::foreign_calls`].
     pub fn register_foreign_function(
         &self,
         name: &str,
@@ -201,6 +205,17 @@ impl Host {
     pub fn remove_foreign_function(&self, name: &str) {
         lock(&self.shared.foreign).remove(name);
         lock(&self.shared.missing_builtins).insert(name.to_string());
+    }
+
+    /// How many times modules of this host called the foreign function `name`
+    /// (`proxy_call_foreign_function`), whatever the answer: built-in, registered, or NotFound
+    /// (missing or removed). E.g. `host.foreign_calls("verify_signature")` counts the
+    /// signatures a JWT filter left to the host's native crypto.
+    pub fn foreign_calls(&self, name: &str) -> usize {
+        lock(&self.shared.foreign_calls)
+            .get(name)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Seeds the random source behind WASI `random_get` (deterministic per seed).

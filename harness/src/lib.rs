@@ -10,6 +10,8 @@
 //!   Several workers of one host may run on threads at once.
 //! - [`assert_configs_rejected`] checks a table of broken configurations: each one refused by
 //!   `on_configure`, with an error line that names the field and the problem.
+//! - [`testing`] has the helpers tests share: a module or a one-plugin worker that panics with
+//!   the harness's error, and the headers that reached the upstream.
 //!
 //! ```no_run
 //! use proxy_wasm_harness::{Host, Module, PluginConfig, Worker};
@@ -35,6 +37,7 @@ mod host;
 mod imports;
 mod module;
 mod stream;
+pub mod testing;
 mod vm;
 mod worker;
 

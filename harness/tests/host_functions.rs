@@ -283,6 +283,17 @@ fn foreign_functions_clear_route_cache_is_recorded_unknown_is_not_found() {
     assert_eq!(view.route_cache_clears, 1);
     assert_eq!(r(&view, "unknown-fn"), "Err(NotFound)");
     assert_eq!(r(&view, "echo"), "Ok(Some(\"ABC\"))");
+    // Every call is counted by name, whatever it answered.
+    for name in ["clear_route_cache", "no_such_function", "echo_upper"] {
+        assert_eq!(host.foreign_calls(name), 1, "{name}");
+    }
+    assert_eq!(host.foreign_calls("verify_signature"), 0);
+    // A removed built-in answers NotFound, and the call still counts.
+    host.remove_foreign_function("clear_route_cache");
+    let (_, view) = run(&mut w, "foreign", &[]);
+    assert_eq!(r(&view, "clear"), "Err(NotFound)");
+    assert_eq!(view.route_cache_clears, 0);
+    assert_eq!(host.foreign_calls("clear_route_cache"), 2);
 }
 
 #[test]

@@ -350,7 +350,7 @@ pub fn load_yaml_docs(path: &Path) -> Result<Vec<Value>> {
 pub fn parse_yaml_docs(text: &str) -> Result<Vec<Value>> {
     use serde::Deserialize;
     let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
+    for doc in serde_norway::Deserializer::from_str(text) {
         let value = Value::deserialize(doc)?;
         if !value.is_null() {
             docs.push(value);

@@ -103,8 +103,9 @@ impl EnvoyBuilder {
         self
     }
 
-    /// The port of a rate-limit service (`{{RLS_PORT}}`), e.g. an
-    /// [`crate::rls_server::RlsServer`]. Without it, a free port nobody listens on.
+    /// The port of a rate-limit service (`{{RLS_PORT}}`), e.g. a
+    /// [`crate::limitador_rls::LimitadorRls`] or an [`crate::rls_server::RlsServer`]. Without
+    /// it, a free port nobody listens on.
     pub fn rls(mut self, port: u16) -> Self {
         self.rls_port = Some(port);
         self
@@ -375,9 +376,10 @@ impl Envoy {
 
     /// All counters and gauges from admin `/stats?format=json`, as `(name, value)`.
     ///
-    /// Custom metrics defined by a Wasm filter are stored by Envoy under
-    /// `wasmcustom.<name>`, but `/stats` prints them **without** that prefix, e.g.
-    /// `gatewasm_correlation_id_generated` (histograms are not included here).
+    /// Custom metrics defined by a Wasm filter appear here as `wasmcustom.<name>`, e.g.
+    /// `wasmcustom.gatewasm_correlation_id_generated` (in `/stats/prometheus` without the
+    /// prefix, `-` turned into `_`: see `tests/tests/e2e_metrics.rs`). Histograms are not
+    /// included here.
     pub fn stats(&self) -> Result<Vec<(String, u64)>> {
         let resp = self.admin_get("/stats?format=json")?;
         if resp.status != 200 {

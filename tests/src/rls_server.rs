@@ -21,7 +21,10 @@
 //! without a `current_limit`.
 //!
 //! It is a fixture, not a product: deploy Limitador or envoyproxy/ratelimit (see the
-//! rate-limit filter's README).
+//! rate-limit filter's README). The e2e test checks the limits themselves against a real engine,
+//! Limitador ([`crate::limitador_rls`]); this service stays only for what Limitador cannot be made
+//! to do on cue — the failure-mode tests: a service that hangs (Redis frozen) and one that fails
+//! (Redis gone), each answered per the filter's `failure_mode` within its `timeout_ms`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -103,6 +106,15 @@ impl RedisServer {
         match conn.command(&[b"PING"])? {
             Reply::Simple(s) if s == "PONG" => Ok(()),
             other => bail!("PING answered {other:?}"),
+        }
+    }
+
+    /// FLUSHALL: every key gone (a rate-limit service's counters start over).
+    pub fn flush_all(&self) -> Result<()> {
+        let mut conn = Resp::connect(self.port)?;
+        match conn.command(&[b"FLUSHALL"])? {
+            Reply::Simple(s) if s == "OK" => Ok(()),
+            other => bail!("FLUSHALL answered {other:?}"),
         }
     }
 

@@ -19,14 +19,7 @@ use gatewasm_tests::paths;
 
 /// gateway.yaml with `from` replaced by `to` (exactly once), as a template file in `dir`.
 fn broken_gateway(dir: &Path, from: &str, to: &str) -> Result<String> {
-    let template = std::fs::read_to_string(paths::envoy_configs_dir().join("gateway.yaml"))?;
-    ensure!(
-        template.matches(from).count() == 1,
-        "gateway.yaml must contain {from:?} exactly once"
-    );
-    let path = dir.join("gateway-broken.yaml");
-    std::fs::write(&path, template.replace(from, to))?;
-    Ok(path.display().to_string())
+    paths::edited_envoy_config(dir, "gateway.yaml", &[(from, to)])
 }
 
 #[test]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use gatewasm_tests::client::{self, Request, Response};
+use gatewasm_tests::demo_jwt::b64url;
 use gatewasm_tests::echo::{EchoUpstream, Echoed};
 use gatewasm_tests::envoy::{Envoy, EnvoyBuilder};
 use gatewasm_tests::http_server::HttpServer;
@@ -88,12 +89,6 @@ fn rsa_jwk(kp: &RS256KeyPair, kid: &str) -> Result<String> {
         b64url(&c.n),
         b64url(&c.e)
     ))
-}
-
-/// base64url without padding.
-fn b64url(data: &[u8]) -> String {
-    use ct_codecs::{Base64UrlSafeNoPadding, Encoder};
-    Base64UrlSafeNoPadding::encode_to_string(data).unwrap_or_default()
 }
 
 fn claims(sub: &str, role: &str) -> JWTClaims<serde_json::Value> {

@@ -8,6 +8,7 @@
 
 use anyhow::{Context, Result, ensure};
 use gatewasm_tests::client::{self, Request, Response};
+use gatewasm_tests::demo_jwt::b64url;
 use gatewasm_tests::echo::{EchoUpstream, Echoed};
 use gatewasm_tests::envoy::{Envoy, EnvoyBuilder};
 use sha2::{Digest, Sha256};
@@ -109,21 +110,6 @@ fn on_host(host: &str, path: &str) -> Request {
 // ---- a minimal HS256 JWT, signed with the demo key of tenant-gateway.yaml ----
 
 const DEMO_KEY: &[u8] = b"gatewasm-demo-hs256-key-not-for-production!";
-
-fn b64url(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
-}
 
 fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
     let mut block = [0u8; 64];

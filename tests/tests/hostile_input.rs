@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use gatewasm_tests::deploy;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-use proxy_wasm_harness::{HeaderMap, Host, Module, PluginConfig, StreamOptions, Worker};
+use proxy_wasm_harness::{HeaderMap, Host, PluginConfig, StreamOptions, Worker, testing};
 
 /// The gatewasm filters of gateway.yaml, in chain order, with their configurations.
 fn gateway_chain() -> Vec<PluginConfig> {
@@ -24,7 +24,7 @@ fn gateway_chain() -> Vec<PluginConfig> {
         .filter_map(|f| {
             let config =
                 deploy::envoy_filter_configuration("gateway.yaml", &f.envoy_filter_name()).ok()?;
-            let module = Module::artifact(f.name).unwrap_or_else(|e| panic!("{e}"));
+            let module = testing::module(f.name);
             Some(
                 PluginConfig::new(&module)
                     .name(&f.envoy_filter_name())

@@ -28,7 +28,7 @@ fn schema_file_is_current() -> Result<(), Failed> {
     match std::fs::read_to_string(&path) {
         Ok(committed) if committed == generated => Ok(()),
         _ => Err(format!(
-            "{} differs from the schema generated from src/scenario.rs; regenerate it with \
+            "{} differs from the schema generated from src/scenario/format.rs; regenerate it with \
              `UPDATE_SCHEMA=1 cargo test -p gatewasm-tests --test scenarios`",
             path.display()
         )

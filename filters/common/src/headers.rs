@@ -82,6 +82,43 @@ pub fn normalize_header_name(name: &str) -> Result<String, HeaderNameError> {
     Ok(lower)
 }
 
+/// Whether a request's `:method` is the configured method `rule` (upper case, as configuration
+/// loading stores it). Compared ASCII-case-insensitively: RFC 9110 makes methods case-sensitive,
+/// but Envoy forwards an HTTP/2 `:method: post` as `post` and many upstream frameworks treat it
+/// as `POST`, so a rule for `POST` must also catch `post` and `PoSt` — otherwise a token or rate
+/// limit on writes is bypassed by changing the case. Every filter that matches methods uses this.
+pub fn method_matches(rule: &str, request_method: &[u8]) -> bool {
+    rule.as_bytes().eq_ignore_ascii_case(request_method)
+}
+
+/// Whether request header `name` reaches a CGI-style upstream as the same variable as the header
+/// `ours` that a filter sets, without being `ours` itself: CGI, WSGI and Rack turn `-` into `_`
+/// (`x_user_id` and `x-user-id` both become `HTTP_X_USER_ID`), so with Envoy's default
+/// `headers_with_underscores_action: ALLOW` a client-sent `x_user_id: admin` would sit beside
+/// the filter's `x-user-id` and may win. Compared ASCII-case-insensitively, `-` ≡ `_`.
+pub fn is_underscore_variant(name: &str, ours: &str) -> bool {
+    name.len() == ours.len()
+        && name != ours
+        && name.bytes().zip(ours.bytes()).all(|(a, b)| {
+            a.eq_ignore_ascii_case(&b) || matches!((a, b), (b'-' | b'_', b'-' | b'_'))
+        })
+}
+
+/// The request header names that are [underscore variants](is_underscore_variant) of one of
+/// `ours`: the filter removes them along with the exact names. Allocates only when it finds one.
+pub fn underscore_variants<'h, 'n>(
+    headers: &[(&'h str, &[u8])],
+    ours: impl Iterator<Item = &'n str> + Clone,
+) -> Vec<&'h str> {
+    let mut found = Vec::new();
+    for (name, _) in headers {
+        if !found.contains(name) && ours.clone().any(|o| is_underscore_variant(name, o)) {
+            found.push(*name);
+        }
+    }
+    found
+}
+
 /// How often a header occurs in a header list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Occurrence<V> {
@@ -177,6 +214,39 @@ pub fn parse_header_map(bytes: &[u8]) -> Option<HeaderPairs<'_>> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn underscore_variants_are_found_but_not_the_name_itself() {
+        assert!(is_underscore_variant("x_user_id", "x-user-id"));
+        assert!(is_underscore_variant("x_user-id", "x-user-id"));
+        assert!(is_underscore_variant("X_USER_ID", "x-user-id"));
+        assert!(is_underscore_variant("x-tenant-id", "x_tenant_id"));
+        assert!(!is_underscore_variant("x-user-id", "x-user-id"));
+        assert!(!is_underscore_variant("x_user_ids", "x-user-id"));
+        assert!(!is_underscore_variant("x.user.id", "x-user-id"));
+        let headers: Vec<(&str, &[u8])> = vec![
+            ("x-user-id", b"alice"),
+            ("x_user_id", b"admin"),
+            ("x_user_role", b"root"),
+            ("x_user_id", b"again"),
+            ("x_other", b"1"),
+        ];
+        let ours = ["x-user-id", "x-user-role"];
+        assert_eq!(
+            underscore_variants(&headers, ours.iter().copied()),
+            ["x_user_id", "x_user_role"]
+        );
+    }
+
+    #[test]
+    fn methods_match_whatever_their_case() {
+        assert!(method_matches("POST", b"POST"));
+        assert!(method_matches("POST", b"post"));
+        assert!(method_matches("POST", b"PoSt"));
+        assert!(!method_matches("POST", b"PUT"));
+        assert!(!method_matches("POST", b"POSTX"));
+        assert!(!method_matches("POST", b""));
+    }
 
     fn serialise(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut out = (pairs.len() as u32).to_le_bytes().to_vec();

@@ -2,23 +2,14 @@
 //! and the ID on local replies produced by a filter later in the chain.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use proxy_wasm_harness::testing::{self, upstream};
 use proxy_wasm_harness::{
-    HeaderMap, Host, Module, PluginConfig, StreamView, Worker, assert_configs_rejected,
+    HeaderMap, Host, PluginConfig, StreamView, Worker, assert_configs_rejected,
 };
 use std::collections::HashSet;
 
-fn module() -> Module {
-    Module::artifact("correlation-id").unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn worker(host: &Host, config: &str) -> Worker {
-    Worker::new(
-        host,
-        &[PluginConfig::new(&module())
-            .name("cid")
-            .configuration(config)],
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    testing::worker(host, "correlation-id", "cid", config)
 }
 
 const GENERATED: &str = "gatewasm_correlation_id_generated";
@@ -36,12 +27,6 @@ fn exchange(w: &mut Worker, extra: &[(&str, &str)], response: &[(&str, &str)]) -
     resp.extend_from_slice(response);
     w.exchange(&req, None, &resp, None)
         .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn up(v: &StreamView) -> HeaderMap {
-    v.upstream_request_headers
-        .clone()
-        .expect("request reached the upstream")
 }
 
 fn client(v: &StreamView) -> HeaderMap {
@@ -66,9 +51,9 @@ fn generates_a_uuid4_and_echoes_it_to_the_client() {
     let host = Host::new();
     let mut w = worker(&host, "");
     let v = exchange(&mut w, &[], &[]);
-    let id = up(&v).get("x-request-id").unwrap();
+    let id = upstream(&v).get("x-request-id").unwrap();
     assert!(is_uuid(&id, '4'), "{id}");
-    assert_eq!(up(&v).get_all("x-request-id").len(), 1);
+    assert_eq!(upstream(&v).get_all("x-request-id").len(), 1);
     assert_eq!(client(&v).get("x-request-id"), Some(id));
     assert_eq!(
         (
@@ -89,7 +74,10 @@ fn keeps_a_valid_incoming_id_and_replaces_what_the_upstream_sent() {
         &[("x-request-id", "abc.DEF_1:2-3")],
         &[("x-request-id", "upstream-made-this")],
     );
-    assert_eq!(up(&v).get("x-request-id").as_deref(), Some("abc.DEF_1:2-3"));
+    assert_eq!(
+        upstream(&v).get("x-request-id").as_deref(),
+        Some("abc.DEF_1:2-3")
+    );
     assert_eq!(client(&v).get_all("x-request-id"), vec!["abc.DEF_1:2-3"]);
     assert_eq!(host.counter(PRESERVED), 1);
 }
@@ -112,13 +100,13 @@ fn replaces_invalid_incoming_ids_and_never_logs_them() {
     ];
     for value in &bad {
         let v = exchange(&mut w, &[("x-request-id", value)], &[]);
-        let got = up(&v).get("x-request-id").unwrap();
+        let got = upstream(&v).get("x-request-id").unwrap();
         assert!(is_uuid(&got, '4'), "{value:?} was forwarded as {got:?}");
     }
     assert_eq!(host.counter(REPLACED), bad.len() as u64);
     let v = exchange(&mut w, &[("x-request-id", &exact)], &[]);
     assert_eq!(
-        up(&v).get("x-request-id"),
+        upstream(&v).get("x-request-id"),
         Some(exact.clone()),
         "128 characters is the limit, inclusive"
     );
@@ -139,7 +127,7 @@ fn a_duplicated_header_is_invalid_and_becomes_one_fresh_id() {
         &[("x-request-id", "first"), ("X-Request-Id", "second")],
         &[],
     );
-    let all = up(&v).get_all("x-request-id");
+    let all = upstream(&v).get_all("x-request-id");
     assert_eq!(all.len(), 1, "{all:?}");
     assert!(is_uuid(&all[0], '4'));
     assert_eq!(host.counter(REPLACED), 1);
@@ -150,7 +138,7 @@ fn trust_incoming_false_always_generates() {
     let host = Host::new();
     let mut w = worker(&host, r#"{"trust_incoming": false}"#);
     let v = exchange(&mut w, &[("x-request-id", "perfectly-valid")], &[]);
-    let id = up(&v).get("x-request-id").unwrap();
+    let id = upstream(&v).get("x-request-id").unwrap();
     assert_ne!(id, "perfectly-valid");
     assert!(is_uuid(&id, '4'));
     assert_eq!(host.counter(GENERATED), 1);
@@ -163,7 +151,7 @@ fn uuid7_ids_are_time_ordered_with_the_virtual_clock() {
     let mut ids = Vec::new();
     for _ in 0..50 {
         let v = exchange(&mut w, &[], &[]);
-        ids.push(up(&v).get("x-request-id").unwrap());
+        ids.push(upstream(&v).get("x-request-id").unwrap());
         w.advance(std::time::Duration::from_millis(3)).unwrap();
     }
     assert!(ids.iter().all(|id| is_uuid(id, '7')), "{ids:?}");
@@ -183,13 +171,19 @@ fn custom_header_name_max_length_and_response_header() {
         r#"{"header": "X-Correlation-ID", "max_length": 8, "response_header": "x-trace-ref"}"#,
     );
     let v = exchange(&mut w, &[("x-correlation-id", "12345678")], &[]);
-    assert_eq!(up(&v).get("x-correlation-id").as_deref(), Some("12345678"));
+    assert_eq!(
+        upstream(&v).get("x-correlation-id").as_deref(),
+        Some("12345678")
+    );
     assert_eq!(client(&v).get("x-trace-ref").as_deref(), Some("12345678"));
     assert!(!client(&v).contains("x-correlation-id"));
     let v = exchange(&mut w, &[("x-correlation-id", "123456789")], &[]);
-    assert_ne!(up(&v).get("x-correlation-id").as_deref(), Some("123456789"));
+    assert_ne!(
+        upstream(&v).get("x-correlation-id").as_deref(),
+        Some("123456789")
+    );
     assert!(
-        !up(&v).contains("x-request-id"),
+        !upstream(&v).contains("x-request-id"),
         "only the configured header is touched"
     );
 }
@@ -199,7 +193,7 @@ fn echo_downstream_false_leaves_the_response_alone() {
     let host = Host::new();
     let mut w = worker(&host, r#"{"echo_downstream": false}"#);
     let v = exchange(&mut w, &[], &[]);
-    assert!(up(&v).contains("x-request-id"));
+    assert!(upstream(&v).contains("x-request-id"));
     assert!(!client(&v).contains("x-request-id"));
 }
 
@@ -212,7 +206,7 @@ fn ids_are_unique_across_workers() {
         .collect();
     for i in 0..2000 {
         let v = exchange(&mut workers[i % 2], &[], &[]);
-        assert!(seen.insert(up(&v).get("x-request-id").unwrap()));
+        assert!(seen.insert(upstream(&v).get("x-request-id").unwrap()));
     }
     assert_eq!(host.counter(GENERATED), 2000);
 }
@@ -222,7 +216,7 @@ fn ids_are_unique_across_workers() {
 #[test]
 fn bad_configurations_are_rejected_naming_the_field() {
     assert_configs_rejected(
-        &module(),
+        &testing::module("correlation-id"),
         "correlation-id: invalid plugin configuration: ",
         &[
             // Wrong types.
@@ -357,11 +351,11 @@ fn bad_configurations_are_rejected_naming_the_field() {
 fn the_id_is_on_local_replies_sent_by_a_later_filter() {
     // The harness test module sends a 403 local reply when asked; correlation-id runs first.
     let host = Host::new();
-    let replier = Module::artifact("harness-test-module").unwrap_or_else(|e| panic!("{e}"));
+    let replier = testing::module("harness-test-module");
     let mut w = Worker::new(
         &host,
         &[
-            PluginConfig::new(&module()).name("cid"),
+            PluginConfig::new(&testing::module("correlation-id")).name("cid"),
             PluginConfig::new(&replier).name("auth"),
         ],
     )

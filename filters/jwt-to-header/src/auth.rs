@@ -1,15 +1,24 @@
 //! One request's decision: which rule applies, where the token is, which provider accepts it
-//! (cache first, then claims, keys and signature), and the scopes. Pure: the keys fetched
-//! remotely, the clock, the cache and the host's native crypto are passed in.
+//! (cache first, then issuer, keys and signature, and only then the other claims), and the
+//! scopes. Pure: the keys fetched remotely, the clock, the cache and the host's native crypto
+//! are passed in.
+//!
+//! Until a token's signature is verified, every refusal is the same 401 `bad_signature`
+//! ([`UNVERIFIED`]): whether the algorithm, the issuer or the signature was wrong, and whether
+//! the audience or subject would have matched, is nobody's business who cannot sign tokens.
+//! Signature checks per request are capped ([`MAX_SIGNATURE_ATTEMPTS`],
+//! [`MAX_SOFTWARE_ATTEMPTS`]) so a forged token costs at most about one verification.
 
 use std::rc::Rc;
 
+use gatewasm_common::headers::method_matches;
+
 use crate::cache::{Cache, Verified, token_hash};
 use crate::claims::{self, ClaimError};
-use crate::config::{PathMatch, Provider, Requires, Rule, Settings};
-use crate::jwk::KeySet;
+use crate::config::{Provider, Requires, Rule, Settings};
+use crate::jwk::{Alg, Key, KeyKind, KeySet};
 use crate::token::{self, Extracted, MULTIPLE_TOKENS, Parsed, path_only};
-use crate::verify::{NativeVerifier, Path, verify_with};
+use crate::verify::{NativeVerifier, Path, native_hash, verify_with};
 
 /// Why a request is refused. Each has a metric, a status and an RFC 6750 error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +30,6 @@ pub enum Reason {
     BadSignature,
     Expired,
     NotYetValid,
-    Issuer,
     Audience,
     Subject,
     Scope,
@@ -30,14 +38,13 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Missing,
         Reason::InvalidRequest,
         Reason::Malformed,
         Reason::BadSignature,
         Reason::Expired,
         Reason::NotYetValid,
-        Reason::Issuer,
         Reason::Audience,
         Reason::Subject,
         Reason::Scope,
@@ -58,7 +65,6 @@ impl Reason {
             Reason::BadSignature => "bad_signature",
             Reason::Expired => "expired",
             Reason::NotYetValid => "not_yet_valid",
-            Reason::Issuer => "issuer",
             Reason::Audience => "audience",
             Reason::Subject => "subject",
             Reason::Scope => "scope",
@@ -101,10 +107,53 @@ const fn deny(reason: Reason, description: &'static str) -> Denial {
     }
 }
 
+/// The one answer to a token whose signature was not verified: its algorithm is not allowed,
+/// its issuer is no eligible provider's, no key may check it, or the signature is wrong.
+pub const UNVERIFIED: Denial = deny(Reason::BadSignature, "the token could not be verified");
+
+/// Signature checks one request may make, over all its providers and keys. A token without a
+/// `kid` is tried against every key of the right type; beyond this many, a JWKS needs `kid`s.
+pub const MAX_SIGNATURE_ATTEMPTS: u32 = 4;
+/// Of those, checks in pure Rust of a public-key algorithm (PS*, EdDSA, and RS*/ES* on a host
+/// without `verify_signature`): ~1–21M Wasm instructions each, so one per request.
+pub const MAX_SOFTWARE_ATTEMPTS: u32 = 1;
+
+/// What is left of one request's signature checks.
+struct Budget {
+    attempts: u32,
+    software: u32,
+}
+
+impl Budget {
+    const fn new() -> Self {
+        Budget {
+            attempts: MAX_SIGNATURE_ATTEMPTS,
+            software: MAX_SOFTWARE_ATTEMPTS,
+        }
+    }
+
+    /// Take one attempt for `alg` with `key`, or say the request has none left for it.
+    fn take(&mut self, alg: Alg, key: &Key, native_available: bool) -> bool {
+        let in_software = alg.key_kind() != KeyKind::Oct
+            && !(native_available && native_hash(alg).is_some() && key.material.der().is_some());
+        if self.attempts == 0 || in_software && self.software == 0 {
+            return false;
+        }
+        self.attempts -= 1;
+        true
+    }
+
+    /// Account for how the attempt actually ran (the host may turn out to lack the function).
+    fn ran(&mut self, alg: Alg, path: Path) {
+        if path == Path::Fallback && alg.key_kind() != KeyKind::Oct {
+            self.software = self.software.saturating_sub(1);
+        }
+    }
+}
+
 impl From<ClaimError> for Denial {
     fn from(e: ClaimError) -> Self {
         match e {
-            ClaimError::Issuer => deny(Reason::Issuer, "the token issuer is not accepted"),
             ClaimError::Audience => deny(Reason::Audience, "the token audience is not accepted"),
             ClaimError::Subject => deny(Reason::Subject, "the token subject is not accepted"),
             ClaimError::MissingExp => deny(Reason::Malformed, "the token has no expiry"),
@@ -185,12 +234,8 @@ pub struct Env<'e> {
 pub fn match_rule<'s>(settings: &'s Settings, method: &[u8], path: &[u8]) -> Option<&'s Rule> {
     let path = path_only(path);
     settings.rules.iter().find(|r| {
-        let path_ok = match &r.path {
-            PathMatch::Prefix(p) => path.starts_with(p.as_bytes()),
-            PathMatch::Exact(p) => path == p.as_bytes(),
-            PathMatch::Regex(re) => re.is_match(path),
-        };
-        path_ok && (r.methods.is_empty() || r.methods.iter().any(|m| m.as_bytes() == method))
+        r.path.matches(path)
+            && (r.methods.is_empty() || r.methods.iter().any(|m| method_matches(m, method)))
     })
 }
 
@@ -205,6 +250,8 @@ fn header<'h, K: AsRef<str>, V: AsRef<[u8]>>(
 }
 
 fn is_cors_preflight<K: AsRef<str>, V: AsRef<[u8]>>(headers: &[(K, V)]) -> bool {
+    // Exactly `OPTIONS`, unlike rule methods: this skips authentication, so a method an
+    // upstream might not take for a preflight (`options`) does not get the bypass.
     header(headers, ":method") == Some(b"OPTIONS")
         && header(headers, "origin").is_some()
         && header(headers, "access-control-request-method").is_some()
@@ -212,8 +259,13 @@ fn is_cors_preflight<K: AsRef<str>, V: AsRef<[u8]>>(headers: &[(K, V)]) -> bool 
 
 /// Failure of one provider for one token.
 enum Fail {
+    /// Not verified by this provider (answered as [`UNVERIFIED`]).
+    Unverified,
+    /// Verified, or refused for what is not a claim (an unknown `kid`), with this answer.
     Deny(Denial),
-    Wait { unknown_kid: bool },
+    Wait {
+        unknown_kid: bool,
+    },
 }
 
 fn verify_provider(
@@ -222,15 +274,14 @@ fn verify_provider(
     parsed: &Parsed<'_>,
     token: &str,
     env: &mut Env<'_>,
+    budget: &mut Budget,
 ) -> Result<Verified, Fail> {
-    if !provider.algorithms.contains(parsed.alg) {
-        return Err(Fail::Deny(deny(
-            Reason::BadSignature,
-            "the token algorithm is not allowed",
-        )));
+    // Before the signature only what selects the keys is read: the algorithm and the issuer.
+    if !provider.algorithms.contains(parsed.alg)
+        || !claims::issuer_matches(provider, &parsed.claims)
+    {
+        return Err(Fail::Unverified);
     }
-    let times =
-        claims::check(provider, &parsed.claims, env.now).map_err(|e| Fail::Deny(e.into()))?;
     let remote = env.remote.get(idx).and_then(|k| k.as_deref());
     let sets = [provider.inline_keys.as_ref(), remote];
     if let Some(kid) = parsed.kid.as_deref()
@@ -246,9 +297,12 @@ fn verify_provider(
     }
     let mut tried = false;
     let mut ok = false;
-    for set in sets.iter().flatten() {
-        for key in set.candidates(parsed.alg, parsed.kid.as_deref()) {
+    'sets: for set in sets.iter().flatten() {
+        for key in set.candidates(parsed.alg, parsed.kid.as_deref(), provider.undeclared_algs) {
             tried = true;
+            if !budget.take(parsed.alg, key, env.native.available()) {
+                break 'sets;
+            }
             let (valid, path) = verify_with(
                 env.native,
                 parsed.alg,
@@ -257,28 +311,26 @@ fn verify_provider(
                 parsed.signing_input,
                 &parsed.signature,
             );
+            budget.ran(parsed.alg, path);
             match path {
                 Path::Native => env.stats.native += 1,
                 Path::Fallback => env.stats.fallback += 1,
             }
             if valid {
                 ok = true;
-                break;
+                break 'sets;
             }
-        }
-        if ok {
-            break;
         }
     }
     if !tried && provider.remote.is_some() && remote.is_none() {
         return Err(Fail::Wait { unknown_kid: false });
     }
     if !ok {
-        return Err(Fail::Deny(deny(
-            Reason::BadSignature,
-            "the token signature is not valid",
-        )));
+        return Err(Fail::Unverified);
     }
+    // Verified: now the claims may speak.
+    let times =
+        claims::check(provider, &parsed.claims, env.now).map_err(|e| Fail::Deny(e.into()))?;
     let headers = claims::render_all(&provider.claim_to_headers, &parsed.claims)
         .map_err(|e| Fail::Deny(e.into()))?;
     Ok(Verified {
@@ -338,6 +390,7 @@ pub fn decide<'h, K: AsRef<str>, V: AsRef<[u8]>>(
         };
     }
     let hash = token_hash(token);
+    let mut budget = Budget::new();
     let mut parsed: Option<Parsed<'h>> = None;
     let mut verified = Vec::with_capacity(1);
     let mut first_fail: Option<(usize, Fail)> = None;
@@ -362,7 +415,7 @@ pub fn decide<'h, K: AsRef<str>, V: AsRef<[u8]>>(
             let Some(p) = parsed.as_ref() else {
                 continue;
             };
-            match verify_provider(idx, provider, p, token, env) {
+            match verify_provider(idx, provider, p, token, env, &mut budget) {
                 Ok(v) => {
                     env.cache.insert(token, hash, v.clone());
                     Ok(Rc::new(v))
@@ -382,13 +435,14 @@ pub fn decide<'h, K: AsRef<str>, V: AsRef<[u8]>>(
                     first_fail = Some((idx, f));
                     break;
                 }
-                // Prefer a reason from a provider whose issuer matched over an issuer mismatch,
-                // and waiting for keys over either.
+                // Prefer waiting for keys, then what a verifying provider said, then the
+                // uniform answer to an unverified token.
                 let better = match (&first_fail, &f) {
                     (None, _) => true,
                     (Some((_, Fail::Wait { .. })), _) => false,
                     (_, Fail::Wait { .. }) => true,
-                    (Some((_, Fail::Deny(d))), Fail::Deny(_)) => d.reason == Reason::Issuer,
+                    (Some((_, Fail::Unverified)), _) => true,
+                    (Some((_, Fail::Deny(_))), _) => false,
                 };
                 if better {
                     first_fail = Some((idx, f));
@@ -403,6 +457,7 @@ pub fn decide<'h, K: AsRef<str>, V: AsRef<[u8]>>(
                 unknown_kid,
             },
             Some((_, Fail::Deny(d))) => Decision::Deny(d),
+            Some((_, Fail::Unverified)) => Decision::Deny(UNVERIFIED),
             None => Decision::Deny(deny(Reason::Missing, "a bearer token is required")),
         };
     }
@@ -551,6 +606,176 @@ mod tests {
         assert_eq!(idx("DELETE", "/api"), Some(2));
         assert_eq!(idx("GET", "/api/x"), Some(3));
         assert_eq!(idx("GET", "/other"), None);
+        // Methods match whatever their case: Envoy forwards an HTTP/2 `:method: post` as is,
+        // and upstreams often take it for POST (#19: `post` skipped a POST-only token rule).
+        assert_eq!(idx("post", "/api/x"), Some(2));
+        assert_eq!(idx("PoSt", "/api/x"), Some(2));
+        assert_eq!(idx("delete", "/api"), Some(2));
+        // Paths are case-sensitive unless the rule says `ignore_case`.
+        assert_eq!(idx("GET", "/API/x"), None);
+    }
+
+    #[test]
+    fn ignore_case_rules_match_any_case() {
+        let s = settings(json!([
+            {"match": {"prefix": "/api", "ignore_case": true}, "requires": "a"},
+            {"match": {"path": "/Admin", "ignore_case": true}, "requires": "a"},
+            {"match": {"regex": "/v[0-9]+/x", "ignore_case": true}, "requires": "a"},
+        ]));
+        let idx = |p: &str| {
+            match_rule(&s, b"GET", p.as_bytes())
+                .map(|r| s.rules.iter().position(|x| std::ptr::eq(x, r)).unwrap())
+        };
+        assert_eq!(idx("/API/x"), Some(0));
+        assert_eq!(idx("/aPi"), Some(0));
+        assert_eq!(idx("/ap"), None);
+        assert_eq!(idx("/ADMIN?q=1"), Some(1));
+        assert_eq!(idx("/admin/x"), None);
+        assert_eq!(idx("/V2/X"), Some(2));
+    }
+
+    #[test]
+    fn unverified_tokens_learn_nothing_about_the_claims() {
+        // #19: claims were checked before the signature, so an unsigned token told which
+        // issuer, audience and subject were accepted. Now every unverified token gets one
+        // answer, and a verified one the specific reason.
+        let v = json!({
+            "providers": {"a": {"issuer": "A", "audiences": ["api"], "subjects": ["user:"],
+                                "jwks": {"keys": [{"kty": "oct", "kid": "ka", "k": b64(SECRET_A)}]}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": "a"}]
+        });
+        let s = crate::config::parse_settings(Some(&serde_json::to_vec(&v).unwrap())).unwrap();
+        let mut run = Run::new();
+        let mut answer = |secret: &[u8], iss: &str, extra: Value| {
+            // Not `token()`: it sets `sub` itself, and these tests set their own.
+            let mut c = Claims::with_custom_claims(
+                extra.as_object().unwrap().clone(),
+                jwt_simple::prelude::Duration::from_secs(60),
+            )
+            .with_issuer(iss);
+            c.issued_at = Some(UnixTimeStamp::from_secs(NOW));
+            c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 60));
+            c.invalid_before = None;
+            let t = HS256Key::from_bytes(secret)
+                .with_key_id("ka")
+                .authenticate(c)
+                .unwrap();
+            let auth = format!("Bearer {t}");
+            let h = headers("GET", "/", &[("authorization", &auth)]);
+            match run.decide(&s, &h) {
+                Decision::Deny(d) => (d.reason, d.description),
+                Decision::Allow(_) => (Reason::Missing, "allowed"),
+                other => panic!("{other:?}"),
+            }
+        };
+        let good = json!({"aud": "api", "sub": "user:1"});
+        for (iss, extra) in [
+            ("X", good.clone()),
+            ("A", json!({"aud": "other", "sub": "user:1"})),
+            ("A", json!({"aud": "api", "sub": "admin"})),
+            ("A", good.clone()),
+        ] {
+            assert_eq!(
+                answer(SECRET_B, iss, extra.clone()),
+                (Reason::BadSignature, UNVERIFIED.description),
+                "forged {iss} {extra}"
+            );
+        }
+        // Signed with the right key: the claims speak.
+        assert_eq!(answer(SECRET_A, "A", good).1, "allowed");
+        assert_eq!(
+            answer(SECRET_A, "A", json!({"aud": "other", "sub": "user:1"})).0,
+            Reason::Audience
+        );
+        assert_eq!(
+            answer(SECRET_A, "A", json!({"aud": "api", "sub": "admin"})).0,
+            Reason::Subject
+        );
+        // A validly signed token naming another issuer is not this provider's: unverified.
+        assert_eq!(
+            answer(SECRET_A, "X", json!({"aud": "api"})).0,
+            Reason::BadSignature
+        );
+    }
+
+    #[test]
+    fn signature_attempts_per_request_are_capped() {
+        // Six HMAC keys without kid: a token without kid is tried against at most
+        // MAX_SIGNATURE_ATTEMPTS of them.
+        let secrets: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'a' + i; 32]).collect();
+        let keys: Vec<Value> = secrets
+            .iter()
+            .map(|k| json!({"kty": "oct", "k": b64(k)}))
+            .collect();
+        let v = json!({
+            "providers": {"a": {"issuer": "A", "jwks": {"keys": keys}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": "a"}]
+        });
+        let s = crate::config::parse_settings(Some(&serde_json::to_vec(&v).unwrap())).unwrap();
+        let mut run = Run::new();
+        let no_kid = |secret: &[u8]| {
+            let mut c =
+                Claims::create(jwt_simple::prelude::Duration::from_secs(60)).with_issuer("A");
+            c.issued_at = Some(UnixTimeStamp::from_secs(NOW));
+            c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 60));
+            c.invalid_before = None;
+            HS256Key::from_bytes(secret).authenticate(c).unwrap()
+        };
+        let first = format!("Bearer {}", no_kid(&secrets[0]));
+        let h = headers("GET", "/", &[("authorization", &first)]);
+        assert!(matches!(run.decide(&s, &h), Decision::Allow(_)));
+        assert_eq!(run.stats.fallback, 1);
+        let last = format!("Bearer {}", no_kid(&secrets[5]));
+        let h = headers("GET", "/", &[("authorization", &last)]);
+        assert_eq!(reason(&run.decide(&s, &h)), Reason::BadSignature);
+        assert_eq!(run.stats.fallback, MAX_SIGNATURE_ATTEMPTS);
+    }
+
+    #[test]
+    fn forged_pss_tokens_cost_at_most_one_software_check() {
+        // #19: `{"alg":"PS512"}`, no kid, garbage signature, against RSA keys without `alg`
+        // (Entra-style) cost one pure-Rust RSA-PSS check per key. Keys without `alg` no longer
+        // serve PS* by default, and where they do, one software check per request is the cap.
+        let rsa: Vec<Value> = (0..2)
+            .map(|_| {
+                let k = RS256KeyPair::generate(2048).unwrap();
+                let c = k.public_key().to_components();
+                json!({"kty": "RSA", "n": b64(&c.n), "e": b64(&c.e)})
+            })
+            .collect();
+        let claims = json!({"iss": "R", "exp": NOW + 60});
+        let forged = format!(
+            "{}.{}.{}",
+            b64(br#"{"alg":"PS512"}"#),
+            b64(&serde_json::to_vec(&claims).unwrap()),
+            b64(&[7u8; 256])
+        );
+        let auth = format!("Bearer {forged}");
+        let h = headers("GET", "/", &[("authorization", &auth)]);
+        let jwks = crate::jwk::parse_jwks(&json!({"keys": rsa})).unwrap();
+        let remote = Rc::new(jwks);
+
+        let s = settings(json!([{"match": {"prefix": "/"}, "requires": "r"}]));
+        let mut run = Run::new();
+        run.remote[2] = Some(remote.clone());
+        assert_eq!(reason(&run.decide(&s, &h)), Reason::BadSignature);
+        assert_eq!(
+            run.stats.native + run.stats.fallback,
+            0,
+            "no key serves PS512"
+        );
+
+        // The operator allows PS512 explicitly: keys without alg serve it, once per request.
+        let v = json!({
+            "providers": {"r": {"issuer": "R", "algorithms": ["PS512"],
+                                "remote_jwks": {"cluster": "idp", "authority": "idp", "path": "/j"}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": "r"}]
+        });
+        let s = crate::config::parse_settings(Some(&serde_json::to_vec(&v).unwrap())).unwrap();
+        let mut run = Run::new();
+        run.remote = vec![Some(remote)];
+        assert_eq!(reason(&run.decide(&s, &h)), Reason::BadSignature);
+        assert_eq!(run.stats.fallback, MAX_SOFTWARE_ATTEMPTS);
     }
 
     #[test]
@@ -582,12 +807,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let h = headers("GET", "/all", &[("authorization", &auth)]);
-        assert_eq!(reason(&run.decide(&s, &h)), Reason::Issuer);
+        assert_eq!(reason(&run.decide(&s, &h)), Reason::BadSignature);
         let tx = token(SECRET_B, "kb", "X", json!({}));
         let auth = format!("Bearer {tx}");
         let h = headers("GET", "/any", &[("authorization", &auth)]);
-        assert_eq!(reason(&run.decide(&s, &h)), Reason::Issuer);
-        // Right issuer, other provider's key: a bad signature, not an issuer error.
+        assert_eq!(reason(&run.decide(&s, &h)), Reason::BadSignature);
+        // Right issuer, other provider's key: a bad signature too.
         let forged = token(SECRET_B, "ka", "A", json!({}));
         let auth = format!("Bearer {forged}");
         let h = headers("GET", "/any", &[("authorization", &auth)]);

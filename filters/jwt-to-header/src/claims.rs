@@ -9,7 +9,6 @@ use crate::config::{ClaimHeader, Provider};
 /// Why the claims are not acceptable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimError {
-    Issuer,
     Audience,
     Subject,
     /// `exp` missing while required, or not a number.
@@ -79,11 +78,15 @@ pub fn check_times(t: Times, now: i64, skew: i64) -> Result<(), ClaimError> {
     Ok(())
 }
 
-/// Everything about the claims a provider checks, except the signature.
+/// Whether the token names this provider's issuer. This selects the provider whose keys are
+/// tried; it is the only claim read before the signature is verified.
+pub fn issuer_matches(p: &Provider, claims: &Map<String, Value>) -> bool {
+    claims.get("iss").and_then(Value::as_str) == Some(p.issuer.as_str())
+}
+
+/// Everything about the claims a provider checks, once the signature is verified (the issuer
+/// was matched before: [`issuer_matches`]).
 pub fn check(p: &Provider, claims: &Map<String, Value>, now: i64) -> Result<Times, ClaimError> {
-    if claims.get("iss").and_then(Value::as_str) != Some(p.issuer.as_str()) {
-        return Err(ClaimError::Issuer);
-    }
     let t = times(claims)?;
     if p.require_exp && t.exp.is_none() {
         return Err(ClaimError::MissingExp);
@@ -277,8 +280,16 @@ mod tests {
             c[k] = v;
             check(&p, &obj(c), NOW)
         };
-        assert_eq!(with("iss", json!("https://evil")), Err(ClaimError::Issuer));
-        assert_eq!(with("iss", json!(["https://idp"])), Err(ClaimError::Issuer));
+        // The issuer selects the provider before the signature; `check` does not look at it.
+        assert!(with("iss", json!("https://evil")).is_ok());
+        let with_iss = |v: Value| {
+            let mut c = good.clone();
+            c["iss"] = v;
+            issuer_matches(&p, &obj(c))
+        };
+        assert!(with_iss(json!("https://idp")));
+        assert!(!with_iss(json!("https://evil")));
+        assert!(!with_iss(json!(["https://idp"])));
         assert_eq!(with("aud", json!("other")), Err(ClaimError::Audience));
         assert_eq!(with("aud", json!("api")).map(|_| ()), Ok(()));
         assert_eq!(with("aud", Value::Null), Err(ClaimError::Audience));

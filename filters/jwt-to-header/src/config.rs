@@ -217,10 +217,15 @@ impl PathRegex {
     /// Lazy DFA state cache per rule: enough for any realistic path pattern.
     const CACHE_BYTES: usize = 256 * 1024;
 
-    pub fn new(pattern: &str) -> Result<Self, String> {
+    pub fn new(pattern: &str, ignore_case: bool) -> Result<Self, String> {
         use regex_automata::{hybrid, util::syntax};
         let regex = hybrid::regex::Regex::builder()
-            .syntax(syntax::Config::new().unicode(false).utf8(false))
+            .syntax(
+                syntax::Config::new()
+                    .unicode(false)
+                    .utf8(false)
+                    .case_insensitive(ignore_case),
+            )
             .dfa(hybrid::dfa::Config::new().cache_capacity(Self::CACHE_BYTES))
             .build(&format!("^(?:{pattern})$"))
             .map_err(|e| describe_build_error(&e))?;
@@ -266,8 +271,13 @@ pub struct MatchConfig {
     /// Matched against the whole path (without the query).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
+    /// Methods are compared ASCII-case-insensitively (`post` is `POST`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
+    /// Compare `prefix`, `path` or `regex` ASCII-case-insensitively, as Envoy's route
+    /// `case_sensitive: false` does: for upstreams that serve `/API/x` as `/api/x`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_case: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -319,6 +329,8 @@ pub struct Provider {
     pub inline_keys: Option<KeySet>,
     pub remote: Option<Remote>,
     pub algorithms: AlgSet,
+    /// What a key without a JWK `alg` may verify ([`crate::jwk::Key::accepts`]).
+    pub undeclared_algs: AlgSet,
     /// Indices into [`Settings::sources`].
     pub sources: Vec<usize>,
     pub claim_to_headers: Vec<ClaimHeader>,
@@ -337,7 +349,30 @@ pub struct Provider {
 pub enum PathMatch {
     Prefix(String),
     Exact(String),
+    /// `ignore_case`: the configured text, compared ASCII-case-insensitively.
+    PrefixIgnoreCase(String),
+    ExactIgnoreCase(String),
     Regex(PathRegex),
+}
+
+impl PathMatch {
+    /// Whether `path` (without query) matches.
+    pub fn matches(&self, path: &[u8]) -> bool {
+        match self {
+            PathMatch::Prefix(p) => path.starts_with(p.as_bytes()),
+            PathMatch::Exact(p) => path == p.as_bytes(),
+            PathMatch::PrefixIgnoreCase(p) => path
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
+            PathMatch::ExactIgnoreCase(p) => path.eq_ignore_ascii_case(p.as_bytes()),
+            PathMatch::Regex(re) => re.is_match(path),
+        }
+    }
+
+    /// Whether this matches every path (`prefix: "/"`).
+    fn is_catch_all(&self) -> bool {
+        matches!(self, PathMatch::Prefix(p) | PathMatch::PrefixIgnoreCase(p) if p == "/")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,8 +404,12 @@ pub struct Settings {
     pub bypass_cors_preflight: bool,
     pub cache_size: usize,
     pub realm: String,
-    /// Every claim header and payload header (sorted, deduplicated): removed from every request.
+    /// Every claim header and payload header (sorted, deduplicated): removed from every request,
+    /// with their `_` spellings.
     pub strip_headers: Vec<String>,
+    /// What is valid but probably not meant (no catch-all rule, no audience check): logged as
+    /// warnings by the glue when the configuration is loaded.
+    pub warnings: Vec<String>,
     /// A hash of the configuration, namespacing shared-data keys (16 hex digits).
     pub config_hash: String,
 }
@@ -494,9 +533,21 @@ fn compile_provider(
             "needs `jwks` or `remote_jwks`",
         ));
     }
+    // Keys without a JWK `alg` serve the algorithms the operator listed, or by default every
+    // algorithm but RSA-PSS (see `AlgSet::undeclared_default`).
+    let undeclared_algs = match &p.algorithms {
+        Some(list) => {
+            let mut set = AlgSet::EMPTY;
+            list.iter()
+                .filter_map(|a| Alg::parse(a))
+                .for_each(|a| set.insert(a));
+            set
+        }
+        None => AlgSet::undeclared_default(),
+    };
     let compatible = inline_keys
         .as_ref()
-        .map_or(AlgSet::EMPTY, KeySet::compatible_algs);
+        .map_or(AlgSet::EMPTY, |k| k.compatible_algs(undeclared_algs));
     let algorithms = match &p.algorithms {
         None => {
             if remote.is_some() {
@@ -631,6 +682,7 @@ fn compile_provider(
         inline_keys,
         remote,
         algorithms,
+        undeclared_algs,
         sources: my_sources,
         claim_to_headers,
         forward: p.forward,
@@ -668,16 +720,24 @@ fn compile_rule(providers: &[Provider], i: usize, r: &RuleConfig) -> Result<Rule
             if !p.starts_with('/') {
                 return Err(err(at("match.prefix"), "must start with '/'"));
             }
-            PathMatch::Prefix(p.clone())
+            if m.ignore_case {
+                PathMatch::PrefixIgnoreCase(p.clone())
+            } else {
+                PathMatch::Prefix(p.clone())
+            }
         }
         (None, Some(p), None) => {
             if !p.starts_with('/') {
                 return Err(err(at("match.path"), "must start with '/'"));
             }
-            PathMatch::Exact(p.clone())
+            if m.ignore_case {
+                PathMatch::ExactIgnoreCase(p.clone())
+            } else {
+                PathMatch::Exact(p.clone())
+            }
         }
         (None, None, Some(re)) => PathMatch::Regex(
-            PathRegex::new(re)
+            PathRegex::new(re, m.ignore_case)
                 .map_err(|e| err(at("match.regex"), format!("invalid regex: {e}")))?,
         ),
         _ => {
@@ -731,6 +791,31 @@ fn compile_rule(providers: &[Provider], i: usize, r: &RuleConfig) -> Result<Rule
     })
 }
 
+/// Valid configurations that leave a door open an operator probably meant to close.
+fn warnings(config: &JwtConfig, rules: &[Rule]) -> Vec<String> {
+    let mut out = Vec::new();
+    if !rules.is_empty()
+        && !rules
+            .iter()
+            .any(|r| r.path.is_catch_all() && r.methods.is_empty())
+    {
+        out.push(
+            "rules: no rule matches every request (e.g. {\"match\":{\"prefix\":\"/\"}} last), \
+             so a request no rule matches needs no token (fail-open)"
+                .to_owned(),
+        );
+    }
+    for (name, p) in &config.providers {
+        if p.audiences.is_empty() {
+            out.push(format!(
+                "providers.{name}.audiences: empty, so `aud` is not checked: a token this \
+                 issuer made for another service is accepted too"
+            ));
+        }
+    }
+    out
+}
+
 /// Parse and validate plugin configuration bytes.
 pub fn parse_settings(bytes: Option<&[u8]>) -> Result<Settings, ConfigError> {
     let config: JwtConfig = parse_config(bytes)?;
@@ -779,6 +864,7 @@ pub fn compile(config: &JwtConfig, raw: &[u8]) -> Result<Settings, ConfigError> 
     }
     strip.sort();
     strip.dedup();
+    let warnings = warnings(config, &rules);
     Ok(Settings {
         providers,
         rules,
@@ -787,6 +873,7 @@ pub fn compile(config: &JwtConfig, raw: &[u8]) -> Result<Settings, ConfigError> 
         cache_size: config.cache_size,
         realm: config.realm.clone(),
         strip_headers: strip,
+        warnings,
         config_hash: format!("{:016x}", fnv1a64(raw)),
     })
 }
@@ -966,6 +1053,38 @@ pub(crate) mod tests {
         assert_eq!(
             error_of(v),
             "providers.p.remote_jwks.path: must start with '/'"
+        );
+    }
+
+    #[test]
+    fn fail_open_and_unchecked_audience_configurations_are_warned_about() {
+        // minimal(): a catch-all rule, a provider without audiences.
+        let s = compile_json(&minimal()).unwrap();
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(s.warnings[0].starts_with("providers.p.audiences: empty"));
+        let mut v = minimal();
+        v["providers"]["p"]["audiences"] = serde_json::json!(["api"]);
+        assert!(compile_json(&v).unwrap().warnings.is_empty());
+        for rules in [
+            serde_json::json!([{"match": {"prefix": "/api"}, "requires": "p"}]),
+            // `/` for some methods only is no catch-all either.
+            serde_json::json!([{"match": {"prefix": "/", "methods": ["POST"]}, "requires": "p"}]),
+        ] {
+            v["rules"] = rules;
+            let w = compile_json(&v).unwrap().warnings;
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(
+                w[0].starts_with("rules: no rule matches every request"),
+                "{w:?}"
+            );
+        }
+        v["rules"] = serde_json::json!([
+            {"match": {"prefix": "/api"}, "requires": "p"},
+            {"match": {"prefix": "/"}, "requires": null}
+        ]);
+        assert!(
+            compile_json(&v).unwrap().warnings.is_empty(),
+            "an explicit open catch-all"
         );
     }
 

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use gatewasm_common::glue::{self, add, increment, now_ms};
+use gatewasm_common::headers::underscore_variants;
 use gatewasm_common::host::get_header_map;
 use gatewasm_common::reply::JSON_CONTENT_TYPE;
 use proxy_wasm::hostcalls;
@@ -107,6 +108,8 @@ struct Worker {
     waiters: Vec<Waiter>,
     /// Providers for which a request saw an unknown `kid`.
     refetch_wanted: Vec<bool>,
+    /// Per provider, the shared version this VM last failed to load (0: none).
+    unloadable: Vec<u64>,
     /// HTTP call token → provider.
     inflight: Vec<(u32, usize)>,
 }
@@ -138,6 +141,10 @@ impl NativeVerifier for HostNative<'_> {
             Err(_) => Native::Unavailable,
         }
     }
+
+    fn available(&self) -> bool {
+        *self.available
+    }
 }
 
 fn read_meta(settings: &Settings, provider: &str) -> (Option<Meta>, Option<u32>) {
@@ -148,8 +155,11 @@ fn read_meta(settings: &Settings, provider: &str) -> (Option<Meta>, Option<u32>)
     }
 }
 
-/// Load the shared JWKS of provider `idx` if the shared version is newer than ours.
-fn load_if_newer(shared: &Shared, idx: usize, meta: &Meta) {
+/// Load the shared JWKS of provider `idx` if the shared version is newer than ours. Returns
+/// whether this worker now holds the shared version. A version this VM cannot load (missing or
+/// unparsable data: another plugin or module version under the same `vm_id`) is warned about
+/// once, not on every tick.
+fn load_if_newer(shared: &Shared, idx: usize, meta: &Meta) -> bool {
     let (settings, current) = {
         let w = shared.borrow();
         (
@@ -158,10 +168,10 @@ fn load_if_newer(shared: &Shared, idx: usize, meta: &Meta) {
         )
     };
     if meta.version == 0 || meta.version == current {
-        return;
+        return true;
     }
     let Some(provider) = settings.providers.get(idx) else {
-        return;
+        return false;
     };
     let key = data_key(&settings.config_hash, &provider.name);
     let keys = match hostcalls::get_shared_data(&key) {
@@ -169,11 +179,24 @@ fn load_if_newer(shared: &Shared, idx: usize, meta: &Meta) {
         _ => Err("the shared JWKS is missing".into()),
     };
     match keys {
-        Ok(keys) => install(shared, idx, meta.version, keys),
-        Err(e) => log::warn!(
-            "jwt-to-header: providers.{}: cannot load the shared JWKS: {e}",
-            provider.name
-        ),
+        Ok(keys) => {
+            install(shared, idx, meta.version, keys);
+            true
+        }
+        Err(e) => {
+            let mut w = shared.borrow_mut();
+            if let Some(bad) = w.unloadable.get_mut(idx)
+                && *bad != meta.version
+            {
+                *bad = meta.version;
+                log::warn!(
+                    "jwt-to-header: providers.{}: cannot load the shared JWKS version {}: {e}",
+                    provider.name,
+                    meta.version
+                );
+            }
+            false
+        }
     }
 }
 
@@ -261,9 +284,10 @@ fn apply(settings: &Settings, headers: &[(&str, &[u8])], a: &Allowed<'_>) {
 }
 
 /// Run the filter on the request headers of the effective context. `may_wait`: a request may
-/// pause for keys (false when it already waited). Returns Continue / Pause as the HTTP
+/// pause for keys (false when it already waited). `may_reload`: it may load keys another
+/// worker fetched and decide again (false on that second round, so it runs at most twice). Returns Continue / Pause as the HTTP
 /// context would; a woken request is resumed by the caller on Continue.
-fn process(shared: &Shared, context_id: u32, may_wait: bool) -> Action {
+fn process(shared: &Shared, context_id: u32, may_wait: bool, may_reload: bool) -> Action {
     let (settings, metrics) = {
         let w = shared.borrow();
         (w.settings.clone(), w.metrics.clone())
@@ -278,6 +302,10 @@ fn process(shared: &Shared, context_id: u32, may_wait: bool) -> Action {
         if headers.iter().any(|(k, _)| k == name) {
             let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
         }
+    }
+    // ... nor under a name a CGI-style upstream reads as the same one (`x_user_id`).
+    for name in underscore_variants(&headers, settings.strip_headers.iter().map(String::as_str)) {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }
     if settings.rules.is_empty() {
         return Action::Continue;
@@ -349,10 +377,13 @@ fn process(shared: &Shared, context_id: u32, may_wait: bool) -> Action {
                 .copied()
                 .unwrap_or_default();
             if meta.version != 0 && meta.version != local {
-                // Another worker already fetched newer keys: use them now.
-                // (After loading, our version equals the shared one: no second round here.)
-                load_if_newer(shared, provider, &meta);
-                return process(shared, context_id, true);
+                // Another worker already fetched newer keys: use them now, and decide again
+                // once. If they cannot be loaded (or a second round would be needed), refuse
+                // rather than loop: the shared record is not ours to trust.
+                if may_reload && load_if_newer(shared, provider, &meta) {
+                    return process(shared, context_id, true, false);
+                }
+                return give_up(have_keys);
             }
             // The IdP is down and the process has never had keys: answer 503 at once instead
             // of holding every request until its deadline (one attempt per second continues).
@@ -479,7 +510,7 @@ impl Root {
             if hostcalls::set_effective_context(context_id).is_err() {
                 continue; // the stream is gone
             }
-            if process(shared, context_id, false) == Action::Continue {
+            if process(shared, context_id, false, false) == Action::Continue {
                 let _ = hostcalls::resume_http_request();
             }
         }
@@ -616,6 +647,9 @@ impl RootContext for Root {
         let Some(settings) = glue::configure(self, FILTER, parse_settings) else {
             return false;
         };
+        for warning in &settings.warnings {
+            log::warn!("{FILTER}: {warning}");
+        }
         let n = settings.providers.len();
         let has_remote = settings.providers.iter().any(|p| p.remote.is_some());
         let worker = Worker {
@@ -627,6 +661,7 @@ impl RootContext for Root {
             native_available: true,
             waiters: Vec::new(),
             refetch_wanted: vec![false; n],
+            unloadable: vec![0; n],
             inflight: Vec::new(),
         };
         self.shared = Some(Rc::new(RefCell::new(worker)));
@@ -668,7 +703,7 @@ impl HttpContext for Stream {
             let _ = hostcalls::send_http_response(503, vec![], None);
             return Action::Pause;
         };
-        process(&shared, self.context_id, true)
+        process(&shared, self.context_id, true, true)
     }
 
     // While the request waits for keys, its body and trailers must wait too: in Envoy a

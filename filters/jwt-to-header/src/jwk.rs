@@ -143,6 +143,26 @@ impl AlgSet {
         AlgSet(self.0 | other.0)
     }
 
+    pub fn intersection(self, other: AlgSet) -> AlgSet {
+        AlgSet(self.0 & other.0)
+    }
+
+    /// What a key that declares no `alg` may verify when the provider lists no `algorithms`:
+    /// everything but RSA-PSS. RSA keys are published for RS256 far more often than for PS*,
+    /// and PS* has no native path in Envoy (its `verify_signature` sets no PSS padding), so a
+    /// forged `PS512` token against such keys would cost a pure-Rust RSA verification per key
+    /// (~21M Wasm instructions each). PS* needs a key that declares it, or the provider's
+    /// `algorithms` naming it.
+    pub fn undeclared_default() -> AlgSet {
+        let mut set = AlgSet::EMPTY;
+        for alg in Alg::ALL {
+            if !matches!(alg, Alg::PS256 | Alg::PS384 | Alg::PS512) {
+                set.insert(alg);
+            }
+        }
+        set
+    }
+
     /// Every asymmetric algorithm (the default for keys fetched from a remote JWKS).
     pub fn asymmetric() -> AlgSet {
         let mut set = AlgSet::EMPTY;
@@ -215,9 +235,16 @@ pub struct Key {
 }
 
 impl Key {
-    /// Whether this key may verify a token signed with `alg`.
-    pub fn accepts(&self, alg: Alg) -> bool {
+    /// Whether this key can verify `alg` at all: the key type fits the algorithm, and a
+    /// declared JWK `alg` is that algorithm (the binding that stops alg-confusion attacks).
+    pub fn binds(&self, alg: Alg) -> bool {
         self.material.kind() == alg.key_kind() && self.alg.is_none_or(|a| a == alg)
+    }
+
+    /// Whether this key may verify a token signed with `alg`: it [binds](Self::binds) the
+    /// algorithm and either declares it or, declaring none, `undeclared` allows it.
+    pub fn accepts(&self, alg: Alg, undeclared: AlgSet) -> bool {
+        self.binds(alg) && (self.alg.is_some() || undeclared.contains(alg))
     }
 }
 
@@ -228,16 +255,21 @@ pub struct KeySet {
 }
 
 impl KeySet {
-    /// The keys that may verify a token with this `alg` and `kid`: with a kid, only keys with
-    /// that kid; without, every key of the right type.
+    /// The keys that may verify a token with this `alg` and `kid` (see [`Key::accepts`]):
+    /// with a kid, only keys with that kid; without, every key of the right type — those that
+    /// declare `alg` first, so a capped number of attempts tries the likeliest keys.
     pub fn candidates<'a>(
         &'a self,
         alg: Alg,
         kid: Option<&'a str>,
+        undeclared: AlgSet,
     ) -> impl Iterator<Item = &'a Key> + 'a {
-        self.keys
-            .iter()
-            .filter(move |k| k.accepts(alg) && (kid.is_none() || k.kid.as_deref() == kid))
+        let fits = move |k: &&Key| {
+            k.accepts(alg, undeclared) && (kid.is_none() || k.kid.as_deref() == kid)
+        };
+        let declared = self.keys.iter().filter(|k| k.alg.is_some()).filter(fits);
+        let undeclared_keys = self.keys.iter().filter(|k| k.alg.is_none()).filter(fits);
+        declared.chain(undeclared_keys)
     }
 
     /// Whether any key has this kid (whatever its type).
@@ -245,13 +277,16 @@ impl KeySet {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
-    /// Every algorithm some key of this set can verify.
-    pub fn compatible_algs(&self) -> AlgSet {
+    /// Every algorithm some key of this set can verify, keys without `alg` being limited to
+    /// `undeclared`.
+    pub fn compatible_algs(&self, undeclared: AlgSet) -> AlgSet {
         let mut set = AlgSet::EMPTY;
         for key in &self.keys {
             match key.alg {
                 Some(alg) => set.insert(alg),
-                None => set = set.union(AlgSet::for_kind(key.material.kind())),
+                None => {
+                    set = set.union(AlgSet::for_kind(key.material.kind()).intersection(undeclared))
+                }
             }
         }
         set
@@ -272,6 +307,8 @@ struct JwkDoc {
     alg: Option<String>,
     #[serde(default, rename = "use")]
     use_: Option<String>,
+    #[serde(default)]
+    key_ops: Option<Vec<String>>,
     #[serde(default)]
     n: Option<String>,
     #[serde(default)]
@@ -358,6 +395,14 @@ fn b64_field(v: &Option<String>, name: &str) -> Result<Vec<u8>, String> {
 fn parse_key(value: &serde_json::Value) -> Result<Option<Key>, String> {
     let doc: JwkDoc = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
     if doc.use_.as_deref().is_some_and(|u| u != "sig") {
+        return Ok(None);
+    }
+    // RFC 7517 §4.3: a key whose `key_ops` does not include `verify` is not for verifying.
+    if doc
+        .key_ops
+        .as_ref()
+        .is_some_and(|ops| !ops.iter().any(|op| op == "verify"))
+    {
         return Ok(None);
     }
     let alg = match doc.alg.as_deref() {
@@ -535,7 +580,8 @@ mod tests {
             {"kty":"oct","kid":"h1","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"},
         ]}))
         .unwrap();
-        let kinds = |alg, kid| set.candidates(alg, kid).count();
+        let all = AlgSet::asymmetric().union(AlgSet::for_kind(KeyKind::Oct));
+        let kinds = |alg, kid| set.candidates(alg, kid, all).count();
         assert_eq!(kinds(Alg::RS256, None), 1);
         assert_eq!(kinds(Alg::PS512, Some("r1")), 1);
         // HS256 must never select the RSA public key (the classic confusion attack).
@@ -544,18 +590,60 @@ mod tests {
         assert_eq!(kinds(Alg::RS256, Some("h1")), 0);
         assert_eq!(kinds(Alg::ES256, None), 0);
         assert_eq!(kinds(Alg::EdDSA, None), 0);
-        assert!(set.compatible_algs().contains(Alg::PS384));
-        assert!(set.compatible_algs().contains(Alg::HS512));
-        assert!(!set.compatible_algs().contains(Alg::ES256));
+        assert!(set.compatible_algs(all).contains(Alg::PS384));
+        assert!(set.compatible_algs(all).contains(Alg::HS512));
+        assert!(!set.compatible_algs(all).contains(Alg::ES256));
+    }
+
+    #[test]
+    fn keys_without_alg_serve_pss_only_when_allowed() {
+        let set =
+            parse_jwks(&serde_json::json!({"keys":[rsa_jwk("r1", None), rsa_jwk("r2", None)]}))
+                .unwrap();
+        let default = AlgSet::undeclared_default();
+        assert_eq!(set.candidates(Alg::RS256, None, default).count(), 2);
+        assert_eq!(set.candidates(Alg::PS512, None, default).count(), 0);
+        assert!(!set.compatible_algs(default).contains(Alg::PS256));
+        let mut explicit = AlgSet::EMPTY;
+        explicit.insert(Alg::PS512);
+        assert_eq!(set.candidates(Alg::PS512, None, explicit).count(), 2);
+        // A key that declares PS256 serves PS256 whatever the provider's default.
+        let declared =
+            parse_jwks(&serde_json::json!({"keys":[rsa_jwk("p", Some("PS256"))]})).unwrap();
+        assert_eq!(declared.candidates(Alg::PS256, None, default).count(), 1);
+    }
+
+    #[test]
+    fn declared_keys_are_tried_first() {
+        let set = parse_jwks(&serde_json::json!({"keys":[
+            rsa_jwk("plain", None), rsa_jwk("declared", Some("RS256"))]}))
+        .unwrap();
+        let order: Vec<_> = set
+            .candidates(Alg::RS256, None, AlgSet::undeclared_default())
+            .map(|k| k.kid.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(order, ["declared", "plain"]);
+    }
+
+    #[test]
+    fn keys_whose_key_ops_lack_verify_are_skipped() {
+        let mut sign_only = rsa_jwk("s", None);
+        sign_only["key_ops"] = serde_json::json!(["sign"]);
+        let mut verify = rsa_jwk("v", None);
+        verify["key_ops"] = serde_json::json!(["sign", "verify"]);
+        let set = parse_jwks(&serde_json::json!({"keys":[sign_only, verify]})).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert_eq!(set.keys[0].kid.as_deref(), Some("v"));
     }
 
     #[test]
     fn jwk_alg_must_equal_token_alg() {
         let set = parse_jwks(&serde_json::json!({"keys":[rsa_jwk("r1", Some("RS256"))]})).unwrap();
-        assert_eq!(set.candidates(Alg::RS256, None).count(), 1);
-        assert_eq!(set.candidates(Alg::RS384, None).count(), 0);
-        assert_eq!(set.candidates(Alg::PS256, None).count(), 0);
-        assert!(!set.compatible_algs().contains(Alg::RS384));
+        let all = AlgSet::asymmetric();
+        assert_eq!(set.candidates(Alg::RS256, None, all).count(), 1);
+        assert_eq!(set.candidates(Alg::RS384, None, all).count(), 0);
+        assert_eq!(set.candidates(Alg::PS256, None, all).count(), 0);
+        assert!(!set.compatible_algs(all).contains(Alg::RS384));
     }
 
     #[test]
@@ -566,9 +654,10 @@ mod tests {
         let doc = format!(r#"{{"keys":[{p256},{p384},{ed}]}}"#);
         let set = parse_jwks_bytes(doc.as_bytes()).unwrap();
         assert_eq!(set.keys.len(), 3);
-        assert_eq!(set.candidates(Alg::ES256, None).count(), 1);
-        assert_eq!(set.candidates(Alg::ES384, None).count(), 1);
-        assert_eq!(set.candidates(Alg::EdDSA, None).count(), 1);
+        let d = AlgSet::undeclared_default();
+        assert_eq!(set.candidates(Alg::ES256, None, d).count(), 1);
+        assert_eq!(set.candidates(Alg::ES384, None, d).count(), 1);
+        assert_eq!(set.candidates(Alg::EdDSA, None, d).count(), 1);
         assert!(matches!(set.keys[0].material, KeyMaterial::P256 { .. }));
         assert!(set.keys[0].material.der().is_some());
         assert!(set.keys[2].material.der().is_none());
@@ -578,11 +667,12 @@ mod tests {
     fn kid_selects_only_that_key() {
         let set = parse_jwks(&serde_json::json!({"keys":[rsa_jwk("a", None), rsa_jwk("b", None)]}))
             .unwrap();
-        assert_eq!(set.candidates(Alg::RS256, None).count(), 2);
-        let one: Vec<_> = set.candidates(Alg::RS256, Some("b")).collect();
+        let d = AlgSet::undeclared_default();
+        assert_eq!(set.candidates(Alg::RS256, None, d).count(), 2);
+        let one: Vec<_> = set.candidates(Alg::RS256, Some("b"), d).collect();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].kid.as_deref(), Some("b"));
-        assert_eq!(set.candidates(Alg::RS256, Some("c")).count(), 0);
+        assert_eq!(set.candidates(Alg::RS256, Some("c"), d).count(), 0);
         assert!(set.has_kid("a") && !set.has_kid("c"));
     }
 

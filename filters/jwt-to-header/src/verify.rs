@@ -143,6 +143,9 @@ pub enum Native {
 pub trait NativeVerifier {
     /// `args`: an encoded `VerifySignatureArguments`.
     fn verify(&mut self, args: &[u8]) -> Native;
+    /// Whether `verify` may still answer (false once the host said it has no such function):
+    /// checks that will run in pure Rust are budgeted more tightly.
+    fn available(&self) -> bool;
 }
 
 /// No native crypto: always jwt-simple.
@@ -151,6 +154,10 @@ pub struct NoNative;
 impl NativeVerifier for NoNative {
     fn verify(&mut self, _args: &[u8]) -> Native {
         Native::Unavailable
+    }
+
+    fn available(&self) -> bool {
+        false
     }
 }
 
@@ -223,7 +230,7 @@ pub fn verify_with(
     signing_input: &str,
     signature: &[u8],
 ) -> (bool, Path) {
-    if !key.accepts(alg) {
+    if !key.binds(alg) {
         return (false, Path::Fallback);
     }
     if let (Some(hash), Some(der)) = (native_hash(alg), key.material.der()) {

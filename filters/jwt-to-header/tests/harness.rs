@@ -5,8 +5,6 @@
 //! and broken configurations. Tokens are minted here with jwt-simple.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::UNIX_EPOCH;
 
 type StdDuration = std::time::Duration;
@@ -15,24 +13,14 @@ use ct_codecs::{Base64UrlSafeNoPadding, Decoder as _, Encoder};
 use jwt_simple::prelude::*;
 use jwt_to_header::config::fnv1a64;
 use jwt_to_header::jwks::{MAX_JWKS_BYTES, data_key};
+use proxy_wasm_harness::testing::{self, upstream};
 use proxy_wasm_harness::{
-    HeaderMap, Host, HttpCallResponse, LogLevel, Module, PluginConfig, Status, StreamId,
-    StreamView, Worker, assert_configs_rejected,
+    Host, HttpCallResponse, LogLevel, Status, StreamId, StreamView, Worker, assert_configs_rejected,
 };
 use serde_json::{Value, json};
 
-fn module() -> Module {
-    Module::artifact("jwt-to-header").unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn worker(host: &Host, config: &str) -> Worker {
-    Worker::new(
-        host,
-        &[PluginConfig::new(&module())
-            .name("jwt")
-            .configuration(config)],
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    testing::worker(host, "jwt-to-header", "jwt", config)
 }
 
 fn b64(b: &[u8]) -> String {
@@ -80,9 +68,12 @@ fn rsa_jwk(kp: &RS256KeyPair, kid: &str) -> Value {
 fn jwks() -> Value {
     let k = keys();
     let parse = |s: String| -> Value { serde_json::from_str(&s).unwrap() };
+    // PSS keys declare it: an RSA key without `alg` serves RS* only by default.
+    let mut ps = rsa_jwk(&k.rs, "ps");
+    ps["alg"] = json!("PS256");
     json!({"keys": [
         rsa_jwk(&k.rs, "rs"),
-        rsa_jwk(&k.rs, "ps"),
+        ps,
         parse(k.es256.public_key().to_jwk()),
         parse(k.es384.public_key().to_jwk()),
         parse(k.ed.public_key().to_jwk()),
@@ -167,12 +158,6 @@ fn with_token(w: &mut Worker, path: &str, token: &str) -> StreamView {
     get(w, path, &[("authorization", &auth)])
 }
 
-fn up(v: &StreamView) -> HeaderMap {
-    v.upstream_request_headers
-        .clone()
-        .unwrap_or_else(|| panic!("not forwarded: {:?}", v.local_response))
-}
-
 /// Status, `error` of the JSON body and the WWW-Authenticate header of a local reply.
 fn refused(v: &StreamView) -> (u32, String, Option<String>) {
     assert!(v.upstream_request_headers.is_none(), "reached the upstream");
@@ -194,105 +179,35 @@ fn m(name: &str) -> String {
     format!("gatewasm_jwt_to_header_{name}")
 }
 
-// ---- the host's native verify_signature, implemented with RustCrypto ----------------------
+// ---- the host's native verify_signature ---------------------------------------------------
 
-fn read_varint(b: &[u8], pos: &mut usize) -> u64 {
-    let mut v = 0u64;
-    let mut shift = 0;
-    loop {
-        let byte = b[*pos];
-        *pos += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return v;
-        }
-        shift += 7;
-    }
+/// The foreign function behind the native path: the harness has Envoy's built in (RSA PKCS#1
+/// v1.5 and ECDSA with RustCrypto), and `host.foreign_calls(VERIFY_SIGNATURE)` counts the
+/// module's calls of it.
+const VERIFY_SIGNATURE: &str = "verify_signature";
+
+/// A host with Envoy's `verify_signature`: tests of the native path start here.
+fn native_host() -> Host {
+    Host::new()
 }
 
-/// `VerifySignatureArguments` → (hash, der, signature, text).
-fn decode_args(b: &[u8]) -> (String, Vec<u8>, Vec<u8>, Vec<u8>) {
-    let mut fields: [Vec<u8>; 6] = Default::default();
-    let mut pos = 0;
-    while pos < b.len() {
-        let tag = read_varint(b, &mut pos);
-        assert_eq!(tag & 7, 2, "all fields are length-delimited");
-        let len = read_varint(b, &mut pos) as usize;
-        fields[(tag >> 3) as usize] = b[pos..pos + len].to_vec();
-        pos += len;
-    }
-    let [_, hash, der, sig, text, _] = fields;
-    (String::from_utf8(hash).unwrap(), der, sig, text)
-}
-
-fn native_verify(args: &[u8]) -> Result<Vec<u8>, Status> {
-    use p256::pkcs8::DecodePublicKey as _;
-    let (hash, der, sig, text) = decode_args(args);
-    let ok = if let Ok(pk) =
-        <rsa::RsaPublicKey as rsa::pkcs8::DecodePublicKey>::from_public_key_der(&der)
-    {
-        use rsa::signature::Verifier;
-        let sig = rsa::pkcs1v15::Signature::try_from(&sig[..]).map_err(|_| Status::BadArgument)?;
-        match hash.as_str() {
-            "sha256" => rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(pk)
-                .verify(&text, &sig)
-                .is_ok(),
-            "sha384" => rsa::pkcs1v15::VerifyingKey::<sha2::Sha384>::new(pk)
-                .verify(&text, &sig)
-                .is_ok(),
-            "sha512" => rsa::pkcs1v15::VerifyingKey::<sha2::Sha512>::new(pk)
-                .verify(&text, &sig)
-                .is_ok(),
-            _ => return Err(Status::BadArgument),
-        }
-    } else if let Ok(vk) = p256::ecdsa::VerifyingKey::from_public_key_der(&der) {
-        use p256::ecdsa::signature::Verifier;
-        assert_eq!(hash, "sha256");
-        p256::ecdsa::Signature::from_der(&sig).is_ok_and(|s| vk.verify(&text, &s).is_ok())
-    } else if let Ok(vk) = p384::ecdsa::VerifyingKey::from_public_key_der(&der) {
-        use p384::ecdsa::signature::Verifier;
-        assert_eq!(hash, "sha384");
-        p384::ecdsa::Signature::from_der(&sig).is_ok_and(|s| vk.verify(&text, &s).is_ok())
-    } else {
-        return Err(Status::BadArgument);
-    };
-    // VerifySignatureResult { result = 1 (bool), error = 2 }
-    Ok(if ok {
-        vec![0x08, 0x01]
-    } else {
-        vec![0x08, 0x00, 0x12, 0x03, b'b', b'a', b'd']
-    })
-}
-
-/// A host without Envoy's `verify_signature` (the harness has it built in, as Envoy does):
-/// tests of the fallback start here, tests of the native path add [`with_native`].
+/// A host without `verify_signature` (NotFound, as on other hosts): tests of the fallback
+/// start here.
 fn host_without_native() -> Host {
     let host = Host::new();
-    host.remove_foreign_function("verify_signature");
+    host.remove_foreign_function(VERIFY_SIGNATURE);
     host
-}
-
-/// Registers `verify_signature`; the counter tells how often the module called it.
-fn with_native(host: &Host) -> Arc<AtomicUsize> {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let c = calls.clone();
-    host.register_foreign_function("verify_signature", move |args| {
-        c.fetch_add(1, Ordering::SeqCst);
-        native_verify(args)
-    });
-    calls
 }
 
 // ---- tests ----------------------------------------------------------------------------------
 
 #[test]
 fn valid_token_forwards_claims_and_removes_the_token() {
-    let host = host_without_native();
-    let native = with_native(&host);
+    let host = native_host();
     let mut w = worker(&host, &inline_config());
     let token = rs256(&host, json!({}));
     let v = with_token(&mut w, "/orders", &token);
-    let h = up(&v);
+    let h = upstream(&v);
     assert_eq!(h.get("x-user-id").as_deref(), Some("user-1"));
     assert_eq!(h.get("x-user-role").as_deref(), Some("admin"));
     assert_eq!(h.get("x-user-groups").as_deref(), Some("a;b"));
@@ -310,7 +225,7 @@ fn valid_token_forwards_claims_and_removes_the_token() {
     assert_eq!(host.counter(&m("verify_native")), 1);
     assert_eq!(host.counter(&m("verify_fallback")), 0);
     assert_eq!(
-        native.load(Ordering::SeqCst),
+        host.foreign_calls(VERIFY_SIGNATURE),
         1,
         "RS256 verified by the host"
     );
@@ -318,8 +233,7 @@ fn valid_token_forwards_claims_and_removes_the_token() {
 
 #[test]
 fn every_algorithm_verifies_natively_or_with_jwt_simple() {
-    let host = host_without_native();
-    let native = with_native(&host);
+    let host = native_host();
     let mut w = worker(&host, &inline_config());
     let k = keys();
     let c = || claims(&host, json!({}));
@@ -332,11 +246,15 @@ fn every_algorithm_verifies_natively_or_with_jwt_simple() {
         ("HS256", k.hs.authenticate(c()).unwrap(), false),
     ];
     for (alg, token, is_native) in cases {
-        let before = native.load(Ordering::SeqCst);
+        let before = host.foreign_calls(VERIFY_SIGNATURE);
         let v = with_token(&mut w, "/", &token);
-        assert_eq!(up(&v).get("x-user-id").as_deref(), Some("user-1"), "{alg}");
         assert_eq!(
-            native.load(Ordering::SeqCst) - before,
+            upstream(&v).get("x-user-id").as_deref(),
+            Some("user-1"),
+            "{alg}"
+        );
+        assert_eq!(
+            host.foreign_calls(VERIFY_SIGNATURE) - before,
             usize::from(is_native),
             "{alg}"
         );
@@ -362,15 +280,21 @@ fn without_the_host_function_everything_falls_back_to_jwt_simple() {
     }
     assert_eq!(host.counter(&m("verify_native")), 0);
     assert_eq!(host.counter(&m("verify_fallback")), 2);
+    assert_eq!(
+        host.foreign_calls(VERIFY_SIGNATURE),
+        1,
+        "asked once, answered NotFound, not asked again"
+    );
 }
 
 #[test]
 fn native_answers_agree_with_jwt_simple_on_forged_signatures() {
     for native in [true, false] {
-        let host = host_without_native();
-        if native {
-            with_native(&host);
-        }
+        let host = if native {
+            native_host()
+        } else {
+            host_without_native()
+        };
         let mut w = worker(&host, &inline_config());
         let k = keys();
         for token in [
@@ -411,19 +335,19 @@ fn spoofed_claim_headers_never_reach_the_upstream() {
     ];
     // A route that needs no token: still stripped.
     let v = get(&mut w, "/public/x", &spoof);
-    let h = up(&v);
+    let h = upstream(&v);
     for (name, _) in spoof {
         assert!(!h.contains(name), "{name} on a public route");
     }
     // allow_missing without a token: stripped too.
-    let h = up(&get(&mut w, "/optional", &spoof));
+    let h = upstream(&get(&mut w, "/optional", &spoof));
     assert!(!h.contains("x-user-id"));
     // With a valid token: the claim replaces the spoofed value, one copy.
     let token = rs256(&host, json!({"role": null}));
     let auth = format!("Bearer {token}");
     let mut req = spoof.to_vec();
     req.push(("authorization", &auth));
-    let h = up(&get(&mut w, "/", &req));
+    let h = upstream(&get(&mut w, "/", &req));
     assert_eq!(h.get_all("x-user-id"), vec!["user-1"]);
     assert!(
         !h.contains("x-user-role"),
@@ -505,11 +429,12 @@ fn invalid_tokens_are_refused_with_the_right_reason() {
             401,
             "malformed",
         ),
+        // Validly signed, but by no provider of the rule: like any unverified token.
         (
             "issuer",
             rs256(&host, json!({"iss": "https://evil"})),
             401,
-            "issuer",
+            "bad_signature",
         ),
         (
             "audience",
@@ -589,7 +514,7 @@ fn invalid_tokens_are_refused_with_the_right_reason() {
         }
     }
     assert_eq!(host.counter(&m("denied_expired")), 1);
-    assert_eq!(host.counter(&m("denied_bad_signature")), 2);
+    assert_eq!(host.counter(&m("denied_bad_signature")), 3);
 }
 
 #[test]
@@ -617,7 +542,7 @@ fn more_than_one_token_is_refused() {
     assert_eq!(refused(&v).1, "invalid_request");
     // From the query alone: accepted and removed from :path.
     let v = get(&mut w, &format!("/x?a=1&access_token={token}"), &[]);
-    assert_eq!(up(&v).get(":path").as_deref(), Some("/x?a=1"));
+    assert_eq!(upstream(&v).get(":path").as_deref(), Some("/x?a=1"));
 }
 
 #[test]
@@ -645,7 +570,7 @@ fn scopes_and_allow_missing_and_cors() {
         refused(&with_token(&mut w, "/optional", &expired)).1,
         "expired"
     );
-    let h = up(&with_token(&mut w, "/optional", &ok));
+    let h = upstream(&with_token(&mut w, "/optional", &ok));
     assert_eq!(h.get("x-user-id").as_deref(), Some("user-1"));
     // CORS preflight needs no token.
     let v = w
@@ -667,8 +592,7 @@ fn scopes_and_allow_missing_and_cors() {
 
 #[test]
 fn repeated_tokens_hit_the_cache_until_they_expire() {
-    let host = host_without_native();
-    let native = with_native(&host);
+    let host = native_host();
     let mut w = worker(&host, &inline_config());
     let token = rs256(&host, json!({}));
     for _ in 0..3 {
@@ -678,7 +602,7 @@ fn repeated_tokens_hit_the_cache_until_they_expire() {
                 .is_some()
         );
     }
-    assert_eq!(native.load(Ordering::SeqCst), 1);
+    assert_eq!(host.foreign_calls(VERIFY_SIGNATURE), 1);
     assert_eq!(host.counter(&m("cache_miss")), 1);
     assert_eq!(host.counter(&m("cache_hit")), 2);
     // Past exp + skew the cached entry is not used.
@@ -696,8 +620,7 @@ fn repeated_tokens_hit_the_cache_until_they_expire() {
 
 #[test]
 fn fuel_of_fresh_and_cached_requests() {
-    let host = host_without_native();
-    with_native(&host);
+    let host = native_host();
     let mut w = worker(&host, &inline_config());
     let warm = rs256(&host, json!({"sub": "warm"}));
     with_token(&mut w, "/", &warm);
@@ -1380,7 +1303,7 @@ fn bad_configurations_are_rejected_naming_the_field() {
         ),
     ];
     assert_configs_rejected(
-        &module(),
+        &testing::module("jwt-to-header"),
         "jwt-to-header: invalid plugin configuration: ",
         &cases,
     );
@@ -1447,9 +1370,8 @@ fn serve_jwks(w: &mut Worker, body: Vec<u8>) {
 
 #[test]
 fn remote_jwks_is_fetched_once_and_shared_by_workers() {
-    let host = host_without_native();
+    let host = native_host();
     host.add_cluster("idp");
-    with_native(&host);
     let config = remote_config(30);
     let mut a = worker(&host, &config);
     let mut b = worker(&host, &config);
@@ -1466,7 +1388,7 @@ fn remote_jwks_is_fetched_once_and_shared_by_workers() {
     let token = rs256(&host, json!({}));
     for w in [&mut a, &mut b] {
         let v = with_token(w, "/", &token);
-        assert_eq!(up(&v).get("x-user-id").as_deref(), Some("user-1"));
+        assert_eq!(upstream(&v).get("x-user-id").as_deref(), Some("user-1"));
     }
     // Shared data: two keys per provider.
     assert_eq!(host.shared_data_size("").0, 2);
@@ -1516,9 +1438,8 @@ fn no_keys_yet_pauses_then_503_when_the_idp_is_down() {
 
 #[test]
 fn unknown_kid_refetches_while_the_request_waits() {
-    let host = host_without_native();
+    let host = native_host();
     host.add_cluster("idp");
-    with_native(&host);
     let mut w = worker(&host, &remote_config(30));
     tick(&mut w);
     serve_jwks(&mut w, jwks_of(&["rs"]));
@@ -1531,7 +1452,7 @@ fn unknown_kid_refetches_while_the_request_waits() {
     serve_jwks(&mut w, jwks_of(&["rs", "es256"]));
     assert!(!w.request_paused(id));
     let v = w.stream(id).unwrap();
-    assert_eq!(up(&v).get("x-user-id").as_deref(), Some("user-1"));
+    assert_eq!(upstream(&v).get("x-user-id").as_deref(), Some("user-1"));
     assert_eq!(host.counter(&m("denied_unknown_kid")), 0);
     // Another unknown kid right after: no refetch (min_refetch_interval_s), 401 at once.
     let other = keys().ed.sign(claims(&host, json!({}))).unwrap();
@@ -1605,7 +1526,7 @@ fn a_waiting_request_keeps_its_body_until_verified() {
     tick(&mut w);
     serve_jwks(&mut w, jwks_of(&["rs"]));
     let v = w.stream(id).unwrap();
-    assert_eq!(up(&v).get("x-user-id").as_deref(), Some("user-1"));
+    assert_eq!(upstream(&v).get("x-user-id").as_deref(), Some("user-1"));
     assert_eq!(v.upstream_request_body, b"payload");
 }
 
@@ -1616,7 +1537,7 @@ fn token_sources_are_removed_or_forwarded() {
     let mut w = worker(&host, &config);
     let token = rs256(&host, json!({}));
     let cookie = format!("a=1; jwt={token}; b=2");
-    let h = up(&get(&mut w, "/", &[("cookie", &cookie)]));
+    let h = upstream(&get(&mut w, "/", &[("cookie", &cookie)]));
     assert_eq!(h.get("x-user-id").as_deref(), Some("user-1"));
     assert_eq!(
         h.get_all("cookie"),
@@ -1624,12 +1545,12 @@ fn token_sources_are_removed_or_forwarded() {
         "only the token cookie goes"
     );
     let only = format!("jwt={token}");
-    let h = up(&get(&mut w, "/", &[("cookie", &only)]));
+    let h = upstream(&get(&mut w, "/", &[("cookie", &only)]));
     assert!(!h.contains("cookie"));
 
     let forwarding = inline_config().replace(r#""issuer""#, r#""forward":true,"issuer""#);
     let mut w = worker(&host, &forwarding);
-    let h = up(&with_token(&mut w, "/", &token));
+    let h = upstream(&with_token(&mut w, "/", &token));
     assert_eq!(h.get("authorization"), Some(format!("Bearer {token}")));
     assert_eq!(h.get("x-user-id").as_deref(), Some("user-1"));
 }
@@ -2013,7 +1934,7 @@ fn a_broken_refresh_keeps_the_last_good_keys_and_the_warning_says_why() {
         let token = rs256(&host, json!({"sub": "after-the-failure"}));
         let v = with_token(&mut w, "/", &token);
         assert_eq!(
-            up(&v).get("x-user-id").as_deref(),
+            upstream(&v).get("x-user-id").as_deref(),
             Some("after-the-failure"),
             "{what}"
         );
@@ -2028,7 +1949,7 @@ fn a_broken_refresh_keeps_the_last_good_keys_and_the_warning_says_why() {
         assert!(late.pending_http_calls().is_empty(), "{what}: no new fetch");
         let v = with_token(&mut late, "/", &token);
         assert_eq!(
-            up(&v).get("x-user-id").as_deref(),
+            upstream(&v).get("x-user-id").as_deref(),
             Some("after-the-failure"),
             "{what}"
         );
@@ -2068,4 +1989,245 @@ fn a_jwks_of_exactly_64_kib_is_accepted() {
             .upstream_request_headers
             .is_some()
     );
+}
+
+// ---- #19: findings of the 2026-12 security review ------------------------------------------
+
+/// Instructions the module ran in `on_http_request_headers` for one request.
+fn request_fuel(w: &mut Worker, path: &str, token: &str) -> (u64, StreamView) {
+    w.clear_history();
+    let v = with_token(w, path, token);
+    let fuel = w
+        .history()
+        .iter()
+        .filter(|r| r.callback == "proxy_on_request_headers")
+        .map(|r| r.fuel)
+        .sum();
+    (fuel, v)
+}
+
+#[test]
+fn a_lowercase_method_does_not_skip_a_method_rule() {
+    // HTTP/2 `:method: post` reaches the filter (and the upstream) as `post`.
+    let config = patched(
+        json!({}),
+        json!({"match": {"prefix": "/api", "methods": ["POST", "PUT", "DELETE"]}}),
+        json!({"rules": [
+            {"match": {"prefix": "/api", "methods": ["POST", "PUT", "DELETE"]}, "requires": "idp"},
+            {"match": {"prefix": "/"}, "requires": "idp", "allow_missing": true}
+        ]}),
+    );
+    let host = Host::new();
+    let mut w = worker(&host, &config);
+    for method in ["POST", "post", "PoSt", "delete"] {
+        let v = w
+            .exchange(
+                &[
+                    (":method", method),
+                    (":path", "/api/x"),
+                    (":authority", "a"),
+                ],
+                None,
+                &[(":status", "200")],
+                None,
+            )
+            .unwrap();
+        assert_eq!(refused(&v).0, 401, "{method}");
+    }
+    let v = w
+        .exchange(
+            &[(":method", "get"), (":path", "/api/x"), (":authority", "a")],
+            None,
+            &[(":status", "200")],
+            None,
+        )
+        .unwrap();
+    assert!(v.upstream_request_headers.is_some(), "GET needs no token");
+}
+
+#[test]
+fn an_unsigned_token_learns_nothing_about_the_claims() {
+    let host = host_without_native();
+    let mut w = worker(&host, &inline_config());
+    let now = host.now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    // RS256 with the right kid, a garbage signature, and claims that are right or wrong.
+    let forge = |claims: Value| {
+        format!(
+            "{}.{}.{}",
+            b64(br#"{"alg":"RS256","kid":"rs"}"#),
+            b64(&serde_json::to_vec(&claims).unwrap()),
+            b64(&[1u8; 256])
+        )
+    };
+    let mut answers = Vec::new();
+    for claims in [
+        json!({"iss": "https://evil", "aud": "api", "sub": "u", "exp": now + 60}),
+        json!({"iss": ISS, "aud": "other", "sub": "u", "exp": now + 60}),
+        json!({"iss": ISS, "aud": "api", "sub": "u", "exp": now - 3600}),
+        json!({"iss": ISS, "aud": "api", "sub": "u", "exp": now + 60}),
+    ] {
+        let v = with_token(&mut w, "/", &forge(claims));
+        let reply = v.local_response.clone().unwrap();
+        answers.push((
+            reply.status,
+            reply.body,
+            reply.headers.get("www-authenticate"),
+        ));
+    }
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    assert_eq!(
+        refused(&with_token(&mut w, "/", &forge(json!({})))).1,
+        "bad_signature"
+    );
+    // A token that verifies gets the specific answer.
+    let (status, reason, _) = refused(&with_token(
+        &mut w,
+        "/",
+        &rs256(&host, json!({"aud": "other"})),
+    ));
+    assert_eq!((status, reason.as_str()), (403, "audience"));
+}
+
+#[test]
+fn a_forged_pss_token_costs_no_pure_rust_rsa_check() {
+    // The reproducer of #19: `{"alg":"PS512"}`, plausible claims, a 256-byte garbage signature
+    // and no kid, against a remote JWKS of 4 RSA keys without `alg` (as Entra publishes them).
+    // It cost 85.9M Wasm instructions per request: a PSS check per key, in pure Rust.
+    let rsa: Vec<Value> = (0..4)
+        .map(|_| {
+            let c = RS256KeyPair::generate(2048)
+                .unwrap()
+                .public_key()
+                .to_components();
+            json!({"kty": "RSA", "n": b64(&c.n), "e": b64(&c.e)})
+        })
+        .collect();
+    let body = serde_json::to_vec(&json!({"keys": rsa})).unwrap();
+    let host = native_host();
+    host.add_cluster("idp");
+    let now = host.now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let forged = format!(
+        "{}.{}.{}",
+        b64(br#"{"alg":"PS512","typ":"JWT"}"#),
+        b64(
+            &serde_json::to_vec(&json!({"iss": ISS, "aud": "api", "sub": "u", "exp": now + 600}))
+                .unwrap()
+        ),
+        b64(&[0x5a; 256])
+    );
+    let run = |config: &str, expected_checks: u64| -> u64 {
+        let mut w = worker(&host, config);
+        tick(&mut w);
+        serve_jwks(&mut w, body.clone());
+        tick(&mut w);
+        let before = host.counter(&m("verify_fallback"));
+        let (fuel, v) = request_fuel(&mut w, "/", &forged);
+        assert_eq!(refused(&v).1, "bad_signature");
+        assert_eq!(
+            host.counter(&m("verify_fallback")) - before,
+            expected_checks
+        );
+        fuel
+    };
+    let default = run(&remote_config(30), 0);
+    // Allowing PS512 explicitly lets keys without alg serve it: one check, not four.
+    let explicit: Value = {
+        let mut v: Value = serde_json::from_str(&remote_config(30)).unwrap();
+        v["providers"]["idp"]["algorithms"] = json!(["RS256", "PS512"]);
+        v
+    };
+    let one = run(&explicit.to_string(), 1);
+    eprintln!(
+        "fuel: forged PS512, no kid, 4 RSA keys without alg: {default} (PS512 allowed: {one})"
+    );
+    // Deterministic instruction counts, not time: before the fix 85.9M and 4 checks.
+    assert!(default < 1_000_000, "{default}");
+    assert!(one < 30_000_000, "{one}");
+}
+
+#[test]
+fn an_unloadable_shared_jwks_fails_closed_instead_of_recursing() {
+    // Another plugin (Istio: no vm_id) or module version left a meta record with version > 0
+    // whose JWKS this VM cannot load. `process` used to call itself until the VM trapped.
+    let config = remote_config(30);
+    let host = host_without_native();
+    let hash = format!("{:016x}", fnv1a64(config.as_bytes()));
+    let meta_key = jwt_to_header::jwks::meta_key(&hash, "idp");
+    let now_ms = host.now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let meta = format!("v1 7 {now_ms} 0 {now_ms} 0");
+    assert_eq!(
+        host.set_shared_data("", meta_key.as_bytes(), meta.as_bytes(), 0),
+        Status::Ok
+    );
+    assert_eq!(
+        host.set_shared_data(
+            "",
+            shared_jwks_key(&config).as_bytes(),
+            br#"{"keys":[]}"#,
+            0
+        ),
+        Status::Ok
+    );
+    let mut w = worker(&host, &config);
+    let token = rs256(&host, json!({}));
+    for _ in 0..3 {
+        let v = with_token(&mut w, "/", &token);
+        let (status, reason, _) = refused(&v);
+        assert_eq!((status, reason.as_str()), (503, "jwks_unavailable"));
+    }
+    let why = warnings(&w);
+    let loads: Vec<_> = why
+        .iter()
+        .filter(|l| l.contains("cannot load the shared JWKS version 7"))
+        .collect();
+    assert_eq!(loads.len(), 1, "warned once per version: {why:?}");
+}
+
+#[test]
+fn underscore_spellings_of_claim_headers_are_stripped() {
+    let host = native_host();
+    let mut w = worker(&host, &inline_config());
+    let token = rs256(&host, json!({}));
+    let auth = format!("Bearer {token}");
+    let v = get(
+        &mut w,
+        "/",
+        &[
+            ("authorization", &auth),
+            ("x_user_id", "admin"),
+            ("x_user-role", "root"),
+            ("x-jwt_payload", "e30"),
+            ("x_unrelated", "kept"),
+        ],
+    );
+    let h = upstream(&v);
+    assert_eq!(h.get("x-user-id").as_deref(), Some("user-1"));
+    for spoof in ["x_user_id", "x_user-role", "x-jwt_payload"] {
+        assert!(h.get(spoof).is_none(), "{spoof} reached the upstream");
+    }
+    assert_eq!(h.get("x_unrelated").as_deref(), Some("kept"));
+}
+
+#[test]
+fn risky_configurations_are_loaded_with_a_warning() {
+    let host = Host::new();
+    let config = patched(
+        json!({"audiences": null}),
+        json!({"match": {"prefix": "/api"}}),
+        json!({}),
+    );
+    let w = worker(&host, &config);
+    let why = warnings(&w);
+    assert!(
+        why.iter()
+            .any(|l| l.contains("rules: no rule matches every request")),
+        "{why:?}"
+    );
+    assert!(
+        why.iter()
+            .any(|l| l.contains("providers.idp.audiences: empty")),
+        "{why:?}"
+    );
+    let w = worker(&host, &inline_config());
+    assert!(warnings(&w).is_empty(), "{:?}", warnings(&w));
 }

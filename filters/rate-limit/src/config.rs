@@ -9,7 +9,7 @@ use gatewasm_common::{ConfigError, parse_config};
 use serde::{Deserialize, Serialize};
 
 use crate::gcra::Limit;
-use crate::key::stable_id;
+use crate::key::{IpPrefix, stable_id};
 use crate::table::Layout;
 
 /// Default bound on distinct live keys per rule.
@@ -32,6 +32,10 @@ pub struct RateLimitConfig {
     /// Where the `client_ip` key part comes from.
     pub client_ip: ClientIpConfig,
 
+    /// How much of the client address is the client: the address is cut to this network prefix
+    /// before it becomes a key (and the rate-limit service's `remote_address`).
+    pub client_ip_prefix: ClientIpPrefixConfig,
+
     /// The denial reply and the rate-limit headers.
     pub response: ResponseConfig,
 
@@ -50,6 +54,7 @@ impl Default for RateLimitConfig {
         Self {
             rules: Vec::new(),
             client_ip: ClientIpConfig::default(),
+            client_ip_prefix: ClientIpPrefixConfig::default(),
             response: ResponseConfig::default(),
             on_contention: Policy::Allow,
             on_overflow: Policy::Allow,
@@ -264,6 +269,31 @@ impl Default for ClientIpConfig {
     }
 }
 
+/// Prefix lengths that aggregate client addresses: all addresses of one network share a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(test, derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientIpPrefixConfig {
+    /// Leading bits of an IPv4 address (and of an IPv4-mapped IPv6 address) that identify the
+    /// client, 1..=32. Default 32: each address.
+    #[cfg_attr(test, schemars(range(min = 1, max = 32)))]
+    pub ipv4: u8,
+    /// Leading bits of an IPv6 address that identify the client, 1..=128. Default 64: one
+    /// subscriber usually holds a whole /64 and can use any address in it.
+    #[cfg_attr(test, schemars(range(min = 1, max = 128)))]
+    pub ipv6: u8,
+}
+
+impl Default for ClientIpPrefixConfig {
+    fn default() -> Self {
+        let d = IpPrefix::default();
+        Self {
+            ipv4: d.ipv4,
+            ipv6: d.ipv6,
+        }
+    }
+}
+
 /// The denial reply and the rate-limit headers.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[cfg_attr(test, derive(schemars::JsonSchema))]
@@ -378,6 +408,7 @@ pub struct Rule {
 pub struct Settings {
     pub rules: Vec<Rule>,
     pub client_ip: ClientIpConfig,
+    pub client_ip_prefix: IpPrefix,
     pub status: u32,
     pub headers: HeaderFormat,
     pub on_contention: Policy,
@@ -683,6 +714,19 @@ impl RateLimitConfig {
                 "must be > 0 (1 = the right-most address)",
             ));
         }
+        let prefix = self.client_ip_prefix;
+        if !(1..=32).contains(&prefix.ipv4) {
+            return Err(ConfigError::new(
+                "client_ip_prefix.ipv4",
+                format!("must be between 1 and 32, got {}", prefix.ipv4),
+            ));
+        }
+        if !(1..=128).contains(&prefix.ipv6) {
+            return Err(ConfigError::new(
+                "client_ip_prefix.ipv6",
+                format!("must be between 1 and 128, got {}", prefix.ipv6),
+            ));
+        }
         let status = self.response.status;
         if !(400..=599).contains(&status) {
             return Err(ConfigError::new(
@@ -693,6 +737,10 @@ impl RateLimitConfig {
         Ok(Settings {
             rules,
             client_ip: self.client_ip,
+            client_ip_prefix: IpPrefix {
+                ipv4: prefix.ipv4,
+                ipv6: prefix.ipv6,
+            },
             status: u32::from(status),
             headers: self.response.headers,
             on_contention: self.on_contention,
@@ -729,6 +777,7 @@ mod tests {
                  "max_keys": 17, "shadow": true}
             ],
             "client_ip": {"from": "xff", "trusted_hops": 2},
+            "client_ip_prefix": {"ipv4": 24, "ipv6": 48},
             "response": {"status": 503, "headers": "draft03"},
             "on_contention": "deny", "on_overflow": "deny"
         }"#,
@@ -760,6 +809,7 @@ mod tests {
         assert_eq!(s.rules[0].limit.limit.window_s, 60);
         assert_eq!(s.rules[0].layout.capacity(), 10_000);
         assert_eq!(s.client_ip, ClientIpConfig::Xff { trusted_hops: 2 });
+        assert_eq!(s.client_ip_prefix, IpPrefix { ipv4: 24, ipv6: 48 });
         assert_eq!((s.status, s.headers), (503, HeaderFormat::Draft03));
         assert_eq!(
             (s.on_contention, s.on_overflow),
@@ -772,6 +822,16 @@ mod tests {
     fn defaults() {
         let s = parse(r#"{"rules":[{"name":"a","key":["route"],"limit":1}]}"#).unwrap();
         assert_eq!(s.client_ip, ClientIpConfig::Peer {});
+        assert_eq!(s.client_ip_prefix, IpPrefix { ipv4: 32, ipv6: 64 });
+        let s = parse(
+            r#"{"rules":[{"name":"a","key":["route"],"limit":1}],"client_ip_prefix":{"ipv6":56}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.client_ip_prefix,
+            IpPrefix { ipv4: 32, ipv6: 56 },
+            "an omitted length keeps its default"
+        );
         assert_eq!((s.status, s.headers), (429, HeaderFormat::Both));
         assert_eq!(
             (s.on_contention, s.on_overflow),
@@ -980,6 +1040,34 @@ mod tests {
             (
                 format!(r#"{{"rules":[{{{ok}}}],"client_ip":{{"from":"peer","trusted_hops":2}}}}"#),
                 "client_ip",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok}}}],"client_ip_prefix":{{"ipv4":0}}}}"#),
+                "client_ip_prefix.ipv4",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok}}}],"client_ip_prefix":{{"ipv4":33}}}}"#),
+                "client_ip_prefix.ipv4",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok}}}],"client_ip_prefix":{{"ipv6":0}}}}"#),
+                "client_ip_prefix.ipv6",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok}}}],"client_ip_prefix":{{"ipv6":129}}}}"#),
+                "client_ip_prefix.ipv6",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok}}}],"client_ip_prefix":{{"ipv6":256}}}}"#),
+                "client_ip_prefix.ipv6",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok}}}],"client_ip_prefix":{{"v6":64}}}}"#),
+                "client_ip_prefix.v6",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok}}}],"client_ip_prefix":64}}"#),
+                "client_ip_prefix",
             ),
             (
                 format!(r#"{{"rules":[{{{ok}}}],"response":{{"status":200}}}}"#),

@@ -28,17 +28,21 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
 
 use crate::config::{HeaderFormat, Mode, Policy, Settings, parse_settings};
+use crate::key::KeySeed;
 use crate::limiter::{
     Decision, DenyReason, Event, Quota, Request, SetResult, Store, create_tables, decide,
-    quota_limit,
+    quota_limit, shared_key_seed,
 };
 use crate::response::{global_rate_limit_headers, rate_limit_headers, retry_after};
-use crate::rls::{Answer, GRPC_DEADLINE_EXCEEDED, GlobalQuota, METHOD, SERVICE, interpret};
+use crate::rls::{
+    Answer, GRPC_DEADLINE_EXCEEDED, GlobalQuota, HeaderOp, METHOD, SERVICE, interpret,
+    request_header_ops,
+};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_context_id| -> Box<dyn RootContext> {
-        Box::new(Root { config: None })
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root { context_id, config: None })
     });
 }}
 
@@ -143,10 +147,27 @@ impl Metrics {
 struct Compiled {
     settings: Settings,
     metrics: Metrics,
+    /// The process's bucket-key seed (the same in every VM of the process).
+    seed: KeySeed,
 }
 
 struct Root {
+    context_id: u32,
     config: Option<Rc<Compiled>>,
+}
+
+/// The process's key seed from shared data (created by the first VM; 1 get, +1 set and 1 get
+/// for that VM): read on every configuration, so a VM never keeps a seed the others do not use.
+fn process_seed(context_id: u32) -> KeySeed {
+    let fresh = || glue::fresh_seed(FILTER, "the bucket-key hash", context_id);
+    shared_key_seed(&mut HostStore, fresh).unwrap_or_else(|| {
+        // Without shared data the buckets cannot be shared either; the fixed keys at least keep
+        // every VM's keys alike, as before seeding.
+        log::warn!(
+            "rate-limit: cannot share a bucket-key seed through shared data; using the fixed one"
+        );
+        KeySeed::FIXED
+    })
 }
 
 impl Context for Root {}
@@ -164,7 +185,12 @@ impl RootContext for Root {
             );
         }
         let metrics = Metrics::define(&settings);
-        self.config = Some(Rc::new(Compiled { settings, metrics }));
+        let seed = process_seed(self.context_id);
+        self.config = Some(Rc::new(Compiled {
+            settings,
+            metrics,
+            seed,
+        }));
         true
     }
 
@@ -342,13 +368,15 @@ impl Stream {
             let _ = hostcalls::send_http_response(settings.status, reply, Some(body.as_bytes()));
             return Action::Pause;
         }
-        for (name, value) in global.request_headers.drain(..) {
-            let _ = hostcalls::add_map_value(
-                proxy_wasm::types::MapType::HttpRequestHeaders,
-                &name,
-                &value,
-            );
+        // The first value of a name replaces what the client sent (see `request_header_ops`).
+        for (op, name, value) in request_header_ops(&global.request_headers) {
+            let map = proxy_wasm::types::MapType::HttpRequestHeaders;
+            let _ = match op {
+                HeaderOp::Replace => hostcalls::set_map_value(map, name, Some(value)),
+                HeaderOp::Append => hostcalls::add_map_value(map, name, value),
+            };
         }
+        global.request_headers.clear();
         if paused {
             let _ = hostcalls::resume_http_request();
         }
@@ -434,7 +462,7 @@ impl HttpContext for Stream {
             },
             now,
         };
-        let decision = decide(settings, &mut HostStore, &request, |e| {
+        let decision = decide(settings, &compiled.seed, &mut HostStore, &request, |e| {
             if let Event::ShadowDenied(i) = e
                 && let Some(rule) = settings.rules.get(i)
             {

@@ -9,7 +9,8 @@
 //! - [`gcra`]: the algorithm on one bucket (TAT arithmetic, remaining/reset/retry-after).
 //! - [`table`]: the bounded slot table: fixed groups of 16 slots (fingerprint + TAT) per rule,
 //!   one shared-data entry per group, idle-slot reuse, overflow.
-//! - [`key`]: allocation-free bucket-key hashing; client IP from the peer or `x-forwarded-for`.
+//! - [`key`]: allocation-free bucket-key hashing with the per-process seed; client IP from the
+//!   peer or `x-forwarded-for`, cut to its network prefix.
 //! - [`config`]: JSON configuration → validated [`config::Settings`] (once, in `on_configure`).
 //! - [`limiter`]: one request against all rules: matching, keys, the bounded CAS loop on a
 //!   [`limiter::Store`], the verdict and the metric events.

@@ -5,7 +5,8 @@
 //! fields this filter neither sends nor reads are left out, and prost skips them when decoding),
 //! the request encoding and the interpretation of an answer. Pure: no host calls.
 //!
-//! The test RLS server in `tests/` uses the same messages.
+//! The test RLS servers use the same messages: `tests/src/rls_server.rs` and
+//! `tools/limitador-rls` (Limitador).
 
 use prost::Message;
 
@@ -271,6 +272,34 @@ fn headers(list: &[HeaderValue]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// How one request header the service asked for is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderOp {
+    /// Set it: every copy already in the request (the client's) is removed.
+    Replace,
+    /// Add another value (the service asked for this name more than once).
+    Append,
+}
+
+/// The request headers the service(s) asked to add, in order, each with how to apply it: the
+/// first of a name **replaces** the request's copies, later ones of that name are appended.
+/// Why replace: an upstream trusts a header the rate-limit service sets (`x-ratelimit-*`, a
+/// plan, a verdict); appended, a copy the client sent first would survive and most upstreams
+/// read the first value. Allocation-free (≤ 16 headers per answer, so the scan is short).
+pub fn request_header_ops(
+    headers: &[(String, String)],
+) -> impl Iterator<Item = (HeaderOp, &str, &str)> {
+    headers.iter().enumerate().map(|(i, (name, value))| {
+        let seen = headers[..i].iter().any(|(n, _)| n == name);
+        let op = if seen {
+            HeaderOp::Append
+        } else {
+            HeaderOp::Replace
+        };
+        (op, name.as_str(), value.as_str())
+    })
+}
+
 fn ceil_duration(d: &Duration) -> Option<u64> {
     if d.seconds < 0 || d.nanos < 0 {
         return None;
@@ -481,6 +510,28 @@ mod tests {
             interpret(0, Some(&response(Code::Unknown, None))),
             Answer::Error
         );
+    }
+
+    #[test]
+    fn request_headers_replace_then_append() {
+        let h = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let list = h(&[("x-a", "1"), ("x-b", "2"), ("x-a", "3"), ("x-a", "4")]);
+        let ops: Vec<_> = request_header_ops(&list).collect();
+        assert_eq!(
+            ops,
+            [
+                (HeaderOp::Replace, "x-a", "1"),
+                (HeaderOp::Replace, "x-b", "2"),
+                (HeaderOp::Append, "x-a", "3"),
+                (HeaderOp::Append, "x-a", "4"),
+            ]
+        );
+        assert_eq!(request_header_ops(&[]).count(), 0);
     }
 
     #[test]

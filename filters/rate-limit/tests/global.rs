@@ -6,9 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use prost::Message;
+use proxy_wasm_harness::testing;
 use proxy_wasm_harness::{
-    GrpcResponse, Host, Module, PendingGrpcCall, PluginConfig, StreamId, StreamOptions, StreamView,
-    Worker,
+    GrpcResponse, Host, PendingGrpcCall, StreamId, StreamOptions, StreamView, Worker,
 };
 use rate_limit::rls::{
     Code, DescriptorStatus, Duration, HeaderValue, RateLimit, RateLimitRequest, RateLimitResponse,
@@ -16,14 +16,7 @@ use rate_limit::rls::{
 };
 
 fn worker(host: &Host, config: &str) -> Worker {
-    let module = Module::artifact("rate-limit").unwrap_or_else(|e| panic!("{e}"));
-    Worker::new(
-        host,
-        &[PluginConfig::new(&module)
-            .name("rate-limit")
-            .configuration(config)],
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    testing::worker(host, "rate-limit", "rate-limit", config)
 }
 
 fn host() -> Host {
@@ -317,4 +310,63 @@ fn a_stream_gone_before_the_answer_is_harmless() {
     w.respond_grpc_call(call.unwrap().id, GrpcResponse::ok(answer(Code::Ok, 1, 1)))
         .unwrap();
     assert_eq!(finish(&mut w, id).status(), Some(200));
+}
+
+/// Issue #19: the request headers the service asks to add were appended, so a copy the client
+/// sent first survived (and most upstreams read the first value). The first value of a name now
+/// replaces the client's copies; further values of that name from the service are appended.
+#[test]
+fn service_request_headers_replace_the_clients() {
+    let host = host();
+    let mut w = worker(&host, GLOBAL);
+    let id = w
+        .open_stream_with(StreamOptions {
+            source_address: "10.0.0.7:4000".to_owned(),
+            ..StreamOptions::default()
+        })
+        .unwrap();
+    w.send_request_headers(
+        id,
+        &[
+            (":method", "GET"),
+            (":path", "/api/x"),
+            (":authority", "gw.example.com"),
+            ("x-tenant", "acme"),
+            ("x-ratelimit-foo", "spoof"),
+            ("X-RateLimit-Foo", "spoof-2"),
+            ("x-ratelimit-plan", "spoof"),
+        ],
+        true,
+    )
+    .unwrap();
+    let call = w
+        .pending_grpc_calls()
+        .pop()
+        .expect("a ShouldRateLimit call");
+    let header = |key: &str, value: &str| HeaderValue {
+        key: key.into(),
+        value: value.into(),
+        raw_value: Vec::new(),
+    };
+    let answer = RateLimitResponse {
+        overall_code: Code::Ok as i32,
+        statuses: Vec::new(),
+        response_headers_to_add: Vec::new(),
+        request_headers_to_add: vec![
+            header("x-ratelimit-foo", "real"),
+            header("X-RateLimit-Plan", "gold"),
+            header("x-ratelimit-plan", "silver"),
+        ],
+    };
+    w.respond_grpc_call(call.id, GrpcResponse::ok(answer.encode_to_vec()))
+        .unwrap();
+    let v = finish(&mut w, id);
+    let up = v.upstream_request_headers.as_ref().unwrap();
+    assert_eq!(up.get_all("x-ratelimit-foo"), vec!["real".to_owned()]);
+    assert_eq!(
+        up.get_all("x-ratelimit-plan"),
+        vec!["gold".to_owned(), "silver".to_owned()],
+        "the service's own values are all kept"
+    );
+    assert_eq!(up.get("x-tenant").as_deref(), Some("acme"));
 }

@@ -5,28 +5,29 @@
 
 use std::time::Duration;
 
+use proxy_wasm_harness::testing;
 use proxy_wasm_harness::{
-    Host, LogLevel, Module, PluginConfig, StreamOptions, StreamView, Worker,
-    assert_configs_rejected,
+    Host, LogLevel, StreamOptions, StreamView, Worker, assert_configs_rejected,
 };
 use serde_json::{Value, json};
 
-fn module() -> Module {
-    Module::artifact("rate-limit").unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn worker(host: &Host, config: &str) -> Worker {
-    Worker::new(
-        host,
-        &[PluginConfig::new(&module())
-            .name("rate-limit")
-            .configuration(config)],
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    testing::worker(host, "rate-limit", "rate-limit", config)
 }
 
 /// One exchange from `peer` (`ip:port`) with extra request headers.
 fn request(w: &mut Worker, peer: &str, extra: &[(&str, &str)]) -> StreamView {
+    request_to(w, peer, "GET", "/api/orders", extra)
+}
+
+/// One exchange with the given method and path.
+fn request_to(
+    w: &mut Worker,
+    peer: &str,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> StreamView {
     let id = w
         .open_stream_with(StreamOptions {
             source_address: peer.to_owned(),
@@ -34,8 +35,8 @@ fn request(w: &mut Worker, peer: &str, extra: &[(&str, &str)]) -> StreamView {
         })
         .unwrap();
     let mut req = vec![
-        (":method", "GET"),
-        (":path", "/api/orders"),
+        (":method", method),
+        (":path", path),
         (":authority", "gw.example.com"),
     ];
     req.extend_from_slice(extra);
@@ -189,6 +190,132 @@ fn client_ip_from_peer_ignores_spoofed_xff() {
     assert_eq!(allowed, 2, "the spoofable left-most entry is ignored");
 }
 
+/// Issue #19: a `POST` rule was escaped by sending `post` (Envoy forwards an HTTP/2 `:method`
+/// as the client wrote it). Methods match case-insensitively, and the `method` key part is one
+/// bucket for every spelling.
+#[test]
+fn method_rules_cannot_be_escaped_by_case() {
+    let host = Host::new();
+    let config = r#"{"rules":[{"name":"login","match":{"methods":["POST"],"path_prefix":"/rl/login"},
+                     "key":["client_ip"],"limit":1,"window_s":60}]}"#;
+    let mut w = worker(&host, config);
+    let login =
+        |w: &mut Worker, method: &str| request_to(w, "10.0.0.1:1", method, "/rl/login", &[]);
+    assert_eq!(login(&mut w, "POST").status(), Some(200));
+    for method in ["POST", "post", "PoSt"] {
+        assert_eq!(login(&mut w, method).status(), Some(429), "{method}");
+    }
+    assert_eq!(login(&mut w, "GET").status(), Some(200), "not a POST");
+    assert_eq!(host.counter("gatewasm_rate_limit_denied_login"), 3);
+
+    let config = r#"{"rules":[{"name":"m","key":["method"],"limit":1}]}"#;
+    let mut w = worker(&Host::new(), config);
+    let call = |w: &mut Worker, method: &str| request_to(w, "10.0.0.1:1", method, "/", &[]);
+    assert_eq!(call(&mut w, "post").status(), Some(200));
+    assert_eq!(call(&mut w, "POST").status(), Some(429), "one bucket");
+    assert_eq!(call(&mut w, "Post").status(), Some(429), "one bucket");
+}
+
+/// Issue #19: every IPv6 address was its own bucket, so a client with a /64 had 2⁶⁴ of them.
+/// By default addresses are cut to /64 (IPv6) and /32 (IPv4); `client_ip_prefix` sets both.
+#[test]
+fn ipv6_clients_are_limited_per_64() {
+    let mut w = worker(&Host::new(), PER_IP);
+    let mut allowed = 0;
+    for i in 0..20 {
+        let peer = format!("[2001:db8:1:2:{i:x}::{i:x}]:4000");
+        allowed += u32::from(ok(&request(&mut w, &peer, &[])));
+    }
+    assert_eq!(allowed, 5, "twenty addresses of one /64 share one bucket");
+    assert!(
+        ok(&request(&mut w, "[2001:db8:1:3::1]:4000", &[])),
+        "another /64"
+    );
+    // An IPv4-mapped peer is that IPv4 client (/32 by default).
+    for _ in 0..5 {
+        assert!(ok(&request(&mut w, "192.0.2.9:1", &[])));
+    }
+    assert!(!ok(&request(&mut w, "[::ffff:192.0.2.9]:1", &[])));
+    assert!(ok(&request(&mut w, "192.0.2.10:1", &[])));
+
+    let config = r#"{"rules":[{"name":"per-ip","key":["client_ip"],"limit":1}],
+                     "client_ip_prefix":{"ipv4":24,"ipv6":128}}"#;
+    let mut w = worker(&Host::new(), config);
+    assert!(ok(&request(&mut w, "[2001:db8::1]:1", &[])));
+    assert!(
+        ok(&request(&mut w, "[2001:db8::2]:1", &[])),
+        "/128: each address"
+    );
+    assert!(ok(&request(&mut w, "192.0.2.1:1", &[])));
+    assert!(
+        !ok(&request(&mut w, "192.0.2.200:1", &[])),
+        "/24: one network"
+    );
+}
+
+/// Which group of `rule`'s table holds a bucket (the group whose value is no longer empty).
+fn used_groups(host: &Host, config: &str) -> Vec<u32> {
+    let settings = rate_limit::config::parse_settings(Some(config.as_bytes())).unwrap();
+    let rule = &settings.rules[0];
+    (0..rule.layout.groups)
+        .filter(|g| {
+            let key = rate_limit::table::EntryKey::new(rule.table_id, *g);
+            let (value, _) = host.shared_data("", key.as_str().as_bytes()).unwrap();
+            value[1..].iter().any(|b| *b != 0)
+        })
+        .collect()
+}
+
+/// Issue #19: the key hash had fixed keys, so anyone could compute which table group a key
+/// lands in and aim keys at a victim's group. Now each process (Host) draws a seed once, in
+/// the first VM, and shares it through shared data: its workers agree (one exact bucket across
+/// them), another process places the same key elsewhere.
+#[test]
+fn the_key_hash_seed_is_per_process_and_shared_by_its_workers() {
+    let config = r#"{"rules":[{"name":"ip","key":["client_ip"],"limit":10,"window_s":3600}],
+                     "on_contention":"deny"}"#;
+    let seed_key = rate_limit::limiter::SEED_KEY.as_bytes();
+    let process = |random: u64| {
+        let host = Host::new();
+        // Two processes get different randomness from their OS.
+        host.seed_random(random);
+        // Four workers start at once: one seed wins and all of them use it.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let host = host.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let mut w = worker(&host, config);
+                    barrier.wait();
+                    let mut allowed = 0u64;
+                    for i in 0..10 {
+                        let peer = format!("10.0.0.1:{}", 1000 + i);
+                        allowed += u64::from(ok(&request(&mut w, &peer, &[])));
+                    }
+                    allowed
+                })
+            })
+            .collect();
+        let allowed: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(allowed, 10, "one exact bucket across the workers");
+        let (seed, _) = host.shared_data("", seed_key).unwrap();
+        assert_eq!(seed.len(), 32);
+        let groups = used_groups(&host, config);
+        assert_eq!(groups.len(), 1, "{groups:?}");
+        // A worker that starts later reads the same seed: the bucket is still empty for it.
+        let mut late = worker(&host, config);
+        assert!(!ok(&request(&mut late, "10.0.0.1:1", &[])));
+        assert_eq!(host.shared_data("", seed_key).unwrap().0, seed);
+        (seed, groups[0])
+    };
+    let (seed_a, group_a) = process(1);
+    let (seed_b, group_b) = process(2);
+    assert_ne!(seed_a, seed_b);
+    assert_ne!(group_a, group_b, "the same client lands in another group");
+}
+
 /// 2–4 worker VMs of one process on threads, racing on one bucket: exactly `limit` requests are
 /// allowed in total.
 #[test]
@@ -268,8 +395,8 @@ fn key_flood_keeps_shared_data_bounded() {
     let vm_id = "";
     let size_before = host.shared_data_size(vm_id);
     assert_eq!(
-        size_before.0, 10,
-        "160 keys = 10 groups of 16, created up front"
+        size_before.0, 11,
+        "160 keys = 10 groups of 16, created up front, and the key seed"
     );
     let mut active_allowed = 0;
     for i in 0..20_000u32 {
@@ -674,6 +801,38 @@ fn bad_configurations_name_the_field() {
             &["client_ip", "invalid value: integer `-1`, expected u32"],
         ),
         (
+            with_top(json!({"client_ip_prefix": {"ipv4": 0}})),
+            &["client_ip_prefix.ipv4: must be between 1 and 32, got 0"],
+        ),
+        (
+            with_top(json!({"client_ip_prefix": {"ipv4": 33}})),
+            &["client_ip_prefix.ipv4: must be between 1 and 32, got 33"],
+        ),
+        (
+            with_top(json!({"client_ip_prefix": {"ipv6": 0}})),
+            &["client_ip_prefix.ipv6: must be between 1 and 128, got 0"],
+        ),
+        (
+            with_top(json!({"client_ip_prefix": {"ipv6": 129}})),
+            &["client_ip_prefix.ipv6: must be between 1 and 128, got 129"],
+        ),
+        (
+            with_top(json!({"client_ip_prefix": {"ipv6": 256}})),
+            &["client_ip_prefix.ipv6: invalid value: integer `256`, expected u8"],
+        ),
+        (
+            with_top(json!({"client_ip_prefix": {"ipv6": "64"}})),
+            &["client_ip_prefix.ipv6: invalid type: string \"64\", expected u8"],
+        ),
+        (
+            with_top(json!({"client_ip_prefix": {"v6": 64}})),
+            &["client_ip_prefix.v6: unknown field `v6`, expected `ipv4` or `ipv6`"],
+        ),
+        (
+            with_top(json!({"client_ip_prefix": 64})),
+            &["client_ip_prefix: invalid type: integer `64`"],
+        ),
+        (
             with_top(json!({"response": {"status": 200}})),
             &["response.status: must be between 400 and 599, got 200"],
         ),
@@ -758,7 +917,7 @@ fn bad_configurations_name_the_field() {
         ),
     ];
     assert_configs_rejected(
-        &module(),
+        &testing::module("rate-limit"),
         "rate-limit: invalid plugin configuration: ",
         &cases,
     );
@@ -792,7 +951,9 @@ fn table_layout_in_shared_data() {
     let settings = rate_limit::config::parse_settings(Some(config.as_bytes())).unwrap();
     let rule = &settings.rules[0];
     let mut w = worker(&host, config);
-    assert_eq!(host.shared_data_size(""), (7, 7 * (257 + 30)));
+    // The table, and the process's key seed (`gatewasm.rl.key-seed`, 32 bytes).
+    let seed = rate_limit::limiter::SEED_KEY.len() + 32;
+    assert_eq!(host.shared_data_size(""), (8, 7 * (257 + 30) + seed));
     for g in 0..7 {
         let key = rate_limit::table::EntryKey::new(rule.table_id, g);
         assert!(key.as_str().starts_with("gatewasm.rl."));
@@ -803,7 +964,7 @@ fn table_layout_in_shared_data() {
     for i in 0..50 {
         request(&mut w, &format!("10.0.0.{i}:1"), &[]);
     }
-    assert_eq!(host.shared_data_size(""), (7, 7 * (257 + 30)));
+    assert_eq!(host.shared_data_size(""), (8, 7 * (257 + 30) + seed));
 }
 
 /// Shadow rules count and log but never deny; overrides and missing keys in the real module.

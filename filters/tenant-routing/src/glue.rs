@@ -15,7 +15,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
 use crate::config::{Settings, UNKNOWN_TENANT, parse_settings};
-use crate::resolve::{Decision, Rejection, requests_metric_name, resolve, stale_tenant_headers};
+use crate::resolve::{
+    Decision, Rejection, requests_metric_name, resolve, stale_tenant_headers, underscore_spoofs,
+};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Debug);
@@ -139,6 +141,9 @@ impl HttpContext for Stream {
             return self.reject(&compiled, Rejection::Unknown);
         };
         for name in stale_tenant_headers(settings, index, &headers) {
+            self.remove_http_request_header(name);
+        }
+        for name in underscore_spoofs(settings, &headers) {
             self.remove_http_request_header(name);
         }
         // Replace semantics (Envoy's setCopy): any copies the client sent are gone.

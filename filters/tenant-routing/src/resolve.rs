@@ -235,6 +235,18 @@ pub fn stale_tenant_headers<'s>(
         .collect()
 }
 
+/// Request headers spelled like a header this filter sets but with `_` for `-` (`x_tenant_id`):
+/// CGI-style upstreams read them as the same variable, so they are removed too.
+pub fn underscore_spoofs<'h>(settings: &Settings, headers: &[(&'h str, &[u8])]) -> Vec<&'h str> {
+    let ours = [
+        settings.output_header.as_str(),
+        settings.cluster_header.as_str(),
+    ]
+    .into_iter()
+    .chain(settings.tenant_header_names.iter().map(String::as_str));
+    gatewasm_common::headers::underscore_variants(headers, ours)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -552,5 +564,22 @@ mod tests {
             "acme sets x-tier itself"
         );
         assert!(stale_tenant_headers(&s, globex, &req(&[])).is_empty());
+    }
+
+    #[test]
+    fn underscore_spellings_of_our_headers_are_spoofs() {
+        let s = settings(r#""sources": [{"header": "x-tenant-id"}]"#);
+        let r = req(&[
+            ("x_tenant_id", "globex"),
+            ("x_tenant_cluster", "globex_backend"),
+            ("x_tier", "platinum"),
+            ("x-tier", "gold"),
+            ("x_other", "1"),
+        ]);
+        assert_eq!(
+            underscore_spoofs(&s, &r),
+            ["x_tenant_id", "x_tenant_cluster", "x_tier"]
+        );
+        assert!(underscore_spoofs(&s, &req(&[("x-tier", "gold")])).is_empty());
     }
 }

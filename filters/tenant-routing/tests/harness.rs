@@ -2,23 +2,12 @@
 //! header hygiene, the route-cache clear, metrics and bad configurations.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use proxy_wasm_harness::{
-    HeaderMap, Host, LogLevel, Module, PluginConfig, StreamView, Worker, assert_configs_rejected,
-};
+use proxy_wasm_harness::testing::{self, upstream};
+use proxy_wasm_harness::{Host, LogLevel, StreamView, Worker, assert_configs_rejected};
 use serde_json::{Value, json};
 
-fn module() -> Module {
-    Module::artifact("tenant-routing").unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn worker(host: &Host, config: &str) -> Worker {
-    Worker::new(
-        host,
-        &[PluginConfig::new(&module())
-            .name("tenants")
-            .configuration(config)],
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    testing::worker(host, "tenant-routing", "tenants", config)
 }
 
 /// Two tenants, every source, path stripping.
@@ -46,12 +35,6 @@ fn exchange(w: &mut Worker, authority: &str, path: &str, extra: &[(&str, &str)])
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn up(v: &StreamView) -> HeaderMap {
-    v.upstream_request_headers
-        .clone()
-        .expect("request reached the upstream")
-}
-
 /// Status and the `error` of the JSON body of a local reply.
 fn rejected(v: &StreamView) -> (u32, String) {
     assert!(v.upstream_request_headers.is_none(), "reached the upstream");
@@ -66,7 +49,7 @@ fn rejected(v: &StreamView) -> (u32, String) {
 }
 
 fn routed(v: &StreamView) -> (String, String) {
-    let h = up(v);
+    let h = upstream(v);
     assert_eq!(h.get_all("x-tenant-id").len(), 1);
     assert_eq!(h.get_all("x-tenant-cluster").len(), 1);
     assert_eq!(v.route_cache_clears, 1, "route cache cleared once");
@@ -95,12 +78,12 @@ fn routes_by_host() {
     ] {
         let v = exchange(&mut w, authority, "/orders", &[]);
         assert_eq!(routed(&v), pair("acme", "acme_backend"), "{authority}");
-        assert_eq!(up(&v).get("x-tenant-tier").as_deref(), Some("gold"));
-        assert_eq!(up(&v).get(":path").as_deref(), Some("/orders"));
+        assert_eq!(upstream(&v).get("x-tenant-tier").as_deref(), Some("gold"));
+        assert_eq!(upstream(&v).get(":path").as_deref(), Some("/orders"));
     }
     let v = exchange(&mut w, "globex.api.example.com", "/", &[]);
     assert_eq!(routed(&v), pair("globex", "globex_backend"));
-    assert!(!up(&v).contains("x-tenant-tier"));
+    assert!(!upstream(&v).contains("x-tenant-tier"));
     assert_eq!((host.counter(REQ_ACME), host.counter(REQ_GLOBEX)), (3, 1));
 }
 
@@ -116,13 +99,17 @@ fn routes_by_path_and_strips_it() {
     ] {
         let v = exchange(&mut w, "gw.example.com", path, &[]);
         assert_eq!(routed(&v), pair("acme", "acme_backend"), "{path}");
-        assert_eq!(up(&v).get(":path").as_deref(), Some(stripped), "{path}");
+        assert_eq!(
+            upstream(&v).get(":path").as_deref(),
+            Some(stripped),
+            "{path}"
+        );
     }
     let config = CONFIG.replace(r#", "strip": true"#, "");
     let mut w = worker(&Host::new(), &config);
     let v = exchange(&mut w, "gw.example.com", "/t/globex/a", &[]);
     assert_eq!(routed(&v), pair("globex", "globex_backend"));
-    assert_eq!(up(&v).get(":path").as_deref(), Some("/t/globex/a"));
+    assert_eq!(upstream(&v).get(":path").as_deref(), Some("/t/globex/a"));
 }
 
 #[test]
@@ -133,7 +120,10 @@ fn routes_by_trusted_header_and_query() {
     assert_eq!(routed(&v), pair("globex", "globex_backend"));
     let v = exchange(&mut w, "gw.example.com", "/x?a=1&tenant=acme", &[]);
     assert_eq!(routed(&v), pair("acme", "acme_backend"));
-    assert_eq!(up(&v).get(":path").as_deref(), Some("/x?a=1&tenant=acme"));
+    assert_eq!(
+        upstream(&v).get(":path").as_deref(),
+        Some("/x?a=1&tenant=acme")
+    );
 }
 
 /// (host, path, extra request headers).
@@ -190,7 +180,7 @@ fn consistency_first_takes_the_first_source() {
     let v = exchange(&mut w, "globex.api.example.com", "/t/acme/x", &[]);
     assert_eq!(routed(&v), pair("globex", "globex_backend"));
     assert_eq!(
-        up(&v).get(":path").as_deref(),
+        upstream(&v).get(":path").as_deref(),
         Some("/t/acme/x"),
         "not globex's prefix"
     );
@@ -268,7 +258,10 @@ fn client_cannot_choose_cluster_tenant_or_tier() {
         ],
     );
     assert_eq!(routed(&v), pair("globex", "globex_backend"));
-    assert!(!up(&v).contains("x-tenant-tier"), "globex has no tier");
+    assert!(
+        !upstream(&v).contains("x-tenant-tier"),
+        "globex has no tier"
+    );
     // Without any tenant, the client headers never reach an upstream at all.
     let v = exchange(
         &mut w,
@@ -293,7 +286,7 @@ fn custom_output_and_cluster_headers() {
         "/",
         &[("x-tenant-cluster", "evil")],
     );
-    let h = up(&v);
+    let h = upstream(&v);
     assert_eq!(h.get("x-org").as_deref(), Some("acme"));
     assert_eq!(h.get("x-route-to").as_deref(), Some("acme_backend"));
     assert_eq!(
@@ -655,7 +648,7 @@ fn bad_configurations_are_rejected_naming_the_field() {
         ),
     ];
     assert_configs_rejected(
-        &module(),
+        &testing::module("tenant-routing"),
         "tenant-routing: invalid plugin configuration: ",
         &cases,
     );
@@ -696,7 +689,7 @@ fn a_host_without_clear_route_cache_still_gets_the_routing_headers() {
     let mut w = worker(&host, CONFIG);
     let v = exchange(&mut w, "acme.api.example.com", "/orders", &[]);
     assert_eq!(v.route_cache_clears, 0, "the host has no clear_route_cache");
-    let up = up(&v);
+    let up = upstream(&v);
     assert_eq!(up.get("x-tenant-id").as_deref(), Some("acme"));
     assert_eq!(up.get("x-tenant-cluster").as_deref(), Some("acme_backend"));
     assert!(v.local_response.is_none());
@@ -705,4 +698,29 @@ fn a_host_without_clear_route_cache_still_gets_the_routing_headers() {
         "{:?}",
         w.logs()
     );
+}
+
+#[test]
+fn underscore_spellings_of_tenant_headers_never_reach_the_upstream() {
+    // #19: `x_tenant_id: acme` reaches CGI/WSGI/Rack upstreams as HTTP_X_TENANT_ID, the same
+    // variable as the x-tenant-id this filter sets (Envoy's default lets such headers through).
+    let host = Host::new();
+    let mut w = worker(&host, CONFIG);
+    let v = exchange(
+        &mut w,
+        "globex.api.example.com",
+        "/",
+        &[
+            ("x_tenant_id", "acme"),
+            ("x_tenant-cluster", "acme_backend"),
+            ("x_tenant_tier", "gold"),
+            ("x_unrelated", "kept"),
+        ],
+    );
+    assert_eq!(routed(&v), pair("globex", "globex_backend"));
+    let h = upstream(&v);
+    for spoof in ["x_tenant_id", "x_tenant-cluster", "x_tenant_tier"] {
+        assert!(h.get(spoof).is_none(), "{spoof} reached the upstream");
+    }
+    assert_eq!(h.get("x_unrelated").as_deref(), Some("kept"));
 }

@@ -23,8 +23,9 @@
 //! `tracestate` travels with `traceparent`: it is kept only when a valid incoming `traceparent`
 //! has the trace id that goes upstream (so it belongs to this trace); otherwise it is removed
 //! ("vendors SHOULD clean up tracestate on restart"). When kept, an invalid one is removed
-//! whole, a valid one is forwarded untouched if it is a single field within
-//! `tracestate_max_length`, and otherwise re-joined and truncated.
+//! whole; a valid one is forwarded untouched if it is a single field within
+//! `tracestate_max_length` without a repeated key, and otherwise re-joined (later repeats of a
+//! key dropped) and truncated.
 
 use gatewasm_common::rng::Xoshiro256pp;
 
@@ -505,7 +506,10 @@ fn plan_tracestate<F: FnMut(Write<'_>)>(
         }
     };
     let max = settings.tracestate_max_length;
-    let fits_as_is = seen.count == 1 && seen.first.map_or(0, <[u8]>::len) <= max;
+    // Dropped duplicates are not in the fields as received, so those must be re-rendered; the
+    // limit then applies to the deduplicated list (dropping repeats can only shorten it).
+    let fits_as_is =
+        seen.count == 1 && !state.dropped_duplicates() && seen.first.map_or(0, <[u8]>::len) <= max;
     if state.count() == 0 {
         // Only empty members: vendors SHOULD avoid sending an empty tracestate.
         writes.remove(Known::TraceState);
@@ -979,6 +983,30 @@ mod tests {
         let p = plan("{}", &pairs);
         assert!(get(&apply(&pairs, &p), "tracestate").is_empty());
         assert_eq!(p.rejections[0].unwrap().header, "tracestate");
+        // A repeated key: the first occurrence is kept, with the rest of the list (one field
+        // or several), and no rejection.
+        for (pairs, want) in [
+            (
+                vec![("traceparent", TP), ("tracestate", "foo=1,foo=1")],
+                "foo=1",
+            ),
+            (
+                vec![("traceparent", TP), ("tracestate", "foo=1,bar=2,foo=3")],
+                "foo=1,bar=2",
+            ),
+            (
+                vec![
+                    ("traceparent", TP),
+                    ("tracestate", "foo=1"),
+                    ("tracestate", "bar=2,foo=3"),
+                ],
+                "foo=1,bar=2",
+            ),
+        ] {
+            let p = plan("{}", &pairs);
+            assert_eq!(one(&apply(&pairs, &p), "tracestate"), want, "{pairs:?}");
+            assert!(p.rejections.iter().all(Option::is_none), "{pairs:?}");
+        }
         // Empty: removed.
         let pairs = [("traceparent", TP), ("tracestate", " , ")];
         assert!(get(&apply(&pairs, &plan("{}", &pairs)), "tracestate").is_empty());
@@ -1019,6 +1047,20 @@ mod tests {
         );
         let out = apply(&pairs, &plan(r#"{"tracestate_max_length":2048}"#, &pairs));
         assert_eq!(one(&out, "tracestate"), value);
+        // Repeats are dropped before the limit is applied: 14 distinct members and 16 repeats
+        // (1,049 bytes as sent) keep all 14 (489 bytes), nothing truncated.
+        let repeated: Vec<&str> = members[..14]
+            .iter()
+            .chain(&members[..14])
+            .chain(&members[..2])
+            .map(String::as_str)
+            .collect();
+        assert_eq!(repeated.len(), 30);
+        let value = repeated.join(",");
+        assert_eq!(value.len(), 30 * 34 + 29);
+        let pairs = [("traceparent", TP), ("tracestate", value.as_str())];
+        let out = apply(&pairs, &plan("{}", &pairs));
+        assert_eq!(one(&out, "tracestate"), members[..14].join(","));
     }
 
     #[test]

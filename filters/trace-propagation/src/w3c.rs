@@ -18,8 +18,13 @@
 //!   dropped Level 1's `tenant@system` structure, so any number of `@` is allowed.
 //! - `value = 0*255(chr) nblk-chr` — 1 to 256 printable ASCII characters except `,` and `=`, not
 //!   ending in a space.
-//! - More than 32 list-members, a malformed member or a duplicated key invalidates the *whole*
-//!   `tracestate`: it is discarded, never partly forwarded.
+//! - A duplicated key keeps its first (left-most) occurrence; later ones are dropped and the
+//!   rest of the list is kept. W3C moves a modified key to the left, so the left-most entry is
+//!   the most recent one; the spec lets a receiver discard duplicates it does not own, and the
+//!   w3c/trace-context suite (since its PR #477) expects the header to survive them.
+//! - More than 32 list-members (distinct keys, counted after dropping duplicates) or a malformed
+//!   member (even a duplicated one) invalidates the *whole* `tracestate`: it is discarded, never
+//!   partly forwarded.
 //! - Truncation to a length limit removes whole entries: first entries longer than 128 characters
 //!   (right-most first, only as many as needed), then entries from the right.
 
@@ -242,16 +247,25 @@ impl<'a> Member<'a> {
     }
 }
 
-/// A valid `tracestate`: up to 32 members, in order; truncation marks members as dropped.
+/// A valid `tracestate`: up to 32 members with distinct keys, in order; truncation marks
+/// members as dropped.
 #[derive(Debug, Clone)]
 pub struct TraceState<'a> {
     members: [Member<'a>; MAX_MEMBERS],
     kept: [bool; MAX_MEMBERS],
     len: usize,
+    dropped_duplicates: bool,
 }
 
 impl<'a> TraceState<'a> {
-    /// Validate the (combined) `tracestate` header fields. Any invalid member invalidates all.
+    /// Validate the (combined) `tracestate` header fields. Any invalid member invalidates all;
+    /// a repeated key is not invalid: only its first occurrence is kept.
+    ///
+    /// The 32-member limit counts the members kept, i.e. distinct keys: the limit is about the
+    /// list that is propagated, and counting dropped duplicates would discard a list whose
+    /// forwarded form is valid — the loss of the whole header the spec's "MAY discard
+    /// duplicate keys" is meant to avoid. The work stays bounded: a repeated member costs one
+    /// comparison with each of at most 32 stored keys.
     pub fn parse<I>(fields: I) -> Result<Self, Invalid>
     where
         I: IntoIterator<Item = &'a [u8]>,
@@ -260,6 +274,7 @@ impl<'a> TraceState<'a> {
             members: [Member::default(); MAX_MEMBERS],
             kept: [false; MAX_MEMBERS],
             len: 0,
+            dropped_duplicates: false,
         };
         for field in fields {
             for raw in field.split(|&b| b == b',') {
@@ -274,8 +289,13 @@ impl<'a> TraceState<'a> {
                 let value = text.get(eq + 1..).unwrap_or(&[]);
                 check_key(key)?;
                 check_value(value)?;
+                // Checked after the member's own validation, so a malformed repeat still
+                // invalidates the whole header like any other malformed member.
                 if state.members().any(|m| m.key() == key) {
-                    return Err(Invalid("a key appears more than once"));
+                    // Keep the first: modified keys move to the left (W3C), so the left-most
+                    // entry is the vendor's most recent position.
+                    state.dropped_duplicates = true;
+                    continue;
                 }
                 let (Some(slot), Some(kept)) = (
                     state.members.get_mut(state.len),
@@ -303,6 +323,12 @@ impl<'a> TraceState<'a> {
 
     pub fn count(&self) -> usize {
         self.members().count()
+    }
+
+    /// A later occurrence of a key was dropped while parsing: the fields as received are not
+    /// what may be forwarded, so they must be re-rendered.
+    pub fn dropped_duplicates(&self) -> bool {
+        self.dropped_duplicates
     }
 
     /// Length of the kept members joined by `,`.
@@ -732,11 +758,12 @@ mod tests {
                 &["_foo=1"],
                 "a key does not start with a lowercase letter or digit",
             ),
-            // test_tracestate_duplicated_keys
-            (&["foo=1,foo=1"], "a key appears more than once"),
-            (&["foo=1,foo=2"], "a key appears more than once"),
-            (&["foo=1", "foo=1"], "a key appears more than once"),
-            (&["foo=1", "foo=2"], "a key appears more than once"),
+            // A duplicated key is not a reason to discard, but a malformed repeat still is.
+            (&["foo=1,foo="], "a list-member has an empty value"),
+            (
+                &["foo=1", "foo=1,FOO=2"],
+                "a key does not start with a lowercase letter or digit",
+            ),
             // limits
             (&["foo=1", &key_257], "a key is longer than 256 characters"),
             (&[&value_257], "a value is longer than 256 characters"),
@@ -762,6 +789,56 @@ mod tests {
         for (fields, want) in cases {
             assert_eq!(ts(fields).unwrap_err().0, *want, "{fields:?}");
         }
+    }
+
+    #[test]
+    fn duplicated_keys_keep_the_first_occurrence() {
+        // test_tracestate_duplicated_keys (w3c/trace-context since PR #477): the header survives.
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["foo=1,foo=1"], &["foo=1"]),
+            (&["foo=1,foo=2"], &["foo=1"]),
+            (&["foo=1", "foo=1"], &["foo=1"]),
+            (&["foo=1", "foo=2"], &["foo=1"]),
+            // Order kept, only the later repeat goes, whatever lies between.
+            (&["foo=1,bar=2,foo=3"], &["foo=1", "bar=2"]),
+            (
+                &["rojo=1,congo=2", " rojo=3 ,baz=4,congo=5,rojo=6"],
+                &["rojo=1", "congo=2", "baz=4"],
+            ),
+            // Keys are compared exactly: a prefix or a suffix is another key.
+            (&["foo=1,foo@x=2,fo=3,foo=4"], &["foo=1", "foo@x=2", "fo=3"]),
+        ];
+        for (fields, want) in cases {
+            assert_eq!(ts(fields).unwrap(), *want, "{fields:?}");
+            let state = TraceState::parse(fields.iter().map(|f| f.as_bytes())).unwrap();
+            assert!(state.dropped_duplicates(), "{fields:?}");
+        }
+        assert!(!parsed("foo=1,bar=2").dropped_duplicates());
+        assert_eq!(parsed("a=1,b=2,a=3,b=4").render(), b"a=1,b=2");
+        assert_eq!(parsed("a=1,b=2,a=3,b=4").combined_len(), "a=1,b=2".len());
+        // The 32-member limit counts distinct keys: 32 of them plus repeats are valid...
+        let distinct: Vec<String> = (1..=32).map(|i| format!("bar{i:02}={i:02}")).collect();
+        let with_repeats = format!("{},bar01=x,bar32=y", distinct.join(","));
+        assert_eq!(ts(&[&with_repeats]).unwrap(), distinct);
+        let many_repeats = vec!["foo=1"; 1000].join(",");
+        assert_eq!(ts(&[&many_repeats]).unwrap(), ["foo=1"]);
+        // ...and a 33rd distinct key is still too many, repeats or not.
+        let too_many = format!("{with_repeats},bar33=33");
+        assert_eq!(ts(&[&too_many]).unwrap_err().0, "more than 32 list-members");
+    }
+
+    #[test]
+    fn duplicates_are_dropped_before_truncation() {
+        // 3 × 200-character entries, one of them a repeat: 602 bytes as sent, 401 once the
+        // repeat is gone — within 512, so nothing is truncated.
+        let a = format!("a={}", "x".repeat(198));
+        let b = format!("b={}", "y".repeat(198));
+        let a2 = format!("a={}", "z".repeat(198));
+        let field = [a.as_str(), &a2, &b].join(",");
+        let mut s = parsed(&field);
+        assert_eq!(s.combined_len(), 401);
+        assert!(!s.truncate(512));
+        assert_eq!(s.render(), [a.as_str(), &b].join(",").into_bytes());
     }
 
     fn parsed(field: &str) -> TraceState<'_> {

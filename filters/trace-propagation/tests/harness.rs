@@ -5,23 +5,14 @@
 //! -p harness-test-module` (the second module is only for the local-reply tests).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use proxy_wasm_harness::testing::{self, upstream};
 use proxy_wasm_harness::{
-    HeaderMap, Host, LogLevel, Module, PluginConfig, StreamView, Worker, assert_configs_rejected,
+    HeaderMap, Host, LogLevel, PluginConfig, StreamView, Worker, assert_configs_rejected,
 };
 use std::collections::HashSet;
 
-fn module() -> Module {
-    Module::artifact("trace-propagation").unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn worker(host: &Host, config: &str) -> Worker {
-    Worker::new(
-        host,
-        &[PluginConfig::new(&module())
-            .name("trace")
-            .configuration(config)],
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    testing::worker(host, "trace-propagation", "trace", config)
 }
 
 const EXTRACTED_W3C: &str = "gatewasm_trace_propagation_extracted_w3c";
@@ -44,12 +35,6 @@ fn exchange(w: &mut Worker, extra: &[(&str, &str)]) -> StreamView {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn up(v: &StreamView) -> HeaderMap {
-    v.upstream_request_headers
-        .clone()
-        .expect("request reached the upstream")
-}
-
 fn client(v: &StreamView) -> HeaderMap {
     v.client_response_headers
         .clone()
@@ -58,7 +43,7 @@ fn client(v: &StreamView) -> HeaderMap {
 
 /// The single value of `name` upstream (fails if absent or repeated).
 fn one(v: &StreamView, name: &str) -> String {
-    match up(v).get_all(name).as_slice() {
+    match upstream(v).get_all(name).as_slice() {
         [value] => value.clone(),
         other => panic!("{name}: {other:?}"),
     }
@@ -104,7 +89,7 @@ fn no_context_starts_a_sampled_random_trace() {
     let (trace, _, flags) = traceparent(&one(&v, "traceparent"));
     assert_eq!(flags, "03", "sampled (ratio 1 by default) and random");
     assert_eq!(trace.len(), 32);
-    assert!(!up(&v).contains("tracestate") && !up(&v).contains("b3"));
+    assert!(!upstream(&v).contains("tracestate") && !upstream(&v).contains("b3"));
     assert_eq!(counters(&host), [0, 0, 0, 0, 1, 1]);
     // Every request gets its own trace.
     let traces: HashSet<String> = (0..20)
@@ -252,7 +237,7 @@ fn b3_callers_are_converted_to_w3c_and_back() {
     let fields: Vec<&str> = b3.split('-').collect();
     assert_eq!(fields.len(), 4, "{b3}");
     assert_eq!((fields[0], fields[2], fields[3]), (TRACE, "1", PARENT));
-    assert!(!up(&v).contains("traceparent") && !up(&v).contains("tracestate"));
+    assert!(!upstream(&v).contains("traceparent") && !upstream(&v).contains("tracestate"));
 }
 
 #[test]
@@ -265,7 +250,7 @@ fn b3_debug_and_sampling_only() {
     let v = exchange(&mut w, &[("b3", &format!("{B3_TRACE}-{B3_SPAN}-d"))]);
     assert_eq!(one(&v, "x-b3-flags"), "1");
     assert!(
-        !up(&v).contains("x-b3-sampled"),
+        !upstream(&v).contains("x-b3-sampled"),
         "debug implies sampled: no X-B3-Sampled"
     );
     assert_eq!(traceparent(&one(&v, "traceparent")).2, "01");
@@ -346,7 +331,7 @@ fn clear_extracted_removes_formats_that_are_not_injected() {
     assert_eq!(one(&v, "x-b3-traceid"), B3_TRACE);
     let mut w = worker(&host, r#"{"clear_extracted":true}"#);
     let v = exchange(&mut w, &headers);
-    let names: Vec<String> = up(&v)
+    let names: Vec<String> = upstream(&v)
         .pairs()
         .iter()
         .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
@@ -389,9 +374,9 @@ fn response_header_echoes_the_trace_id() {
 
 #[test]
 fn trace_id_is_echoed_on_local_replies_of_later_filters_only() {
-    let replier = Module::artifact("harness-test-module").unwrap_or_else(|e| panic!("{e}"));
+    let replier = testing::module("harness-test-module");
     let host = Host::new();
-    let trace = PluginConfig::new(&module())
+    let trace = PluginConfig::new(&testing::module("trace-propagation"))
         .name("trace")
         .configuration(r#"{"response_header":"x-trace-id"}"#);
     let other = PluginConfig::new(&replier).name("replier");
@@ -428,7 +413,7 @@ fn invalid_traceparents_restart_the_trace_and_are_counted() {
         assert_ne!(trace, TRACE, "{tp}");
         assert_eq!(flags, "03");
         assert!(
-            !up(&v).contains("tracestate"),
+            !upstream(&v).contains("tracestate"),
             "tracestate is dropped on restart"
         );
     }
@@ -448,11 +433,46 @@ fn duplicated_traceparent_restarts() {
     let host = Host::new();
     let mut w = worker(&host, "");
     let v = exchange(&mut w, &[("traceparent", TP), ("traceparent", TP)]);
-    let values = up(&v).get_all("traceparent");
+    let values = upstream(&v).get_all("traceparent");
     assert_eq!(values.len(), 1, "exactly one traceparent upstream");
     assert_ne!(traceparent(&values[0]).0, TRACE);
     assert_eq!(host.counter(RESTARTED), 1);
     assert!(w.logged(LogLevel::Debug, "the header is sent more than once"));
+}
+
+#[test]
+fn tracestate_with_duplicated_keys_keeps_the_first_of_each() {
+    // w3c/trace-context's test_tracestate_duplicated_keys (since its PR #477): the header is
+    // passed on; a receiver may drop the repeats. The first (left-most, most recent) stays.
+    let host = Host::new();
+    let mut w = worker(&host, "");
+    for (fields, want) in [
+        (&["foo=1,foo=1"][..], "foo=1"),
+        (&["foo=1,bar=2,foo=3"][..], "foo=1,bar=2"),
+        (&["foo=1", "foo=2"][..], "foo=1"),
+    ] {
+        let mut headers = vec![("traceparent", TP)];
+        headers.extend(fields.iter().map(|f| ("tracestate", *f)));
+        let v = exchange(&mut w, &headers);
+        assert_eq!(one(&v, "tracestate"), want, "{fields:?}");
+        assert_eq!(traceparent(&one(&v, "traceparent")).0, TRACE);
+    }
+    assert!(!w.logged(LogLevel::Debug, "ignoring invalid tracestate"));
+    // Also in passthrough, where a valid tracestate otherwise goes through byte for byte.
+    let mut w = worker(&host, r#"{"role":"passthrough"}"#);
+    let v = exchange(
+        &mut w,
+        &[
+            ("traceparent", TP),
+            ("tracestate", "rojo=1, congo=2,rojo=3"),
+        ],
+    );
+    assert_eq!(one(&v, "tracestate"), "rojo=1,congo=2");
+    assert_eq!(one(&v, "traceparent"), TP);
+    // Continued traces, not restarts, and nothing logged as invalid.
+    assert_eq!(host.counter(EXTRACTED_W3C), 4);
+    assert_eq!(host.counter(RESTARTED), 0);
+    assert!(!w.logged(LogLevel::Debug, "ignoring invalid tracestate"));
 }
 
 #[test]
@@ -473,7 +493,7 @@ fn tracestate_is_combined_validated_and_bounded() {
         &mut w,
         &[("traceparent", TP), ("tracestate", "foo=1,Bad=2")],
     );
-    assert!(!up(&v).contains("tracestate"));
+    assert!(!upstream(&v).contains("tracestate"));
     assert_eq!(traceparent(&one(&v, "traceparent")).0, TRACE);
     assert!(w.logged(LogLevel::Debug, "ignoring invalid tracestate"));
     // Longer than 512: whole entries dropped, large ones first.
@@ -540,7 +560,7 @@ fn non_utf8_and_garbage_headers_never_trap() {
         traceparent(&one(&v, "traceparent"));
         let b3 = one(&v, "b3");
         assert_eq!(b3.split('-').count(), 3, "{b3}");
-        assert!(!up(&v).contains("tracestate"));
+        assert!(!upstream(&v).contains("tracestate"));
     }
     assert_eq!(host.counter(RESTARTED), 5);
 }
@@ -550,7 +570,7 @@ fn non_utf8_and_garbage_headers_never_trap() {
 #[test]
 fn bad_configurations_are_rejected_naming_the_field() {
     assert_configs_rejected(
-        &module(),
+        &testing::module("trace-propagation"),
         "trace-propagation: invalid plugin configuration: ",
         &[
             // Wrong types.

@@ -303,6 +303,15 @@ proptest! {
     ) {
         if let Ok(mut state) = TraceState::parse(fields.iter().map(Vec::as_slice)) {
             prop_assert!(state.count() <= 32);
+            // Repeating every kept key changes nothing: later duplicates are dropped and do not
+            // count towards the 32 members.
+            let once = state.render();
+            let twice = TraceState::parse(
+                fields.iter().map(Vec::as_slice).chain([once.as_slice()]),
+            )
+            .unwrap();
+            prop_assert_eq!(twice.render(), once.clone());
+            prop_assert_eq!(twice.dropped_duplicates(), state.count() > 0);
             state.truncate(max);
             prop_assert!(state.combined_len() <= max);
             let rendered = state.render();

@@ -1,11 +1,10 @@
 #![allow(dead_code, clippy::panic, clippy::unwrap_used, clippy::expect_used)]
-use proxy_wasm_harness::{HeaderMap, Host, Module, PluginConfig, StreamId, StreamView, Worker};
+use proxy_wasm_harness::testing;
+pub use proxy_wasm_harness::testing::upstream;
+use proxy_wasm_harness::{Host, Module, StreamId, StreamView, Worker};
 
 pub fn module() -> Module {
-    match Module::artifact("harness-test-module") {
-        Ok(m) => m,
-        Err(e) => panic!("{e}"),
-    }
+    testing::module("harness-test-module")
 }
 
 pub fn request(cmd: &str) -> Vec<(&'static str, String)> {
@@ -18,8 +17,7 @@ pub fn request(cmd: &str) -> Vec<(&'static str, String)> {
 }
 
 pub fn worker(host: &Host, config: &str) -> Worker {
-    let plugin = PluginConfig::new(&module()).name("t").configuration(config);
-    Worker::new(host, &[plugin]).unwrap_or_else(|e| panic!("{e}"))
+    testing::worker(host, "harness-test-module", "t", config)
 }
 
 /// Sends `x-cmd: cmd` plus `extra` headers (end of stream) and returns the stream and its view.
@@ -36,12 +34,6 @@ pub fn run(w: &mut Worker, cmd: &str, extra: &[(&str, &str)]) -> (StreamId, Stre
         .unwrap_or_else(|e| panic!("{e}"));
     let view = w.stream(id).unwrap_or_else(|e| panic!("{e}"));
     (id, view)
-}
-
-pub fn upstream(view: &StreamView) -> HeaderMap {
-    view.upstream_request_headers
-        .clone()
-        .unwrap_or_else(|| panic!("the request did not reach the upstream: {view:?}"))
 }
 
 pub fn r(view: &StreamView, name: &str) -> String {

@@ -231,7 +231,7 @@ pub fn jwks(data: &[u8]) {
     };
     for key in &set.keys {
         for alg in Alg::ALL {
-            if key.accepts(alg) {
+            if key.binds(alg) {
                 assert!(
                     AlgSet::for_kind(key.material.kind()).contains(alg),
                     "a {:?} key accepts {}",
@@ -241,13 +241,17 @@ pub fn jwks(data: &[u8]) {
             }
         }
     }
-    for alg in Alg::ALL {
-        for key in set.candidates(alg, None) {
-            assert!(
-                key.accepts(alg),
-                "candidate for {} that refuses it",
-                alg.name()
-            );
+    // Whatever a provider allows keys without `alg` to serve, a candidate binds the algorithm.
+    let everything = AlgSet::asymmetric().union(AlgSet::undeclared_default());
+    for undeclared in [AlgSet::undeclared_default(), everything, AlgSet::EMPTY] {
+        for alg in Alg::ALL {
+            for key in set.candidates(alg, None, undeclared) {
+                assert!(
+                    key.binds(alg) && (key.alg.is_some() || undeclared.contains(alg)),
+                    "candidate for {} that refuses it",
+                    alg.name()
+                );
+            }
         }
     }
 }

@@ -81,6 +81,14 @@ fn main() -> Result<()> {
             .collect::<Result<Vec<String>>>()?;
         cases.extend(bench::fresh_token_cases(&gateway, &token, tokens.into())?);
     }
+    // The forged-token cases need RSA keys: made only if they run.
+    let forged_wanted = opts.only.is_empty()
+        || bench::FORGED_TOKEN_CASES
+            .iter()
+            .any(|name| opts.only.iter().any(|o| name.contains(o.as_str())));
+    if forged_wanted {
+        cases.extend(bench::forged_token_cases(&gateway)?);
+    }
     if !opts.only.is_empty() {
         cases.retain(|c| {
             c.name == "baseline" || opts.only.iter().any(|o| c.name.contains(o.as_str()))

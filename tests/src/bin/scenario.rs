@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use gatewasm_tests::scenario::{self, Hosts};
-use gatewasm_tests::scenario_envoy;
 
 fn main() -> ExitCode {
     let mut verbose = false;
@@ -60,7 +59,7 @@ fn main() -> ExitCode {
                             (c.clone(), format!("{{{{CLUSTER_{p}_PORT}}}}"))
                         })
                         .collect();
-                    print!("{}", scenario_envoy::envoy_config(&loaded, &ports));
+                    print!("{}", scenario::envoy::envoy_config(&loaded, &ports));
                 }
                 Err(e) => {
                     eprintln!("{e:#}");

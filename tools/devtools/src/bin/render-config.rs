@@ -1,6 +1,6 @@
 //! `render-config CONFIG OUT_DIR NAME=VALUE...`: renders `envoy-configs/CONFIG` (and any
 //! `{{ECDS_DIR}}/` companion file it references) into OUT_DIR and prints the rendered
-//! config's path. The same code the tests use (`gatewasm_tests::render::render_config`);
+//! config's path. The same code the tests use (`gatewasm_devtools::render::render_config`);
 //! `just demo` calls it so the templating lives in one place.
 //!
 //! Example: `render-config gateway.yaml /tmp/demo LISTEN_PORT=8080 ADMIN_PORT=9901
@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use gatewasm_tests::render;
+use gatewasm_devtools::render;
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);

@@ -23,13 +23,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use super::harness::{UNSCRIPTED_CALLOUT_BODY, client_request, metric_deltas};
 use crate::client;
 use crate::envoy::{Envoy, EnvoyBuilder};
 use crate::http_server::HttpServer;
 use crate::scenario::{
     Answer, ClientResponse, HostOutcome, Loaded, Message, Observed, Plugin, Step,
 };
-use crate::scenario_harness::{UNSCRIPTED_CALLOUT_BODY, client_request, metric_deltas};
 
 /// The cluster name of the upstream in the generated config (reserved).
 pub const BACKEND_CLUSTER: &str = "scenario_upstream";

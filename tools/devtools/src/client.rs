@@ -5,6 +5,8 @@
 //! - [`send`]: one request on a fresh connection.
 //! - [`send_burst`]: many requests over a few keep-alive connections, concurrently, for volume
 //!   tests (10,000 requests take a few seconds against a local Envoy).
+//! - [`send_h2`]: one request over HTTP/2 (cleartext, prior knowledge), for what only HTTP/2
+//!   can carry — e.g. a lowercase `:method`, which Envoy's HTTP/1 codec refuses.
 //!
 //! Every call is bounded by a timeout and blocks the calling thread; the work runs on the
 //! shared runtime ([`crate::runtime`]).
@@ -17,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 /// Default bound for a single request (connect + send + read the whole response).
@@ -64,9 +66,14 @@ impl Request {
     }
 
     fn to_hyper(&self) -> Result<hyper::Request<Full<Bytes>>> {
-        let mut builder = hyper::Request::builder()
-            .method(self.method.as_str())
-            .uri(self.path.as_str());
+        self.to_hyper_with_uri(self.path.as_str())
+    }
+
+    fn to_hyper_with_uri(&self, uri: &str) -> Result<hyper::Request<Full<Bytes>>> {
+        // From bytes, not `Method::from_str` of a known name: `post` stays `post`.
+        let method = hyper::Method::from_bytes(self.method.as_bytes())
+            .with_context(|| format!("{:?} is not a method token", self.method))?;
+        let mut builder = hyper::Request::builder().method(method).uri(uri);
         let mut has_host = false;
         for (name, value) in &self.headers {
             has_host |= name.eq_ignore_ascii_case("host");
@@ -148,6 +155,47 @@ pub fn send_with_timeout(addr: SocketAddr, req: &Request, timeout: Duration) -> 
         })?
     })
     .with_context(|| format!("{} {} to {addr}", req.method, req.path))
+}
+
+/// Sends `req` over HTTP/2 with prior knowledge (h2c) on a new connection. The `host` header
+/// (default `localhost`) becomes `:authority`.
+pub fn send_h2(addr: SocketAddr, req: &Request) -> Result<Response> {
+    let authority = req
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| "localhost".into());
+    let mut h2_req = req.clone();
+    h2_req
+        .headers
+        .retain(|(n, _)| !n.eq_ignore_ascii_case("host"));
+    let hyper_req = h2_req.to_hyper_with_uri(&format!("http://{authority}{}", req.path))?;
+    let rt = crate::runtime()?;
+    rt.block_on(async move {
+        tokio::time::timeout(DEFAULT_TIMEOUT, async move {
+            let stream = TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("connecting to {addr}"))?;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .context("HTTP/2 handshake")?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            sender.ready().await.context("connection not ready")?;
+            let resp = sender
+                .send_request(hyper_req)
+                .await
+                .context("sending request")?;
+            response(resp).await
+        })
+        .await
+        .with_context(|| format!("{} {} to {addr} (HTTP/2) timed out", req.method, req.path))?
+    })
+    .with_context(|| format!("{} {} to {addr} (HTTP/2)", req.method, req.path))
 }
 
 /// `GET path` on `addr` (a convenience for admin endpoints).
@@ -236,6 +284,10 @@ async fn round_trip(
 ) -> Result<Response> {
     sender.ready().await.context("connection not ready")?;
     let resp = sender.send_request(req).await.context("sending request")?;
+    response(resp).await
+}
+
+async fn response(resp: hyper::Response<hyper::body::Incoming>) -> Result<Response> {
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.context("reading response body")?;
     Ok(Response {

@@ -1,9 +1,9 @@
 //! `demo-token [--sub S] [--role R] [--tenant T] [--ttl SECONDS] [--iat UNIX]`: prints a JWT signed with the
-//! demo key that `envoy-configs/gateway.yaml` trusts (see `gatewasm_tests::demo_jwt`). Used by
+//! demo key that `envoy-configs/gateway.yaml` trusts (see `gatewasm_devtools::demo_jwt`). Used by
 //! `just demo`. DEMO KEY: never trust it outside a demo.
 
 use anyhow::{Context, Result, bail};
-use gatewasm_tests::demo_jwt::{DemoClaims, mint};
+use gatewasm_devtools::demo_jwt::{DemoClaims, mint};
 
 fn main() -> Result<()> {
     let mut claims = DemoClaims::default();

@@ -7,14 +7,36 @@ use anyhow::{Context, Result, bail};
 
 /// The workspace root (the directory holding the root `Cargo.toml` and the justfile).
 pub fn workspace_root() -> PathBuf {
-    // CARGO_MANIFEST_DIR is tests/; the workspace root is its parent.
+    // CARGO_MANIFEST_DIR is tools/devtools/; the workspace root is two levels up.
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
+    manifest
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(manifest)
+        .to_path_buf()
 }
 
 /// `envoy-configs/` in the workspace.
 pub fn envoy_configs_dir() -> PathBuf {
     workspace_root().join("envoy-configs")
+}
+
+/// `envoy-configs/<config>` with each `(from, to)` edit applied (each `from` must occur exactly
+/// once), written to `dir` as a template [`crate::envoy::EnvoyBuilder::new`] takes: a shipped
+/// config with one thing changed, the rest verbatim. Returns the new file's path.
+pub fn edited_envoy_config(dir: &Path, config: &str, edits: &[(&str, &str)]) -> Result<String> {
+    let mut template = std::fs::read_to_string(envoy_configs_dir().join(config))
+        .with_context(|| format!("reading envoy-configs/{config}"))?;
+    for (from, to) in edits {
+        let found = template.matches(from).count();
+        if found != 1 {
+            bail!("envoy-configs/{config} must contain {from:?} exactly once, not {found} times");
+        }
+        template = template.replace(from, to);
+    }
+    let path = dir.join(format!("edited-{config}"));
+    std::fs::write(&path, template).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path.display().to_string())
 }
 
 /// The directory holding the built filter modules.

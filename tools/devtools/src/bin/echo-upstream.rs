@@ -1,12 +1,12 @@
 //! `echo-upstream --port N [--quiet]`: the tests' echo upstream as a standalone server (used by
 //! `just demo`). Answers every request with JSON describing what it received (see
-//! `gatewasm_tests::echo`) and prints one line per request unless `--quiet`. Runs until
+//! `gatewasm_devtools::echo`) and prints one line per request unless `--quiet`. Runs until
 //! SIGINT/SIGTERM.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::{Context, Result, bail};
-use gatewasm_tests::echo::EchoUpstream;
+use gatewasm_devtools::echo::EchoUpstream;
 
 fn main() -> Result<()> {
     let mut port: u16 = 8081;
@@ -33,7 +33,7 @@ fn main() -> Result<()> {
     }
     let server = EchoUpstream::serve(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), verbose)?;
     println!("echo-upstream: listening on http://{}", server.addr());
-    gatewasm_tests::runtime()?.block_on(async {
+    gatewasm_devtools::runtime()?.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             r = tokio::signal::ctrl_c() => r,

@@ -90,9 +90,35 @@ pub fn mint_with(key: &ES256KeyPair, claims: &DemoClaims) -> Result<String> {
         .map_err(|e| anyhow::anyhow!("signing the demo token: {e}"))
 }
 
+/// Base64url without padding (RFC 7515 §2), for tokens and JWKs the tests and the bench build
+/// by hand (forged, unsigned, or signed by a key of their own).
+pub fn b64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn b64url_is_base64url_without_padding() {
+        assert_eq!(b64url(b""), "");
+        assert_eq!(b64url(b"f"), "Zg");
+        assert_eq!(b64url(b"fo"), "Zm8");
+        assert_eq!(b64url(b"foo"), "Zm9v");
+        assert_eq!(b64url(&[0xfb, 0xff]), "-_8");
+    }
 
     #[test]
     fn the_demo_jwks_is_the_public_half_of_the_demo_key() -> Result<()> {

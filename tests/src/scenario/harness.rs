@@ -2,7 +2,7 @@
 //! with the chain's real `.wasm` files, a stream per step.
 //!
 //! The harness emulates the filters' host; this runner adds what Envoy's HTTP connection manager
-//! and router (configured as [`crate::scenario_envoy`] configures them) put around the chain, so
+//! and router (configured as [`crate::scenario::envoy`] configures them) put around the chain, so
 //! that the filters see the same request and response in both hosts:
 //!
 //! - request headers as the HTTP/1.1 codec and the connection manager hand them to the first

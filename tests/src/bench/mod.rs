@@ -1,0 +1,58 @@
+//! `just bench`: what each filter costs in a real Envoy, side by side with Envoy's native
+//! filters, in one run.
+//!
+//! Every case is one Envoy (`--concurrency 1`, pinned to one CPU) whose listener answers with a
+//! `direct_response` — no upstream, so what is measured is Envoy plus the filters. The cases:
+//!
+//! - `baseline`: the edge gateway's connection manager with only the router;
+//! - every gatewasm filter of `envoy-configs/gateway.yaml`, alone, with the configuration it has
+//!   there (so the figures are for the configuration users copy), and the whole chain;
+//! - Envoy's native equivalents: request-id generation, `header_mutation`, `local_ratelimit`,
+//!   `jwt_authn` (when a JWT case exists), and their chain.
+//!
+//! For each case and repetition: start Envoy, warm up, then drive it to saturation with `wrk`
+//! (pinned to the other CPU) and read Envoy's CPU time from `/proc/<pid>/stat` before and
+//! after: **CPU time per request** is the primary figure (robust on a shared machine, unlike
+//! throughput). Then a paced single-connection client measures p50/p99 latency at a fixed,
+//! moderate rate, and `/proc/<pid>/status` gives the RSS after load. Repetitions are
+//! interleaved (all cases, then all cases again, …), and the report gives medians with min–max;
+//! "added" figures subtract the baseline of the same repetition.
+//!
+//! The module's files:
+//!
+//! - `cases.rs`: the [`Case`] type and the cases — baseline, the gatewasm filters as
+//!   `envoy-configs/gateway.yaml` configures them, their native equivalents, the fresh- and
+//!   forged-token JWT cases ([`cases()`], [`fresh_token_cases`], [`forged_token_cases`]).
+//! - `platform.rs`: the cases that price the Proxy-Wasm platform itself: the idle filter (the
+//!   floor under every gatewasm filter) and the hand-written platform modules
+//!   ([`PLATFORM_CASES`]).
+//! - `config.rs`: gateway.yaml taken apart, and the Envoy config of a case ([`envoy_config`]).
+//! - `cpu.rs`: the CPU-time runner — wrk to saturation, the paced latency probe, `/proc` —
+//!   ([`measure`], [`run()`] → [`Results`]).
+//! - `instructions.rs`: the instruction counter, Envoy under callgrind
+//!   ([`count_instructions`]).
+//! - `report.rs`: the Markdown reports ([`report()`], [`instructions_report`]) and the chart.
+
+mod cases;
+mod config;
+mod cpu;
+mod instructions;
+mod platform;
+mod report;
+
+pub use cases::{
+    BENCH_PATH, Case, FORGED_TOKEN_CASES, FRESH_TOKEN_CASES, FRESH_TOKENS, Family, cases,
+    common_headers, forged_token_cases, fresh_token_cases, native_header_mutation,
+    native_jwt_authn, native_local_ratelimit,
+};
+pub use config::{envoy_config, gateway_config, gateway_wasm_filters};
+pub use cpu::{
+    Options, Results, Sample, Spread, WrkResult, measure, parse_wrk, process_cpu, process_rss_mib,
+    quantile, run,
+};
+pub use instructions::{CALLGRIND_REQUESTS, CALLGRIND_WARMUP, callgrind_total, count_instructions};
+pub use platform::{
+    HostCall, IDLE_FILTER_FILE, PLATFORM_CASES, PlatformCase, WASM_FLOOR, idle_wasm_filter,
+    platform_module_wat, prepare_idle_filter, prepare_platform_modules,
+};
+pub use report::{FONT_PATH, RunInfo, chart, instructions_report, report, results_dir};

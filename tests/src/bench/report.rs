@@ -1,0 +1,375 @@
+//! The reports of a run: the Markdown report of the CPU-time run ([`report`], with the facts of
+//! the run, [`RunInfo`]) and its chart (added CPU per request, a PNG drawn with plotters), the
+//! Markdown report of the instruction counts ([`instructions_report`]), and where they are
+//! written ([`results_dir`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+
+use super::{
+    CALLGRIND_REQUESTS, CALLGRIND_WARMUP, Case, Family, Options, Results, Spread, WASM_FLOOR,
+};
+use crate::paths;
+
+/// Facts about the run for the report header.
+#[derive(Clone, Debug)]
+pub struct RunInfo {
+    pub envoy_version: String,
+    pub date: String,
+    pub machine: String,
+    pub wasm_sizes: BTreeMap<String, u64>,
+    pub command: String,
+    /// The same request in the harness, per filter and the chain: (name, repeated token,
+    /// fresh token) — see [`crate::cost`].
+    pub costs: Vec<(String, crate::cost::RequestCost, crate::cost::RequestCost)>,
+}
+
+/// The Markdown report.
+pub fn report(results: &Results, info: &RunInfo, opts: &Options) -> String {
+    let mut md = String::new();
+    md.push_str(&format!(
+        "# gatewasm benchmark — Envoy {}, {}\n\n",
+        info.envoy_version, info.date
+    ));
+    md.push_str(&format!(
+        "Machine: {}. Command: `{}`. {} interleaved repetitions; per case and repetition: {:.1} s warm-up, \
+         {:.1} s saturation with wrk (1 thread, {} connections, pinned to CPU {}), then {:.1} s paced at {} req/s \
+         on one connection. Envoy: `--concurrency 1`, pinned to CPU {}, direct response (no upstream). \
+         Run time {:.0} s.\n\n",
+        info.machine,
+        info.command,
+        opts.reps,
+        opts.warmup.as_secs_f64(),
+        opts.saturate.as_secs_f64(),
+        opts.connections,
+        opts.load_cpu,
+        opts.paced.as_secs_f64(),
+        opts.paced_rate,
+        opts.envoy_cpu,
+        results.elapsed.as_secs_f64(),
+    ));
+    md.push_str(
+        "**CPU/request** is Envoy's user+system CPU time during the saturation phase divided by the \
+         requests served; **added** subtracts the baseline of the same repetition. Figures are \
+         medians with min–max over the repetitions.\n\n",
+    );
+    md.push_str(&format!(
+        "**above floor** subtracts the `{WASM_FLOOR}` case of the same repetition: what a gatewasm \
+         filter costs beyond what any Proxy-Wasm filter costs in this Envoy.\n\n"
+    ));
+    md.push_str("| case | CPU µs/request | added µs | above floor µs | × native equivalent (added) | req/s | p50 µs | p99 µs | RSS MiB |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    let floor = results.index(WASM_FLOOR);
+    for (i, case) in results.cases.iter().enumerate() {
+        let above_floor = match floor {
+            Some(f) if case.family == Family::Gatewasm && f != i => {
+                let ours = results.added_cpu(i);
+                let base = results.added_cpu(f);
+                let diffs: Vec<f64> = ours.iter().zip(&base).map(|(a, b)| a - b).collect();
+                Spread::of(&diffs).show(2)
+            }
+            _ => "—".to_string(),
+        };
+        let cpu = results.spread(i, |s| s.cpu_us_per_request);
+        let added = Spread::of(&results.added_cpu(i));
+        let ratio = case
+            .native_equivalent
+            .as_deref()
+            .and_then(|n| results.index(n))
+            .map(|n| {
+                let native = Spread::of(&results.added_cpu(n)).median;
+                if native > 0.05 {
+                    format!("{:.1}× `{}`", added.median / native, results.cases[n].name)
+                } else {
+                    format!("`{}` adds ≈0", results.cases[n].name)
+                }
+            })
+            .unwrap_or_else(|| "—".into());
+        let added = if case.family == Family::Baseline {
+            "—".to_string()
+        } else {
+            added.show(2)
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            case.name,
+            cpu.show(2),
+            added,
+            above_floor,
+            ratio,
+            results.spread(i, |s| s.requests_per_second).show(0),
+            results.spread(i, |s| s.p50_us).show(0),
+            results.spread(i, |s| s.p99_us).show(0),
+            results.spread(i, |s| s.rss_mib).show(1),
+        ));
+    }
+    md.push_str("\n`.wasm` sizes (release, `just build`):\n\n| module | bytes |\n|---|---|\n");
+    for (name, size) in &info.wasm_sizes {
+        md.push_str(&format!("| {name} | {size} |\n"));
+    }
+    if !info.costs.is_empty() {
+        md.push_str(
+            "\nThe same request in the harness (`gatewasm_tests::cost`, deterministic): callbacks \
+             into the VM, host calls and Wasm instructions per request, with a repeated / a fresh \
+             token:\n\n| filter | callbacks | host calls | instructions |\n|---|---|---|---|\n",
+        );
+        for (name, repeated, fresh) in &info.costs {
+            md.push_str(&format!(
+                "| {name} | {} | {} / {} | {} / {} |\n",
+                repeated.callbacks,
+                repeated.host_calls,
+                fresh.host_calls,
+                repeated.instructions,
+                fresh.instructions
+            ));
+        }
+    }
+    md.push_str(
+        "\nThe chart (`chart.png`) shows the added CPU per request (median, whiskers min–max).\n",
+    );
+    md
+}
+
+/// The instruction-count report (`just bench --instructions`): per case, Envoy's instructions
+/// per request, what the case adds to the baseline, and the ratio to its native equivalent.
+pub fn instructions_report(
+    cases: &[Case],
+    counts: &[Result<f64, String>],
+    info: &RunInfo,
+) -> String {
+    let baseline = cases
+        .iter()
+        .position(|c| c.family == Family::Baseline)
+        .and_then(|i| counts.get(i).and_then(|c| c.as_ref().ok().copied()));
+    let added = |i: usize| {
+        let count = counts.get(i)?.as_ref().ok()?;
+        baseline.map(|b| count - b)
+    };
+    let mut md = format!(
+        "# gatewasm instruction counts — Envoy {}, {}\n\nMachine: {}. Command: `{}`. Envoy \
+         (`--concurrency 1`, direct response) under valgrind's callgrind: {CALLGRIND_WARMUP} \
+         requests to warm up, then {CALLGRIND_REQUESTS} counted, one at a time on one keep-alive \
+         connection. **instructions/request** is every Envoy thread's user-space instruction \
+         count divided by the requests; **added** subtracts the baseline. Counts, not time: \
+         repeatable whatever the machine's load, but an instruction of V8's generated code and \
+         one of Envoy's C++ need not cost the same.\n\n",
+        info.envoy_version, info.date, info.machine, info.command
+    );
+    md.push_str("| case | instructions/request | added | × native equivalent (added) |\n");
+    md.push_str("|---|---|---|---|\n");
+    let mut failures = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        let count = match counts.get(i) {
+            Some(Ok(count)) => count,
+            Some(Err(why)) => {
+                md.push_str(&format!("| {} | not counted¹ | — | — |\n", case.name));
+                // Errors of `count_instructions` mostly name the case already.
+                failures.push(if why.starts_with(case.name.as_str()) {
+                    why.clone()
+                } else {
+                    format!("{}: {why}", case.name)
+                });
+                continue;
+            }
+            None => continue,
+        };
+        let ratio = case
+            .native_equivalent
+            .as_deref()
+            .and_then(|n| cases.iter().position(|c| c.name == n))
+            .and_then(|n| Some((added(i)?, added(n)?)))
+            .filter(|(_, native)| *native > 0.0)
+            .map_or("—".to_string(), |(ours, native)| {
+                format!(
+                    "{:.1}× `{}`",
+                    ours / native,
+                    case.native_equivalent.as_deref().unwrap_or_default()
+                )
+            });
+        let added = if case.family == Family::Baseline {
+            "—".to_string()
+        } else {
+            added(i).map_or("—".to_string(), |a| format!("{a:.0}"))
+        };
+        md.push_str(&format!(
+            "| {} | {count:.0} | {added} | {ratio} |\n",
+            case.name
+        ));
+    }
+    if !failures.is_empty() {
+        md.push_str(
+            "\n¹ Not counted (the case's Envoy did not run it as configured under valgrind):\n",
+        );
+        for f in failures {
+            md.push_str(&format!("- {f}\n"));
+        }
+    }
+    md
+}
+
+/// A horizontal bar chart of the added CPU per request, with min–max whiskers.
+pub fn chart(results: &Results, title: &str, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    register_font()?;
+    let rows: Vec<(String, Family, Spread)> = results
+        .cases
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.family != Family::Baseline)
+        .map(|(i, c)| (c.name.clone(), c.family, Spread::of(&results.added_cpu(i))))
+        .collect();
+    ensure!(!rows.is_empty(), "nothing to chart");
+    let max = rows.iter().map(|(_, _, s)| s.max).fold(1.0f64, f64::max) * 1.15;
+    let height = 120 + 42 * rows.len() as u32;
+    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing the chart: {e}");
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let n = rows.len() as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(230)
+        .build_cartesian_2d(0f64..max, -0.5f64..(n - 0.5))
+        .map_err(|e| err(&e))?;
+    let labels: Vec<String> = rows.iter().map(|(name, _, _)| name.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc("CPU µs per request added to the baseline (median, min–max)")
+        .y_labels(rows.len())
+        .y_label_formatter(&|y| {
+            let i = y.round();
+            if (y - i).abs() > 0.01 || i < 0.0 {
+                return String::new();
+            }
+            // Top row first.
+            let idx = rows_len_minus(labels.len(), i as usize);
+            labels.get(idx).cloned().unwrap_or_default()
+        })
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (row, (_, family, spread)) in rows.iter().enumerate() {
+        let y = (rows.len() - 1 - row) as f64;
+        let color = match family {
+            Family::Gatewasm => RGBColor(31, 119, 180),
+            Family::Platform => RGBColor(127, 127, 127),
+            _ => RGBColor(255, 127, 14),
+        };
+        let value = spread.median.max(0.0);
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(0.0, y - 0.32), (value, y + 0.32)],
+                color.filled(),
+            )))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(spread.min.max(0.0), y), (spread.max.max(0.0), y)],
+                BLACK.stroke_width(2),
+            )))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{:.1}", spread.median),
+                (spread.max.max(value) + max * 0.01, y + 0.15),
+                ("sans-serif", 15),
+            )))
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+fn rows_len_minus(len: usize, i: usize) -> usize {
+    len.saturating_sub(1).saturating_sub(i)
+}
+
+/// Where the chart's font comes from: DejaVu Sans (Debian `fonts-dejavu-core`, which `just
+/// bench` installs), registered with plotters' ab_glyph text backend.
+pub const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+fn register_font() -> Result<()> {
+    let bytes = std::fs::read(FONT_PATH)
+        .with_context(|| format!("reading {FONT_PATH} (apt-get install fonts-dejavu-core)"))?;
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes)
+        .map_err(|_| anyhow::anyhow!("{FONT_PATH} is not a usable font"))
+}
+
+/// `<workspace>/tests/bench-results/<date>_envoy-<version>_<machine>/`.
+pub fn results_dir(info: &RunInfo, quick: bool) -> PathBuf {
+    let machine: String = info
+        .machine
+        .split_whitespace()
+        .next()
+        .unwrap_or("machine")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    paths::workspace_root()
+        .join("tests/bench-results")
+        .join(format!(
+            "{}_envoy-{}_{}{}",
+            info.date,
+            info.envoy_version,
+            machine,
+            if quick { "_quick" } else { "" }
+        ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instruction_report_subtracts_the_baseline_and_compares_with_the_native_case() {
+        let case = |name: &str, family, native: Option<&str>| Case {
+            name: name.to_string(),
+            family,
+            filters: vec![],
+            native_request_id: false,
+            native_equivalent: native.map(str::to_string),
+            headers: vec![],
+            rotating_tokens: None,
+            expected_status: 200,
+        };
+        let cases = [
+            case("baseline", Family::Baseline, None),
+            case("ours", Family::Gatewasm, Some("theirs")),
+            case("theirs", Family::Native, None),
+        ];
+        let info = RunInfo {
+            envoy_version: "1.40.0".into(),
+            date: "2026-11-29".into(),
+            machine: "vm".into(),
+            wasm_sizes: BTreeMap::new(),
+            command: "just bench --instructions".into(),
+            costs: vec![],
+        };
+        let md = instructions_report(
+            &cases,
+            &[Ok(100_000.0), Ok(160_000.0), Ok(120_000.0)],
+            &info,
+        );
+        assert!(
+            md.contains("| ours | 160000 | 60000 | 3.0× `theirs` |"),
+            "{md}"
+        );
+        assert!(md.contains("| theirs | 120000 | 20000 | — |"), "{md}");
+        assert!(md.contains("| baseline | 100000 | — | — |"), "{md}");
+        let md = instructions_report(
+            &cases,
+            &[
+                Ok(100_000.0),
+                Err("Envoy logged errors".into()),
+                Ok(120_000.0),
+            ],
+            &info,
+        );
+        assert!(md.contains("| ours | not counted¹ | — | — |"), "{md}");
+        assert!(md.contains("- ours: Envoy logged errors"), "{md}");
+    }
+}
