@@ -28,9 +28,10 @@ toolchain:
     rustup target add wasm32-wasip1 >/dev/null 2>&1 || rustup target add wasm32-wasip1
 
 # Build every filter to target/wasm32-wasip1/release/<crate>.wasm. Then the post-link step
-# (filters/common/src/exports.rs): each filter module stops exporting the per-stream callbacks
-# its code leaves at the SDK default, so Envoy does not enter the VM for them (the test module
-# keeps all of its exports: it exists to exercise every one).
+# (tools/postlink): it reads each filter as linked (deps/<crate>.wasm, with its name section),
+# and writes the shipped module without the exports of the per-stream callbacks the filter
+# leaves at the SDK default, so Envoy does not enter the VM for them, and without the names (the
+# test module keeps all of its exports: it exists to exercise every one).
 build: toolchain
     #!/usr/bin/env bash
     set -euo pipefail
@@ -38,9 +39,10 @@ build: toolchain
     out="${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release"
     pairs=()
     for crate in {{ wasm_crates }}; do
-      [ -d "filters/$crate" ] && pairs+=("$out/${crate//-/_}.wasm=filters/$crate/src")
+      file="${crate//-/_}.wasm"
+      [ -d "filters/$crate" ] && pairs+=("$out/deps/$file=$out/$file")
     done
-    cargo run --quiet -p gatewasm-common --bin trim-stream-exports -- "${pairs[@]}"
+    cargo run --quiet -p gatewasm-postlink --bin trim-stream-exports -- "${pairs[@]}"
     ls -l "$out"/*.wasm
 
 # Formatting and clippy (native, and for the wasm target: the wasm-only glue, the unit tests).
@@ -237,10 +239,13 @@ bench *ARGS: build envoy
       $sudo apt-get update -qq
       $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
-    cargo build --quiet --workspace --bin bench
-    bin="$(cargo metadata --format-version 1 --no-deps \
-      | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
-    "$bin/bench" "$@"
+    cargo build --quiet --workspace --bin bench --bin request-cost
+    target="$(cargo metadata --format-version 1 --no-deps \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+    # The harness-side figures of the report (the bench itself has no harness).
+    mkdir -p "$target/bench"
+    "$target/debug/request-cost" > "$target/bench/request-cost.json"
+    "$target/debug/bench" --harness-costs "$target/bench/request-cost.json" "$@"
 
 # libFuzzer on one parser target of tests/fuzz (list: `just fuzz-list`) for SECONDS (default 60).
 # New inputs go to target/fuzz-corpus/TARGET (the checked-in seeds in tests/fuzz/corpus/TARGET are
@@ -267,7 +272,7 @@ opt-compare: toolchain
     CARGO_PROFILE_RELEASE_OPT_LEVEL=s cargo build --release --target wasm32-wasip1 -p correlation-id --target-dir target/opt-s
     cargo run -p proxy-wasm-harness --example cost -- target/opt-3/wasm32-wasip1/release/correlation_id.wasm target/opt-s/wasm32-wasip1/release/correlation_id.wasm
 
-# For every filter in tests/src/deploy.rs: a reproducible OCI image (Istio's compat variant, one
+# For every filter in tools/xtask/src/deploy.rs: a reproducible OCI image (Istio's compat variant, one
 # tar+gzip layer holding plugin.wasm) as an OCI layout, <target>/oci/<filter>/, and as one
 # archive, <target>/oci/<filter>.oci.tar. Prints the digests and writes them into the sha256
 # fields of istio-manifests/ and envoy-configs/envoy-gateway/: commit those files. Push with
@@ -279,7 +284,7 @@ package: build
     target="$(cargo metadata --format-version 1 --no-deps \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
     export GATEWASM_WASM_DIR="${GATEWASM_WASM_DIR:-$target/wasm32-wasip1/release}"
-    cargo run -q -p gatewasm-tests --bin package-oci -- --out "$target/oci"
+    cargo run -q -p gatewasm-xtask --bin package-oci -- --out "$target/oci"
 
 # npm @kubernetes-models/istio, pinned by tests/manifest-validator/package-lock.json, into
 # tests/manifest-validator/node_modules.

@@ -20,16 +20,7 @@ use crate::deploy;
 /// are issued then.
 pub const HARNESS_EPOCH_S: u64 = 1_767_225_600;
 
-/// What one request cost one filter (or the chain).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RequestCost {
-    /// Callbacks into the VM for the stream: context create, headers, body, log, done, delete.
-    pub callbacks: u64,
-    /// Calls from the module into the host during those callbacks.
-    pub host_calls: u64,
-    /// Wasm instructions executed (host calls excluded).
-    pub instructions: u64,
-}
+pub use crate::bench::{HarnessCosts, RequestCost};
 
 /// The gatewasm filters of gateway.yaml in chain order, as harness plugins: (name, plugin).
 pub fn gateway_plugins() -> Result<Vec<(String, PluginConfig)>> {
@@ -109,9 +100,7 @@ pub fn measure(worker: &mut Worker, token: &str) -> Result<RequestCost> {
 /// Per filter of gateway.yaml (and the whole chain): the cost of a request whose token the
 /// filter has seen before (`repeated`) and of one it has not (`fresh`; the same as
 /// `repeated` for filters that do not read tokens). `tokens` yields distinct valid tokens.
-pub fn gateway_costs(
-    mut tokens: impl FnMut() -> Result<String>,
-) -> Result<Vec<(String, RequestCost, RequestCost)>> {
+pub fn gateway_costs(mut tokens: impl FnMut() -> Result<String>) -> Result<HarnessCosts> {
     let plugins = gateway_plugins()?;
     let mut cases: Vec<(String, Vec<PluginConfig>)> = plugins
         .iter()
@@ -132,6 +121,20 @@ pub fn gateway_costs(
         out.push((name, repeated, fresh));
     }
     Ok(out)
+}
+
+/// [`gateway_costs`] with demo-IdP tokens issued at the harness clock (distinct `jti`s): what
+/// the bench report prints and the regression bounds check.
+pub fn gateway_costs_with_demo_tokens() -> Result<HarnessCosts> {
+    let mut n = 0u32;
+    gateway_costs(|| {
+        n += 1;
+        crate::demo_jwt::mint(&crate::demo_jwt::DemoClaims {
+            jti: Some(format!("cost-{n}")),
+            issued_at: Some(HARNESS_EPOCH_S),
+            ..Default::default()
+        })
+    })
 }
 
 /// The callbacks of the last [`measure`]: (callback, host calls, instructions), for profiling.

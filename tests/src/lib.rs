@@ -7,11 +7,12 @@
 //!   the harness): [`paths`] (where the workspace, the `.wasm` filters, Envoy and
 //!   `envoy-configs/` are), [`render`] (the templating of `envoy-configs/*.yaml`), [`echo`] (an
 //!   upstream that answers with what it received), [`client`] (an HTTP client that sends any
-//!   headers), [`demo_jwt`] (the demo identity provider), [`runtime`] and [`free_port`].
-//! - [`envoy`]: starts Envoy from a config in `envoy-configs/` on free loopback ports, waits for
-//!   the admin `/ready`, captures its log, reads `/stats`, and stops the process on drop.
-//! - [`oci`] and [`deploy`]: reproducible OCI images of the filters (`just package`), the
-//!   list of filters that ship, and the Istio / Envoy Gateway manifests that pin them.
+//!   headers), [`demo_jwt`] (the demo identity provider), [`runtime`] and [`free_port`];
+//!   [`envoy`]: starts Envoy from a config in `envoy-configs/` on free loopback ports, waits
+//!   for the admin `/ready`, captures its log, reads `/stats`, and stops the process on drop.
+//! - Re-exported from `gatewasm-xtask` (tools/xtask, no harness either): [`oci`] and [`deploy`]
+//!   (reproducible OCI images of the filters, `just package`; the list of filters that ship,
+//!   and the Istio / Envoy Gateway manifests that pin them) and [`bench`] (`just bench`).
 //! - [`limitador_rls`]: the real rate-limit engine of the global e2e tests — Kuadrant's
 //!   Limitador (Redis storage) over Envoy's RLS gRPC protocol, the `tools/limitador-rls` binary
 //!   that `just limitador-rls` builds — and the README's Limitador limits file it is run with.
@@ -22,27 +23,25 @@
 //! Everything here is synchronous from the caller's point of view: async work runs on one
 //! process-wide tokio runtime ([`runtime`]), so plain `#[test] fn`s can use it.
 //!
-//! - [`bench`]: `just bench`, Envoy's CPU per request with each filter vs native filters.
-//! - [`cost`]: the same request in the harness: callbacks, host calls and Wasm instructions
-//!   per filter — deterministic figures for regression checks and the bench report.
+//! - [`cost`]: the bench request in the harness: callbacks, host calls and Wasm instructions
+//!   per filter — deterministic figures for regression checks and, through the `request-cost`
+//!   binary, the bench report.
 //!
 //! Missing prerequisites fail loudly and name the fix (`just build`, `just envoy`,
 //! `just limitador-rls`); nothing is
 //! ever skipped.
 
-pub mod bench;
 pub mod cost;
-pub mod deploy;
-pub mod envoy;
 pub mod limitador_rls;
-pub mod oci;
 pub mod rls_server;
 
-// What `just demo` needs lives in tools/devtools (no harness, so the demo does not compile
-// wasmtime); the tests name it through here as before.
+// What `just demo` needs lives in tools/devtools, the bench, OCI images and deploy manifests in
+// tools/xtask — neither depends on the harness, so the demo, `just bench` and `just package`
+// do not compile wasmtime for themselves; the tests name them through here.
 pub use gatewasm_devtools::{
-    client, demo_jwt, echo, free_port, http_server, paths, render, runtime,
+    client, demo_jwt, echo, envoy, free_port, http_server, paths, render, runtime,
 };
+pub use gatewasm_xtask::{bench, deploy, oci};
 
 // Declarative scenarios (tests/scenarios/): one file, run in the harness and in a real Envoy.
 pub mod scenario;

@@ -1,4 +1,4 @@
-//! The OCI images `just package` builds (tests/src/oci.rs) and the digests the manifests pin.
+//! The OCI images `just package` builds (tools/xtask/src/oci.rs) and the digests the manifests pin.
 //!
 //! - the layout: `oci-layout`, `index.json`, the manifest, config and layer, their media types
 //!   (Istio's compat variant: one `tar+gzip` layer holding `plugin.wasm`), and every digest and

@@ -5,11 +5,8 @@
 //!
 //! Needs `just build`.
 
-use std::time::Duration;
-
 use anyhow::Result;
-use gatewasm_tests::cost::{HARNESS_EPOCH_S, RequestCost, gateway_costs};
-use gatewasm_tests::demo_jwt::{DemoClaims, mint};
+use gatewasm_tests::cost::{RequestCost, gateway_costs_with_demo_tokens};
 
 /// Per filter: callbacks per request (exact: the exports `just build` keeps), and the most host
 /// calls and Wasm instructions allowed with a repeated / a fresh token. Instruction bounds leave
@@ -61,16 +58,7 @@ const BOUNDS: &[Bound] = &[
 
 #[test]
 fn per_request_costs_stay_within_their_bounds() -> Result<()> {
-    let mut n = 0u32;
-    let costs = gateway_costs(|| {
-        n += 1;
-        mint(&DemoClaims {
-            jti: Some(format!("cost-{n}")),
-            issued_at: Some(HARNESS_EPOCH_S),
-            ttl: Duration::from_secs(3600),
-            ..DemoClaims::default()
-        })
-    })?;
+    let costs = gateway_costs_with_demo_tokens()?;
     eprintln!(
         "filter | callbacks | host calls (repeated / fresh) | instructions (repeated / fresh)"
     );

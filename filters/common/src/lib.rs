@@ -16,14 +16,11 @@
 //! - [`reply`]: the small JSON body `{"error":"<reason>","message":"..."}` used for local replies.
 //! - [`rng`]: the per-VM xoshiro256++ PRNG and its seeding from `getrandom` (WASI `random_get`,
 //!   not a proxy-wasm call), shared by every filter that generates IDs.
-//! - [`exports`]: the post-link step of `just build` (binary `trim-stream-exports`) that drops
-//!   the exports of per-stream callbacks a filter leaves at the SDK default, so Envoy skips them.
 //! - `schema` (feature `schema`, for tests only): keeps a filter's committed `config.schema.json`
 //!   equal to what schemars generates.
 
 pub mod clock;
 pub mod config;
-pub mod exports;
 #[cfg(target_arch = "wasm32")]
 pub mod glue;
 pub mod headers;

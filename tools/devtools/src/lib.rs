@@ -11,6 +11,8 @@
 //! - [`client`]: a small HTTP/1.1 and HTTP/2 client that can send any (duplicated, odd) headers,
 //!   plus a keep-alive burst sender for volume tests.
 //! - [`demo_jwt`]: the demo identity provider's key; the `demo-token` binary mints tokens.
+//! - [`envoy`]: starts a real Envoy on free ports from a config of `envoy-configs/`, waits until
+//!   it is ready, and stops it by PID (tests and `just bench`).
 //!
 //! Async work runs on one process-wide tokio runtime ([`runtime`]), so callers stay synchronous.
 //! Nothing here depends on the Proxy-Wasm harness: `just demo` builds this crate alone.
@@ -18,6 +20,7 @@
 pub mod client;
 pub mod demo_jwt;
 pub mod echo;
+pub mod envoy;
 pub mod http_server;
 pub mod paths;
 pub mod render;

@@ -32,6 +32,10 @@
 //! - `instructions.rs`: the instruction counter, Envoy under callgrind
 //!   ([`count_instructions`]).
 //! - `report.rs`: the Markdown reports ([`report()`], [`instructions_report`]) and the chart.
+//!
+//! The report also prints each filter's cost in the harness ([`RequestCost`]); the harness
+//! lives in the tests crate, whose `request-cost` binary writes those figures as JSON for
+//! `bench --harness-costs FILE` (`just bench` does both), so this crate needs no wasmtime.
 
 mod cases;
 mod config;
@@ -56,3 +60,20 @@ pub use platform::{
     platform_module_wat, prepare_idle_filter, prepare_platform_modules,
 };
 pub use report::{FONT_PATH, RunInfo, chart, instructions_report, report, results_dir};
+
+/// What one request cost one filter (or the chain) in the harness: the tests crate's
+/// `gatewasm_tests::cost` measures it, the report prints it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestCost {
+    /// Callbacks into the VM for the stream: context create, headers, body, log, done, delete.
+    pub callbacks: u64,
+    /// Calls from the module into the host during those callbacks.
+    pub host_calls: u64,
+    /// Wasm instructions executed (host calls excluded).
+    pub instructions: u64,
+}
+
+/// Per filter of gateway.yaml and the chain: (name, a repeated token, a fresh token) — the
+/// JSON `request-cost` writes and `bench --harness-costs` reads.
+pub type HarnessCosts = Vec<(String, RequestCost, RequestCost)>;

@@ -22,7 +22,7 @@ pub const IDLE_FILTER_FILE: &str = "bench/idle_filter.wasm";
 /// makes the minimum three callbacks per request — context create, request headers, delete —
 /// like the trimmed gatewasm filters, not the SDK's default seven.
 pub fn prepare_idle_filter() -> Result<PathBuf> {
-    use gatewasm_common::exports::{OPTIONAL_STREAM_CALLBACKS, remove_exports};
+    use gatewasm_postlink::{OPTIONAL_STREAM_CALLBACKS, remove_exports};
     let dir = paths::wasm_dir();
     let source = dir.join("harness_test_module.wasm");
     let bytes = std::fs::read(&source)

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use gatewasm_tests::{deploy, paths};
+use gatewasm_xtask::{deploy, paths};
 
 fn main() -> ExitCode {
     match run() {

@@ -1,18 +1,19 @@
 //! `just bench [--quick] [--reps N] [--only NAME]…`: what each filter costs in a real Envoy,
-//! side by side with Envoy's native filters (see `gatewasm_tests::bench`). Writes
+//! side by side with Envoy's native filters (see `gatewasm_xtask::bench`). Writes
 //! `tests/bench-results/<date>_envoy-<version>_<machine>/{report.md,chart.png,samples.json}`.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use gatewasm_tests::bench::{self, Options, RunInfo};
-use gatewasm_tests::cost::RequestCost;
-use gatewasm_tests::paths;
+use gatewasm_xtask::bench::{self, HarnessCosts, Options, RunInfo};
+use gatewasm_xtask::paths;
 
 fn usage() -> &'static str {
-    "usage: bench [--quick] [--reps N] [--instructions] [--only NAME]...   (NAME: part of a case name, e.g. tenant)\n\
-     --instructions: count Envoy's instructions per request under callgrind instead of timing"
+    "usage: bench [--quick] [--reps N] [--instructions] [--only NAME]... [--harness-costs FILE]\n\
+     NAME: part of a case name, e.g. tenant\n\
+     --instructions: count Envoy's instructions per request under callgrind instead of timing\n\
+     --harness-costs: the JSON of the tests crate's `request-cost`, printed in the report"
 }
 
 fn main() -> Result<()> {
@@ -20,6 +21,7 @@ fn main() -> Result<()> {
     let mut instructions = false;
     let mut reps: Option<usize> = None;
     let mut only = Vec::new();
+    let mut harness_costs = HarnessCosts::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -34,6 +36,13 @@ fn main() -> Result<()> {
                 )
             }
             "--only" => only.push(args.next().context("--only needs a name")?),
+            "--harness-costs" => {
+                let file = args.next().context("--harness-costs needs a file")?;
+                let json =
+                    std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
+                harness_costs = serde_json::from_str(&json)
+                    .with_context(|| format!("{file}: not `request-cost` output"))?;
+            }
             "-h" | "--help" => {
                 println!("{}", usage());
                 return Ok(());
@@ -59,7 +68,7 @@ fn main() -> Result<()> {
 
     let gateway = bench::gateway_config()?;
     // One long-lived demo-IdP token for tenant acme: every case sends it (a repeated token).
-    let token = gatewasm_tests::demo_jwt::mint(&gatewasm_tests::demo_jwt::DemoClaims {
+    let token = gatewasm_xtask::demo_jwt::mint(&gatewasm_xtask::demo_jwt::DemoClaims {
         ttl: std::time::Duration::from_secs(6 * 3600),
         ..Default::default()
     })?;
@@ -72,7 +81,7 @@ fn main() -> Result<()> {
     if fresh_wanted {
         let tokens = (0..bench::FRESH_TOKENS)
             .map(|i| {
-                gatewasm_tests::demo_jwt::mint(&gatewasm_tests::demo_jwt::DemoClaims {
+                gatewasm_xtask::demo_jwt::mint(&gatewasm_xtask::demo_jwt::DemoClaims {
                     ttl: std::time::Duration::from_secs(6 * 3600),
                     jti: Some(format!("bench-{i}")),
                     ..Default::default()
@@ -105,7 +114,7 @@ fn main() -> Result<()> {
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
             .join(" "),
-        costs: harness_costs()?,
+        costs: harness_costs,
     };
     if instructions {
         return count_instructions(&gateway, &cases, &info);
@@ -147,19 +156,6 @@ fn main() -> Result<()> {
     println!("{report}");
     println!("written to {}", dir.display());
     Ok(())
-}
-
-/// The per-request cost of each filter in the harness (tokens issued at the harness clock).
-fn harness_costs() -> Result<Vec<(String, RequestCost, RequestCost)>> {
-    let mut n = 0u32;
-    gatewasm_tests::cost::gateway_costs(|| {
-        n += 1;
-        gatewasm_tests::demo_jwt::mint(&gatewasm_tests::demo_jwt::DemoClaims {
-            jti: Some(format!("cost-{n}")),
-            issued_at: Some(gatewasm_tests::cost::HARNESS_EPOCH_S),
-            ..Default::default()
-        })
-    })
 }
 
 /// `--instructions`: each case once under callgrind; writes `instructions.md`.

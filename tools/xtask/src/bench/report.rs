@@ -22,8 +22,8 @@ pub struct RunInfo {
     pub wasm_sizes: BTreeMap<String, u64>,
     pub command: String,
     /// The same request in the harness, per filter and the chain: (name, repeated token,
-    /// fresh token) — see [`crate::cost`].
-    pub costs: Vec<(String, crate::cost::RequestCost, crate::cost::RequestCost)>,
+    /// fresh token), from the tests crate's `request-cost` (empty: not printed).
+    pub costs: super::HarnessCosts,
 }
 
 /// The Markdown report.
@@ -111,7 +111,7 @@ pub fn report(results: &Results, info: &RunInfo, opts: &Options) -> String {
     }
     if !info.costs.is_empty() {
         md.push_str(
-            "\nThe same request in the harness (`gatewasm_tests::cost`, deterministic): callbacks \
+            "\nThe same request in the harness (`gatewasm_tests::cost`, deterministic; `request-cost`): callbacks \
              into the VM, host calls and Wasm instructions per request, with a repeated / a fresh \
              token:\n\n| filter | callbacks | host calls | instructions |\n|---|---|---|---|\n",
         );

@@ -1,8 +1,8 @@
-//! Runs a real Envoy for a test.
+//! Runs a real Envoy for a test or the benchmark.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use gatewasm_tests::{client, echo::EchoUpstream, envoy::EnvoyBuilder};
+//! use gatewasm_devtools::{client, echo::EchoUpstream, envoy::EnvoyBuilder};
 //! let upstream = EchoUpstream::start()?;
 //! let envoy = EnvoyBuilder::new("gateway.yaml").upstream(upstream.port()).start()?;
 //! let resp = client::send(envoy.listen_addr(), &client::Request::get("/"))?;
@@ -104,7 +104,7 @@ impl EnvoyBuilder {
     }
 
     /// The port of a rate-limit service (`{{RLS_PORT}}`), e.g. a
-    /// [`crate::limitador_rls::LimitadorRls`] or an [`crate::rls_server::RlsServer`]. Without
+    /// `gatewasm_tests::limitador_rls::LimitadorRls` or a `gatewasm_tests::rls_server::RlsServer`. Without
     /// it, a free port nobody listens on.
     pub fn rls(mut self, port: u16) -> Self {
         self.rls_port = Some(port);
