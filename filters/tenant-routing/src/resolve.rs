@@ -1,6 +1,6 @@
 //! The per-request decision: from the request headers (as `get_http_request_headers_bytes()`
 //! returns them) to either "route to tenant N" (with the stripped `:path`, if any) or a
-//! rejection. Pure; the glue turns the [`Decision`] into host calls.
+//! rejection. Pure; [`crate::stage`] turns the [`Decision`] into effects.
 //!
 //! Every source is evaluated (they are all in memory already). Then:
 //! - a source that yields several *different* values (a repeated header or query parameter) is

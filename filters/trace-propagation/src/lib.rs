@@ -15,7 +15,10 @@
 //! - [`baggage`]: W3C Baggage limits (64 members, 8192 bytes; whole members dropped).
 //! - [`propagate`]: the per-request decision — headers in, header writes out to a sink, and a
 //!   [`propagate::Plan`] (counter, sampled, trace id to echo). It ties the modules above together.
-//! - `glue` (wasm32 only): the proxy-wasm root and HTTP contexts, metrics and host calls.
+//! - [`stage`]: the filter as a host-agnostic stage (gatewasm-common `Stage`): request view in,
+//!   effects out; every host (this module, the bundle's chain) runs it.
+//! - `glue` (wasm32 only): the filter's own module, a `StageRoot` over the stage; `root_context`
+//!   is also the bundle's `trace-propagation` root.
 //!
 //! The PRNG (xoshiro256++ seeded from `getrandom`) is `gatewasm_common::rng`, shared with the
 //! other filters.
@@ -26,7 +29,8 @@ pub mod config;
 pub mod context;
 pub mod ids;
 pub mod propagate;
+pub mod stage;
 pub mod w3c;
 
 #[cfg(target_arch = "wasm32")]
-mod glue;
+pub mod glue;

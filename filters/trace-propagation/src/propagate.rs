@@ -1,8 +1,9 @@
 //! The per-request decision: from the request headers (read once) to the header writes, the
-//! counter to increment and the trace id to echo. Pure: the glue passes the headers, the PRNG
-//! and a sink for the [`Write`]s in, applies each write as it comes, and keeps the [`Plan`].
-//! Nothing is stored per write and ids are rendered on the stack, so the only heap allocations
-//! are a re-joined `tracestate` or `baggage` when one has to be rewritten.
+//! counter to increment and the trace id to echo. Pure: the stage ([`crate::stage`]) passes
+//! the headers, the PRNG and a sink for the [`Write`]s in, collects each write as it comes into
+//! its effects, and keeps the [`Plan`]. Nothing is stored per write here and ids are rendered on
+//! the stack, so the only heap allocations of the decision are a re-joined `tracestate` or
+//! `baggage` when one has to be rewritten.
 //!
 //! 1. **Extract.** Every format in `extract` is parsed; the first one (in `extract` order) that
 //!    yields a full context wins. A header that is present but invalid (or a single-valued header
@@ -246,7 +247,7 @@ pub struct Rejection {
 /// At most one rejection per format plus one for `tracestate`.
 pub const MAX_REJECTIONS: usize = 4;
 
-/// Everything the glue needs to carry out one request.
+/// Everything the stage needs to carry out one request.
 #[derive(Debug)]
 pub struct Plan {
     pub outcome: Outcome,
@@ -294,7 +295,7 @@ fn draw(settings: &Settings, rng: &mut Xoshiro256pp) -> bool {
 }
 
 /// Decide one request. `headers` is the request header list as the host returned it; every
-/// header change is passed to `sink` in order (the glue applies it to the live request).
+/// header change is passed to `sink` in order (the stage turns it into a request edit).
 pub fn plan_request<F: FnMut(Write<'_>)>(
     settings: &Settings,
     headers: &[(&str, &[u8])],

@@ -250,6 +250,57 @@ pub fn native_jwt_authn(cache: bool) -> Value {
     })
 }
 
+/// The module of the bundle and chain shapes, in `{{WASM_DIR}}`.
+pub const BUNDLE_FILE: &str = "gatewasm.wasm";
+
+/// The VM id every plugin of the bundle shares (one VM per worker).
+pub const BUNDLE_VM_ID: &str = "gatewasm";
+
+/// A gatewasm filter of gateway.yaml loaded from the bundle instead of its own module: root id
+/// `root_id`, the bundle's VM id; its name and configuration unchanged.
+fn from_bundle(filter: &Value, root_id: &str) -> Value {
+    let mut filter = filter.clone();
+    if let Some(config) = filter.pointer_mut("/typed_config/config") {
+        config["root_id"] = json!(root_id);
+        config["vm_config"]["vm_id"] = json!(BUNDLE_VM_ID);
+        config["vm_config"]["code"] =
+            json!({"local": {"filename": format!("{{{{WASM_DIR}}}}/{BUNDLE_FILE}")}});
+    }
+    filter
+}
+
+/// Bundle mode: gateway.yaml's gatewasm filters, each loaded from the bundle with its filter's
+/// root id (five plugins, one VM per worker).
+pub fn bundle_filters(wasm: &[(String, Value)]) -> Vec<Value> {
+    wasm.iter()
+        .map(|(name, filter)| from_bundle(filter, name))
+        .collect()
+}
+
+/// Chain mode: one filter (root id `chain`) whose stages are gateway.yaml's gatewasm filters in
+/// order, each with its configuration; the first filter's failure policy and name prefix.
+pub fn chain_mode_filter(wasm: &[(String, Value)]) -> Result<Value> {
+    let mut stages = Vec::with_capacity(wasm.len());
+    for (name, filter) in wasm {
+        let value = filter
+            .pointer("/typed_config/config/configuration/value")
+            .and_then(Value::as_str)
+            .with_context(|| format!("gateway.yaml: {name} has no configuration value"))?;
+        let config: Value = serde_json::from_str(value)
+            .with_context(|| format!("gateway.yaml: {name}'s configuration is not JSON"))?;
+        stages.push(json!({"filter": name, "config": config}));
+    }
+    let (_, first) = wasm.first().context("gateway.yaml has no gatewasm filter")?;
+    let mut chain = from_bundle(first, "chain");
+    chain["name"] = json!("gatewasm.chain");
+    if let Some(config) = chain.pointer_mut("/typed_config/config") {
+        config["name"] = json!("gatewasm.chain");
+        config["configuration"]["value"] = json!(json!({ "stages": stages }).to_string());
+        config["failure_policy"] = json!("FAIL_CLOSED");
+    }
+    Ok(chain)
+}
+
 /// The cases: baseline, each gatewasm filter of gateway.yaml alone, the gatewasm chain, the
 /// native equivalents and the native chain. `extra` adds cases built elsewhere (e.g. JWT).
 pub fn cases(gateway: &Value, token: &str) -> Result<Vec<Case>> {
@@ -294,6 +345,18 @@ pub fn cases(gateway: &Value, token: &str) -> Result<Vec<Case>> {
         &format!("gatewasm chain ({})", wasm.len()),
         Family::Gatewasm,
         wasm.iter().map(|(_, f)| f.clone()).collect(),
+        Some("native chain"),
+    ));
+    out.push(case(
+        &format!("gatewasm bundle ({})", wasm.len()),
+        Family::Gatewasm,
+        bundle_filters(&wasm),
+        Some("native chain"),
+    ));
+    out.push(case(
+        &format!("gatewasm chain mode ({})", wasm.len()),
+        Family::Gatewasm,
+        vec![chain_mode_filter(&wasm)?],
         Some("native chain"),
     ));
     let mut request_id = case("native request-id", Family::Native, vec![], None);
@@ -396,6 +459,48 @@ mod tests {
         assert_eq!(routes.len(), 1, "gateway.yaml's routes are replaced");
         assert_eq!(routes[0]["direct_response"]["status"], 200);
         assert_eq!(parsed["static_resources"]["clusters"], json!([]));
+        Ok(())
+    }
+
+    #[test]
+    fn bundle_and_chain_mode_run_gateway_yamls_filters_from_one_module() -> Result<()> {
+        let gateway = gateway_config()?;
+        let wasm = gateway_wasm_filters(&gateway)?;
+        let names: Vec<&str> = wasm.iter().map(|(n, _)| n.as_str()).collect();
+        let bundle = bundle_filters(&wasm);
+        assert_eq!(bundle.len(), wasm.len());
+        for ((name, own), bundled) in wasm.iter().zip(&bundle) {
+            let config = &bundled["typed_config"]["config"];
+            assert_eq!(config["root_id"], json!(name));
+            assert_eq!(config["vm_config"]["vm_id"], json!(BUNDLE_VM_ID));
+            assert_eq!(
+                config["vm_config"]["code"]["local"]["filename"],
+                json!("{{WASM_DIR}}/gatewasm.wasm")
+            );
+            assert_eq!(
+                config["configuration"],
+                own["typed_config"]["config"]["configuration"]
+            );
+        }
+        let chain = chain_mode_filter(&wasm)?;
+        let config = &chain["typed_config"]["config"];
+        assert_eq!(config["root_id"], json!("chain"));
+        let value: Value = serde_json::from_str(
+            config["configuration"]["value"]
+                .as_str()
+                .context("a string value")?,
+        )?;
+        let stages = value["stages"].as_array().context("stages")?;
+        let stage_names: Vec<&str> = stages.iter().filter_map(|s| s["filter"].as_str()).collect();
+        assert_eq!(stage_names, names);
+        for ((_, own), stage) in wasm.iter().zip(stages) {
+            let own: Value = serde_json::from_str(
+                own["typed_config"]["config"]["configuration"]["value"]
+                    .as_str()
+                    .context("a string value")?,
+            )?;
+            assert_eq!(stage["config"], own);
+        }
         Ok(())
     }
 }

@@ -1,0 +1,672 @@
+//! Chain mode (root id `chain`): the filters as stages of one Proxy-Wasm filter.
+//!
+//! Per request the chain reads the request header map once (when a stage reads headers) into
+//! a [`HeaderList`], runs the stages in order — each sees what the earlier ones wrote, as it
+//! would as a separate filter — and then writes back one call per changed header name, clears
+//! the route cache once if any stage asked, and increments the counters. A local reply from a
+//! stage stops the later stages (its headers written first, as separate filters would have);
+//! the response pass then runs the response side of every stage that saw the request, last
+//! first (Envoy's encoder order), and applies their edits. A stage that waits — rate-limit's
+//! gRPC calls to its service, jwt-to-header's keys — pauses the request; its answer (or the
+//! root's wake-up for keys) resumes the chain at that stage, then the rest run.
+//!
+//! Semantics equal those of separate filters in that order, with one stricter exception: while
+//! any stage waits, the request body and trailers are held (separate rate-limit filters do not
+//! hold them).
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+
+use gatewasm_common::glue::{self, HostCalls, StageFilter};
+use gatewasm_common::host::get_header_map;
+use gatewasm_common::stage::{CALL_NOT_SENT, Effects, Flow, HeaderEdit, HeaderList, LocalReply, Stage, StageHost};
+use gatewasm_common::{ConfigError, config::parse_or_log};
+use jwt_to_header::stage::JwtToHeader;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType};
+
+use crate::plan::{FilterKind, StagePlan, parse_chain, stage_error};
+
+/// The chain's log prefix.
+const CHAIN: &str = "gatewasm chain";
+
+/// The host as the stages of one callback see it: one clock read for all of them (separate
+/// filters would each read it, microseconds apart); everything else goes straight to the host.
+#[derive(Default)]
+struct PassHost {
+    now_ns: Option<u64>,
+}
+
+impl StageHost for PassHost {
+    fn now_ns(&mut self) -> u64 {
+        *self.now_ns.get_or_insert_with(|| HostCalls.now_ns())
+    }
+
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        HostCalls.property(path)
+    }
+
+    fn shared_get(&mut self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        HostCalls.shared_get(key)
+    }
+
+    fn shared_set(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> gatewasm_common::stage::SetResult {
+        HostCalls.shared_set(key, value, cas)
+    }
+
+    fn foreign_function(
+        &mut self,
+        name: &str,
+        args: &[u8],
+    ) -> Result<Option<Vec<u8>>, proxy_wasm::types::Status> {
+        HostCalls.foreign_function(name, args)
+    }
+}
+
+/// One stage bound to one request: the stage and its per-request state. Each call returns the
+/// stage's effects with their own copies of what they borrowed (the chain applies them to its
+/// own header list, which copies anyway).
+trait Bound {
+    fn request(
+        &mut self,
+        headers: &[(&str, &[u8])],
+        host: &mut dyn StageHost,
+    ) -> (Effects<'static>, Flow);
+    fn response(&mut self, host: &mut dyn StageHost) -> Effects<'static>;
+    fn grpc_answer(
+        &mut self,
+        call: usize,
+        status: u32,
+        body: Option<&[u8]>,
+        host: &mut dyn StageHost,
+    ) -> (Effects<'static>, Flow);
+    /// jwt-to-header: the keys this request waited for arrived (or will not).
+    fn woken(
+        &mut self,
+        _headers: &[(&str, &[u8])],
+        _host: &mut dyn StageHost,
+    ) -> (Effects<'static>, Flow) {
+        (Effects::default(), Flow::Continue)
+    }
+}
+
+struct Of<S: Stage> {
+    stage: Rc<S>,
+    stream: S::Stream,
+}
+
+impl<S: Stage> Bound for Of<S> {
+    fn request(
+        &mut self,
+        headers: &[(&str, &[u8])],
+        host: &mut dyn StageHost,
+    ) -> (Effects<'static>, Flow) {
+        let mut fx = Effects::default();
+        let flow = self
+            .stage
+            .on_request_headers(&mut self.stream, headers, host, &mut fx);
+        (fx.into_owned(), flow)
+    }
+
+    fn response(&mut self, host: &mut dyn StageHost) -> Effects<'static> {
+        let mut fx = Effects::default();
+        if S::RESPONSE_HEADERS {
+            self.stage
+                .on_response_headers(&mut self.stream, host, &mut fx);
+        }
+        fx.into_owned()
+    }
+
+    fn grpc_answer(
+        &mut self,
+        call: usize,
+        status: u32,
+        body: Option<&[u8]>,
+        host: &mut dyn StageHost,
+    ) -> (Effects<'static>, Flow) {
+        let mut fx = Effects::default();
+        let flow = self
+            .stage
+            .on_grpc_answer(&mut self.stream, call, status, body, host, &mut fx);
+        (fx.into_owned(), flow)
+    }
+}
+
+/// jwt-to-header bound to a request: it waits under the request's context id.
+struct Jwt(Of<JwtToHeader>);
+
+impl Bound for Jwt {
+    fn request(
+        &mut self,
+        headers: &[(&str, &[u8])],
+        host: &mut dyn StageHost,
+    ) -> (Effects<'static>, Flow) {
+        self.0.request(headers, host)
+    }
+
+    fn response(&mut self, host: &mut dyn StageHost) -> Effects<'static> {
+        self.0.response(host)
+    }
+
+    fn grpc_answer(
+        &mut self,
+        call: usize,
+        status: u32,
+        body: Option<&[u8]>,
+        host: &mut dyn StageHost,
+    ) -> (Effects<'static>, Flow) {
+        self.0.grpc_answer(call, status, body, host)
+    }
+
+    fn woken(
+        &mut self,
+        headers: &[(&str, &[u8])],
+        host: &mut dyn StageHost,
+    ) -> (Effects<'static>, Flow) {
+        let mut fx = Effects::default();
+        let flow = self.0.stage.on_woken(headers, host, &mut fx);
+        (fx.into_owned(), flow)
+    }
+}
+
+/// A configured stage.
+enum Compiled {
+    CorrelationId(Rc<correlation_id::stage::CorrelationId>),
+    TracePropagation(Rc<trace_propagation::stage::TracePropagation>),
+    JwtToHeader(Rc<JwtToHeader>),
+    TenantRouting(Rc<tenant_routing::stage::TenantRouting>),
+    RateLimit(Rc<rate_limit::stage::RateLimit>),
+}
+
+fn of<S: Stage>(stage: &Rc<S>) -> Of<S> {
+    Of {
+        stage: Rc::clone(stage),
+        stream: S::Stream::default(),
+    }
+}
+
+impl Compiled {
+    fn configure(plan: &StagePlan) -> Result<Compiled, ConfigError> {
+        let bytes = plan.config.as_deref();
+        Ok(match plan.kind {
+            FilterKind::CorrelationId => Compiled::CorrelationId(Rc::new(
+                correlation_id::glue::Filter::configure(bytes)?,
+            )),
+            FilterKind::TracePropagation => Compiled::TracePropagation(Rc::new(
+                trace_propagation::glue::Filter::configure(bytes)?,
+            )),
+            FilterKind::JwtToHeader => {
+                Compiled::JwtToHeader(Rc::new(jwt_to_header::glue::configure_stage(bytes)?))
+            }
+            FilterKind::TenantRouting => Compiled::TenantRouting(Rc::new(
+                tenant_routing::glue::Filter::configure(bytes)?,
+            )),
+            FilterKind::RateLimit => {
+                Compiled::RateLimit(Rc::new(rate_limit::glue::Filter::configure(bytes)?))
+            }
+        })
+    }
+
+    fn reads_request_headers(&self) -> bool {
+        match self {
+            Compiled::CorrelationId(s) => s.reads_request_headers(),
+            Compiled::TracePropagation(s) => s.reads_request_headers(),
+            Compiled::JwtToHeader(s) => s.reads_request_headers(),
+            Compiled::TenantRouting(s) => s.reads_request_headers(),
+            Compiled::RateLimit(s) => s.reads_request_headers(),
+        }
+    }
+
+    fn bind(&self, context_id: u32) -> Box<dyn Bound> {
+        match self {
+            Compiled::CorrelationId(s) => Box::new(of(s)),
+            Compiled::TracePropagation(s) => Box::new(of(s)),
+            Compiled::JwtToHeader(s) => Box::new(Jwt(Of {
+                stage: Rc::clone(s),
+                stream: jwt_to_header::stage::Stream { context_id },
+            })),
+            Compiled::TenantRouting(s) => Box::new(of(s)),
+            Compiled::RateLimit(s) => Box::new(of(s)),
+        }
+    }
+}
+
+/// The configured chain.
+struct Chain {
+    stages: Vec<Compiled>,
+    reads_request_headers: bool,
+}
+
+/// Requests paused while jwt-to-header waits for keys, by context id: the root's key driver
+/// wakes them.
+type Waiting = Rc<RefCell<Vec<(u32, Weak<RefCell<Run>>)>>>;
+
+pub struct ChainRoot {
+    context_id: u32,
+    chain: Option<Rc<Chain>>,
+    /// The jwt-to-header stage, whose keys this root drives.
+    jwt: Option<Rc<JwtToHeader>>,
+    waiting: Waiting,
+}
+
+impl ChainRoot {
+    pub fn new(context_id: u32) -> Self {
+        Self {
+            context_id,
+            chain: None,
+            jwt: None,
+            waiting: Rc::default(),
+        }
+    }
+
+    fn reseed(&self) {
+        // Cheap, and only the stages present use it.
+        correlation_id::glue::Filter::reseed(self.context_id);
+        trace_propagation::glue::Filter::reseed(self.context_id);
+    }
+
+    /// Wake request `context_id` (the effective context) after its keys wait.
+    fn wake(waiting: &Waiting, context_id: u32) {
+        let run = {
+            let mut list = waiting.borrow_mut();
+            let at = list.iter().position(|(id, _)| *id == context_id);
+            at.map(|at| list.swap_remove(at).1)
+        };
+        if let Some(run) = run.and_then(|weak| weak.upgrade()) {
+            let mut run = run.borrow_mut();
+            if run.resume_woken() == Action::Continue {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+    }
+}
+
+fn parse(bytes: Option<&[u8]>) -> Result<Chain, ConfigError> {
+    let plans = parse_chain(bytes)?;
+    let mut stages = Vec::with_capacity(plans.len());
+    for (i, plan) in plans.iter().enumerate() {
+        stages.push(Compiled::configure(plan).map_err(|e| stage_error(i, plan.kind, &e))?);
+    }
+    let reads_request_headers = stages.iter().any(Compiled::reads_request_headers);
+    Ok(Chain {
+        stages,
+        reads_request_headers,
+    })
+}
+
+impl Context for ChainRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Some(jwt) = self.jwt.clone() {
+            let waiting = Rc::clone(&self.waiting);
+            jwt_to_header::glue::on_http_call_response(
+                self.context_id,
+                &jwt,
+                token_id,
+                body_size,
+                &mut |id| Self::wake(&waiting, id),
+            );
+        }
+    }
+}
+
+impl RootContext for ChainRoot {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        self.reseed();
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = self.get_plugin_configuration();
+        let Some(chain) = parse_or_log(CHAIN, bytes.as_deref(), parse) else {
+            return false;
+        };
+        self.jwt = chain.stages.iter().find_map(|s| match s {
+            Compiled::JwtToHeader(jwt) => Some(Rc::clone(jwt)),
+            _ => None,
+        });
+        if let Some(jwt) = &self.jwt
+            && jwt_to_header::glue::needs_ticks(jwt)
+        {
+            self.set_tick_period(jwt_to_header::glue::TICK);
+        }
+        self.chain = Some(Rc::new(chain));
+        self.reseed();
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(jwt) = self.jwt.clone() {
+            let waiting = Rc::clone(&self.waiting);
+            jwt_to_header::glue::on_tick(self, self.context_id, &jwt, &mut |id| {
+                Self::wake(&waiting, id)
+            });
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(ChainStream {
+            run: self.chain.as_ref().map(|chain| {
+                Rc::new_cyclic(|this| RefCell::new(Run {
+                    context_id,
+                    this: this.clone(),
+                    registry: Rc::clone(&self.waiting),
+                    stages: chain.stages.iter().map(|s| s.bind(context_id)).collect(),
+                    chain: Rc::clone(chain),
+                    headers: HeaderList::default(),
+                    next: 0,
+                    seen: 0,
+                    route_changed: false,
+                    counters: Vec::new(),
+                    response: Vec::new(),
+                    pending: Vec::new(),
+                    waiting_for_keys: false,
+                    host: PassHost::default(),
+                }))
+            }),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One request through the chain.
+struct Run {
+    context_id: u32,
+    /// This run, for the registry of requests waiting for keys.
+    this: Weak<RefCell<Run>>,
+    registry: Waiting,
+    chain: Rc<Chain>,
+    stages: Vec<Box<dyn Bound>>,
+    /// The request headers as read once, with the stages' edits applied.
+    headers: HeaderList,
+    /// The next request stage to run (the waiting one while paused).
+    next: usize,
+    /// How many stages saw the request (their response side runs).
+    seen: usize,
+    route_changed: bool,
+    /// Counter increments not yet made.
+    counters: Vec<(u32, u32)>,
+    /// Response edits decided on the request side (applied on the response pass).
+    response: Vec<HeaderEdit<'static>>,
+    /// gRPC calls in flight: (token, stage, call index).
+    pending: Vec<(u32, usize, usize)>,
+    waiting_for_keys: bool,
+    /// The host of the callback running now (reset at each callback).
+    host: PassHost,
+}
+
+/// How a stage's effects leave the chain.
+enum Next {
+    Stage,
+    Reply(LocalReply),
+    Wait,
+}
+
+impl Run {
+    fn start(&mut self) -> Action {
+        self.host = PassHost::default();
+        if self.chain.reads_request_headers
+            && let Ok(map) = get_header_map(MapType::HttpRequestHeaders)
+        {
+            self.headers = HeaderList::new(
+                map.pairs()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
+                    .collect(),
+            );
+        }
+        self.advance()
+    }
+
+    /// Take in one stage's effects: its request edits go into the header list (the next stage
+    /// reads them), the rest waits for [`Run::flush`]; its gRPC calls are dispatched (one that
+    /// cannot be sent is answered at once, [`CALL_NOT_SENT`]).
+    fn absorb(&mut self, stage: usize, mut fx: Effects<'static>, flow: Flow) -> Next {
+        for edit in &fx.request {
+            self.headers.apply(edit);
+        }
+        self.route_changed |= fx.clear_route_cache;
+        self.counters.append(&mut fx.counters);
+        self.response.append(&mut fx.response);
+        if let Some(reply) = fx.reply {
+            return Next::Reply(reply);
+        }
+        let mut next = match flow {
+            Flow::Wait => Next::Wait,
+            Flow::Continue | Flow::Reply => Next::Stage,
+        };
+        let mut sent = false;
+        for (index, call) in fx.grpc_calls.iter().enumerate() {
+            match hostcalls::dispatch_grpc_call(
+                &call.cluster,
+                call.service,
+                call.method,
+                Vec::new(),
+                Some(&call.message),
+                std::time::Duration::from_millis(call.timeout_ms),
+            ) {
+                Ok(token) => {
+                    self.pending.push((token, stage, index));
+                    sent = true;
+                }
+                Err(status) => {
+                    log::warn!(
+                        "{CHAIN}: cannot call {} on cluster {}: {status:?}",
+                        call.service,
+                        call.cluster
+                    );
+                    let Some(bound) = self.stages.get_mut(stage) else {
+                        break;
+                    };
+                    let (answer, flow) =
+                        bound.grpc_answer(index, CALL_NOT_SENT, None, &mut self.host);
+                    next = self.absorb(stage, answer, flow);
+                    if matches!(next, Next::Reply(_)) {
+                        return next;
+                    }
+                }
+            }
+        }
+        if sent { Next::Wait } else { next }
+    }
+
+    /// Run the request stages from `self.next` until one waits or replies, or all are done.
+    /// `Continue`: the request goes on (its effects are applied); `Pause`: it waits or was
+    /// answered.
+    fn advance(&mut self) -> Action {
+        while let Some(bound) = self.stages.get_mut(self.next) {
+            self.seen = self.seen.max(self.next + 1);
+            let (fx, flow) = {
+                let pairs = self.headers.pairs();
+                bound.request(&pairs, &mut self.host)
+            };
+            match self.absorb(self.next, fx, flow) {
+                Next::Stage => self.next += 1,
+                Next::Reply(reply) => return self.reply(&reply),
+                Next::Wait => return self.wait(),
+            }
+        }
+        self.flush();
+        Action::Continue
+    }
+
+    /// The waiting stage is jwt-to-header's (its keys) unless it has gRPC calls in flight.
+    fn wait(&mut self) -> Action {
+        self.waiting_for_keys = !self.pending.iter().any(|(_, stage, _)| *stage == self.next);
+        if self.waiting_for_keys {
+            let mut registry = self.registry.borrow_mut();
+            // Requests that went away while waiting leave only a dead entry: drop those here,
+            // so the registry never holds more than the requests alive.
+            registry.retain(|(_, run)| run.strong_count() > 0);
+            registry.push((self.context_id, self.this.clone()));
+        }
+        // Counters now: a request that never comes back (the client left) still counts.
+        glue::apply_counters(&std::mem::take(&mut self.counters));
+        Action::Pause
+    }
+
+    /// Write back what the stages changed: one call per changed header name, the route-cache
+    /// clear once, the counters.
+    fn flush(&mut self) {
+        glue::apply_edits(MapType::HttpRequestHeaders, &self.headers.write_back());
+        self.headers.mark_written();
+        if std::mem::take(&mut self.route_changed) {
+            glue::clear_route_cache(CHAIN);
+        }
+        glue::apply_counters(&std::mem::take(&mut self.counters));
+    }
+
+    /// A stage answers locally: what the earlier stages wrote is written first (as separate
+    /// filters would have), then the reply.
+    fn reply(&mut self, reply: &LocalReply) -> Action {
+        self.flush();
+        glue::send_reply(reply);
+        Action::Pause
+    }
+
+    /// The stage that waited for keys goes on (the effective context is this request), then
+    /// the rest. `Continue`: resume the request.
+    fn resume_woken(&mut self) -> Action {
+        self.host = PassHost::default();
+        self.waiting_for_keys = false;
+        let Some(bound) = self.stages.get_mut(self.next) else {
+            return Action::Continue;
+        };
+        let (fx, flow) = {
+            let pairs = self.headers.pairs();
+            bound.woken(&pairs, &mut self.host)
+        };
+        match self.absorb(self.next, fx, flow) {
+            Next::Stage => {
+                self.next += 1;
+                self.advance()
+            }
+            Next::Reply(reply) => self.reply(&reply),
+            Next::Wait => self.wait(),
+        }
+    }
+
+    /// A gRPC answer; `Continue`: resume the request.
+    fn grpc_answer(&mut self, token: u32, status: u32, size: usize) -> Option<Action> {
+        self.host = PassHost::default();
+        let at = self.pending.iter().position(|(t, ..)| *t == token)?;
+        let (_, stage, call) = self.pending.swap_remove(at);
+        let body = if status == 0 {
+            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let bound = self.stages.get_mut(stage)?;
+        let (fx, flow) = bound.grpc_answer(call, status, body.as_deref(), &mut self.host);
+        Some(match self.absorb(stage, fx, flow) {
+            Next::Stage => {
+                self.next = stage + 1;
+                self.advance()
+            }
+            Next::Reply(reply) => self.reply(&reply),
+            Next::Wait => Action::Pause,
+        })
+    }
+
+    /// The response pass: the response side of every stage that saw the request, last first.
+    fn respond(&mut self) {
+        self.host = PassHost::default();
+        let mut edits = std::mem::take(&mut self.response);
+        let mut counters = std::mem::take(&mut self.counters);
+        let seen = self.seen.min(self.stages.len());
+        for bound in self.stages.iter_mut().take(seen).rev() {
+            let mut fx = bound.response(&mut self.host);
+            edits.append(&mut fx.response);
+            counters.append(&mut fx.counters);
+        }
+        glue::apply_edits(MapType::HttpResponseHeaders, &edits);
+        glue::apply_counters(&counters);
+    }
+
+    fn waiting(&self) -> bool {
+        self.waiting_for_keys || !self.pending.is_empty()
+    }
+}
+
+struct ChainStream {
+    /// `None`: no good configuration yet (Envoy creates no streams then).
+    run: Option<Rc<RefCell<Run>>>,
+}
+
+impl ChainStream {
+    fn hold_while_waiting(&self) -> Action {
+        let waiting = self
+            .run
+            .as_ref()
+            .and_then(|run| run.try_borrow().ok().map(|r| r.waiting()))
+            .unwrap_or(false);
+        if waiting {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+}
+
+impl Context for ChainStream {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(run) = &self.run else {
+            return;
+        };
+        let Ok(mut run) = run.try_borrow_mut() else {
+            return;
+        };
+        if run.grpc_answer(token_id, status_code, response_size) == Some(Action::Continue) {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for ChainStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(run) = &self.run else {
+            // Cannot happen in Envoy (a rejected configuration creates no streams); fail closed.
+            let _ = hostcalls::send_http_response(503, vec![], None);
+            return Action::Pause;
+        };
+        let Ok(mut run) = run.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        run.start()
+    }
+
+    // While a stage waits, the body and trailers wait too: in Envoy a `Continue` from a later
+    // phase would resume the paused headers before the stage has decided.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.hold_while_waiting()
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.hold_while_waiting()
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(run) = &self.run
+            && let Ok(mut run) = run.try_borrow_mut()
+        {
+            run.respond();
+        }
+        Action::Continue
+    }
+}
