@@ -164,7 +164,7 @@ pub fn borrow_pairs(list: &[(String, Vec<u8>)]) -> HeaderPairs<'_> {
 /// A header name as `&str`, `None` if it is not UTF-8. Names are ASCII in practice (every HTTP
 /// codec insists on it), and for a name of a few bytes `str::from_utf8` costs more in its set-up
 /// than in its scan — most of the parse's work, per header, before this fast path.
-fn header_name_str(name: &[u8]) -> Option<&str> {
+pub(crate) fn header_name_str(name: &[u8]) -> Option<&str> {
     if name.is_ascii() {
         // SAFETY: ASCII bytes are valid UTF-8.
         Some(unsafe { std::str::from_utf8_unchecked(name) })
@@ -210,10 +210,36 @@ pub fn parse_header_map(bytes: &[u8]) -> Option<HeaderPairs<'_>> {
     Some(pairs)
 }
 
+/// The inverse of [`parse_header_map`]: `(name, value)` pairs in the host's serialisation.
+pub fn serialize_header_map<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    let pairs: Vec<(&str, &[u8])> = pairs.into_iter().collect();
+    let mut out = Vec::new();
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (name, value) in &pairs {
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in &pairs {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_serialised_map_parses_back() {
+        let pairs: Vec<(&str, &[u8])> = vec![(":path", b"/"), ("x", b""), ("x", b"2")];
+        let bytes = serialize_header_map(pairs.iter().copied());
+        assert_eq!(parse_header_map(&bytes), Some(pairs));
+        assert_eq!(parse_header_map(&serialize_header_map([])), Some(vec![]));
+    }
 
     #[test]
     fn underscore_variants_are_found_but_not_the_name_itself() {

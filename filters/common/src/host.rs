@@ -30,6 +30,11 @@ impl HeaderMapBytes {
     pub fn pairs(&self) -> HeaderPairs<'_> {
         parse_header_map(&self.bytes).unwrap_or_default()
     }
+
+    /// The serialised map itself.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
 }
 
 /// One `proxy_get_header_map_pairs` call. Errors are the host's status (e.g. `BadArgument` for

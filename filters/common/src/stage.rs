@@ -19,6 +19,8 @@ use std::borrow::Cow;
 
 use proxy_wasm::types::Status;
 
+use crate::headers::{header_name_str, parse_header_map};
+
 /// A counter defined with the host (`None`: the host refused it, so increments are dropped).
 /// The one counter type of every stage: an effect names it, the adapter increments it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -249,69 +251,114 @@ pub trait Stage: 'static {
     }
 }
 
-/// An owned request header list that applies [`HeaderEdit`]s the way Envoy's header map does,
-/// so a stage in a chain sees what it would see after the earlier filters' host calls. It also
-/// tells which names changed, so the chain writes each changed name once.
+/// The request headers of a chain: the host's serialised map as read (kept as one buffer, not
+/// copied header by header) and an overlay of the names the stages changed, with their values
+/// now. A stage's view ([`HeaderList::pairs`]) is the unchanged headers in the host's order, then
+/// the changed names — where Envoy's `setCopy` and `addCopy` put them too. Stages look headers up
+/// by name, so they see exactly what they would see after separate filters' host calls; and the
+/// overlay is what the chain writes back, one call per changed name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderList {
-    pairs: Vec<(String, Vec<u8>)>,
-    /// Names edited since the list was read, in first-edit order.
-    changed: Vec<String>,
+    /// The map as the host serialised it (`proxy_get_header_map_pairs`).
+    base: Vec<u8>,
+    /// Where each header of `base` is (parsed once): name and value byte ranges. Names are
+    /// UTF-8 (checked by the parse).
+    index: Vec<[usize; 4]>,
+    /// Per header of `base`: whether its name was changed (its values now are in `changed`).
+    hidden: Vec<bool>,
+    /// Per changed name, in first-change order: its values now (none: removed).
+    changed: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 impl HeaderList {
-    pub fn new(pairs: Vec<(String, Vec<u8>)>) -> Self {
+    /// The list of a map as the host serialised it (see [`crate::headers::parse_header_map`];
+    /// a buffer that does not parse reads as an empty map).
+    pub fn from_serialized(base: Vec<u8>) -> Self {
+        let start = base.as_ptr() as usize;
+        let at = |s: &[u8]| s.as_ptr() as usize - start;
+        let index: Vec<[usize; 4]> = parse_header_map(&base)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| {
+                let (n, v) = (at(name.as_bytes()), at(value));
+                [n, n + name.len(), v, v + value.len()]
+            })
+            .collect();
         Self {
-            pairs,
+            hidden: vec![false; index.len()],
+            base,
+            index,
             changed: Vec::new(),
         }
     }
 
-    /// The list as borrowed pairs, the view stages take.
-    pub fn pairs(&self) -> Vec<(&str, &[u8])> {
-        self.pairs
+    /// The headers as the host sent them, with whether their name was changed.
+    fn base_pairs(&self) -> impl Iterator<Item = (&str, &[u8], bool)> {
+        self.index
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_slice()))
-            .collect()
+            .zip(&self.hidden)
+            .filter_map(|(&[n0, n1, v0, v1], &hidden)| {
+                let name = header_name_str(self.base.get(n0..n1)?)?;
+                Some((name, self.base.get(v0..v1)?, hidden))
+            })
     }
 
-    fn mark(&mut self, name: &str) {
-        if !self.changed.iter().any(|c| c == name) {
-            self.changed.push(name.to_owned());
+    /// The view stages take: borrowed `(name, value)` pairs.
+    pub fn pairs(&self) -> Vec<(&str, &[u8])> {
+        let mut out = Vec::with_capacity(self.index.len() + self.changed.len());
+        out.extend(
+            self.base_pairs()
+                .filter(|(_, _, hidden)| !hidden)
+                .map(|(name, value, _)| (name, value)),
+        );
+        for (name, values) in &self.changed {
+            out.extend(values.iter().map(|v| (name.as_str(), v.as_slice())));
         }
+        out
     }
 
-    /// Apply one edit. `Set` keeps the position of the first copy (Envoy's `setCopy` replaces
-    /// the first and removes the rest); `Add` appends.
+    /// The values of `name` now, to edit: its entry in the overlay, made from the host's
+    /// values on the first change.
+    fn values_mut(&mut self, name: &str) -> &mut Vec<Vec<u8>> {
+        let at = match self.changed.iter().position(|(n, _)| n == name) {
+            Some(at) => at,
+            None => {
+                let values = self
+                    .base_pairs()
+                    .filter(|(n, ..)| *n == name)
+                    .map(|(_, v, _)| v.to_vec())
+                    .collect();
+                for (&[n0, n1, ..], hidden) in self.index.iter().zip(self.hidden.iter_mut()) {
+                    if self.base.get(n0..n1) == Some(name.as_bytes()) {
+                        *hidden = true;
+                    }
+                }
+                self.changed.push((name.to_owned(), values));
+                self.changed.len() - 1
+            }
+        };
+        // `at` was just found or pushed: in bounds.
+        &mut self.changed[at].1
+    }
+
+    /// Apply one edit, as Envoy's header map would.
     pub fn apply(&mut self, edit: &HeaderEdit<'_>) {
         match edit {
             HeaderEdit::Set(name, value) => {
-                let name: &str = name;
-                self.mark(name);
-                match self.pairs.iter().position(|(k, _)| k == name) {
-                    Some(first) => {
-                        if let Some(slot) = self.pairs.get_mut(first) {
-                            slot.1 = value.to_vec();
-                        }
-                        let mut i = 0;
-                        self.pairs.retain(|(k, _)| {
-                            let keep = k != name || i == first;
-                            i += 1;
-                            keep
-                        });
-                    }
-                    None => self.pairs.push((name.to_owned(), value.to_vec())),
-                }
+                let values = self.values_mut(name);
+                values.clear();
+                values.push(value.to_vec());
             }
-            HeaderEdit::Add(name, value) => {
-                self.mark(name);
-                self.pairs.push((name.to_string(), value.to_vec()));
-            }
+            HeaderEdit::Add(name, value) => self.values_mut(name).push(value.to_vec()),
             HeaderEdit::Remove(name) => {
                 let name: &str = name;
-                if self.pairs.iter().any(|(k, _)| k == name) {
-                    self.mark(name);
-                    self.pairs.retain(|(k, _)| k != name);
+                let present = match self.changed.iter().find(|(n, _)| n == name) {
+                    Some((_, values)) => !values.is_empty(),
+                    None => self.base_pairs().any(|(n, ..)| n == name),
+                };
+                // Removing a header that is not there changes nothing (and costs no call).
+                if present {
+                    self.values_mut(name).clear();
                 }
             }
         }
@@ -320,83 +367,71 @@ impl HeaderList {
     /// The fewest edits that turn the host's map (as it was read) into this list: per changed
     /// name, in first-change order, one `Set` for a single value, one `Remove` when it is gone,
     /// or a `Remove` and an `Add` per copy when there are several. A name set back to exactly
-    /// what the host has is still written (cheaper than keeping the original to compare).
+    /// what the host has is still written (cheaper than comparing).
     pub fn write_back(&self) -> Vec<HeaderEdit<'_>> {
         let mut out = Vec::with_capacity(self.changed.len());
-        for name in &self.changed {
+        for (name, values) in &self.changed {
             let n = || Cow::Borrowed(name.as_str());
-            let mut values = self
-                .pairs
-                .iter()
-                .filter(|(k, _)| k == name)
-                .map(|(_, v)| Cow::Borrowed(v.as_slice()));
-            match (values.next(), values.next()) {
-                (None, _) => out.push(HeaderEdit::Remove(n())),
-                (Some(v), None) => out.push(HeaderEdit::Set(n(), v)),
-                (Some(first), Some(second)) => {
+            match values.as_slice() {
+                [] => out.push(HeaderEdit::Remove(n())),
+                [v] => out.push(HeaderEdit::Set(n(), Cow::Borrowed(v.as_slice()))),
+                many => {
                     out.push(HeaderEdit::Remove(n()));
-                    out.push(HeaderEdit::Add(n(), first));
-                    out.push(HeaderEdit::Add(n(), second));
-                    for v in values {
-                        out.push(HeaderEdit::Add(n(), v));
-                    }
+                    out.extend(
+                        many.iter()
+                            .map(|v| HeaderEdit::Add(n(), Cow::Borrowed(v.as_slice()))),
+                    );
                 }
             }
         }
         out
-    }
-
-    /// Forget which names changed (after they were written back).
-    pub fn mark_written(&mut self) {
-        self.changed.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::serialize_header_map;
 
     fn list(pairs: &[(&str, &str)]) -> HeaderList {
-        HeaderList::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        )
+        HeaderList::from_serialized(serialize_header_map(
+            pairs.iter().map(|(k, v)| (*k, v.as_bytes())),
+        ))
     }
 
     fn set(n: &'static str, v: &'static str) -> HeaderEdit<'static> {
         HeaderEdit::Set(n.into(), v.as_bytes().into())
     }
 
+    fn add(n: &'static str, v: &'static str) -> HeaderEdit<'static> {
+        HeaderEdit::Add(n.into(), v.as_bytes().into())
+    }
+
     #[test]
-    fn set_replaces_every_copy_in_place_of_the_first() {
+    fn set_replaces_every_copy_and_the_name_moves_to_the_end() {
         let mut h = list(&[("a", "1"), ("x", "1"), ("b", "2"), ("x", "2")]);
         h.apply(&set("x", "new"));
         assert_eq!(
             h.pairs(),
-            vec![("a", &b"1"[..]), ("x", b"new"), ("b", b"2")]
+            vec![("a", &b"1"[..]), ("b", b"2"), ("x", b"new")]
         );
         assert_eq!(h.write_back(), vec![set("x", "new")]);
     }
 
     #[test]
     fn a_later_stage_sees_an_earlier_stages_edits() {
-        let mut h = list(&[("x-request-id", "bad value")]);
+        let mut h = list(&[("x-request-id", "bad value"), (":path", "/")]);
         h.apply(&set("x-request-id", "generated"));
         h.apply(&HeaderEdit::Remove("authorization".into()));
-        h.apply(&HeaderEdit::Add("cookie".into(), b"a=1".to_vec().into()));
+        h.apply(&add("cookie", "a=1"));
         assert_eq!(
             h.pairs(),
-            vec![("x-request-id", &b"generated"[..]), ("cookie", b"a=1")]
+            vec![(":path", &b"/"[..]), ("x-request-id", b"generated"), ("cookie", b"a=1")]
         );
         // Removing a header that is not there changes nothing and costs no host call.
         assert_eq!(
             h.write_back(),
-            vec![
-                set("x-request-id", "generated"),
-                HeaderEdit::Set("cookie".into(), b"a=1".to_vec().into())
-            ]
+            vec![set("x-request-id", "generated"), set("cookie", "a=1")]
         );
     }
 
@@ -405,17 +440,27 @@ mod tests {
         let mut h = list(&[("token", "t"), ("cookie", "a=1"), ("cookie", "b=2; s=3")]);
         h.apply(&HeaderEdit::Remove("token".into()));
         h.apply(&HeaderEdit::Remove("cookie".into()));
-        h.apply(&HeaderEdit::Add("cookie".into(), b"a=1".to_vec().into()));
-        h.apply(&HeaderEdit::Add("cookie".into(), b"b=2".to_vec().into()));
+        h.apply(&add("cookie", "a=1"));
+        h.apply(&add("cookie", "b=2"));
         assert_eq!(
             h.write_back(),
             vec![
                 HeaderEdit::Remove("token".into()),
                 HeaderEdit::Remove("cookie".into()),
-                HeaderEdit::Add("cookie".into(), b"a=1".to_vec().into()),
-                HeaderEdit::Add("cookie".into(), b"b=2".to_vec().into()),
+                add("cookie", "a=1"),
+                add("cookie", "b=2"),
             ]
         );
+    }
+
+    #[test]
+    fn an_add_keeps_the_hosts_copies() {
+        let mut h = list(&[("x", "1")]);
+        h.apply(&add("x", "2"));
+        assert_eq!(h.pairs(), vec![("x", &b"1"[..]), ("x", b"2")]);
+        h.apply(&HeaderEdit::Remove("x".into()));
+        assert_eq!(h.pairs(), vec![]);
+        assert_eq!(h.write_back(), vec![HeaderEdit::Remove("x".into())]);
     }
 
     #[test]

@@ -69,31 +69,37 @@ impl StageHost for PassHost {
     }
 }
 
-/// One stage bound to one request: the stage and its per-request state. Each call returns the
-/// stage's effects with their own copies of what they borrowed (the chain applies them to its
-/// own header list, which copies anyway).
+/// One stage bound to one request: the stage and its per-request state. Each call applies the
+/// stage's request edits to the chain's header list (the next stage reads them there) and
+/// returns the rest of its effects with their own copies of what they borrowed.
 trait Bound {
-    fn request(
-        &mut self,
-        headers: &[(&str, &[u8])],
-        host: &mut dyn StageHost,
-    ) -> (Effects<'static>, Flow);
+    fn request(&mut self, headers: &mut HeaderList, host: &mut dyn StageHost)
+    -> (Effects<'static>, Flow);
     fn response(&mut self, host: &mut dyn StageHost) -> Effects<'static>;
     fn grpc_answer(
         &mut self,
         call: usize,
         status: u32,
         body: Option<&[u8]>,
+        headers: &mut HeaderList,
         host: &mut dyn StageHost,
     ) -> (Effects<'static>, Flow);
     /// jwt-to-header: the keys this request waited for arrived (or will not).
     fn woken(
         &mut self,
-        _headers: &[(&str, &[u8])],
+        _headers: &mut HeaderList,
         _host: &mut dyn StageHost,
     ) -> (Effects<'static>, Flow) {
         (Effects::default(), Flow::Continue)
     }
+}
+
+/// Apply `fx`'s request edits to `headers`; the rest of `fx`, owned.
+fn settle(mut fx: Effects<'_>, headers: &mut HeaderList) -> Effects<'static> {
+    for edit in fx.request.drain(..) {
+        headers.apply(&edit);
+    }
+    fx.into_owned()
 }
 
 struct Of<S: Stage> {
@@ -104,14 +110,16 @@ struct Of<S: Stage> {
 impl<S: Stage> Bound for Of<S> {
     fn request(
         &mut self,
-        headers: &[(&str, &[u8])],
+        headers: &mut HeaderList,
         host: &mut dyn StageHost,
     ) -> (Effects<'static>, Flow) {
         let mut fx = Effects::default();
-        let flow = self
-            .stage
-            .on_request_headers(&mut self.stream, headers, host, &mut fx);
-        (fx.into_owned(), flow)
+        let flow = {
+            let pairs = headers.pairs();
+            self.stage
+                .on_request_headers(&mut self.stream, &pairs, host, &mut fx)
+        };
+        (settle(fx, headers), flow)
     }
 
     fn response(&mut self, host: &mut dyn StageHost) -> Effects<'static> {
@@ -128,13 +136,14 @@ impl<S: Stage> Bound for Of<S> {
         call: usize,
         status: u32,
         body: Option<&[u8]>,
+        headers: &mut HeaderList,
         host: &mut dyn StageHost,
     ) -> (Effects<'static>, Flow) {
         let mut fx = Effects::default();
         let flow = self
             .stage
             .on_grpc_answer(&mut self.stream, call, status, body, host, &mut fx);
-        (fx.into_owned(), flow)
+        (settle(fx, headers), flow)
     }
 }
 
@@ -144,7 +153,7 @@ struct Jwt(Of<JwtToHeader>);
 impl Bound for Jwt {
     fn request(
         &mut self,
-        headers: &[(&str, &[u8])],
+        headers: &mut HeaderList,
         host: &mut dyn StageHost,
     ) -> (Effects<'static>, Flow) {
         self.0.request(headers, host)
@@ -159,19 +168,23 @@ impl Bound for Jwt {
         call: usize,
         status: u32,
         body: Option<&[u8]>,
+        headers: &mut HeaderList,
         host: &mut dyn StageHost,
     ) -> (Effects<'static>, Flow) {
-        self.0.grpc_answer(call, status, body, host)
+        self.0.grpc_answer(call, status, body, headers, host)
     }
 
     fn woken(
         &mut self,
-        headers: &[(&str, &[u8])],
+        headers: &mut HeaderList,
         host: &mut dyn StageHost,
     ) -> (Effects<'static>, Flow) {
         let mut fx = Effects::default();
-        let flow = self.0.stage.on_woken(headers, host, &mut fx);
-        (fx.into_owned(), flow)
+        let flow = {
+            let pairs = headers.pairs();
+            self.0.stage.on_woken(&pairs, host, &mut fx)
+        };
+        (settle(fx, headers), flow)
     }
 }
 
@@ -422,23 +435,15 @@ impl Run {
         if self.chain.reads_request_headers
             && let Ok(map) = get_header_map(MapType::HttpRequestHeaders)
         {
-            self.headers = HeaderList::new(
-                map.pairs()
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_vec()))
-                    .collect(),
-            );
+            self.headers = HeaderList::from_serialized(map.into_bytes());
         }
         self.advance()
     }
 
-    /// Take in one stage's effects: its request edits go into the header list (the next stage
-    /// reads them), the rest waits for [`Run::flush`]; its gRPC calls are dispatched (one that
+    /// Take in one stage's effects (its request edits are in the header list already): the
+    /// rest waits for [`Run::flush`]; its gRPC calls are dispatched (one that
     /// cannot be sent is answered at once, [`CALL_NOT_SENT`]).
     fn absorb(&mut self, stage: usize, mut fx: Effects<'static>, flow: Flow) -> Next {
-        for edit in &fx.request {
-            self.headers.apply(edit);
-        }
         self.route_changed |= fx.clear_route_cache;
         self.counters.append(&mut fx.counters);
         self.response.append(&mut fx.response);
@@ -472,8 +477,13 @@ impl Run {
                     let Some(bound) = self.stages.get_mut(stage) else {
                         break;
                     };
-                    let (answer, flow) =
-                        bound.grpc_answer(index, CALL_NOT_SENT, None, &mut self.host);
+                    let (answer, flow) = bound.grpc_answer(
+                        index,
+                        CALL_NOT_SENT,
+                        None,
+                        &mut self.headers,
+                        &mut self.host,
+                    );
                     next = self.absorb(stage, answer, flow);
                     if matches!(next, Next::Reply(_)) {
                         return next;
@@ -490,10 +500,7 @@ impl Run {
     fn advance(&mut self) -> Action {
         while let Some(bound) = self.stages.get_mut(self.next) {
             self.seen = self.seen.max(self.next + 1);
-            let (fx, flow) = {
-                let pairs = self.headers.pairs();
-                bound.request(&pairs, &mut self.host)
-            };
+            let (fx, flow) = bound.request(&mut self.headers, &mut self.host);
             match self.absorb(self.next, fx, flow) {
                 Next::Stage => self.next += 1,
                 Next::Reply(reply) => return self.reply(&reply),
@@ -522,8 +529,9 @@ impl Run {
     /// Write back what the stages changed: one call per changed header name, the route-cache
     /// clear once, the counters.
     fn flush(&mut self) {
-        glue::apply_edits(MapType::HttpRequestHeaders, &self.headers.write_back());
-        self.headers.mark_written();
+        // The request side is over once this runs (all stages done, or a reply).
+        let headers = std::mem::take(&mut self.headers);
+        glue::apply_edits(MapType::HttpRequestHeaders, &headers.write_back());
         if std::mem::take(&mut self.route_changed) {
             glue::clear_route_cache(CHAIN);
         }
@@ -546,10 +554,7 @@ impl Run {
         let Some(bound) = self.stages.get_mut(self.next) else {
             return Action::Continue;
         };
-        let (fx, flow) = {
-            let pairs = self.headers.pairs();
-            bound.woken(&pairs, &mut self.host)
-        };
+        let (fx, flow) = bound.woken(&mut self.headers, &mut self.host);
         match self.absorb(self.next, fx, flow) {
             Next::Stage => {
                 self.next += 1;
@@ -573,7 +578,13 @@ impl Run {
             None
         };
         let bound = self.stages.get_mut(stage)?;
-        let (fx, flow) = bound.grpc_answer(call, status, body.as_deref(), &mut self.host);
+        let (fx, flow) = bound.grpc_answer(
+            call,
+            status,
+            body.as_deref(),
+            &mut self.headers,
+            &mut self.host,
+        );
         Some(match self.absorb(stage, fx, flow) {
             Next::Stage => {
                 self.next = stage + 1;
