@@ -251,23 +251,32 @@ pub trait Stage: 'static {
     }
 }
 
-/// The request headers of a chain: the host's serialised map as read (kept as one buffer, not
-/// copied header by header) and an overlay of the names the stages changed, with their values
-/// now. A stage's view ([`HeaderList::pairs`]) is the unchanged headers in the host's order, then
-/// the changed names — where Envoy's `setCopy` and `addCopy` put them too. Stages look headers up
-/// by name, so they see exactly what they would see after separate filters' host calls; and the
-/// overlay is what the chain writes back, one call per changed name.
+/// The request headers of a chain: the host's serialised map as read (kept as one buffer,
+/// parsed once) and what the stages wrote, kept in one byte arena — no allocation per header or
+/// per edit. A stage's view ([`HeaderList::pairs`]) is the unchanged headers in the host's
+/// order, then the changed names — where Envoy's `setCopy` and `addCopy` put them too. Stages
+/// look headers up by name, so they see exactly what they would see after separate filters'
+/// host calls; and the changed names are what the chain writes back, one call per name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderList {
     /// The map as the host serialised it (`proxy_get_header_map_pairs`).
     base: Vec<u8>,
-    /// Where each header of `base` is (parsed once): name and value byte ranges. Names are
-    /// UTF-8 (checked by the parse).
+    /// Where each header of `base` is: name and value byte ranges (names checked to be UTF-8).
     index: Vec<[usize; 4]>,
-    /// Per header of `base`: whether its name was changed (its values now are in `changed`).
+    /// Per header of `base`: whether its name was changed since (it is no longer in the view).
     hidden: Vec<bool>,
-    /// Per changed name, in first-change order: its values now (none: removed).
-    changed: Vec<(String, Vec<Vec<u8>>)>,
+    /// Names and values the stages wrote.
+    arena: Vec<u8>,
+    /// What the stages wrote, in order: a value of a changed name, or (`None`) the mark that a
+    /// name was changed with no value (removed). `live`: not replaced or removed since.
+    written: Vec<Written>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Written {
+    name: [usize; 2],
+    value: Option<[usize; 2]>,
+    live: bool,
 }
 
 impl HeaderList {
@@ -288,77 +297,120 @@ impl HeaderList {
             hidden: vec![false; index.len()],
             base,
             index,
-            changed: Vec::new(),
+            arena: Vec::new(),
+            written: Vec::new(),
         }
     }
 
-    /// The headers as the host sent them, with whether their name was changed.
-    fn base_pairs(&self) -> impl Iterator<Item = (&str, &[u8], bool)> {
-        self.index
-            .iter()
-            .zip(&self.hidden)
-            .filter_map(|(&[n0, n1, v0, v1], &hidden)| {
-                let name = header_name_str(self.base.get(n0..n1)?)?;
-                Some((name, self.base.get(v0..v1)?, hidden))
-            })
+    fn written_name(&self, w: &Written) -> &str {
+        self.arena
+            .get(w.name[0]..w.name[1])
+            .and_then(header_name_str)
+            .unwrap_or_default()
+    }
+
+    fn written_value(&self, w: &Written) -> Option<&[u8]> {
+        let [v0, v1] = w.value?;
+        self.arena.get(v0..v1)
     }
 
     /// The view stages take: borrowed `(name, value)` pairs.
     pub fn pairs(&self) -> Vec<(&str, &[u8])> {
-        let mut out = Vec::with_capacity(self.index.len() + self.changed.len());
-        out.extend(
-            self.base_pairs()
-                .filter(|(_, _, hidden)| !hidden)
-                .map(|(name, value, _)| (name, value)),
-        );
-        for (name, values) in &self.changed {
-            out.extend(values.iter().map(|v| (name.as_str(), v.as_slice())));
+        let mut out = Vec::with_capacity(self.index.len() + self.written.len());
+        for (&[n0, n1, v0, v1], &hidden) in self.index.iter().zip(&self.hidden) {
+            if hidden {
+                continue;
+            }
+            if let (Some(name), Some(value)) = (
+                self.base.get(n0..n1).and_then(header_name_str),
+                self.base.get(v0..v1),
+            ) {
+                out.push((name, value));
+            }
+        }
+        for w in self.written.iter().filter(|w| w.live) {
+            if let Some(value) = self.written_value(w) {
+                out.push((self.written_name(w), value));
+            }
         }
         out
     }
 
-    /// The values of `name` now, to edit: its entry in the overlay, made from the host's
-    /// values on the first change.
-    fn values_mut(&mut self, name: &str) -> &mut Vec<Vec<u8>> {
-        let at = match self.changed.iter().position(|(n, _)| n == name) {
-            Some(at) => at,
-            None => {
-                let values = self
-                    .base_pairs()
-                    .filter(|(n, ..)| *n == name)
-                    .map(|(_, v, _)| v.to_vec())
-                    .collect();
-                for (&[n0, n1, ..], hidden) in self.index.iter().zip(self.hidden.iter_mut()) {
-                    if self.base.get(n0..n1) == Some(name.as_bytes()) {
-                        *hidden = true;
-                    }
-                }
-                self.changed.push((name.to_owned(), values));
-                self.changed.len() - 1
+    /// Whether `name` has a value now.
+    fn present(&self, name: &str) -> bool {
+        let in_base = self.index.iter().zip(&self.hidden).any(|(&[n0, n1, ..], &hidden)| {
+            !hidden && self.base.get(n0..n1) == Some(name.as_bytes())
+        });
+        in_base
+            || self
+                .written
+                .iter()
+                .any(|w| w.live && w.value.is_some() && self.written_name(w) == name)
+    }
+
+    /// `name` loses every value it has (the base's and what was written).
+    fn clear(&mut self, name: &str) {
+        for (&[n0, n1, ..], hidden) in self.index.iter().zip(self.hidden.iter_mut()) {
+            if self.base.get(n0..n1) == Some(name.as_bytes()) {
+                *hidden = true;
             }
-        };
-        // `at` was just found or pushed: in bounds.
-        &mut self.changed[at].1
+        }
+        let arena = &self.arena;
+        for w in &mut self.written {
+            if arena.get(w.name[0]..w.name[1]) == Some(name.as_bytes()) {
+                w.live = false;
+            }
+        }
+    }
+
+    /// Record `name` (with `value`, or none: the mark of a removal).
+    fn write(&mut self, name: &str, value: Option<&[u8]>) {
+        let n0 = self.arena.len();
+        self.arena.extend_from_slice(name.as_bytes());
+        let n1 = self.arena.len();
+        let value = value.map(|v| {
+            self.arena.extend_from_slice(v);
+            [n1, self.arena.len()]
+        });
+        self.written.push(Written {
+            name: [n0, n1],
+            value,
+            live: true,
+        });
     }
 
     /// Apply one edit, as Envoy's header map would.
     pub fn apply(&mut self, edit: &HeaderEdit<'_>) {
         match edit {
             HeaderEdit::Set(name, value) => {
-                let values = self.values_mut(name);
-                values.clear();
-                values.push(value.to_vec());
+                self.clear(name);
+                self.write(name, Some(value));
             }
-            HeaderEdit::Add(name, value) => self.values_mut(name).push(value.to_vec()),
+            HeaderEdit::Add(name, value) => {
+                // The host's copies stay: they count as changed, in the view after this.
+                let base_copies: Vec<[usize; 2]> = self
+                    .index
+                    .iter()
+                    .zip(&self.hidden)
+                    .filter(|&(&[n0, n1, ..], &hidden)| {
+                        !hidden && self.base.get(n0..n1) == Some(name.as_bytes())
+                    })
+                    .map(|(&[.., v0, v1], _)| [v0, v1])
+                    .collect();
+                if !base_copies.is_empty() {
+                    self.clear(name);
+                    for [v0, v1] in base_copies {
+                        let copy = self.base.get(v0..v1).map(<[u8]>::to_vec);
+                        self.write(name, copy.as_deref());
+                    }
+                }
+                self.write(name, Some(value));
+            }
             HeaderEdit::Remove(name) => {
-                let name: &str = name;
-                let present = match self.changed.iter().find(|(n, _)| n == name) {
-                    Some((_, values)) => !values.is_empty(),
-                    None => self.base_pairs().any(|(n, ..)| n == name),
-                };
                 // Removing a header that is not there changes nothing (and costs no call).
-                if present {
-                    self.values_mut(name).clear();
+                if self.present(name) {
+                    self.clear(name);
+                    self.write(name, None);
                 }
             }
         }
@@ -369,18 +421,28 @@ impl HeaderList {
     /// or a `Remove` and an `Add` per copy when there are several. A name set back to exactly
     /// what the host has is still written (cheaper than comparing).
     pub fn write_back(&self) -> Vec<HeaderEdit<'_>> {
-        let mut out = Vec::with_capacity(self.changed.len());
-        for (name, values) in &self.changed {
-            let n = || Cow::Borrowed(name.as_str());
+        let mut out = Vec::with_capacity(self.written.len());
+        for (i, first) in self.written.iter().enumerate() {
+            let name = self.written_name(first);
+            let earlier = self.written.get(..i).unwrap_or_default();
+            if earlier.iter().any(|w| self.written_name(w) == name) {
+                continue; // written at its first change
+            }
+            let values: Vec<&[u8]> = self
+                .written
+                .get(i..)
+                .unwrap_or_default()
+                .iter()
+                .filter(|w| w.live && self.written_name(w) == name)
+                .filter_map(|w| self.written_value(w))
+                .collect();
+            let n = || Cow::Borrowed(name);
             match values.as_slice() {
                 [] => out.push(HeaderEdit::Remove(n())),
-                [v] => out.push(HeaderEdit::Set(n(), Cow::Borrowed(v.as_slice()))),
+                [v] => out.push(HeaderEdit::Set(n(), Cow::Borrowed(*v))),
                 many => {
                     out.push(HeaderEdit::Remove(n()));
-                    out.extend(
-                        many.iter()
-                            .map(|v| HeaderEdit::Add(n(), Cow::Borrowed(v.as_slice()))),
-                    );
+                    out.extend(many.iter().map(|v| HeaderEdit::Add(n(), Cow::Borrowed(*v))));
                 }
             }
         }
