@@ -188,6 +188,28 @@ impl Bound for Jwt {
     }
 }
 
+/// A stage bound to a request, of any filter: an enum rather than a box, so a request's
+/// stages cost one allocation (their vector), not one each.
+enum AnyBound {
+    CorrelationId(Of<correlation_id::stage::CorrelationId>),
+    TracePropagation(Of<trace_propagation::stage::TracePropagation>),
+    JwtToHeader(Jwt),
+    TenantRouting(Of<tenant_routing::stage::TenantRouting>),
+    RateLimit(Of<rate_limit::stage::RateLimit>),
+}
+
+impl AnyBound {
+    fn get(&mut self) -> &mut dyn Bound {
+        match self {
+            AnyBound::CorrelationId(b) => b,
+            AnyBound::TracePropagation(b) => b,
+            AnyBound::JwtToHeader(b) => b,
+            AnyBound::TenantRouting(b) => b,
+            AnyBound::RateLimit(b) => b,
+        }
+    }
+}
+
 /// A configured stage.
 enum Compiled {
     CorrelationId(Rc<correlation_id::stage::CorrelationId>),
@@ -236,16 +258,16 @@ impl Compiled {
         }
     }
 
-    fn bind(&self, context_id: u32) -> Box<dyn Bound> {
+    fn bind(&self, context_id: u32) -> AnyBound {
         match self {
-            Compiled::CorrelationId(s) => Box::new(of(s)),
-            Compiled::TracePropagation(s) => Box::new(of(s)),
-            Compiled::JwtToHeader(s) => Box::new(Jwt(Of {
+            Compiled::CorrelationId(s) => AnyBound::CorrelationId(of(s)),
+            Compiled::TracePropagation(s) => AnyBound::TracePropagation(of(s)),
+            Compiled::JwtToHeader(s) => AnyBound::JwtToHeader(Jwt(Of {
                 stage: Rc::clone(s),
                 stream: jwt_to_header::stage::Stream { context_id },
             })),
-            Compiled::TenantRouting(s) => Box::new(of(s)),
-            Compiled::RateLimit(s) => Box::new(of(s)),
+            Compiled::TenantRouting(s) => AnyBound::TenantRouting(of(s)),
+            Compiled::RateLimit(s) => AnyBound::RateLimit(of(s)),
         }
     }
 }
@@ -403,7 +425,7 @@ struct Run {
     this: Weak<RefCell<Run>>,
     registry: Waiting,
     chain: Rc<Chain>,
-    stages: Vec<Box<dyn Bound>>,
+    stages: Vec<AnyBound>,
     /// The request headers as read once, with the stages' edits applied.
     headers: HeaderList,
     /// The next request stage to run (the waiting one while paused).
@@ -474,7 +496,7 @@ impl Run {
                         call.service,
                         call.cluster
                     );
-                    let Some(bound) = self.stages.get_mut(stage) else {
+                    let Some(bound) = self.stages.get_mut(stage).map(AnyBound::get) else {
                         break;
                     };
                     let (answer, flow) = bound.grpc_answer(
@@ -498,7 +520,7 @@ impl Run {
     /// `Continue`: the request goes on (its effects are applied); `Pause`: it waits or was
     /// answered.
     fn advance(&mut self) -> Action {
-        while let Some(bound) = self.stages.get_mut(self.next) {
+        while let Some(bound) = self.stages.get_mut(self.next).map(AnyBound::get) {
             self.seen = self.seen.max(self.next + 1);
             let (fx, flow) = bound.request(&mut self.headers, &mut self.host);
             match self.absorb(self.next, fx, flow) {
@@ -551,7 +573,7 @@ impl Run {
     fn resume_woken(&mut self) -> Action {
         self.host = PassHost::default();
         self.waiting_for_keys = false;
-        let Some(bound) = self.stages.get_mut(self.next) else {
+        let Some(bound) = self.stages.get_mut(self.next).map(AnyBound::get) else {
             return Action::Continue;
         };
         let (fx, flow) = bound.woken(&mut self.headers, &mut self.host);
@@ -577,7 +599,7 @@ impl Run {
         } else {
             None
         };
-        let bound = self.stages.get_mut(stage)?;
+        let bound = self.stages.get_mut(stage)?.get();
         let (fx, flow) = bound.grpc_answer(
             call,
             status,
@@ -602,7 +624,7 @@ impl Run {
         let mut counters = std::mem::take(&mut self.counters);
         let seen = self.seen.min(self.stages.len());
         for bound in self.stages.iter_mut().take(seen).rev() {
-            let mut fx = bound.response(&mut self.host);
+            let mut fx = bound.get().response(&mut self.host);
             edits.append(&mut fx.response);
             counters.append(&mut fx.counters);
         }
