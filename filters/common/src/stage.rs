@@ -265,7 +265,9 @@ pub struct HeaderList {
     index: Vec<[usize; 4]>,
     /// Per header of `base`: whether its name was changed since (it is no longer in the view).
     hidden: Vec<bool>,
-    /// Names and values the stages wrote.
+    /// Names the stages wrote (a `String`: slicing it needs no UTF-8 check).
+    names: String,
+    /// Values the stages wrote.
     arena: Vec<u8>,
     /// What the stages wrote, in order: a value of a changed name, or (`None`) the mark that a
     /// name was changed with no value (removed). `live`: not replaced or removed since.
@@ -297,16 +299,15 @@ impl HeaderList {
             hidden: vec![false; index.len()],
             base,
             index,
-            arena: Vec::new(),
-            written: Vec::new(),
+            // Room for what a gateway chain typically writes: no regrowth on the way.
+            names: String::with_capacity(256),
+            arena: Vec::with_capacity(512),
+            written: Vec::with_capacity(16),
         }
     }
 
     fn written_name(&self, w: &Written) -> &str {
-        self.arena
-            .get(w.name[0]..w.name[1])
-            .and_then(header_name_str)
-            .unwrap_or_default()
+        self.names.get(w.name[0]..w.name[1]).unwrap_or_default()
     }
 
     fn written_value(&self, w: &Written) -> Option<&[u8]> {
@@ -355,9 +356,9 @@ impl HeaderList {
                 *hidden = true;
             }
         }
-        let arena = &self.arena;
+        let names = &self.names;
         for w in &mut self.written {
-            if arena.get(w.name[0]..w.name[1]) == Some(name.as_bytes()) {
+            if names.get(w.name[0]..w.name[1]) == Some(name) {
                 w.live = false;
             }
         }
@@ -365,15 +366,16 @@ impl HeaderList {
 
     /// Record `name` (with `value`, or none: the mark of a removal).
     fn write(&mut self, name: &str, value: Option<&[u8]>) {
-        let n0 = self.arena.len();
-        self.arena.extend_from_slice(name.as_bytes());
-        let n1 = self.arena.len();
+        let n0 = self.names.len();
+        self.names.push_str(name);
+        let name_at = [n0, self.names.len()];
         let value = value.map(|v| {
+            let v0 = self.arena.len();
             self.arena.extend_from_slice(v);
-            [n1, self.arena.len()]
+            [v0, self.arena.len()]
         });
         self.written.push(Written {
-            name: [n0, n1],
+            name: name_at,
             value,
             live: true,
         });
@@ -428,21 +430,22 @@ impl HeaderList {
             if earlier.iter().any(|w| self.written_name(w) == name) {
                 continue; // written at its first change
             }
-            let values: Vec<&[u8]> = self
-                .written
-                .get(i..)
-                .unwrap_or_default()
-                .iter()
-                .filter(|w| w.live && self.written_name(w) == name)
-                .filter_map(|w| self.written_value(w))
-                .collect();
+            let values = || {
+                self.written
+                    .get(i..)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|w| w.live && self.written_name(w) == name)
+                    .filter_map(|w| self.written_value(w))
+            };
             let n = || Cow::Borrowed(name);
-            match values.as_slice() {
-                [] => out.push(HeaderEdit::Remove(n())),
-                [v] => out.push(HeaderEdit::Set(n(), Cow::Borrowed(*v))),
-                many => {
+            let mut all = values();
+            match (all.next(), all.next()) {
+                (None, _) => out.push(HeaderEdit::Remove(n())),
+                (Some(v), None) => out.push(HeaderEdit::Set(n(), Cow::Borrowed(v))),
+                _ => {
                     out.push(HeaderEdit::Remove(n()));
-                    out.extend(many.iter().map(|v| HeaderEdit::Add(n(), Cow::Borrowed(*v))));
+                    out.extend(values().map(|v| HeaderEdit::Add(n(), Cow::Borrowed(v))));
                 }
             }
         }
