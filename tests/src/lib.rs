@@ -45,3 +45,30 @@ pub use gatewasm_xtask::{bench, deploy, oci};
 
 // Declarative scenarios (tests/scenarios/): one file, run in the harness and in a real Envoy.
 pub mod scenario;
+
+/// Runs an end-to-end test of the edge gateway on `envoy-configs/gateway.yaml` and on the same
+/// gateway over gatewasm.wasm in its two shapes, `gateway-bundle.yaml` and `gateway-chain.yaml`
+/// ([`deploy::Shape`]), so the three promise the same and are held to it.
+///
+/// After `fn name(config: &str) -> anyhow::Result<()>`, `gateway_shapes!(name);` makes the
+/// tests `name::gateway_yaml`, `name::gateway_bundle_yaml` and `name::gateway_chain_yaml`
+/// (`cargo test … -- ::gateway_chain_yaml` runs one shape).
+#[macro_export]
+macro_rules! gateway_shapes {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn gateway_yaml() -> ::anyhow::Result<()> {
+                super::$test($crate::deploy::Shape::Separate.gateway_config())
+            }
+            #[test]
+            fn gateway_bundle_yaml() -> ::anyhow::Result<()> {
+                super::$test($crate::deploy::Shape::Bundle.gateway_config())
+            }
+            #[test]
+            fn gateway_chain_yaml() -> ::anyhow::Result<()> {
+                super::$test($crate::deploy::Shape::Chain.gateway_config())
+            }
+        }
+    )+};
+}

@@ -1,5 +1,8 @@
 //! End-to-end: the correlation-id filter in a real Envoy, configured by
-//! `envoy-configs/gateway.yaml` (rendered only for ports and paths).
+//! `envoy-configs/gateway.yaml` (rendered only for ports and paths). Every test runs on
+//! gateway.yaml and on the same gateway over gatewasm.wasm, `gateway-bundle.yaml` and
+//! `gateway-chain.yaml` (`gateway_shapes!`: tests `<name>::gateway_yaml`, `::gateway_bundle_yaml`,
+//! `::gateway_chain_yaml`).
 //!
 //! Needs `just build` (the .wasm) and `just envoy` (the binary); `just test-e2e` does both.
 //! Every test starts its own Envoy and echo upstream, so counters start at zero and tests run
@@ -12,6 +15,7 @@ use anyhow::{Context, Result, ensure};
 use gatewasm_tests::client::{self, Request, Response};
 use gatewasm_tests::echo::{EchoUpstream, Echoed};
 use gatewasm_tests::envoy::{Envoy, EnvoyBuilder};
+use gatewasm_tests::gateway_shapes;
 
 const GENERATED: &str = "gatewasm_correlation_id_generated";
 const PRESERVED: &str = "gatewasm_correlation_id_preserved";
@@ -22,10 +26,9 @@ fn stat(envoy: &Envoy, metric: &str) -> Result<u64> {
     envoy.counter(&format!("wasmcustom.{metric}"))
 }
 
-fn gateway(upstream: &EchoUpstream) -> Result<Envoy> {
-    EnvoyBuilder::new("gateway.yaml")
-        .upstream(upstream.port())
-        .start()
+/// `config`: gateway.yaml or one of its shapes (see the module docs).
+fn gateway(config: &str, upstream: &EchoUpstream) -> Result<Envoy> {
+    EnvoyBuilder::new(config).upstream(upstream.port()).start()
 }
 
 /// Parses `id` as a UUID of `version` (gateway.yaml configures `uuid4`).
@@ -66,10 +69,9 @@ fn ids_through(resp: &Response) -> Result<String> {
     Ok(upstream[0].to_string())
 }
 
-#[test]
-fn generates_an_id_when_none_is_sent() -> Result<()> {
+fn generates_an_id_when_none_is_sent(config: &str) -> Result<()> {
     let upstream = EchoUpstream::start()?;
-    let envoy = gateway(&upstream)?;
+    let envoy = gateway(config, &upstream)?;
 
     let resp = client::send(envoy.listen_addr(), &Request::get("/hello"))?;
     let id = ids_through(&resp)?;
@@ -83,11 +85,11 @@ fn generates_an_id_when_none_is_sent() -> Result<()> {
     ensure!(stat(&envoy, REPLACED)? == 0, "replaced_invalid counter");
     Ok(())
 }
+gateway_shapes!(generates_an_id_when_none_is_sent);
 
-#[test]
-fn keeps_a_valid_incoming_id_end_to_end() -> Result<()> {
+fn keeps_a_valid_incoming_id_end_to_end(config: &str) -> Result<()> {
     let upstream = EchoUpstream::start()?;
-    let envoy = gateway(&upstream)?;
+    let envoy = gateway(config, &upstream)?;
 
     let valid = [
         "order-42.retry:1".to_string(),
@@ -113,11 +115,11 @@ fn keeps_a_valid_incoming_id_end_to_end() -> Result<()> {
     ensure!(stat(&envoy, REPLACED)? == 0, "replaced_invalid counter");
     Ok(())
 }
+gateway_shapes!(keeps_a_valid_incoming_id_end_to_end);
 
-#[test]
-fn replaces_invalid_incoming_ids() -> Result<()> {
+fn replaces_invalid_incoming_ids(config: &str) -> Result<()> {
     let upstream = EchoUpstream::start()?;
-    let envoy = gateway(&upstream)?;
+    let envoy = gateway(config, &upstream)?;
 
     let long = "a".repeat(129);
     let cases: Vec<(&str, Vec<&str>)> = vec![
@@ -148,11 +150,11 @@ fn replaces_invalid_incoming_ids() -> Result<()> {
     ensure!(stat(&envoy, GENERATED)? == 0, "generated counter");
     Ok(())
 }
+gateway_shapes!(replaces_invalid_incoming_ids);
 
-#[test]
-fn local_replies_carry_the_id() -> Result<()> {
+fn local_replies_carry_the_id(config: &str) -> Result<()> {
     let upstream = EchoUpstream::start()?;
-    let envoy = gateway(&upstream)?;
+    let envoy = gateway(config, &upstream)?;
 
     // 401 sent by a filter *after* correlation-id (the Lua filter on /local-reply).
     let resp = client::send(envoy.listen_addr(), &Request::get("/local-reply"))?;
@@ -201,11 +203,11 @@ fn local_replies_carry_the_id() -> Result<()> {
     ensure!(stat(&envoy, PRESERVED)? == 1, "preserved counter");
     Ok(())
 }
+gateway_shapes!(local_replies_carry_the_id);
 
-#[test]
-fn upstream_failure_reply_carries_the_id() -> Result<()> {
+fn upstream_failure_reply_carries_the_id(config: &str) -> Result<()> {
     // No upstream listening: the router answers 503 itself.
-    let envoy = EnvoyBuilder::new("gateway.yaml").start()?;
+    let envoy = EnvoyBuilder::new(config).start()?;
     let resp = client::send(envoy.listen_addr(), &Request::get("/hello"))?;
     ensure!(
         resp.status == 503,
@@ -218,13 +220,13 @@ fn upstream_failure_reply_carries_the_id() -> Result<()> {
     assert_uuid(ids[0], 4)?;
     Ok(())
 }
+gateway_shapes!(upstream_failure_reply_carries_the_id);
 
-#[test]
-fn ids_are_unique_across_10000_requests_on_two_workers() -> Result<()> {
+fn ids_are_unique_across_10000_requests_on_two_workers(config: &str) -> Result<()> {
     const REQUESTS: usize = 10_000;
     const CONNECTIONS: usize = 16;
     let upstream = EchoUpstream::start()?;
-    let envoy = EnvoyBuilder::new("gateway.yaml")
+    let envoy = EnvoyBuilder::new(config)
         .upstream(upstream.port())
         .concurrency(2)
         .start()?;
@@ -270,3 +272,4 @@ fn ids_are_unique_across_10000_requests_on_two_workers() -> Result<()> {
     );
     Ok(())
 }
+gateway_shapes!(ids_are_unique_across_10000_requests_on_two_workers);

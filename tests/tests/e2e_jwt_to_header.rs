@@ -17,6 +17,7 @@ use gatewasm_tests::client::{self, Request, Response};
 use gatewasm_tests::demo_jwt::b64url;
 use gatewasm_tests::echo::{EchoUpstream, Echoed};
 use gatewasm_tests::envoy::{Envoy, EnvoyBuilder};
+use gatewasm_tests::gateway_shapes;
 use gatewasm_tests::http_server::HttpServer;
 use http_body_util::Full;
 use jwt_simple::prelude::*;
@@ -386,16 +387,16 @@ fn jwt_gateway_answers_503_while_the_idp_is_down() -> Result<()> {
     Ok(())
 }
 
-/// `envoy-configs/gateway.yaml`: jwt-to-header in the edge chain with the demo IdP's inline
-/// JWKS. /api/ needs a token; the token's claims reach the upstream as headers, its tenant
-/// routes the request (tenant-routing), spoofed claim headers never pass, and Envoy's own
-/// crypto verifies the ES256 signature.
-#[test]
-fn the_edge_gateway_requires_a_token_on_api_and_forwards_its_claims() -> Result<()> {
+/// `envoy-configs/gateway.yaml` (and its bundle and chain shapes, `gateway_shapes!`):
+/// jwt-to-header in the edge chain with the demo IdP's inline JWKS. /api/ needs a token; the
+/// token's claims reach the upstream as headers, its tenant routes the request
+/// (tenant-routing), spoofed claim headers never pass, and Envoy's own crypto verifies the
+/// ES256 signature.
+fn the_edge_gateway_requires_a_token_on_api_and_forwards_its_claims(config: &str) -> Result<()> {
     use gatewasm_tests::demo_jwt::{DemoClaims, mint};
     let shared = EchoUpstream::start()?;
     let acme = EchoUpstream::start()?;
-    let envoy = EnvoyBuilder::new("gateway.yaml")
+    let envoy = EnvoyBuilder::new(config)
         .upstream(shared.port())
         .upstream2(acme.port())
         .start()?;
@@ -413,8 +414,16 @@ fn the_edge_gateway_requires_a_token_on_api_and_forwards_its_claims() -> Result<
     ensure!(resp.header("x-request-id").is_some(), "{:?}", resp.headers);
     ensure!(shared.requests_seen() + acme.requests_seen() == 0);
 
-    // With the demo token: alice, admin, tenant acme → acme's backend, tier gold.
-    let resp = send(&get("/api/orders", Some(&token)).header("x-user-id", "mallory"))?;
+    // With the demo token: alice, admin, tenant acme → acme's backend, tier gold. Forged
+    // identity and tenant headers next to it are replaced, never forwarded.
+    let resp = send(
+        &get("/api/orders", Some(&token))
+            .header("x-user-id", "mallory")
+            .header("x-jwt-tenant", "globex")
+            .header("x-tenant-id", "globex")
+            .header("x-tenant-tier", "platinum")
+            .header("x-tenant-cluster", "upstream"),
+    )?;
     ensure!(
         resp.status == 200,
         "status {}: {}",
@@ -439,6 +448,12 @@ fn the_edge_gateway_requires_a_token_on_api_and_forwards_its_claims() -> Result<
     );
     ensure!(
         seen.header_all("x-tenant-tier") == ["gold"],
+        "{:?}",
+        seen.headers
+    );
+    ensure!(
+        seen.header_all("x-jwt-tenant") == ["acme"]
+            && seen.header_all("x-tenant-cluster") == ["tenant_acme"],
         "{:?}",
         seen.headers
     );
@@ -482,6 +497,7 @@ fn the_edge_gateway_requires_a_token_on_api_and_forwards_its_claims() -> Result<
     ensure!(native >= 1, "ES256 verified by Envoy's crypto: {native}");
     Ok(())
 }
+gateway_shapes!(the_edge_gateway_requires_a_token_on_api_and_forwards_its_claims);
 
 /// `envoy-configs/sidecar.yaml`: a token is verified when present (claims forwarded), never
 /// required; a bad one is still refused.

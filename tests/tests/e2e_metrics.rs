@@ -27,6 +27,9 @@
 //!   tied to what it counts, not only present.
 //! - Every metric the dashboard's queries name (or match, for `{__name__=~"…"}`) must be in the
 //!   scrape.
+//! - The same gateway over gatewasm.wasm, `gateway-bundle.yaml` and `gateway-chain.yaml`, passes
+//!   the same checks with the same traffic, and admin `/stats` shows the same `wasmcustom.*`
+//!   counters with the same values as gateway.yaml after it.
 //!
 //! Needs `just build` and `just envoy`; `just test-e2e` does both.
 
@@ -37,6 +40,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use gatewasm_tests::client::{self, Request};
 use gatewasm_tests::demo_jwt::{DemoClaims, mint};
+use gatewasm_tests::deploy::{self, Shape};
 use gatewasm_tests::echo::EchoUpstream;
 use gatewasm_tests::envoy::{Envoy, EnvoyBuilder};
 use gatewasm_tests::paths;
@@ -189,16 +193,38 @@ fn wasm_filter_facts(
         .as_str()
         .with_context(|| format!("{config}: a Wasm filter without a local file"))?;
     let module = file.rsplit('/').next().unwrap_or(file);
-    let filter = module
-        .strip_suffix(".wasm")
-        .unwrap_or(module)
-        .replace('_', "-");
+    let module = module.strip_suffix(".wasm").unwrap_or(module);
+    // gatewasm.wasm (the bundle): the root id names the filter, or the chain of them.
+    let filter = if module == deploy::BUNDLE {
+        plugin["root_id"]
+            .as_str()
+            .with_context(|| format!("{config}: a plugin of gatewasm.wasm without a root_id"))?
+            .to_string()
+    } else {
+        module.replace('_', "-")
+    };
     let json: serde_json::Value = serde_json::from_str(
         plugin["configuration"]["value"]
             .as_str()
             .with_context(|| format!("{config}: {filter} has no StringValue configuration"))?,
     )
     .with_context(|| format!("{config}: {filter}'s configuration"))?;
+    if filter == deploy::CHAIN_ROOT_ID {
+        for (stage, json) in deploy::chain_stages(&json)? {
+            filter_facts(config, stage, &json, facts)?;
+        }
+        return Ok(());
+    }
+    filter_facts(config, filter, &json, facts)
+}
+
+/// What one filter's configuration (`json`) contributes to `facts`.
+fn filter_facts(
+    config: &str,
+    filter: String,
+    json: &serde_json::Value,
+    facts: &mut ConfigFacts,
+) -> Result<()> {
     match filter.as_str() {
         "tenant-routing" => {
             let tenants = json["tenants"]
@@ -377,12 +403,27 @@ fn api(path: &str, token: &str) -> Request {
     Request::get(path).header("authorization", format!("Bearer {token}"))
 }
 
-/// `gateway.yaml` with its two upstreams: checks the fresh scrape (every expected name at 0,
-/// none in `?usedonly`), drives traffic, returns the scrape after it.
-fn gateway_scrape(expected: &BTreeSet<String>) -> Result<Scrape> {
+/// admin `/stats`' `wasmcustom.*` counters (the filters' own), by name.
+fn wasmcustom(envoy: &Envoy) -> Result<BTreeMap<String, u64>> {
+    Ok(envoy.stats_matching("wasmcustom.")?.into_iter().collect())
+}
+
+/// What [`gateway_scrape`] saw.
+struct GatewayRun {
+    /// `/stats/prometheus` after all the traffic.
+    scrape: Scrape,
+    /// admin `/stats`' `wasmcustom.*` after the deterministic steps (before the burst, whose
+    /// split into passes and denials depends on timing).
+    counters: BTreeMap<String, u64>,
+}
+
+/// `config` (gateway.yaml, or one of its shapes) with its two upstreams: checks the fresh
+/// scrape (every expected name at 0, none in `?usedonly`), drives traffic, returns the scrape
+/// after it.
+fn gateway_scrape(config: &str, expected: &BTreeSet<String>) -> Result<GatewayRun> {
     let shared = EchoUpstream::start()?;
     let acme = EchoUpstream::start()?;
-    let envoy = EnvoyBuilder::new("gateway.yaml")
+    let envoy = EnvoyBuilder::new(config)
         .upstream(shared.port())
         .upstream2(acme.port())
         .start()?;
@@ -392,7 +433,7 @@ fn gateway_scrape(expected: &BTreeSet<String>) -> Result<Scrape> {
     let missing: Vec<_> = expected.difference(&fresh_names).collect();
     ensure!(
         missing.is_empty(),
-        "gateway.yaml, before any request: documented names missing from /stats/prometheus: \
+        "{config}, before any request: documented names missing from /stats/prometheus: \
          {missing:?}"
     );
     for name in expected {
@@ -521,6 +562,8 @@ fn gateway_scrape(expected: &BTreeSet<String>) -> Result<Scrape> {
         ],
     )?;
 
+    let counters = wasmcustom(&envoy)?;
+
     // per-client's bucket holds 120 + 20 (one more each 0.5 s): 200 requests at once overflow
     // it; every 429 counts one denial, every 200 one pass, of per-client.
     let (allowed, denied) = (
@@ -547,7 +590,10 @@ fn gateway_scrape(expected: &BTreeSet<String>) -> Result<Scrape> {
             after.value(name)
         );
     }
-    Ok(after)
+    Ok(GatewayRun {
+        scrape: after,
+        counters,
+    })
 }
 
 /// `ratelimit-global.yaml` with no rate-limit service listening: `/api/` (global,
@@ -593,42 +639,120 @@ fn ratelimit_global_scrape(expected: &BTreeSet<String>) -> Result<Scrape> {
 /// The shipped configs this test runs, verbatim.
 const CONFIGS: [&str; 2] = ["gateway.yaml", "ratelimit-global.yaml"];
 
-/// The scrapes of both configs after their traffic (each Envoy is started, driven and stopped
-/// once, on the thread of the first test that asks).
-fn scrapes() -> Result<&'static BTreeMap<&'static str, Scrape>> {
-    static SCRAPES: OnceLock<Result<BTreeMap<&'static str, Scrape>, String>> = OnceLock::new();
-    SCRAPES
-        .get_or_init(|| {
-            let run = || -> Result<BTreeMap<&'static str, Scrape>> {
-                let rows = documented()?;
-                let mut out = BTreeMap::new();
-                for config in CONFIGS {
-                    let facts = config_facts(config)?;
-                    let mut expected = BTreeSet::new();
-                    for row in &rows {
-                        expected.extend(expand(row, &facts)?);
+/// The Prometheus names the READMEs promise for `config`.
+fn expected_names(config: &str) -> Result<BTreeSet<String>> {
+    let facts = config_facts(config)?;
+    let mut expected = BTreeSet::new();
+    for row in &documented()? {
+        expected.extend(expand(row, &facts)?);
+    }
+    Ok(expected)
+}
+
+/// Both ways: nothing documented is missing from `scrape`, nothing exported is undocumented.
+fn check_documented(config: &str, expected: &BTreeSet<String>, scrape: &Scrape) -> Result<()> {
+    let exported = scrape.gatewasm();
+    let missing: Vec<_> = expected.difference(&exported).collect();
+    let undocumented: Vec<_> = exported.difference(expected).collect();
+    ensure!(
+        missing.is_empty() && undocumented.is_empty(),
+        "{config}: documented but not in /stats/prometheus: {missing:?}; \
+         exported but in no README's Prometheus table: {undocumented:?}"
+    );
+    Ok(())
+}
+
+/// What the runs of both configs saw (each Envoy is started, driven and stopped once, on the
+/// thread of the first test that asks).
+struct Runs {
+    /// The scrape of each of [`CONFIGS`] after its traffic.
+    scrapes: BTreeMap<&'static str, Scrape>,
+    /// gateway.yaml's `wasmcustom.*` counters after the deterministic steps.
+    gateway_counters: BTreeMap<String, u64>,
+}
+
+fn runs() -> Result<&'static Runs> {
+    static RUNS: OnceLock<Result<Runs, String>> = OnceLock::new();
+    RUNS.get_or_init(|| {
+        let run = || -> Result<Runs> {
+            let mut scrapes = BTreeMap::new();
+            let mut gateway_counters = BTreeMap::new();
+            for config in CONFIGS {
+                let expected = expected_names(config)?;
+                let scrape = match config {
+                    "gateway.yaml" => {
+                        let run = gateway_scrape(config, &expected)?;
+                        gateway_counters = run.counters;
+                        run.scrape
                     }
-                    let scrape = match config {
-                        "gateway.yaml" => gateway_scrape(&expected)?,
-                        _ => ratelimit_global_scrape(&expected)?,
-                    };
-                    // Both ways: nothing documented is missing, nothing exported is undocumented.
-                    let exported = scrape.gatewasm();
-                    let missing: Vec<_> = expected.difference(&exported).collect();
-                    let undocumented: Vec<_> = exported.difference(&expected).collect();
-                    ensure!(
-                        missing.is_empty() && undocumented.is_empty(),
-                        "{config}: documented but not in /stats/prometheus: {missing:?}; \
-                         exported but in no README's Prometheus table: {undocumented:?}"
-                    );
-                    out.insert(config, scrape);
-                }
-                Ok(out)
-            };
-            run().map_err(|e| format!("{e:#}"))
+                    _ => ratelimit_global_scrape(&expected)?,
+                };
+                check_documented(config, &expected, &scrape)?;
+                scrapes.insert(config, scrape);
+            }
+            Ok(Runs {
+                scrapes,
+                gateway_counters,
+            })
+        };
+        run().map_err(|e| format!("{e:#}"))
+    })
+    .as_ref()
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The scrapes of both configs after their traffic.
+fn scrapes() -> Result<&'static BTreeMap<&'static str, Scrape>> {
+    Ok(&runs()?.scrapes)
+}
+
+/// `config`, a shape of gateway.yaml over gatewasm.wasm, with gateway.yaml's traffic: the same
+/// checks (documented names at 0 before, each step moving exactly its counters, the burst),
+/// the same documented names exported, and admin `/stats` showing the same `wasmcustom.*`
+/// counters with the same values as gateway.yaml after the same steps.
+fn exports_the_counters_of_gateway_yaml(config: &str) -> Result<()> {
+    ensure!(
+        expected_names(config)? == expected_names("gateway.yaml")?,
+        "{config} and gateway.yaml promise different metrics"
+    );
+    let expected = expected_names(config)?;
+    let run = gateway_scrape(config, &expected)?;
+    check_documented(config, &expected, &run.scrape)?;
+    let gateway = &runs()?.gateway_counters;
+    ensure!(
+        gateway.len() >= expected.len()
+            && gateway.get("wasmcustom.gatewasm_jwt_to_header_allowed") == Some(&3),
+        "gateway.yaml's wasmcustom counters: {gateway:?}"
+    );
+    let differ: Vec<String> = gateway
+        .keys()
+        .chain(run.counters.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|name| gateway.get(*name) != run.counters.get(*name))
+        .map(|name| {
+            format!(
+                "{name}: gateway.yaml {:?}, {config} {:?}",
+                gateway.get(name),
+                run.counters.get(name)
+            )
         })
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        .collect();
+    ensure!(
+        differ.is_empty(),
+        "admin /stats wasmcustom.* after the same requests: {differ:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn gateway_bundle_yaml_exports_the_counters_of_gateway_yaml() -> Result<()> {
+    exports_the_counters_of_gateway_yaml(Shape::Bundle.gateway_config())
+}
+
+#[test]
+fn gateway_chain_yaml_exports_the_counters_of_gateway_yaml() -> Result<()> {
+    exports_the_counters_of_gateway_yaml(Shape::Chain.gateway_config())
 }
 
 #[test]

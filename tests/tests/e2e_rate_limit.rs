@@ -18,6 +18,7 @@ use gatewasm_tests::client::{self, Request};
 use gatewasm_tests::demo_jwt::{DemoClaims, mint};
 use gatewasm_tests::echo::{EchoUpstream, Echoed};
 use gatewasm_tests::envoy::EnvoyBuilder;
+use gatewasm_tests::gateway_shapes;
 
 #[test]
 fn exactly_the_limit_across_two_workers_and_spoofed_xff_is_ignored() -> Result<()> {
@@ -129,16 +130,16 @@ fn exactly_the_limit_across_two_workers_and_spoofed_xff_is_ignored() -> Result<(
     Ok(())
 }
 
-/// `envoy-configs/gateway.yaml`: rate-limit as the last filter of the edge chain. Only `/api/`
-/// is limited (120 a minute per client, burst 20) — and needs a token (jwt-to-header); the
-/// token's tenant and the path agree; tenant-routing's stripped path is what rate-limit sees;
-/// the 429 is a local reply that still carries the chain's request ID; other paths are not
-/// limited.
-#[test]
-fn the_edge_gateway_limits_api_requests_per_client() -> Result<()> {
+/// `envoy-configs/gateway.yaml` (and its bundle and chain shapes, `gateway_shapes!`): rate-limit
+/// as the last filter of the edge chain. Only `/api/` is limited (120 a minute per client,
+/// burst 20) — and needs a token (jwt-to-header); the token's tenant and the path agree;
+/// tenant-routing's stripped path is what rate-limit sees; every answer on `/api/` carries the
+/// RateLimit headers; the 429 is a local reply that still carries the chain's request ID;
+/// other paths are not limited.
+fn the_edge_gateway_limits_api_requests_per_client(config: &str) -> Result<()> {
     let shared = EchoUpstream::start()?;
     let acme = EchoUpstream::start()?;
-    let envoy = EnvoyBuilder::new("gateway.yaml")
+    let envoy = EnvoyBuilder::new(config)
         .upstream(shared.port())
         .upstream2(acme.port())
         .concurrency(2)
@@ -173,6 +174,22 @@ fn the_edge_gateway_limits_api_requests_per_client() -> Result<()> {
         "{ok} allowed in {elapsed:?} (want 140 + at most {refills})"
     );
     ensure!(acme.requests_seen() == ok as u64 && shared.requests_seen() == 0);
+    // `"headers": "both"`: the IETF draft's and draft 03's, on passes and denials alike.
+    for r in &responses {
+        for name in [
+            "ratelimit-policy",
+            "ratelimit",
+            "ratelimit-limit",
+            "ratelimit-remaining",
+        ] {
+            ensure!(
+                r.header(name).is_some(),
+                "{} without {name}: {:?}",
+                r.status,
+                r.headers
+            );
+        }
+    }
     for r in &limited {
         ensure!(r.header("retry-after").is_some(), "{:?}", r.headers);
         ensure!(
@@ -197,6 +214,7 @@ fn the_edge_gateway_limits_api_requests_per_client() -> Result<()> {
     ensure!(c("allowed_per-tenant")? == ok as u64);
     Ok(())
 }
+gateway_shapes!(the_edge_gateway_limits_api_requests_per_client);
 
 /// `envoy-configs/istio-ecds-gateway.yaml`: rate-limit delivered over ECDS as istiod delivers
 /// the ingress WasmPlugin — no vm_id, so it shares the proxy's one shared-data space with the

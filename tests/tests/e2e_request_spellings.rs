@@ -9,7 +9,8 @@
 //!   own headers.
 //!
 //! Both run `envoy-configs/gateway.yaml` with one rule added (or the underscore action
-//! changed), otherwise verbatim.
+//! changed), otherwise verbatim; and the same edits of its bundle and chain shapes,
+//! `gateway-bundle.yaml` and `gateway-chain.yaml` (`gateway_shapes!`).
 
 use std::path::Path;
 
@@ -18,20 +19,20 @@ use gatewasm_tests::client::{self, Request};
 use gatewasm_tests::demo_jwt::{DemoClaims, mint};
 use gatewasm_tests::echo::{EchoUpstream, Echoed};
 use gatewasm_tests::envoy::EnvoyBuilder;
-use gatewasm_tests::paths;
+use gatewasm_tests::{gateway_shapes, paths};
 
-/// gateway.yaml with these edits, the rest verbatim.
-fn gateway_with(dir: &Path, edits: &[(&str, &str)]) -> Result<String> {
-    paths::edited_envoy_config(dir, "gateway.yaml", edits)
+/// `config` (gateway.yaml or one of its shapes) with these edits, the rest verbatim.
+fn gateway_with(config: &str, dir: &Path, edits: &[(&str, &str)]) -> Result<String> {
+    paths::edited_envoy_config(dir, config, edits)
 }
 
 const JWT_RULES: &str = r#"{"match": {"regex": "(/t/[^/]+)?/api/.*"}, "requires": "demo"},"#;
 const RL_RULES: &str = r#"{"name": "per-client", "match": {"path_prefix": "/api/"},"#;
 
-#[test]
-fn lowercase_methods_over_http2_do_not_skip_method_rules() -> Result<()> {
+fn lowercase_methods_over_http2_do_not_skip_method_rules(config: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let config = gateway_with(
+        config,
         dir.path(),
         &[
             (
@@ -91,9 +92,9 @@ fn lowercase_methods_over_http2_do_not_skip_method_rules() -> Result<()> {
     ensure!(statuses == [200, 429, 429], "{statuses:?}");
     Ok(())
 }
+gateway_shapes!(lowercase_methods_over_http2_do_not_skip_method_rules);
 
-#[test]
-fn underscore_spellings_of_filter_headers_never_reach_the_upstream() -> Result<()> {
+fn underscore_spellings_of_filter_headers_never_reach_the_upstream(config: &str) -> Result<()> {
     let upstream = EchoUpstream::start()?;
     let token = mint(&DemoClaims::default())?;
     let spoofed = || {
@@ -105,7 +106,7 @@ fn underscore_spellings_of_filter_headers_never_reach_the_upstream() -> Result<(
     };
 
     // As shipped: Envoy refuses the request before any filter runs.
-    let envoy = EnvoyBuilder::new("gateway.yaml")
+    let envoy = EnvoyBuilder::new(config)
         .upstream(upstream.port())
         .upstream2(upstream.port())
         .start()?;
@@ -116,6 +117,7 @@ fn underscore_spellings_of_filter_headers_never_reach_the_upstream() -> Result<(
     // With Envoy's default (ALLOW): the filters strip the spellings of their own headers.
     let dir = tempfile::tempdir()?;
     let config = gateway_with(
+        config,
         dir.path(),
         &[(
             "headers_with_underscores_action: REJECT_REQUEST",
@@ -149,3 +151,4 @@ fn underscore_spellings_of_filter_headers_never_reach_the_upstream() -> Result<(
     ensure!(seen.header("x_other") == Some("kept"), "{:?}", seen.headers);
     Ok(())
 }
+gateway_shapes!(underscore_spellings_of_filter_headers_never_reach_the_upstream);

@@ -11,6 +11,7 @@ use gatewasm_tests::client::{self, Request, Response};
 use gatewasm_tests::demo_jwt::b64url;
 use gatewasm_tests::echo::{EchoUpstream, Echoed};
 use gatewasm_tests::envoy::{Envoy, EnvoyBuilder};
+use gatewasm_tests::gateway_shapes;
 use sha2::{Digest, Sha256};
 
 /// The two tenant backends and the gateway in front of them.
@@ -260,14 +261,14 @@ fn keeps_tenants_apart() -> Result<()> {
     Ok(())
 }
 
-/// `envoy-configs/gateway.yaml`: tenant-routing as the fourth filter of the edge chain, behind
-/// correlation-id and trace-propagation. The default tenant keeps plain requests working; acme
-/// has its own backend; the local replies of tenant-routing carry the chain's request ID.
-#[test]
-fn the_edge_gateway_routes_tenants_behind_the_other_filters() -> Result<()> {
+/// `envoy-configs/gateway.yaml` (and its bundle and chain shapes, `gateway_shapes!`):
+/// tenant-routing as the fourth filter of the edge chain, behind correlation-id and
+/// trace-propagation. The default tenant keeps plain requests working; acme has its own
+/// backend; the local replies of tenant-routing carry the chain's request ID.
+fn the_edge_gateway_routes_tenants_behind_the_other_filters(config: &str) -> Result<()> {
     let shared = EchoUpstream::start()?;
     let acme = EchoUpstream::start()?;
-    let envoy = EnvoyBuilder::new("gateway.yaml")
+    let envoy = EnvoyBuilder::new(config)
         .upstream(shared.port())
         .upstream2(acme.port())
         .start()?;
@@ -349,6 +350,7 @@ fn the_edge_gateway_routes_tenants_behind_the_other_filters() -> Result<()> {
     ensure!(c("rejected_conflict")? == 1 && c("rejected_unknown")? == 1);
     Ok(())
 }
+gateway_shapes!(the_edge_gateway_routes_tenants_behind_the_other_filters);
 
 /// `envoy-configs/istio-ecds-gateway.yaml`: tenant-routing delivered over ECDS as istiod
 /// delivers the ingress WasmPlugin, routing to clusters named as Istio names them.

@@ -1,6 +1,8 @@
 //! End-to-end: trace-propagation in a real Envoy, as configured in `envoy-configs/gateway.yaml`
 //! (extract W3C, B3 single and multi; inject W3C; role span; clear_extracted; echo x-trace-id)
 //! and in `istio-ecds.yaml` (delivered by ECDS; passthrough; inject W3C and B3 multi).
+//! The gateway tests also run on the same gateway over gatewasm.wasm, `gateway-bundle.yaml` and
+//! `gateway-chain.yaml` (`gateway_shapes!`).
 //!
 //! Needs `just build` and `just envoy`; `just test-e2e` does both.
 
@@ -8,14 +10,14 @@ use anyhow::{Result, ensure};
 use gatewasm_tests::client::{self, Request, Response};
 use gatewasm_tests::echo::{EchoUpstream, Echoed};
 use gatewasm_tests::envoy::{Envoy, EnvoyBuilder};
+use gatewasm_tests::gateway_shapes;
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 
-fn gateway(upstream: &EchoUpstream) -> Result<Envoy> {
-    EnvoyBuilder::new("gateway.yaml")
-        .upstream(upstream.port())
-        .start()
+/// `config`: gateway.yaml or one of its shapes (gateway-bundle.yaml, gateway-chain.yaml).
+fn gateway(config: &str, upstream: &EchoUpstream) -> Result<Envoy> {
+    EnvoyBuilder::new(config).upstream(upstream.port()).start()
 }
 
 fn stat(envoy: &Envoy, name: &str) -> Result<u64> {
@@ -61,10 +63,9 @@ fn traceparent(resp: &Response) -> Result<(String, String, String, String)> {
     ))
 }
 
-#[test]
-fn a_w3c_caller_keeps_its_trace_and_every_request_gets_a_new_parent() -> Result<()> {
+fn a_w3c_caller_keeps_its_trace_and_every_request_gets_a_new_parent(config: &str) -> Result<()> {
     let upstream = EchoUpstream::start()?;
-    let envoy = gateway(&upstream)?;
+    let envoy = gateway(config, &upstream)?;
     let incoming = format!("00-{TRACE}-{PARENT}-01");
     let mut parents = Vec::new();
     for _ in 0..3 {
@@ -92,11 +93,11 @@ fn a_w3c_caller_keeps_its_trace_and_every_request_gets_a_new_parent() -> Result<
     ensure!(stat(&envoy, "extracted_w3c")? == 3);
     Ok(())
 }
+gateway_shapes!(a_w3c_caller_keeps_its_trace_and_every_request_gets_a_new_parent);
 
-#[test]
-fn a_b3_caller_is_converted_to_w3c_and_its_b3_headers_are_cleared() -> Result<()> {
+fn a_b3_caller_is_converted_to_w3c_and_its_b3_headers_are_cleared(config: &str) -> Result<()> {
     let upstream = EchoUpstream::start()?;
-    let envoy = gateway(&upstream)?;
+    let envoy = gateway(config, &upstream)?;
     // 64-bit B3 trace id: left-padded to 128 bits for W3C.
     let resp = client::send(
         envoy.listen_addr(),
@@ -128,11 +129,11 @@ fn a_b3_caller_is_converted_to_w3c_and_its_b3_headers_are_cleared() -> Result<()
     ensure!(stat(&envoy, "extracted_b3multi")? == 1 && stat(&envoy, "extracted_b3")? == 1);
     Ok(())
 }
+gateway_shapes!(a_b3_caller_is_converted_to_w3c_and_its_b3_headers_are_cleared);
 
-#[test]
-fn invalid_or_missing_contexts_start_a_new_trace() -> Result<()> {
+fn invalid_or_missing_contexts_start_a_new_trace(config: &str) -> Result<()> {
     let upstream = EchoUpstream::start()?;
-    let envoy = gateway(&upstream)?;
+    let envoy = gateway(config, &upstream)?;
     let uppercase = format!("00-{}-{PARENT}-01", TRACE.to_uppercase());
     for bad in [
         uppercase.as_str(),
@@ -172,6 +173,7 @@ fn invalid_or_missing_contexts_start_a_new_trace() -> Result<()> {
     ensure!(stat(&envoy, "started")? == 1);
     Ok(())
 }
+gateway_shapes!(invalid_or_missing_contexts_start_a_new_trace);
 
 #[test]
 fn istio_ecds_delivers_trace_propagation_in_passthrough() -> Result<()> {

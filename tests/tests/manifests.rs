@@ -8,7 +8,13 @@
 //! - every `pluginConfig` / `config`: against the filter's `config.schema.json`, accepted by
 //!   the real filter's `on_configure` (harness), and equal to the configuration of the Envoy
 //!   config it was tested with (`envoy-configs/*.yaml`, run by the end-to-end suite);
-//! - the chain order that `phase` / `priority` produce, and the failure policy per filter.
+//! - the chain order that `phase` / `priority` produce, and the failure policy per filter;
+//! - the bundle's two shapes (`deploy::Shape`): bundle mode (`istio-manifests/<variant>-bundle/`,
+//!   the separate plugins loading gatewasm.wasm, each naming its filter as `pluginName`) and
+//!   chain mode (`istio-manifests/<variant>-chain/chain.yaml`, one plugin whose stages are the
+//!   filters, and the Envoy Gateway policy `envoy-gateway/chain/`): every stage's config is
+//!   checked as a filter's `pluginConfig` is, and the whole configuration matches
+//!   `hosts/proxy-wasm-bundle/chain.schema.json` and is accepted by gatewasm.wasm in chain mode.
 //!
 //! Needs `just build` (the `.wasm` files) and `just manifest-validator`; `just test` does both.
 
@@ -19,14 +25,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use gatewasm_tests::deploy::{self, FILTERS, Filter, Phase, Placement, VARIANTS, Variant};
+use gatewasm_tests::deploy::{
+    self, BUNDLE, CHAIN_PHASE, CHAIN_ROOT_ID, FILTERS, Filter, Phase, Placement, SHAPES, Shape,
+    Variant,
+};
 use gatewasm_tests::paths;
 use proxy_wasm_harness::{HarnessError, Host, Module, PluginConfig, Worker};
 use serde_json::{Value, json};
 
-/// One WasmPlugin document and where it came from.
+/// One WasmPlugin document of one filter (separate or bundle shape) and where it came from.
 struct Plugin {
     file: PathBuf,
+    shape: Shape,
     variant: Variant,
     filter: &'static Filter,
     placement: &'static Placement,
@@ -50,45 +60,118 @@ fn rel(path: &Path) -> String {
         .to_string()
 }
 
-/// Every WasmPlugin of every variant, after checking each file holds exactly one.
+/// The one document of a manifest.
+fn load_one(file: &Path) -> Result<Value> {
+    ensure!(file.is_file(), "{} is missing", rel(file));
+    let docs = deploy::load_yaml_docs(file)?;
+    ensure!(
+        docs.len() == 1,
+        "{}: expected one document, found {}",
+        rel(file),
+        docs.len()
+    );
+    docs.into_iter().next().context("no document")
+}
+
+/// The manifest files of `shape` in `variant`, by file name: one per filter placed there, or
+/// (chain) `chain.yaml`.
+fn manifest_names(shape: Shape, variant: Variant) -> Vec<String> {
+    match shape {
+        Shape::Chain => vec!["chain.yaml".to_string()],
+        Shape::Separate | Shape::Bundle => FILTERS
+            .iter()
+            .filter(|f| f.placement(variant).is_some())
+            .map(|f| format!("{}.yaml", f.name))
+            .collect(),
+    }
+}
+
+/// Every WasmPlugin of one filter (separate and bundle shapes, every variant), after checking
+/// each file holds exactly one.
 fn plugins() -> Result<Vec<Plugin>> {
     let mut out = Vec::new();
-    for &variant in VARIANTS {
-        for filter in FILTERS {
-            let Some(placement) = filter.placement(variant) else {
-                continue;
-            };
-            let file = variant.manifest(filter);
-            ensure!(
-                file.is_file(),
-                "{} is missing: deploy::FILTERS ships {} in {}",
-                rel(&file),
-                filter.name,
-                variant.dir_name()
-            );
-            let docs = deploy::load_yaml_docs(&file)?;
-            ensure!(
-                docs.len() == 1,
-                "{}: expected one document, found {}",
-                rel(&file),
-                docs.len()
-            );
-            out.push(Plugin {
-                file,
-                variant,
-                filter,
-                placement,
-                doc: docs.into_iter().next().context("no document")?,
-            });
+    for shape in [Shape::Separate, Shape::Bundle] {
+        for &variant in shape.variants() {
+            for filter in FILTERS {
+                let Some(placement) = filter.placement(variant) else {
+                    continue;
+                };
+                let file = shape.dir(variant).join(format!("{}.yaml", filter.name));
+                let doc = load_one(&file).with_context(|| {
+                    format!(
+                        "deploy::FILTERS ships {} in {} ({} shape)",
+                        filter.name,
+                        variant.dir_name(),
+                        shape.name()
+                    )
+                })?;
+                out.push(Plugin {
+                    file,
+                    shape,
+                    variant,
+                    filter,
+                    placement,
+                    doc,
+                });
+            }
         }
     }
     Ok(out)
 }
 
-/// A filter configuration as a manifest ships it, and the Envoy config it must equal.
+/// The chain shape's WasmPlugin (`<variant>-chain/chain.yaml`) of one variant.
+struct ChainPlugin {
+    file: PathBuf,
+    variant: Variant,
+    doc: Value,
+}
+
+impl ChainPlugin {
+    fn source(&self) -> String {
+        rel(&self.file)
+    }
+    fn spec(&self) -> &Value {
+        &self.doc["spec"]
+    }
+    /// The filters its stages must be: those placed in its variant, in chain order.
+    fn filters(&self) -> Vec<&'static Filter> {
+        FILTERS
+            .iter()
+            .filter(|f| f.placement(self.variant).is_some())
+            .collect()
+    }
+}
+
+fn chain_plugins() -> Result<Vec<ChainPlugin>> {
+    Shape::Chain
+        .variants()
+        .iter()
+        .map(|&variant| {
+            let file = Shape::Chain.dir(variant).join("chain.yaml");
+            let doc = load_one(&file)?;
+            Ok(ChainPlugin { file, variant, doc })
+        })
+        .collect()
+}
+
+/// Every WasmPlugin document of every shape: (source, document).
+fn all_wasmplugins() -> Result<Vec<(String, Value)>> {
+    let mut docs: Vec<(String, Value)> = plugins()?
+        .into_iter()
+        .map(|p| (p.source(), p.doc))
+        .collect();
+    docs.extend(chain_plugins()?.into_iter().map(|p| (p.source(), p.doc)));
+    Ok(docs)
+}
+
+/// A filter configuration as a manifest ships it (a plugin's, or a stage's of a chain), and the
+/// Envoy config it must equal.
 struct ConfigSite {
     source: String,
     filter: &'static Filter,
+    /// The module that runs it: the filter's own (separate shape) or gatewasm.wasm (bundle and
+    /// chain shapes; a chain hands each stage its config as the filter's own parser takes it).
+    shape: Shape,
     config: Value,
     envoy_config: &'static str,
     /// The filter's name in `envoy_config` (an HTTP filter or an ECDS resource).
@@ -96,10 +179,32 @@ struct ConfigSite {
 }
 
 fn eg_policy() -> Result<Value> {
-    let file = deploy::envoy_gateway_policy();
-    let docs = deploy::load_yaml_docs(&file)?;
-    ensure!(docs.len() == 1, "{}: expected one document", rel(&file));
-    docs.into_iter().next().context("no document")
+    load_one(&deploy::envoy_gateway_policy())
+}
+
+fn eg_chain_policy() -> Result<Value> {
+    load_one(&deploy::envoy_gateway_chain_policy())
+}
+
+/// The stages of a chain configuration, each with its filter; fails unless they are `filters`,
+/// in that order.
+fn stages_of(
+    source: &str,
+    config: &Value,
+    filters: &[&'static Filter],
+) -> Result<Vec<(&'static Filter, Value)>> {
+    let stages = deploy::chain_stages(config).with_context(|| source.to_string())?;
+    let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+    let want: Vec<&str> = filters.iter().map(|f| f.name).collect();
+    ensure!(
+        names == want,
+        "{source}: stages {names:?}, want the filters in chain order {want:?}"
+    );
+    Ok(filters
+        .iter()
+        .copied()
+        .zip(stages.into_iter().map(|(_, c)| c))
+        .collect())
 }
 
 fn config_sites() -> Result<Vec<ConfigSite>> {
@@ -108,9 +213,48 @@ fn config_sites() -> Result<Vec<ConfigSite>> {
         sites.push(ConfigSite {
             source: format!("{} (pluginConfig)", p.source()),
             filter: p.filter,
+            shape: p.shape,
             config: p.spec().get("pluginConfig").cloned().unwrap_or(json!({})),
             envoy_config: p.placement.envoy_config,
             envoy_filter: p.placement.envoy_filter.to_string(),
+        });
+    }
+    // Each stage of a chain is its filter's configuration for that placement.
+    for p in chain_plugins()? {
+        let config = p.spec().get("pluginConfig").cloned().unwrap_or(json!({}));
+        for (i, (filter, stage)) in stages_of(&p.source(), &config, &p.filters())?
+            .into_iter()
+            .enumerate()
+        {
+            let placement = filter.placement(p.variant).context("placed")?;
+            sites.push(ConfigSite {
+                source: format!("{} (pluginConfig.stages[{i}].config)", p.source()),
+                filter,
+                shape: Shape::Chain,
+                config: stage,
+                envoy_config: placement.envoy_config,
+                envoy_filter: placement.envoy_filter.to_string(),
+            });
+        }
+    }
+    let chain = eg_chain_policy()?;
+    let config = chain["spec"]["wasm"][0]
+        .get("config")
+        .cloned()
+        .unwrap_or(json!({}));
+    let source = rel(&deploy::envoy_gateway_chain_policy());
+    let filters: Vec<&'static Filter> = FILTERS.iter().collect();
+    for (i, (filter, stage)) in stages_of(&source, &config, &filters)?
+        .into_iter()
+        .enumerate()
+    {
+        sites.push(ConfigSite {
+            source: format!("{source} (spec.wasm[0].config.stages[{i}].config)"),
+            filter,
+            shape: Shape::Chain,
+            config: stage,
+            envoy_config: "gateway.yaml",
+            envoy_filter: filter.envoy_filter_name(),
         });
     }
     let policy = eg_policy()?;
@@ -128,6 +272,7 @@ fn config_sites() -> Result<Vec<ConfigSite>> {
                 rel(&deploy::envoy_gateway_policy())
             ),
             filter,
+            shape: Shape::Separate,
             config: entry.get("config").cloned().unwrap_or(json!({})),
             envoy_config: "gateway.yaml",
             envoy_filter: filter.envoy_filter_name(),
@@ -141,50 +286,57 @@ fn config_sites() -> Result<Vec<ConfigSite>> {
 
 #[test]
 fn every_shipped_filter_has_its_manifests_and_nothing_untested_ships() -> Result<()> {
-    for &variant in VARIANTS {
-        let shipped: Vec<&Filter> = FILTERS
-            .iter()
-            .filter(|f| f.placement(variant).is_some())
-            .collect();
-        let names: BTreeSet<String> = shipped.iter().map(|f| format!("{}.yaml", f.name)).collect();
-        let found: BTreeSet<String> = deploy::yaml_files(&variant.dir())?
-            .iter()
-            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(String::from))
-            .collect();
-        assert_eq!(
-            found,
-            names,
-            "istio-manifests/{}/ must hold exactly one manifest per filter deploy::FILTERS places there",
-            variant.dir_name()
-        );
-        // kustomization.yaml lists them, in chain order.
-        let kustomization = variant.dir().join("kustomization.yaml");
-        let k = deploy::load_yaml_docs(&kustomization)?;
-        assert_eq!(k.len(), 1, "{}", rel(&kustomization));
-        assert_eq!(k[0]["kind"], "Kustomization");
-        let want: Vec<Value> = shipped
-            .iter()
-            .map(|f| json!(format!("{}.yaml", f.name)))
-            .collect();
-        assert_eq!(
-            k[0]["resources"],
-            Value::Array(want),
-            "{}: resources",
-            rel(&kustomization)
-        );
+    let mut dirs = Vec::new();
+    for &shape in SHAPES {
+        for &variant in shape.variants() {
+            let dir = shape.dir(variant);
+            let names: BTreeSet<String> = manifest_names(shape, variant).into_iter().collect();
+            let found: BTreeSet<String> = deploy::yaml_files(&dir)?
+                .iter()
+                .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(String::from))
+                .collect();
+            assert_eq!(
+                found,
+                names,
+                "{}/ must hold exactly the manifests deploy::FILTERS places there ({} shape)",
+                rel(&dir),
+                shape.name()
+            );
+            // kustomization.yaml lists them, in chain order.
+            let kustomization = dir.join("kustomization.yaml");
+            let k = load_one(&kustomization)?;
+            assert_eq!(k["kind"], "Kustomization");
+            let want: Vec<Value> = manifest_names(shape, variant)
+                .into_iter()
+                .map(Value::from)
+                .collect();
+            assert_eq!(
+                k["resources"],
+                Value::Array(want),
+                "{}: resources",
+                rel(&kustomization)
+            );
+            dirs.push(dir);
+        }
     }
     // No stray YAML elsewhere under istio-manifests/ (everything there is validated below).
     for file in deploy::yaml_files(&deploy::istio_manifests_dir())? {
-        let parent = file
-            .parent()
-            .and_then(|p| p.file_name())
-            .and_then(|n| n.to_str());
         assert!(
-            VARIANTS.iter().any(|v| Some(v.dir_name()) == parent),
+            file.parent().is_some_and(|p| dirs.iter().any(|d| d == p)),
             "{} is not in a placement directory, so no test covers it",
             rel(&file)
         );
     }
+    // Nor under envoy-configs/envoy-gateway/: the two policies.
+    let policies = deploy::yaml_files(&deploy::envoy_gateway_dir())?;
+    assert_eq!(
+        policies,
+        [
+            deploy::envoy_gateway_chain_policy(),
+            deploy::envoy_gateway_policy()
+        ],
+        "envoy-configs/envoy-gateway/: only the tested policies"
+    );
     Ok(())
 }
 
@@ -234,10 +386,7 @@ fn run_validator(docs: &[(String, Value)]) -> Result<(i32, String)> {
 
 #[test]
 fn wasmplugins_pass_the_crd_schema() -> Result<()> {
-    let docs: Vec<(String, Value)> = plugins()?
-        .into_iter()
-        .map(|p| (p.source(), p.doc))
-        .collect();
+    let docs = all_wasmplugins()?;
     let (code, out) = run_validator(&docs)?;
     assert_eq!(code, 0, "WasmPlugin schema validation failed:\n{out}");
     assert!(
@@ -399,9 +548,9 @@ fn cel_and_strict_violations(doc: &Value) -> Vec<String> {
 
 #[test]
 fn wasmplugins_follow_the_crd_cel_rules_and_field_names() -> Result<()> {
-    for p in plugins()? {
-        let errors = cel_and_strict_violations(&p.doc);
-        assert!(errors.is_empty(), "{}: {errors:#?}", p.source());
+    for (source, doc) in all_wasmplugins()? {
+        let errors = cel_and_strict_violations(&doc);
+        assert!(errors.is_empty(), "{source}: {errors:#?}");
     }
     // Negative control for the hand-written rules.
     let mut bad = plugins()?.remove(0).doc;
@@ -418,81 +567,167 @@ fn wasmplugins_follow_the_crd_cel_rules_and_field_names() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Placement, image, order, failure policy
 
+/// What every WasmPlugin shares, whatever its shape: kind, image pinned, pull policy, phase and
+/// priority set, a config object, the attachment of its variant, an explicit failStrategy
+/// (FAIL_CLOSE when `must_fail_closed`) with its reasoning in a comment right above it.
+fn check_wasmplugin(
+    src: &str,
+    file: &Path,
+    variant: Variant,
+    doc: &Value,
+    image: &str,
+    must_fail_closed: bool,
+) -> Result<()> {
+    let s = &doc["spec"];
+    assert_eq!(doc["apiVersion"], "extensions.istio.io/v1alpha1", "{src}");
+    assert_eq!(doc["kind"], "WasmPlugin", "{src}");
+    assert_eq!(s["url"], json!(deploy::istio_url(image)), "{src}: url");
+    assert!(is_sha256_hex(&s["sha256"]), "{src}: sha256 must be pinned");
+    assert_eq!(s["imagePullPolicy"], "IfNotPresent", "{src}");
+    assert!(s["priority"].is_i64(), "{src}: priority must be set");
+    assert!(s.get("pluginConfig").is_some_and(Value::is_object), "{src}");
+    match variant {
+        Variant::Ingress => {
+            assert_eq!(
+                s["selector"],
+                json!({"matchLabels": {"istio": "ingressgateway"}}),
+                "{src}"
+            );
+            assert_eq!(doc["metadata"]["namespace"], "istio-system", "{src}");
+            assert!(s.get("match").is_none(), "{src}");
+        }
+        Variant::GatewayApi => {
+            let refs = s["targetRefs"].as_array().context("targetRefs")?;
+            assert_eq!(refs.len(), 1, "{src}");
+            assert_eq!(refs[0]["group"], "gateway.networking.k8s.io", "{src}");
+            assert_eq!(refs[0]["kind"], "Gateway", "{src}");
+            assert!(s.get("selector").is_none(), "{src}");
+        }
+        Variant::Sidecar => {
+            assert_eq!(s["match"], json!([{"mode": "SERVER"}]), "{src}");
+            assert!(
+                s.get("selector").is_none() && s.get("targetRefs").is_none(),
+                "{src}"
+            );
+        }
+    }
+    let fail = s["failStrategy"]
+        .as_str()
+        .context("failStrategy must be explicit")?;
+    assert!(
+        ["FAIL_CLOSE", "FAIL_OPEN"].contains(&fail),
+        "{src}: {fail} (FAIL_RELOAD needs Istio >= 1.27; keep the manifests for older ones)"
+    );
+    if must_fail_closed {
+        assert_eq!(
+            fail, "FAIL_CLOSE",
+            "{src}: a security filter must fail closed"
+        );
+    }
+    // The reasoning is written next to the choice.
+    assert!(
+        comment_lines_above(file, "failStrategy:")? >= 2,
+        "{src}: explain the failStrategy in a comment right above it"
+    );
+    Ok(())
+}
+
+/// How many comment lines are right above the first line starting with `field` in `file`.
+fn comment_lines_above(file: &Path, field: &str) -> Result<usize> {
+    let text = std::fs::read_to_string(file)?;
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(field))
+        .with_context(|| format!("{}: no {field} line", rel(file)))?;
+    Ok(lines[..at]
+        .iter()
+        .rev()
+        .take_while(|l| l.trim_start().starts_with('#'))
+        .count())
+}
+
 #[test]
 fn wasmplugins_place_and_pin_each_filter() -> Result<()> {
     for p in plugins()? {
         let s = p.spec();
         let src = p.source();
-        assert_eq!(p.doc["apiVersion"], "extensions.istio.io/v1alpha1", "{src}");
-        assert_eq!(p.doc["kind"], "WasmPlugin", "{src}");
+        check_wasmplugin(
+            &src,
+            &p.file,
+            p.variant,
+            &p.doc,
+            p.shape.image(p.filter),
+            p.filter.must_fail_closed,
+        )?;
         assert_eq!(
             p.doc["metadata"]["name"],
             json!(format!("gatewasm-{}", p.filter.name)),
             "{src}: name"
         );
-        assert_eq!(s["url"], json!(p.filter.istio_url()), "{src}: url");
-        assert!(is_sha256_hex(&s["sha256"]), "{src}: sha256 must be pinned");
-        assert_eq!(s["imagePullPolicy"], "IfNotPresent", "{src}");
         assert_eq!(
             Phase::parse(s["phase"].as_str())?,
             p.filter.phase,
             "{src}: phase"
         );
-        assert!(s["priority"].is_i64(), "{src}: priority must be set");
-        assert!(s.get("pluginConfig").is_some_and(Value::is_object), "{src}");
-        match p.variant {
-            Variant::Ingress => {
-                assert_eq!(
-                    s["selector"],
-                    json!({"matchLabels": {"istio": "ingressgateway"}}),
-                    "{src}"
-                );
-                assert_eq!(p.doc["metadata"]["namespace"], "istio-system", "{src}");
-                assert!(s.get("match").is_none(), "{src}");
-            }
-            Variant::GatewayApi => {
-                let refs = s["targetRefs"].as_array().context("targetRefs")?;
-                assert_eq!(refs.len(), 1, "{src}");
-                assert_eq!(refs[0]["group"], "gateway.networking.k8s.io", "{src}");
-                assert_eq!(refs[0]["kind"], "Gateway", "{src}");
-                assert!(s.get("selector").is_none(), "{src}");
-            }
-            Variant::Sidecar => {
-                assert_eq!(s["match"], json!([{"mode": "SERVER"}]), "{src}");
-                assert!(
-                    s.get("selector").is_none() && s.get("targetRefs").is_none(),
-                    "{src}"
-                );
-            }
+        // The bundle selects the filter by root id; a filter's own module has one root.
+        match p.shape {
+            Shape::Bundle => assert_eq!(s["pluginName"], p.filter.name, "{src}: pluginName"),
+            _ => assert!(s.get("pluginName").is_none(), "{src}: pluginName"),
         }
-        let fail = s["failStrategy"]
-            .as_str()
-            .context("failStrategy must be explicit")?;
-        assert!(
-            ["FAIL_CLOSE", "FAIL_OPEN"].contains(&fail),
-            "{src}: {fail} (FAIL_RELOAD needs Istio >= 1.27; keep the manifests for older ones)"
+    }
+    Ok(())
+}
+
+#[test]
+fn the_chain_wasmplugins_run_every_filter_from_the_bundle_in_one_plugin() -> Result<()> {
+    for p in chain_plugins()? {
+        let s = p.spec();
+        let src = p.source();
+        let filters = p.filters();
+        check_wasmplugin(
+            &src,
+            &p.file,
+            p.variant,
+            &p.doc,
+            BUNDLE,
+            filters.iter().any(|f| f.must_fail_closed),
+        )?;
+        assert_eq!(p.doc["metadata"]["name"], "gatewasm-chain", "{src}: name");
+        assert_eq!(s["pluginName"], CHAIN_ROOT_ID, "{src}: pluginName");
+        assert_eq!(
+            Phase::parse(s["phase"].as_str())?,
+            CHAIN_PHASE,
+            "{src}: phase (deploy::CHAIN_PHASE)"
         );
-        if p.filter.must_fail_closed {
+        assert!(
+            comment_lines_above(&p.file, "phase:")? >= 4,
+            "{src}: say what the chain's phase means for Istio's authn in a comment above it"
+        );
+        // The stages: every filter placed in the variant, in chain order, nothing else.
+        let config = &s["pluginConfig"];
+        let stages = stages_of(&src, config, &filters)?;
+        let expected = json!({"stages": stages
+            .iter()
+            .map(|(f, c)| json!({"filter": f.name, "config": c}))
+            .collect::<Vec<_>>()});
+        assert_eq!(
+            *config, expected,
+            "{src}: pluginConfig holds the stages only"
+        );
+        // Its stages are the separate shape's pluginConfigs of the same variant.
+        for (filter, stage) in stages {
+            let separate = load_one(
+                &Shape::Separate
+                    .dir(p.variant)
+                    .join(format!("{}.yaml", filter.name)),
+            )?;
             assert_eq!(
-                fail, "FAIL_CLOSE",
-                "{src}: a security filter must fail closed"
+                stage, separate["spec"]["pluginConfig"],
+                "{src}: the stage of {} is not the pluginConfig of its separate plugin",
+                filter.name
             );
         }
-        // The reasoning is written next to the choice.
-        let text = std::fs::read_to_string(&p.file)?;
-        let lines: Vec<&str> = text.lines().collect();
-        let at = lines
-            .iter()
-            .position(|l| l.trim_start().starts_with("failStrategy:"))
-            .context("no failStrategy line")?;
-        let comment = lines[..at]
-            .iter()
-            .rev()
-            .take_while(|l| l.trim_start().starts_with('#'));
-        assert!(
-            comment.count() >= 2,
-            "{src}: explain the failStrategy in a comment right above it"
-        );
     }
     Ok(())
 }
@@ -501,71 +736,131 @@ fn wasmplugins_place_and_pin_each_filter() -> Result<()> {
 fn phase_and_priority_run_the_filters_in_chain_order() -> Result<()> {
     // Istio orders WasmPlugins by phase (AUTHN, AUTHZ, STATS, then unspecified at the end)
     // and, within a phase, by descending priority. That must give deploy::FILTERS' order.
-    for &variant in VARIANTS {
-        let mut in_variant: Vec<Plugin> = plugins()?
-            .into_iter()
-            .filter(|p| p.variant == variant)
-            .collect();
-        in_variant.sort_by_key(|p| {
-            (
-                Phase::parse(p.spec()["phase"].as_str()).unwrap_or(Phase::Unspecified),
-                -p.spec()["priority"].as_i64().unwrap_or(0),
-            )
-        });
-        let order: Vec<&str> = in_variant.iter().map(|p| p.filter.name).collect();
-        let want: Vec<&str> = FILTERS
-            .iter()
-            .filter(|f| f.placement(variant).is_some())
-            .map(|f| f.name)
-            .collect();
-        assert_eq!(order, want, "{}: chain order", variant.dir_name());
-        // Equal (phase, priority) pairs would leave the order to Istio's tie-breaking.
-        let keys: BTreeSet<(String, i64)> = in_variant
-            .iter()
-            .map(|p| {
+    for shape in [Shape::Separate, Shape::Bundle] {
+        for &variant in shape.variants() {
+            let mut in_variant: Vec<Plugin> = plugins()?
+                .into_iter()
+                .filter(|p| p.variant == variant && p.shape == shape)
+                .collect();
+            in_variant.sort_by_key(|p| {
                 (
-                    p.spec()["phase"].as_str().unwrap_or("").to_string(),
-                    p.spec()["priority"].as_i64().unwrap_or(0),
+                    Phase::parse(p.spec()["phase"].as_str()).unwrap_or(Phase::Unspecified),
+                    -p.spec()["priority"].as_i64().unwrap_or(0),
                 )
-            })
-            .collect();
-        assert_eq!(
-            keys.len(),
-            in_variant.len(),
-            "{}: tied priorities",
-            variant.dir_name()
-        );
+            });
+            let order: Vec<&str> = in_variant.iter().map(|p| p.filter.name).collect();
+            let want: Vec<&str> = FILTERS
+                .iter()
+                .filter(|f| f.placement(variant).is_some())
+                .map(|f| f.name)
+                .collect();
+            let at = rel(&shape.dir(variant));
+            assert_eq!(order, want, "{at}: chain order");
+            // Equal (phase, priority) pairs would leave the order to Istio's tie-breaking.
+            let keys: BTreeSet<(String, i64)> = in_variant
+                .iter()
+                .map(|p| {
+                    (
+                        p.spec()["phase"].as_str().unwrap_or("").to_string(),
+                        p.spec()["priority"].as_i64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            assert_eq!(keys.len(), in_variant.len(), "{at}: tied priorities");
+        }
     }
+    Ok(())
+}
+
+#[test]
+fn the_bundle_plugins_are_the_separate_ones_loading_the_bundle() -> Result<()> {
+    // Everything but the image and pluginName is the separate plugin's (metadata too, so
+    // applying one shape replaces the other in place).
+    let all = plugins()?;
+    let mut compared = 0;
+    for b in all.iter().filter(|p| p.shape == Shape::Bundle) {
+        let s = all
+            .iter()
+            .find(|p| {
+                p.shape == Shape::Separate
+                    && p.variant == b.variant
+                    && p.filter.name == b.filter.name
+            })
+            .with_context(|| format!("{}: no separate plugin of {}", b.source(), b.filter.name))?;
+        let mut bundle = b.doc.clone();
+        let mut separate = s.doc.clone();
+        for doc in [&mut bundle, &mut separate] {
+            let spec = doc["spec"].as_object_mut().unwrap();
+            for field in ["url", "sha256", "pluginName"] {
+                spec.remove(field);
+            }
+        }
+        assert_eq!(
+            bundle,
+            separate,
+            "{} differs from {} beyond url, sha256 and pluginName",
+            b.source(),
+            s.source()
+        );
+        compared += 1;
+    }
+    assert_eq!(
+        compared,
+        Shape::Bundle
+            .variants()
+            .iter()
+            .map(|&v| manifest_names(Shape::Bundle, v).len())
+            .sum::<usize>()
+    );
     Ok(())
 }
 
 #[test]
 fn gateway_variants_agree() -> Result<()> {
     // The selector and targetRefs variants are the same plugin attached two ways.
+    let attachment_removed = |spec: &Value| {
+        let mut spec = spec.clone();
+        let map = spec.as_object_mut().unwrap();
+        map.remove("selector");
+        map.remove("targetRefs");
+        spec
+    };
     let all = plugins()?;
-    for filter in FILTERS {
-        let get = |v: Variant| {
-            all.iter()
-                .find(|p| p.variant == v && p.filter.name == filter.name)
-                .map(|p| p.spec().clone())
-        };
-        let (Some(mut a), Some(mut b)) = (get(Variant::Ingress), get(Variant::GatewayApi)) else {
-            assert!(
-                filter.placement(Variant::Ingress).is_none()
-                    && filter.placement(Variant::GatewayApi).is_none(),
-                "{}: ships on one kind of gateway but not the other",
-                filter.name
+    for shape in [Shape::Separate, Shape::Bundle] {
+        for filter in FILTERS {
+            let get = |v: Variant| {
+                all.iter()
+                    .find(|p| p.shape == shape && p.variant == v && p.filter.name == filter.name)
+                    .map(|p| attachment_removed(p.spec()))
+            };
+            let (Some(a), Some(b)) = (get(Variant::Ingress), get(Variant::GatewayApi)) else {
+                assert!(
+                    filter.placement(Variant::Ingress).is_none()
+                        && filter.placement(Variant::GatewayApi).is_none(),
+                    "{}: ships on one kind of gateway but not the other",
+                    filter.name
+                );
+                continue;
+            };
+            assert_eq!(
+                a,
+                b,
+                "{} ({} shape): ingress and gateway-api differ beyond the attachment",
+                filter.name,
+                shape.name()
             );
-            continue;
-        };
-        a.as_object_mut().unwrap().remove("selector");
-        b.as_object_mut().unwrap().remove("targetRefs");
-        assert_eq!(
-            a, b,
-            "{}: ingress and gateway-api differ beyond the attachment",
-            filter.name
-        );
+        }
     }
+    let chains = chain_plugins()?;
+    let specs: Vec<Value> = chains
+        .iter()
+        .map(|p| attachment_removed(p.spec()))
+        .collect();
+    assert_eq!(specs.len(), 2);
+    assert_eq!(
+        specs[0], specs[1],
+        "the chain: ingress and gateway-api differ beyond the attachment"
+    );
     Ok(())
 }
 
@@ -587,10 +882,8 @@ fn unknown_keys(v: &Value, known: &[&str], at: &str) -> Vec<String> {
         .unwrap_or_else(|| vec![format!("{at}: must be an object")])
 }
 
-#[test]
-fn envoy_gateway_policy_is_well_formed() -> Result<()> {
-    let policy = eg_policy()?;
-    let src = rel(&deploy::envoy_gateway_policy());
+/// The policy's metadata and targets (CEL: exactly one of targetRef / targetRefs; group, kind).
+fn check_eg_policy(policy: &Value, src: &str) -> Result<()> {
     assert_eq!(
         policy["apiVersion"], "gateway.envoyproxy.io/v1alpha1",
         "{src}"
@@ -604,7 +897,6 @@ fn envoy_gateway_policy_is_well_formed() -> Result<()> {
         "{src}: namespace"
     );
     let spec = &policy["spec"];
-    // CEL: exactly one of targetRef / targetRefs (or targetSelectors); group and kind.
     assert!(spec.get("targetRef").is_none(), "{src}: use targetRefs");
     let refs = spec["targetRefs"].as_array().context("spec.targetRefs")?;
     assert!(!refs.is_empty());
@@ -625,6 +917,58 @@ fn envoy_gateway_policy_is_well_formed() -> Result<()> {
         wasm.len() <= 16,
         "{src}: the CRD allows at most 16 wasm entries"
     );
+    Ok(())
+}
+
+/// One `wasm` entry: known fields only; an image (`image`) with its digest; a config object; an
+/// explicit failOpen, false when `must_fail_closed`.
+fn check_eg_entry(
+    w: &Value,
+    at: &str,
+    src: &str,
+    image: &str,
+    must_fail_closed: bool,
+) -> Result<()> {
+    let mut errors = unknown_keys(w, EEP_WASM_FIELDS, at);
+    errors.extend(unknown_keys(
+        &w["code"],
+        EEP_CODE_FIELDS,
+        &format!("{at}.code"),
+    ));
+    errors.extend(unknown_keys(
+        &w["code"]["image"],
+        EEP_IMAGE_FIELDS,
+        &format!("{at}.code.image"),
+    ));
+    assert!(errors.is_empty(), "{src}: {errors:#?}");
+    // required: code, code.type; CEL: type Image <=> image set, no http.
+    assert_eq!(w["code"]["type"], "Image", "{src} {at}");
+    assert!(w["code"].get("http").is_none(), "{src} {at}");
+    assert_eq!(
+        w["code"]["image"]["url"],
+        json!(deploy::image_ref(image)),
+        "{src} {at}: url"
+    );
+    assert!(
+        is_sha256_hex(&w["code"]["image"]["sha256"]),
+        "{src} {at}: sha256"
+    );
+    assert!(w["config"].is_object(), "{src} {at}: config");
+    let fail_open = w["failOpen"]
+        .as_bool()
+        .context("failOpen must be explicit")?;
+    if must_fail_closed {
+        assert!(!fail_open, "{src} {at}: a security filter must fail closed");
+    }
+    Ok(())
+}
+
+#[test]
+fn envoy_gateway_policy_is_well_formed() -> Result<()> {
+    let policy = eg_policy()?;
+    let src = rel(&deploy::envoy_gateway_policy());
+    check_eg_policy(&policy, &src)?;
+    let wasm = policy["spec"]["wasm"].as_array().context("spec.wasm")?;
     // The list order is the chain order, and every shipped filter is there once.
     let names: Vec<&str> = wasm
         .iter()
@@ -640,38 +984,48 @@ fn envoy_gateway_policy_is_well_formed() -> Result<()> {
     );
     for (i, (w, filter)) in wasm.iter().zip(FILTERS).enumerate() {
         let at = format!("spec.wasm[{i}]");
-        let mut errors = unknown_keys(w, EEP_WASM_FIELDS, &at);
-        errors.extend(unknown_keys(
-            &w["code"],
-            EEP_CODE_FIELDS,
-            &format!("{at}.code"),
-        ));
-        errors.extend(unknown_keys(
-            &w["code"]["image"],
-            EEP_IMAGE_FIELDS,
-            &format!("{at}.code.image"),
-        ));
-        assert!(errors.is_empty(), "{src}: {errors:#?}");
-        // required: code, code.type; CEL: type Image <=> image set, no http.
-        assert_eq!(w["code"]["type"], "Image", "{src} {at}");
-        assert!(w["code"].get("http").is_none(), "{src} {at}");
-        assert_eq!(
-            w["code"]["image"]["url"],
-            json!(filter.image_ref()),
-            "{src} {at}: url"
-        );
+        check_eg_entry(w, &at, &src, filter.name, filter.must_fail_closed)?;
         assert!(
-            is_sha256_hex(&w["code"]["image"]["sha256"]),
-            "{src} {at}: sha256"
+            w.get("rootID").is_none(),
+            "{src} {at}: a filter's own module has one root"
         );
-        assert!(w["config"].is_object(), "{src} {at}: config");
-        let fail_open = w["failOpen"]
-            .as_bool()
-            .context("failOpen must be explicit")?;
-        if filter.must_fail_closed {
-            assert!(!fail_open, "{src} {at}: a security filter must fail closed");
-        }
     }
+    Ok(())
+}
+
+#[test]
+fn envoy_gateway_chain_policy_is_well_formed_and_replaces_the_separate_one() -> Result<()> {
+    let policy = eg_chain_policy()?;
+    let src = rel(&deploy::envoy_gateway_chain_policy());
+    check_eg_policy(&policy, &src)?;
+    let wasm = policy["spec"]["wasm"].as_array().context("spec.wasm")?;
+    assert_eq!(wasm.len(), 1, "{src}: one entry, the chain");
+    let w = &wasm[0];
+    check_eg_entry(
+        w,
+        "spec.wasm[0]",
+        &src,
+        BUNDLE,
+        FILTERS.iter().any(|f| f.must_fail_closed),
+    )?;
+    assert_eq!(w["name"], "gatewasm-chain", "{src}");
+    assert_eq!(w["rootID"], CHAIN_ROOT_ID, "{src}: rootID");
+    // == the chain gateway-chain.yaml runs in the end-to-end suite, as a whole.
+    let tested =
+        deploy::envoy_filter_configuration(Shape::Chain.gateway_config(), "gatewasm.chain")?;
+    assert!(
+        deploy::json_equal(&w["config"], &tested),
+        "{src}: config differs from gatewasm.chain's in envoy-configs/gateway-chain.yaml:\n  policy: {}\n  envoy:  {tested}",
+        w["config"]
+    );
+    // The same object as the separate policy (name, namespace, targets): applying one
+    // replaces the other, as only one policy applies per target.
+    let separate = eg_policy()?;
+    assert_eq!(policy["metadata"], separate["metadata"], "{src}: metadata");
+    assert_eq!(
+        policy["spec"]["targetRefs"], separate["spec"]["targetRefs"],
+        "{src}: targetRefs"
+    );
     Ok(())
 }
 
@@ -732,14 +1086,19 @@ fn plugin_configs_match_the_filter_schemas() -> Result<()> {
 
 #[test]
 fn plugin_configs_are_accepted_by_the_filters() -> Result<()> {
+    let bundle = Module::artifact(BUNDLE)?;
     for site in config_sites()? {
-        let module = Module::artifact(site.filter.name)?;
         // As Istio and Envoy Gateway deliver it: the JSON as a string, and (Istio) no vm_id.
+        // Bundle and chain: gatewasm.wasm with the filter's root id (a chain hands each stage
+        // its config as the filter's own parser takes it; the whole chain is loaded below).
         let config = serde_json::to_vec(&site.config)?;
-        let plugin = PluginConfig::new(&module)
-            .name(&format!("gatewasm.{}", site.filter.name))
-            .vm_id("")
-            .configuration(config);
+        let plugin = match site.shape {
+            Shape::Separate => PluginConfig::new(&Module::artifact(site.filter.name)?),
+            Shape::Bundle | Shape::Chain => PluginConfig::new(&bundle).root_id(site.filter.name),
+        }
+        .name(&format!("gatewasm.{}", site.filter.name))
+        .vm_id("")
+        .configuration(config);
         match Worker::new(&Host::new(), &[plugin]) {
             Ok(_) => {}
             Err(e) => panic!("{}: the filter rejected it: {e:?}", site.source),
@@ -747,15 +1106,125 @@ fn plugin_configs_are_accepted_by_the_filters() -> Result<()> {
     }
     // Negative control: on_configure does reject a bad configuration.
     for filter in FILTERS {
-        let module = Module::artifact(filter.name)?;
-        let plugin = PluginConfig::new(&module).configuration(r#"{"not_a_field":true}"#);
-        assert!(
-            matches!(
-                Worker::new(&Host::new(), &[plugin]),
-                Err(HarnessError::ConfigRejected { .. })
+        for plugin in [
+            PluginConfig::new(&Module::artifact(filter.name)?),
+            PluginConfig::new(&bundle).root_id(filter.name),
+        ] {
+            let plugin = plugin.configuration(r#"{"not_a_field":true}"#);
+            assert!(
+                matches!(
+                    Worker::new(&Host::new(), &[plugin]),
+                    Err(HarnessError::ConfigRejected { .. })
+                ),
+                "{}: an unknown field was not rejected",
+                filter.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every chain configuration that ships: (source, config).
+fn chain_configs() -> Result<Vec<(String, Value)>> {
+    let mut out: Vec<(String, Value)> = chain_plugins()?
+        .into_iter()
+        .map(|p| {
+            (
+                format!("{} (pluginConfig)", p.source()),
+                p.spec()["pluginConfig"].clone(),
+            )
+        })
+        .collect();
+    out.push((
+        format!(
+            "{} (spec.wasm[0].config)",
+            rel(&deploy::envoy_gateway_chain_policy())
+        ),
+        eg_chain_policy()?["spec"]["wasm"][0]["config"].clone(),
+    ));
+    Ok(out)
+}
+
+#[test]
+fn chain_configs_are_accepted_by_the_bundle_in_chain_mode() -> Result<()> {
+    let bundle = Module::artifact(BUNDLE)?;
+    let chain = |config: &Value| -> Result<PluginConfig> {
+        Ok(PluginConfig::new(&bundle)
+            .name("gatewasm-chain")
+            .root_id(CHAIN_ROOT_ID)
+            .vm_id("")
+            .configuration(serde_json::to_vec(config)?))
+    };
+    let configs = chain_configs()?;
+    assert_eq!(configs.len(), Shape::Chain.variants().len() + 1);
+    for (source, config) in &configs {
+        if let Err(e) = Worker::new(&Host::new(), &[chain(config)?]) {
+            panic!("{source}: gatewasm.wasm's chain mode rejected it: {e:?}");
+        }
+        // Negative control: a bad stage is refused, naming the stage and the field.
+        let mut bad = config.clone();
+        bad["stages"][3]["config"]["not_a_field"] = json!(true);
+        match Worker::new(&Host::new(), &[chain(&bad)?]) {
+            Err(HarnessError::ConfigRejected { logs, .. }) => assert!(
+                logs.iter().any(|l| l.message.contains("stages[3].config")),
+                "{source}: the refusal does not name the stage: {logs:?}"
             ),
-            "{}: an unknown field was not rejected",
-            filter.name
+            other => panic!("{source}: a bad stage was not refused: {:?}", other.err()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads `file://` references (the chain schema refers to each filter's schema by path).
+struct FileRetriever;
+
+impl jsonschema::Retrieve for FileRetriever {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let path = uri
+            .as_str()
+            .strip_prefix("file://")
+            .ok_or_else(|| format!("{uri}: only file:// references"))?;
+        Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+    }
+}
+
+#[test]
+fn chain_configs_match_the_chain_schema() -> Result<()> {
+    // hosts/proxy-wasm-bundle/chain.schema.json: the stages, each filter's config by its own
+    // schema (the per-stage checks above apply those directly, too).
+    let path = paths::workspace_root().join("hosts/proxy-wasm-bundle/chain.schema.json");
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path)?).with_context(|| rel(&path))?;
+    let validator = jsonschema::options()
+        .with_base_uri(format!("file://{}", path.display()))
+        .with_retriever(FileRetriever)
+        .build(&schema)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", rel(&path)))?;
+    for (source, config) in chain_configs()? {
+        let errors: Vec<String> = validator
+            .iter_errors(&config)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{source} against {}: {errors:#?}",
+            rel(&path)
+        );
+        // Negative controls: a field the stage's filter does not have; an unknown filter.
+        let mut bad = config.clone();
+        bad["stages"][2]["config"]["not_a_field"] = json!(true);
+        assert!(
+            !validator.is_valid(&bad),
+            "{source}: a bad stage config passes the schema"
+        );
+        let mut bad = config.clone();
+        bad["stages"][0]["filter"] = json!("auth");
+        assert!(
+            !validator.is_valid(&bad),
+            "{source}: an unknown filter passes the schema"
         );
     }
     Ok(())

@@ -1,4 +1,5 @@
-//! The OCI images `just package` builds (tools/xtask/src/oci.rs) and the digests the manifests pin.
+//! The OCI images `just package` builds (tools/xtask/src/oci.rs) and the digests the manifests pin:
+//! one image per filter and the bundle's (`gatewasm`: gatewasm.wasm, every filter in one module).
 //!
 //! - the layout: `oci-layout`, `index.json`, the manifest, config and layer, their media types
 //!   (Istio's compat variant: one `tar+gzip` layer holding `plugin.wasm`), and every digest and
@@ -17,7 +18,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use gatewasm_tests::deploy::{self, FILTERS};
+use gatewasm_tests::deploy;
 use gatewasm_tests::oci::{self, Image, sha256_hex};
 use gatewasm_tests::paths;
 use serde_json::Value;
@@ -50,16 +51,27 @@ fn blob(layout: &Path, desc: &Value) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn wasm_bytes(filter: &deploy::Filter) -> Result<Vec<u8>> {
-    Ok(std::fs::read(paths::wasm_file(&filter.module())?)?)
+/// The module an image holds (`<module>.wasm` in `GATEWASM_WASM_DIR`).
+fn wasm_bytes(image: &str) -> Result<Vec<u8>> {
+    Ok(std::fs::read(paths::wasm_file(&deploy::image_module(
+        image,
+    ))?)?)
+}
+
+/// Every image `just package` builds: each filter's and the bundle's.
+fn image_names() -> Vec<&'static str> {
+    let names = deploy::image_names();
+    assert_eq!(names.len(), deploy::FILTERS.len() + 1);
+    assert!(names.contains(&deploy::BUNDLE), "{names:?}");
+    names
 }
 
 #[test]
 fn images_are_istios_compat_variant_in_an_oci_layout() -> Result<()> {
-    for filter in FILTERS {
-        let image = filter.image()?;
+    for name in image_names() {
+        let image = deploy::image_in(name, &paths::wasm_dir())?;
         let dir = tempfile::tempdir()?;
-        let layout = dir.path().join(filter.name);
+        let layout = dir.path().join(name);
         image.write_layout(&layout)?;
 
         assert_eq!(
@@ -111,8 +123,8 @@ fn images_are_istios_compat_variant_in_an_oci_layout() -> Result<()> {
             (header.uid()?, header.gid()?, header.mode()?),
             (0, 0, 0o644)
         );
-        assert_eq!(oci::wasm_from_layer(&layer)?, wasm_bytes(filter)?);
-        assert_eq!(image.wasm_sha256, sha256_hex(&wasm_bytes(filter)?));
+        assert_eq!(oci::wasm_from_layer(&layer)?, wasm_bytes(name)?, "{name}");
+        assert_eq!(image.wasm_sha256, sha256_hex(&wasm_bytes(name)?));
 
         // Nothing else in blobs/.
         let blobs = std::fs::read_dir(layout.join("blobs/sha256"))?.count();
@@ -123,10 +135,10 @@ fn images_are_istios_compat_variant_in_an_oci_layout() -> Result<()> {
 
 #[test]
 fn images_are_reproducible() -> Result<()> {
-    for filter in FILTERS {
-        let wasm = wasm_bytes(filter)?;
-        let a = Image::build(filter.name, &deploy::image_tag(), &wasm)?;
-        let b = Image::build(filter.name, &deploy::image_tag(), &wasm)?;
+    for name in image_names() {
+        let wasm = wasm_bytes(name)?;
+        let a = Image::build(name, &deploy::image_tag(), &wasm)?;
+        let b = Image::build(name, &deploy::image_tag(), &wasm)?;
         assert_eq!(a.digest(), b.digest());
         assert_eq!(a.layout_files()?, b.layout_files()?);
         assert_eq!(a.archive()?, b.archive()?);
@@ -141,7 +153,7 @@ fn images_are_reproducible() -> Result<()> {
         // A different module is a different image.
         let mut other = wasm.clone();
         other.push(0);
-        let c = Image::build(filter.name, &deploy::image_tag(), &other)?;
+        let c = Image::build(name, &deploy::image_tag(), &other)?;
         assert_ne!(a.digest(), c.digest());
     }
     // Not a Wasm module: refused, as istio-agent would refuse it after pulling.
@@ -169,12 +181,12 @@ fn skopeo(args: &[&str]) -> Result<String> {
 
 #[test]
 fn skopeo_reads_the_layout_and_the_archive() -> Result<()> {
-    for filter in FILTERS {
-        let image = filter.image()?;
+    for name in image_names() {
+        let image = deploy::image_in(name, &paths::wasm_dir())?;
         let dir = tempfile::tempdir()?;
-        let layout = dir.path().join(filter.name);
+        let layout = dir.path().join(name);
         image.write_layout(&layout)?;
-        let archive = dir.path().join(format!("{}.oci.tar", filter.name));
+        let archive = dir.path().join(format!("{name}.oci.tar"));
         std::fs::write(&archive, image.archive()?)?;
 
         for reference in [

@@ -6,6 +6,11 @@
 //! demand: `istio-manifests/{ingress,gateway-api,sidecar}/<name>.yaml`, an entry in the
 //! Envoy Gateway policy and the filter in the Envoy configs the manifests copy their
 //! `pluginConfig` from). `just package` builds its image and pins its digest from then on.
+//!
+//! Besides one image per filter, the filters ship as one more image, [`BUNDLE`] (`gatewasm.wasm`,
+//! hosts/proxy-wasm-bundle: all five in one module), in two [`Shape`]s: bundle mode (one plugin
+//! per filter, each selecting its filter by root id, sharing one VM) and chain mode (one plugin,
+//! root id [`CHAIN_ROOT_ID`], running the filters as stages).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -218,16 +223,12 @@ impl Filter {
 
     /// `<registry>/gatewasm/<name>:<tag>` without a scheme (Envoy Gateway's `image.url`).
     pub fn image_ref(&self) -> String {
-        format!(
-            "{REGISTRY_PLACEHOLDER}/gatewasm/{}:{}",
-            self.name,
-            image_tag()
-        )
+        image_ref(self.name)
     }
 
     /// `oci://<registry>/gatewasm/<name>:<tag>` (Istio's `url`).
     pub fn istio_url(&self) -> String {
-        format!("oci://{}", self.image_ref())
+        istio_url(self.name)
     }
 
     /// Builds this filter's image from the built module (`GATEWASM_WASM_DIR`).
@@ -242,10 +243,110 @@ impl Filter {
 
     /// [`Filter::image`] from the modules in `wasm_dir`.
     pub fn image_in(&self, wasm_dir: &Path) -> Result<Image> {
-        let file = paths::wasm_file_in(wasm_dir, &self.module())?;
-        let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-        Image::build(self.name, &image_tag(), &wasm)
+        image_in(self.name, wasm_dir)
     }
+}
+
+/// The bundle, `gatewasm.wasm` (hosts/proxy-wasm-bundle): every filter of [`FILTERS`] in one
+/// module. Also the name of its image (`gatewasm/gatewasm`) and of its module file.
+pub const BUNDLE: &str = "gatewasm";
+
+/// The bundle's root id for chain mode (Envoy `root_id`, Istio `pluginName`, Envoy Gateway
+/// `rootID`); every other root id is a filter's name (hosts/proxy-wasm-bundle/src/plan.rs).
+pub const CHAIN_ROOT_ID: &str = "chain";
+
+/// The Istio phase of the chain's one WasmPlugin: AUTHN, before Istio's authentication
+/// filters, where the separate shape puts correlation-id, trace-propagation and
+/// jwt-to-header. tenant-routing and rate-limit come with them (they trust only what
+/// jwt-to-header, before them in the chain, put in the request). See istio-manifests/README.md.
+pub const CHAIN_PHASE: Phase = Phase::Authn;
+
+/// How the filters of a gateway are packaged and attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// One module, image and plugin per filter (`gateway.yaml`, `istio-manifests/<variant>/`).
+    Separate,
+    /// The bundle's module for every filter, one plugin per filter selecting it by root id, all
+    /// sharing one VM (`gateway-bundle.yaml`, `istio-manifests/<variant>-bundle/`).
+    Bundle,
+    /// The bundle in chain mode: one plugin, the filters its stages
+    /// (`gateway-chain.yaml`, `istio-manifests/<variant>-chain/`).
+    Chain,
+}
+
+pub const SHAPES: &[Shape] = &[Shape::Separate, Shape::Bundle, Shape::Chain];
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Separate => "separate",
+            Shape::Bundle => "bundle",
+            Shape::Chain => "chain",
+        }
+    }
+
+    /// The edge gateway of `envoy-configs/` in this shape; the end-to-end suite runs all three
+    /// with the same tests.
+    pub fn gateway_config(self) -> &'static str {
+        match self {
+            Shape::Separate => "gateway.yaml",
+            Shape::Bundle => "gateway-bundle.yaml",
+            Shape::Chain => "gateway-chain.yaml",
+        }
+    }
+
+    /// The Istio placements this shape ships in (bundle and chain: the gateways).
+    pub fn variants(self) -> &'static [Variant] {
+        match self {
+            Shape::Separate => VARIANTS,
+            Shape::Bundle | Shape::Chain => &[Variant::Ingress, Variant::GatewayApi],
+        }
+    }
+
+    /// The image `filter`'s plugin loads in this shape.
+    pub fn image(self, filter: &Filter) -> &'static str {
+        match self {
+            Shape::Separate => filter.name,
+            Shape::Bundle | Shape::Chain => BUNDLE,
+        }
+    }
+
+    /// `istio-manifests/<variant>/` (separate), `<variant>-bundle/`, `<variant>-chain/`.
+    pub fn dir(self, variant: Variant) -> PathBuf {
+        match self {
+            Shape::Separate => variant.dir(),
+            Shape::Bundle | Shape::Chain => {
+                istio_manifests_dir().join(format!("{}-{}", variant.dir_name(), self.name()))
+            }
+        }
+    }
+}
+
+/// Every image `just package` builds: one per filter (its own module), then the bundle's.
+pub fn image_names() -> Vec<&'static str> {
+    FILTERS.iter().map(|f| f.name).chain([BUNDLE]).collect()
+}
+
+/// `<registry>/gatewasm/<image>:<tag>` without a scheme (Envoy Gateway's `image.url`).
+pub fn image_ref(image: &str) -> String {
+    format!("{REGISTRY_PLACEHOLDER}/gatewasm/{image}:{}", image_tag())
+}
+
+/// `oci://<registry>/gatewasm/<image>:<tag>` (Istio's `url`).
+pub fn istio_url(image: &str) -> String {
+    format!("oci://{}", image_ref(image))
+}
+
+/// The `.wasm` base name an image holds (`correlation_id`, `gatewasm`).
+pub fn image_module(image: &str) -> String {
+    image.replace('-', "_")
+}
+
+/// The image `image` (a name of [`image_names`]) from the modules in `wasm_dir`.
+pub fn image_in(image: &str, wasm_dir: &Path) -> Result<Image> {
+    let file = paths::wasm_file_in(wasm_dir, &image_module(image))?;
+    let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    Image::build(image, &image_tag(), &wasm)
 }
 
 /// The filter of that name.
@@ -311,6 +412,14 @@ pub fn envoy_gateway_policy() -> PathBuf {
     envoy_gateway_dir().join("envoy-extension-policy.yaml")
 }
 
+/// The Envoy Gateway policy of the chain shape: one `wasm` entry, the bundle in chain mode. In a
+/// directory of its own, so `kubectl apply -f envoy-configs/envoy-gateway/` applies one policy.
+pub fn envoy_gateway_chain_policy() -> PathBuf {
+    envoy_gateway_dir()
+        .join("chain")
+        .join("envoy-extension-policy.yaml")
+}
+
 /// Every `*.yaml` under `dir` (recursively, sorted), except `kustomization.yaml`.
 pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
@@ -359,36 +468,36 @@ pub fn parse_yaml_docs(text: &str) -> Result<Vec<Value>> {
     Ok(docs)
 }
 
-/// The filter an image reference names (`…/gatewasm/<filter>:…` or `…@…`).
-fn filter_of_url(url: &str) -> Option<&'static Filter> {
+/// The image (of [`image_names`]) an image reference names (`…/gatewasm/<image>:…` or `…@…`).
+fn image_of_url(url: &str) -> Option<&'static str> {
     let rest = &url[url.find("/gatewasm/")? + "/gatewasm/".len()..];
     let name = rest.split([':', '@']).next()?;
-    FILTERS.iter().find(|f| f.name == name)
+    image_names().into_iter().find(|i| *i == name)
 }
 
 /// Rewrites every `sha256: …` line of a manifest to the digest of the image named by the
-/// closest `url: …/gatewasm/<filter>:…` line above it. Comments and layout are kept.
+/// closest `url: …/gatewasm/<image>:…` line above it. Comments and layout are kept.
 /// Returns the new text; fails on a `sha256:` with no such `url:` before it.
 pub fn rewrite_digests(text: &str, digests: &BTreeMap<String, String>) -> Result<String> {
     let mut out = String::with_capacity(text.len());
-    let mut current: Option<&'static Filter> = None;
+    let mut current: Option<&'static str> = None;
     for (n, line) in text.split_inclusive('\n').enumerate() {
         let trimmed = line.trim_start();
         let body = trimmed.trim_start_matches("- ");
         if line.starts_with("---") {
             current = None;
         } else if let Some(url) = body.strip_prefix("url:") {
-            current = filter_of_url(url.trim().trim_matches('"'));
+            current = image_of_url(url.trim().trim_matches('"'));
         } else if let Some(old) = body.strip_prefix("sha256:") {
-            let filter = current.with_context(|| {
+            let image = current.with_context(|| {
                 format!(
-                    "line {}: a sha256 field with no `url: …/gatewasm/<filter>:…` line before it",
+                    "line {}: a sha256 field with no `url: …/gatewasm/<image>:…` line before it",
                     n + 1
                 )
             })?;
             let digest = digests
-                .get(filter.name)
-                .with_context(|| format!("no image digest for {}", filter.name))?;
+                .get(image)
+                .with_context(|| format!("no image digest for {image}"))?;
             let indent = &line[..line.len() - trimmed.len()];
             let prefix = &trimmed[..trimmed.len() - body.len()];
             // Keep whatever follows the value (a comment, with its spacing).
@@ -411,11 +520,11 @@ pub fn rewrite_digests(text: &str, digests: &BTreeMap<String, String>) -> Result
     Ok(out)
 }
 
-/// The images of every filter (from the modules in `wasm_dir`), by filter name.
+/// Every image of [`image_names`] (from the modules in `wasm_dir`), by name.
 pub fn images(wasm_dir: &Path) -> Result<BTreeMap<String, Image>> {
-    FILTERS
-        .iter()
-        .map(|f| Ok((f.name.to_string(), f.image_in(wasm_dir)?)))
+    image_names()
+        .into_iter()
+        .map(|name| Ok((name.to_string(), image_in(name, wasm_dir)?)))
         .collect()
 }
 
@@ -433,9 +542,8 @@ pub fn stale_manifests(digests: &BTreeMap<String, String>) -> Result<Vec<(PathBu
     Ok(stale)
 }
 
-/// The JSON configuration of the HTTP filter (or ECDS resource) `filter_name` in `envoy-configs/<config>`
-/// (rendered with dummy ports and paths), parsed.
-pub fn envoy_filter_configuration(config: &str, filter_name: &str) -> Result<Value> {
+/// The YAML documents of `envoy-configs/<config>`, rendered with dummy ports and paths, as JSON.
+pub fn rendered_envoy_config(config: &str) -> Result<Vec<Value>> {
     let template = std::fs::read_to_string(paths::envoy_configs_dir().join(config))
         .with_context(|| format!("reading envoy-configs/{config}"))?;
     let vars: crate::render::Vars = [
@@ -451,7 +559,13 @@ pub fn envoy_filter_configuration(config: &str, filter_name: &str) -> Result<Val
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let rendered = crate::render::render(&template, &vars)?;
-    let docs = parse_yaml_docs(&rendered).with_context(|| format!("parsing {config}"))?;
+    parse_yaml_docs(&rendered).with_context(|| format!("parsing {config}"))
+}
+
+/// The JSON configuration of the HTTP filter (or ECDS resource) `filter_name` in `envoy-configs/<config>`
+/// (rendered with dummy ports and paths), parsed.
+pub fn envoy_filter_configuration(config: &str, filter_name: &str) -> Result<Value> {
+    let docs = rendered_envoy_config(config)?;
     let mut found = Vec::new();
     for doc in &docs {
         collect_http_filters(doc, filter_name, &mut found);
@@ -461,21 +575,51 @@ pub fn envoy_filter_configuration(config: &str, filter_name: &str) -> Result<Val
         "envoy-configs/{config}: expected exactly one HTTP filter named {filter_name}, found {}",
         found.len()
     );
-    let wasm = &found[0];
-    let configuration = wasm
+    wasm_filter_configuration(&found[0]).with_context(|| format!("envoy-configs/{config}"))
+}
+
+/// The JSON configuration of a Wasm HTTP filter (or ECDS resource): its
+/// `typed_config.config.configuration`, a `StringValue` of JSON (as Istio and Envoy Gateway
+/// pass it), parsed.
+pub fn wasm_filter_configuration(filter: &Value) -> Result<Value> {
+    let name = filter["name"].as_str().unwrap_or("?");
+    let configuration = filter
         .pointer("/typed_config/config/configuration")
-        .with_context(|| format!("{config}: {filter_name} has no config.configuration"))?;
+        .with_context(|| format!("{name} has no config.configuration"))?;
     ensure!(
         configuration.get("@type").and_then(Value::as_str)
             == Some("type.googleapis.com/google.protobuf.StringValue"),
-        "{config}: {filter_name}'s configuration is not a StringValue (Istio and EG pass a JSON string)"
+        "{name}'s configuration is not a StringValue (Istio and EG pass a JSON string)"
     );
     let value = configuration
         .get("value")
         .and_then(Value::as_str)
-        .with_context(|| format!("{config}: {filter_name} configuration has no string value"))?;
-    serde_json::from_str(value)
-        .with_context(|| format!("{config}: {filter_name}'s configuration is not JSON"))
+        .with_context(|| format!("{name}'s configuration has no string value"))?;
+    serde_json::from_str(value).with_context(|| format!("{name}'s configuration is not JSON"))
+}
+
+/// The stages of a chain-mode configuration (`{"stages": [{"filter": …, "config": …}, …]}`):
+/// (filter name, its configuration; `{}` when absent).
+pub fn chain_stages(config: &Value) -> Result<Vec<(String, Value)>> {
+    let stages = config["stages"]
+        .as_array()
+        .context("a chain configuration without a `stages` list")?;
+    stages
+        .iter()
+        .enumerate()
+        .map(|(i, stage)| {
+            let filter = stage["filter"]
+                .as_str()
+                .with_context(|| format!("stages[{i}] has no filter name"))?;
+            let config = stage.get("config").cloned().unwrap_or(Value::Null);
+            let config = if config.is_null() {
+                Value::Object(Default::default())
+            } else {
+                config
+            };
+            Ok((filter.to_string(), config))
+        })
+        .collect()
 }
 
 fn collect_http_filters(v: &Value, name: &str, out: &mut Vec<Value>) {
@@ -527,9 +671,10 @@ mod tests {
     use super::*;
 
     fn digests() -> BTreeMap<String, String> {
-        FILTERS
-            .iter()
-            .map(|f| (f.name.to_string(), "0".repeat(64)))
+        image_names()
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| (name.to_string(), i.to_string().repeat(64)))
             .collect()
     }
 
@@ -549,13 +694,20 @@ wasm:
       sha256: \"bbbb\"
 ";
         let new = rewrite_digests(text, &digests())?;
-        let zeros = "0".repeat(64);
+        let zeros = "0".repeat(64); // correlation-id's
         assert!(new.contains(&format!("  sha256: {zeros}  # pinned by just package\n")));
         assert!(new.contains(&format!("      sha256: {zeros}\n")));
         assert!(
             new.starts_with("# c\nspec:\n  url: oci://r.example/gatewasm/correlation-id:0.1.0\n")
         );
         assert_eq!(rewrite_digests(&new, &digests())?, new);
+        // The bundle's image is pinned like a filter's.
+        let bundle = "url: oci://r/gatewasm/gatewasm:0.1.0\nsha256: aa\n";
+        let bundle_digest = &digests()[BUNDLE];
+        assert_eq!(
+            rewrite_digests(bundle, &digests())?,
+            format!("url: oci://r/gatewasm/gatewasm:0.1.0\nsha256: {bundle_digest}\n")
+        );
         Ok(())
     }
 
@@ -572,7 +724,7 @@ wasm:
             "url: oci://r/gatewasm/not-a-filter:1\nsha256: aa\n",
             &digests(),
         );
-        assert!(err.is_err(), "an image of no shipped filter");
+        assert!(err.is_err(), "an image nobody builds");
     }
 
     #[test]

@@ -1,13 +1,14 @@
-//! `just package`: builds a reproducible OCI image of every shipped filter and pins its digest
-//! in the Istio and Envoy Gateway manifests.
+//! `just package`: builds a reproducible OCI image of every shipped filter and of the bundle
+//! (`gatewasm`: gatewasm.wasm, all the filters in one module) and pins their digests in the
+//! Istio and Envoy Gateway manifests.
 //!
 //! ```text
 //! package-oci [--out DIR] [--check]
 //! ```
 //!
 //! - Reads `<module>.wasm` from `GATEWASM_WASM_DIR` (default `target/wasm32-wasip1/release`).
-//! - Writes, per filter, the OCI image layout `DIR/<filter>/` and the same layout as one tar,
-//!   `DIR/<filter>.oci.tar` (default DIR: `target/oci`).
+//! - Writes, per image (each filter's, and `gatewasm`), the OCI image layout `DIR/<image>/` and
+//!   the same layout as one tar, `DIR/<image>.oci.tar` (default DIR: `target/oci`).
 //! - Prints each image's manifest digest (the value of a WasmPlugin's `sha256`) and the
 //!   sha256 of the `.wasm` itself.
 //! - Rewrites the `sha256:` fields of `istio-manifests/**/*.yaml` and
@@ -51,7 +52,7 @@ fn run() -> Result<ExitCode> {
     let mut digests = std::collections::BTreeMap::new();
     println!(
         "{:<20} {:<73} wasm sha256 (of {})",
-        "filter",
+        "image",
         "image digest (WasmPlugin / Envoy Gateway sha256)",
         wasm_dir.display()
     );
@@ -68,7 +69,7 @@ fn run() -> Result<ExitCode> {
     }
     if !check {
         println!(
-            "images: {}/<filter>/ (OCI layout) and {}/<filter>.oci.tar",
+            "images: {}/<image>/ (OCI layout) and {}/<image>.oci.tar",
             out.display(),
             out.display()
         );
