@@ -141,7 +141,10 @@ pub fn gateway_costs(mut tokens: impl FnMut() -> Result<String>) -> Result<Harne
     ));
     let (bundle, chain) = gateway_bundle_plugins()?;
     cases.push((format!("gatewasm bundle ({})", bundle.len()), bundle));
-    cases.push((format!("gatewasm chain mode ({})", plugins.len()), vec![chain]));
+    cases.push((
+        format!("gatewasm chain mode ({})", plugins.len()),
+        vec![chain],
+    ));
     let mut out = Vec::new();
     for (name, chain) in cases {
         let mut w = worker(&chain)?;

@@ -20,10 +20,12 @@ use proxy_wasm::types::{Action, BufferType, ContextType, MapType, MetricType, St
 
 use crate::clock::{unix_millis, unix_nanos};
 use crate::config::{ConfigError, parse_or_log};
-use crate::metrics::counter_id;
 use crate::host::get_header_map;
+use crate::metrics::counter_id;
 use crate::rng;
-use crate::stage::{CALL_NOT_SENT, Counter, Effects, Flow, HeaderEdit, SetResult, Stage, StageHost};
+use crate::stage::{
+    CALL_NOT_SENT, Counter, Effects, Flow, HeaderEdit, SetResult, Stage, StageHost,
+};
 
 /// The body of every filter's `on_configure`: read the plugin configuration from the host and
 /// `parse` it. `None` (the root context then returns `false`) after logging

@@ -95,11 +95,13 @@ pub struct Effects<'a> {
 
 impl<'a> Effects<'a> {
     pub fn set_request(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, [u8]>>) {
-        self.request.push(HeaderEdit::Set(name.into(), value.into()));
+        self.request
+            .push(HeaderEdit::Set(name.into(), value.into()));
     }
 
     pub fn add_request(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, [u8]>>) {
-        self.request.push(HeaderEdit::Add(name.into(), value.into()));
+        self.request
+            .push(HeaderEdit::Add(name.into(), value.into()));
     }
 
     pub fn remove_request(&mut self, name: impl Into<Cow<'a, str>>) {
@@ -107,18 +109,28 @@ impl<'a> Effects<'a> {
     }
 
     pub fn set_response(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, [u8]>>) {
-        self.response.push(HeaderEdit::Set(name.into(), value.into()));
+        self.response
+            .push(HeaderEdit::Set(name.into(), value.into()));
     }
 
     pub fn add_response(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, [u8]>>) {
-        self.response.push(HeaderEdit::Add(name.into(), value.into()));
+        self.response
+            .push(HeaderEdit::Add(name.into(), value.into()));
     }
 
     /// The effects with their own copies of what they borrowed.
     pub fn into_owned(self) -> Effects<'static> {
         Effects {
-            request: self.request.into_iter().map(HeaderEdit::into_owned).collect(),
-            response: self.response.into_iter().map(HeaderEdit::into_owned).collect(),
+            request: self
+                .request
+                .into_iter()
+                .map(HeaderEdit::into_owned)
+                .collect(),
+            response: self
+                .response
+                .into_iter()
+                .map(HeaderEdit::into_owned)
+                .collect(),
             clear_route_cache: self.clear_route_cache,
             reply: self.reply,
             counters: self.counters,
@@ -339,9 +351,13 @@ impl HeaderList {
 
     /// Whether `name` has a value now.
     fn present(&self, name: &str) -> bool {
-        let in_base = self.index.iter().zip(&self.hidden).any(|(&[n0, n1, ..], &hidden)| {
-            !hidden && self.base.get(n0..n1) == Some(name.as_bytes())
-        });
+        let in_base = self
+            .index
+            .iter()
+            .zip(&self.hidden)
+            .any(|(&[n0, n1, ..], &hidden)| {
+                !hidden && self.base.get(n0..n1) == Some(name.as_bytes())
+            });
         in_base
             || self
                 .written
@@ -491,7 +507,11 @@ mod tests {
         h.apply(&add("cookie", "a=1"));
         assert_eq!(
             h.pairs(),
-            vec![(":path", &b"/"[..]), ("x-request-id", b"generated"), ("cookie", b"a=1")]
+            vec![
+                (":path", &b"/"[..]),
+                ("x-request-id", b"generated"),
+                ("cookie", b"a=1")
+            ]
         );
         // Removing a header that is not there changes nothing and costs no host call.
         assert_eq!(

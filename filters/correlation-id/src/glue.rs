@@ -36,7 +36,9 @@ impl StageFilter for Filter {
 
     fn configure(bytes: Option<&[u8]>) -> Result<CorrelationId, ConfigError> {
         let settings = parse_settings(bytes)?;
-        Ok(CorrelationId::new(settings, |name| glue::counter(FILTER, name)))
+        Ok(CorrelationId::new(settings, |name| {
+            glue::counter(FILTER, name)
+        }))
     }
 
     /// Before any configuration: the defaults, without counters.

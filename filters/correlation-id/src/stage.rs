@@ -134,13 +134,15 @@ impl Stage for CorrelationId {
         let settings = &self.settings;
         // Duplicates must be detected (Envoy's single-value lookup returns the first copy
         // only), so the whole list is looked at; only a kept ID is copied.
-        let plan = plan_request(settings.trust_incoming, settings.max_length, || {
-            match single_value(headers.iter().copied(), &settings.header) {
+        let plan = plan_request(
+            settings.trust_incoming,
+            settings.max_length,
+            || match single_value(headers.iter().copied(), &settings.header) {
                 Occurrence::Once(value) => Occurrence::Once(value.to_vec()),
                 Occurrence::Repeated(n) => Occurrence::Repeated(n),
                 Occurrence::Absent => Occurrence::Absent,
-            }
-        });
+            },
+        );
         let outcome = match plan {
             Plan::Keep(value) => {
                 stream.id = Some(RequestId::Incoming(value));
@@ -172,7 +174,12 @@ impl Stage for CorrelationId {
         Flow::Continue
     }
 
-    fn on_response_headers<'s>(&'s self, stream: &mut Stream, host: &mut dyn StageHost, fx: &mut Effects<'s>) {
+    fn on_response_headers<'s>(
+        &'s self,
+        stream: &mut Stream,
+        host: &mut dyn StageHost,
+        fx: &mut Effects<'s>,
+    ) {
         if !self.settings.echo_downstream {
             return;
         }
@@ -184,7 +191,10 @@ impl Stage for CorrelationId {
         }
         if let Some(id) = &stream.id {
             // Set, not add: any value the upstream sent is replaced.
-            fx.set_response(self.settings.response_header.as_str(), id.as_bytes().to_vec());
+            fx.set_response(
+                self.settings.response_header.as_str(),
+                id.as_bytes().to_vec(),
+            );
         }
     }
 }

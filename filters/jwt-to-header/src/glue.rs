@@ -50,7 +50,9 @@ pub fn configure_stage(bytes: Option<&[u8]>) -> Result<JwtToHeader, gatewasm_com
     for warning in &settings.warnings {
         log::warn!("{FILTER}: {warning}");
     }
-    Ok(JwtToHeader::new(settings, |name| glue::counter(FILTER, name)))
+    Ok(JwtToHeader::new(settings, |name| {
+        glue::counter(FILTER, name)
+    }))
 }
 
 /// Whether the stage needs ticks (some provider has `remote_jwks`).
@@ -203,7 +205,14 @@ fn finish_fetch(
             break;
         }
     }
-    increment(if ok { metrics.fetch_ok } else { metrics.fetch_failed }.0);
+    increment(
+        if ok {
+            metrics.fetch_ok
+        } else {
+            metrics.fetch_failed
+        }
+        .0,
+    );
     if let (Some((keys, _)), Some(meta)) = (fetched, written) {
         shared.borrow_mut().install(idx, meta.version, keys);
     }

@@ -249,7 +249,12 @@ impl NativeVerifier for HostNative<'_> {
 }
 
 /// The refusal as a local reply.
-fn deny<'s>(settings: &'s Settings, metrics: &Metrics, denial: &Denial, fx: &mut Effects<'s>) -> Flow {
+fn deny<'s>(
+    settings: &'s Settings,
+    metrics: &Metrics,
+    denial: &Denial,
+    fx: &mut Effects<'s>,
+) -> Flow {
     fx.count(
         metrics
             .denied
@@ -264,14 +269,22 @@ fn deny<'s>(settings: &'s Settings, metrics: &Metrics, denial: &Denial, fx: &mut
     }
     let extra = reply::headers(&settings.realm, denial);
     let mut headers = Vec::with_capacity(1 + extra.len());
-    headers.push((JSON_CONTENT_TYPE.0.to_owned(), JSON_CONTENT_TYPE.1.to_owned()));
+    headers.push((
+        JSON_CONTENT_TYPE.0.to_owned(),
+        JSON_CONTENT_TYPE.1.to_owned(),
+    ));
     headers.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
     fx.reply(denial.reason.status(), headers, reply::body(denial));
     Flow::Reply
 }
 
 /// The claim headers of an allowed token, and the token's removal.
-fn allow<'s>(settings: &'s Settings, headers: &[(&str, &[u8])], a: &Allowed<'_>, fx: &mut Effects<'s>) {
+fn allow<'s>(
+    settings: &'s Settings,
+    headers: &[(&str, &[u8])],
+    a: &Allowed<'_>,
+    fx: &mut Effects<'s>,
+) {
     for v in &a.verified {
         let Some(p) = settings.providers.get(v.provider) else {
             continue;

@@ -8,9 +8,7 @@
 use std::cell::RefCell;
 
 use gatewasm_common::reply::{JSON_CONTENT_TYPE, json_error_body};
-use gatewasm_common::stage::{
-    CALL_NOT_SENT, Counter, Effects, Flow, GrpcCall, Stage, StageHost,
-};
+use gatewasm_common::stage::{CALL_NOT_SENT, Counter, Effects, Flow, GrpcCall, Stage, StageHost};
 
 use crate::config::{ClientIpConfig, HeaderFormat, Mode, Policy, Settings};
 use crate::key::{IpPrefix, KeySeed};
@@ -188,7 +186,13 @@ impl RateLimit {
     }
 
     /// Record one service answer for `rule_index`.
-    fn record<'s>(&'s self, stream: &mut Stream, rule_index: usize, answer: Answer, fx: &mut Effects<'s>) {
+    fn record<'s>(
+        &'s self,
+        stream: &mut Stream,
+        rule_index: usize,
+        answer: Answer,
+        fx: &mut Effects<'s>,
+    ) {
         let Some(rule) = self.settings.rules.get(rule_index) else {
             return;
         };
@@ -297,9 +301,7 @@ impl RateLimit {
         // The first value of a name replaces what the client sent (see `request_header_ops`).
         for (op, name, value) in request_header_ops(&global.request_headers) {
             match op {
-                HeaderOp::Replace => {
-                    fx.set_request(name.to_owned(), value.as_bytes().to_vec())
-                }
+                HeaderOp::Replace => fx.set_request(name.to_owned(), value.as_bytes().to_vec()),
                 HeaderOp::Append => fx.add_request(name.to_owned(), value.as_bytes().to_vec()),
             }
         }

@@ -245,7 +245,10 @@ mod tests {
         stage.on_response_headers(&mut stream, &mut FakeHost, &mut fx);
         assert_eq!(
             fx.response,
-            vec![HeaderEdit::Set("x-trace-id".into(), TRACE.as_bytes().into())]
+            vec![HeaderEdit::Set(
+                "x-trace-id".into(),
+                TRACE.as_bytes().into()
+            )]
         );
         assert!(fx.counters.is_empty());
     }

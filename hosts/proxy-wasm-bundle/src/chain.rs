@@ -19,7 +19,9 @@ use std::rc::{Rc, Weak};
 
 use gatewasm_common::glue::{self, HostCalls, StageFilter};
 use gatewasm_common::host::get_header_map;
-use gatewasm_common::stage::{CALL_NOT_SENT, Effects, Flow, HeaderEdit, HeaderList, LocalReply, Stage, StageHost};
+use gatewasm_common::stage::{
+    CALL_NOT_SENT, Effects, Flow, HeaderEdit, HeaderList, LocalReply, Stage, StageHost,
+};
 use gatewasm_common::{ConfigError, config::parse_or_log};
 use jwt_to_header::stage::JwtToHeader;
 use proxy_wasm::hostcalls;
@@ -73,8 +75,11 @@ impl StageHost for PassHost {
 /// stage's request edits to the chain's header list (the next stage reads them there) and
 /// returns the rest of its effects with their own copies of what they borrowed.
 trait Bound {
-    fn request(&mut self, headers: &mut HeaderList, host: &mut dyn StageHost)
-    -> (Effects<'static>, Flow);
+    fn request(
+        &mut self,
+        headers: &mut HeaderList,
+        host: &mut dyn StageHost,
+    ) -> (Effects<'static>, Flow);
     fn response(&mut self, host: &mut dyn StageHost) -> Effects<'static>;
     fn grpc_answer(
         &mut self,
@@ -230,18 +235,18 @@ impl Compiled {
     fn configure(plan: &StagePlan) -> Result<Compiled, ConfigError> {
         let bytes = plan.config.as_deref();
         Ok(match plan.kind {
-            FilterKind::CorrelationId => Compiled::CorrelationId(Rc::new(
-                correlation_id::glue::Filter::configure(bytes)?,
-            )),
+            FilterKind::CorrelationId => {
+                Compiled::CorrelationId(Rc::new(correlation_id::glue::Filter::configure(bytes)?))
+            }
             FilterKind::TracePropagation => Compiled::TracePropagation(Rc::new(
                 trace_propagation::glue::Filter::configure(bytes)?,
             )),
             FilterKind::JwtToHeader => {
                 Compiled::JwtToHeader(Rc::new(jwt_to_header::glue::configure_stage(bytes)?))
             }
-            FilterKind::TenantRouting => Compiled::TenantRouting(Rc::new(
-                tenant_routing::glue::Filter::configure(bytes)?,
-            )),
+            FilterKind::TenantRouting => {
+                Compiled::TenantRouting(Rc::new(tenant_routing::glue::Filter::configure(bytes)?))
+            }
             FilterKind::RateLimit => {
                 Compiled::RateLimit(Rc::new(rate_limit::glue::Filter::configure(bytes)?))
             }
@@ -393,22 +398,24 @@ impl RootContext for ChainRoot {
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(ChainStream {
             run: self.chain.as_ref().map(|chain| {
-                Rc::new_cyclic(|this| RefCell::new(Run {
-                    context_id,
-                    this: this.clone(),
-                    registry: Rc::clone(&self.waiting),
-                    stages: chain.stages.iter().map(|s| s.bind(context_id)).collect(),
-                    chain: Rc::clone(chain),
-                    headers: HeaderList::default(),
-                    next: 0,
-                    seen: 0,
-                    route_changed: false,
-                    counters: Vec::new(),
-                    response: Vec::new(),
-                    pending: Vec::new(),
-                    waiting_for_keys: false,
-                    host: PassHost::default(),
-                }))
+                Rc::new_cyclic(|this| {
+                    RefCell::new(Run {
+                        context_id,
+                        this: this.clone(),
+                        registry: Rc::clone(&self.waiting),
+                        stages: chain.stages.iter().map(|s| s.bind(context_id)).collect(),
+                        chain: Rc::clone(chain),
+                        headers: HeaderList::default(),
+                        next: 0,
+                        seen: 0,
+                        route_changed: false,
+                        counters: Vec::new(),
+                        response: Vec::new(),
+                        pending: Vec::new(),
+                        waiting_for_keys: false,
+                        host: PassHost::default(),
+                    })
+                })
             }),
         }))
     }

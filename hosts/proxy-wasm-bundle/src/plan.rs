@@ -114,9 +114,10 @@ pub fn parse_chain(bytes: Option<&[u8]>) -> Result<Vec<StagePlan>, ConfigError> 
         }
         let config = match entry.config {
             None | Some(serde_json::Value::Null) => None,
-            Some(value) => Some(serde_json::to_vec(&value).map_err(|e| {
-                ConfigError::new(format!("stages[{i}].config"), e.to_string())
-            })?),
+            Some(value) => Some(
+                serde_json::to_vec(&value)
+                    .map_err(|e| ConfigError::new(format!("stages[{i}].config"), e.to_string()))?,
+            ),
         };
         plans.push(StagePlan {
             kind: entry.filter,
@@ -149,10 +150,7 @@ mod tests {
     #[test]
     fn root_ids_name_a_filter_or_the_chain() {
         assert_eq!(role("chain"), Ok(Role::Chain));
-        assert_eq!(
-            role("rate-limit"),
-            Ok(Role::Filter(FilterKind::RateLimit))
-        );
+        assert_eq!(role("rate-limit"), Ok(Role::Filter(FilterKind::RateLimit)));
         let err = role("").unwrap_err();
         assert!(err.contains("root_id \"\" names no filter"), "{err}");
         assert!(err.contains("correlation-id, trace-propagation"), "{err}");
@@ -181,10 +179,8 @@ mod tests {
         assert!(err.to_string().contains("unknown field `stage`"), "{err}");
         let err = parse(r#"{"stages": [{"filter": "auth"}]}"#).unwrap_err();
         assert_eq!(err.path(), "stages[0].filter");
-        let err = parse(
-            r#"{"stages": [{"filter": "rate-limit"}, {"filter": "rate-limit"}]}"#,
-        )
-        .unwrap_err();
+        let err = parse(r#"{"stages": [{"filter": "rate-limit"}, {"filter": "rate-limit"}]}"#)
+            .unwrap_err();
         assert_eq!(err.path(), "stages[1].filter");
         assert!(err.message().contains("appears twice"), "{err}");
     }

@@ -108,7 +108,10 @@ fn run(host: &Host, plugins: &[PluginConfig], headers: &[(&str, &str)]) -> (Stre
 fn stages() -> Vec<(&'static str, Value)> {
     vec![
         ("correlation-id", json!({})),
-        ("trace-propagation", json!({"response_header": "x-trace-id"})),
+        (
+            "trace-propagation",
+            json!({"response_header": "x-trace-id"}),
+        ),
         ("jwt-to-header", jwt_config(json!({"jwks": demo_jwks()}))),
         ("tenant-routing", tenant_config()),
         (
@@ -157,8 +160,8 @@ fn a_filter_root_id_refuses_what_its_own_module_refuses_in_the_same_words() {
     let bundle = PluginConfig::new(&testing::module("gatewasm"))
         .root_id("correlation-id")
         .configuration(r#"{"max_length": 0}"#);
-    let own = PluginConfig::new(&testing::module("correlation-id"))
-        .configuration(r#"{"max_length": 0}"#);
+    let own =
+        PluginConfig::new(&testing::module("correlation-id")).configuration(r#"{"max_length": 0}"#);
     let lines = refusal(bundle);
     assert_eq!(lines, refusal(own));
     assert!(lines[0].starts_with("correlation-id: invalid plugin configuration: max_length"));
@@ -186,7 +189,11 @@ fn the_three_shapes_agree_on_a_gateway_request() {
         assert_eq!(up.get_all("x-request-id").len(), 1, "{shape}");
         assert_eq!(up.get_all("traceparent").len(), 1, "{shape}");
         let client = view.client_response_headers.clone().unwrap();
-        assert_eq!(client.get("x-request-id"), up.get("x-request-id"), "{shape}");
+        assert_eq!(
+            client.get("x-request-id"),
+            up.get("x-request-id"),
+            "{shape}"
+        );
         assert_eq!(client.get_all("x-trace-id").len(), 1, "{shape}");
         assert!(client.get("ratelimit").is_some() || client.get("ratelimit-remaining").is_some());
         let counters = [
@@ -220,11 +227,19 @@ fn a_local_reply_stops_later_stages_and_earlier_stages_still_answer_on_the_respo
         assert_eq!(view.status(), Some(401), "{shape}");
         assert!(view.upstream_request_headers.is_none(), "{shape}");
         let client = view.client_response_headers.clone().unwrap();
-        assert_eq!(client.get("x-request-id").as_deref(), Some("call-1"), "{shape}");
+        assert_eq!(
+            client.get("x-request-id").as_deref(),
+            Some("call-1"),
+            "{shape}"
+        );
         assert_eq!(client.get_all("x-trace-id").len(), 1, "{shape}");
         assert!(client.get("www-authenticate").is_some(), "{shape}");
         assert_eq!(host.counter("gatewasm_tenant_routing_requests_acme"), 0);
-        assert_eq!(host.counter("gatewasm_correlation_id_preserved"), 1, "{shape}");
+        assert_eq!(
+            host.counter("gatewasm_correlation_id_preserved"),
+            1,
+            "{shape}"
+        );
     }
 }
 
@@ -281,7 +296,12 @@ fn a_chain_waiting_for_keys_resumes_at_the_next_stage() {
     let auth = format!("Bearer {TOKEN}");
     w.send_request_headers(
         id,
-        &[(":method", "GET"), (":path", "/api"), (":authority", "a"), ("authorization", &auth)],
+        &[
+            (":method", "GET"),
+            (":path", "/api"),
+            (":authority", "a"),
+            ("authorization", &auth),
+        ],
         true,
     )
     .unwrap();
@@ -289,8 +309,11 @@ fn a_chain_waiting_for_keys_resumes_at_the_next_stage() {
     w.advance(Duration::from_millis(100)).unwrap();
     let calls = w.pending_http_calls();
     assert_eq!(calls.len(), 1, "one fetch");
-    w.respond_http_call(calls[0].id, HttpCallResponse::new(200, demo_jwks().to_string()))
-        .unwrap();
+    w.respond_http_call(
+        calls[0].id,
+        HttpCallResponse::new(200, demo_jwks().to_string()),
+    )
+    .unwrap();
     assert!(!w.request_paused(id), "resumed once the keys arrived");
     let view = w.stream(id).unwrap();
     let up = upstream(&view);

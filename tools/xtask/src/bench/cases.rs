@@ -290,7 +290,9 @@ pub fn chain_mode_filter(wasm: &[(String, Value)]) -> Result<Value> {
             .with_context(|| format!("gateway.yaml: {name}'s configuration is not JSON"))?;
         stages.push(json!({"filter": name, "config": config}));
     }
-    let (_, first) = wasm.first().context("gateway.yaml has no gatewasm filter")?;
+    let (_, first) = wasm
+        .first()
+        .context("gateway.yaml has no gatewasm filter")?;
     let mut chain = from_bundle(first, "chain");
     chain["name"] = json!("gatewasm.chain");
     if let Some(config) = chain.pointer_mut("/typed_config/config") {
