@@ -2,10 +2,14 @@
 //! proxy-wasm harness and in a real Envoy and prints a readable report for each.
 //!
 //! ```text
-//! scenario [--verbose] [--harness-only] [--print-envoy-config] FILE…
+//! scenario [--verbose] [--harness-only] [--print-envoy-config] [--shape SHAPE] FILE…
 //! ```
 //!
 //! - `--verbose`: show what each host observed in every step (failed steps always show it);
+//! - `--shape separate|bundle|chain|all`: the shape of the chain (default `separate`, the
+//!   filters' own modules): `bundle` and `chain` load the filters from `gatewasm.wasm` and are
+//!   compared with the separate modules' run (which is made too, and not reported); `all`
+//!   reports every shape;
 //! - `--harness-only`: do not start Envoy;
 //! - `--print-envoy-config`: print the Envoy config generated from the scenario (ports as
 //!   placeholders) instead of running it.
@@ -16,22 +20,48 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use gatewasm_tests::scenario::{self, Hosts};
+use gatewasm_tests::scenario::{self, Hosts, Report, Shape};
+
+const USAGE: &str = "usage: scenario [--verbose] [--harness-only] [--print-envoy-config] [--shape separate|bundle|chain|all] FILE…";
+
+/// Runs `file` in `shape` (`None`: every shape); the reports to print.
+fn run(file: &std::path::Path, hosts: Hosts, shape: Option<Shape>) -> anyhow::Result<Vec<Report>> {
+    match shape {
+        None => scenario::run_file_shapes(file, hosts),
+        Some(Shape::Separate) => Ok(vec![scenario::run_file_in(file, hosts)?]),
+        Some(shape) => {
+            let loaded = scenario::load(file)?;
+            let separate = scenario::run(loaded.clone(), hosts);
+            let mut report = scenario::run_shape(&loaded, shape, hosts)?;
+            report.compare_with_separate(&separate);
+            Ok(vec![report])
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let mut verbose = false;
     let mut hosts = Hosts::default();
     let mut print_config = false;
     let mut files = Vec::new();
-    for arg in std::env::args().skip(1) {
+    let mut shape = Some(Shape::Separate);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--shape" => match args.next().as_deref() {
+                Some("all") => shape = None,
+                Some(name) if Shape::parse(name).is_some() => shape = Shape::parse(name),
+                other => {
+                    eprintln!("--shape takes separate, bundle, chain or all, not {other:?}");
+                    return ExitCode::from(2);
+                }
+            },
             "--verbose" | "-v" => verbose = true,
             "--harness-only" => hosts.envoy = false,
             "--print-envoy-config" => print_config = true,
             "--help" | "-h" => {
                 println!(
-                    "usage: scenario [--verbose] [--harness-only] [--print-envoy-config] FILE…\n\
-                     Runs each scenario file in the harness and in Envoy; see tests/scenarios/README.md."
+                    "{USAGE}\nRuns each scenario file in the harness and in Envoy; see tests/scenarios/README.md."
                 );
                 return ExitCode::SUCCESS;
             }
@@ -43,13 +73,15 @@ fn main() -> ExitCode {
         }
     }
     if files.is_empty() {
-        eprintln!("usage: scenario [--verbose] [--harness-only] [--print-envoy-config] FILE…");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     }
     let mut failed = 0;
     for file in &files {
         if print_config {
-            match scenario::load(file) {
+            match scenario::load(file)
+                .and_then(|l| scenario::reshape(&l, shape.unwrap_or(Shape::Separate)))
+            {
                 Ok(loaded) => {
                     let ports: BTreeMap<String, String> = loaded
                         .clusters
@@ -68,10 +100,14 @@ fn main() -> ExitCode {
             }
             continue;
         }
-        match scenario::run_file_in(file, hosts) {
-            Ok(report) => {
-                print!("{}", report.render(verbose));
-                if !report.passed() {
+        match run(file, hosts, shape) {
+            Ok(reports) => {
+                let mut passed = true;
+                for report in &reports {
+                    print!("{}", report.render(verbose));
+                    passed &= report.passed();
+                }
+                if !passed {
                     failed += 1;
                 }
             }

@@ -236,16 +236,45 @@ fn check_body(f: &BodyCheckFields, body: &[u8]) -> Vec<(String, Result<(), Strin
     out
 }
 
+/// One evaluated expectation: the observable it judges (the names `shape_differences` use,
+/// e.g. `client.header.x-request-id`), what it checks (readable), and the verdict.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// `upstream`, `upstream.header.<name>`, `upstream.body`, `client`, `client.status`,
+    /// `client.header.<name>`, `client.body`, `metric.<name>`, `callouts.<cluster>`.
+    pub observable: String,
+    /// What is checked.
+    pub what: String,
+    /// `Err` says what was seen instead.
+    pub result: Result<(), String>,
+}
+
 /// Evaluates a step's expectations against one host's observations (`all`: every step so far).
 pub fn evaluate(step: &Step, idx: usize, all: &[Observed]) -> Vec<(String, Result<(), String>)> {
+    verdicts(step, idx, all)
+        .into_iter()
+        .map(|v| (v.what, v.result))
+        .collect()
+}
+
+/// [`evaluate`], with the observable each expectation judges.
+pub fn verdicts(step: &Step, idx: usize, all: &[Observed]) -> Vec<Verdict> {
     let mut out = Vec::new();
     let Some(obs) = all.get(idx) else {
         return out;
     };
+    let mut push = |observable: String, what: String, result: Result<(), String>| {
+        out.push(Verdict {
+            observable,
+            what,
+            result,
+        })
+    };
     let e = &step.expect;
     if let Some(want) = e.local_reply {
         let local = obs.upstream.is_none();
-        out.push((
+        push(
+            "upstream".into(),
             format!("local reply: {want}"),
             if local == want {
                 Ok(())
@@ -254,7 +283,7 @@ pub fn evaluate(step: &Step, idx: usize, all: &[Observed]) -> Vec<(String, Resul
             } else {
                 Err("the request reached the upstream".into())
             },
-        ));
+        );
     }
     if let Some(up) = &e.upstream {
         let empty = Message::default();
@@ -268,14 +297,19 @@ pub fn evaluate(step: &Step, idx: usize, all: &[Observed]) -> Vec<(String, Resul
             let name = name.to_ascii_lowercase();
             let r = check_header(&check.0, &msg.values(&name), idx, all)
                 .map_err(|e| format!("{e}{note}"));
-            out.push((describe_header_check("upstream", &name, &check.0), r));
+            push(
+                format!("upstream.header.{name}"),
+                describe_header_check("upstream", &name, &check.0),
+                r,
+            );
         }
         if let Some(b) = &up.body {
             for (what, r) in check_body(&b.0, &msg.body) {
-                out.push((
+                push(
+                    "upstream.body".into(),
                     format!("upstream {what}"),
                     r.map_err(|e| format!("{e}{note}")),
-                ));
+                );
             }
         }
     }
@@ -285,59 +319,64 @@ pub fn evaluate(step: &Step, idx: usize, all: &[Observed]) -> Vec<(String, Resul
             None => (None, Message::default()),
         };
         if let Some(want) = c.responded {
-            out.push((
+            push(
+                "client".into(),
                 format!("client got a response: {want}"),
                 match (&obs.client, want) {
                     (Some(_), true) | (None, false) => Ok(()),
                     (Some(r), false) => Err(format!("got {}", r.status)),
                     (None, true) => Err("no response".into()),
                 },
-            ));
+            );
         }
         if let Some(want) = c.status {
-            out.push((
+            push(
+                "client.status".into(),
                 format!("client status {want}"),
                 match status {
                     Some(s) if s == want => Ok(()),
                     Some(s) => Err(format!("got {s}")),
                     None => Err("no response".into()),
                 },
-            ));
+            );
         }
         for (name, check) in &c.headers {
             let name = name.to_ascii_lowercase();
-            out.push((
+            push(
+                format!("client.header.{name}"),
                 describe_header_check("client", &name, &check.0),
                 check_header(&check.0, &msg.values(&name), idx, all),
-            ));
+            );
         }
         if let Some(b) = &c.body {
             for (what, r) in check_body(&b.0, &msg.body) {
-                out.push((format!("client {what}"), r));
+                push("client.body".into(), format!("client {what}"), r);
             }
         }
     }
     for (name, want) in &e.metrics {
         let got = obs.metrics.get(name).copied().unwrap_or(0);
-        out.push((
+        push(
+            format!("metric.{name}"),
             format!("metric {name} {want:+}"),
             if got == *want {
                 Ok(())
             } else {
                 Err(format!("changed by {got:+}"))
             },
-        ));
+        );
     }
     for (cluster, want) in &e.callouts {
         let got = obs.callouts.iter().filter(|(c, _)| c == cluster).count();
-        out.push((
+        push(
+            format!("callouts.{cluster}"),
             format!("callouts to {cluster}: {want}"),
             if got == *want {
                 Ok(())
             } else {
                 Err(format!("got {got}"))
             },
-        ));
+        );
     }
     out
 }
@@ -361,32 +400,42 @@ fn judged_headers(step: &Step) -> BTreeSet<String> {
     judged
 }
 
+/// Where two observations of a step differ, on one observable (see [`Verdict::observable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// The observable.
+    pub observable: String,
+    /// The difference, readable, with both sides.
+    pub text: String,
+}
+
 fn compare_headers(
     side: &str,
-    h: &Message,
-    e: &Message,
+    (a, b): (&Message, &Message),
+    (la, lb): (&str, &str),
     skip: &[&str],
     open: &BTreeSet<String>,
-    out: &mut Vec<String>,
+    out: &mut Vec<Difference>,
 ) {
-    let names: BTreeSet<&String> = h
+    let names: BTreeSet<&String> = a
         .headers
         .iter()
-        .chain(e.headers.iter())
+        .chain(b.headers.iter())
         .map(|(n, _)| n)
         .filter(|n| !skip.contains(&n.as_str()))
         .collect();
     for name in names {
-        let (hv, ev) = (h.values(name), e.values(name));
+        let (av, bv) = (a.values(name), b.values(name));
         let differ = if open.contains(name.as_str()) {
-            hv.len() != ev.len()
+            av.len() != bv.len()
         } else {
-            hv != ev
+            av != bv
         };
         if differ {
-            out.push(format!(
-                "{side} header {name}: harness {hv:?}, envoy {ev:?}"
-            ));
+            out.push(Difference {
+                observable: format!("{side}.header.{name}"),
+                text: format!("{side} header {name}: {la} {av:?}, {lb} {bv:?}"),
+            });
         }
     }
 }
@@ -399,43 +448,81 @@ pub(super) fn body_text(b: &[u8]) -> String {
 
 /// Where the two hosts' observations of a step differ.
 pub fn compare(step: &Step, h: &Observed, e: &Observed) -> Vec<String> {
+    differences(step, h, e, ("harness", "envoy"))
+        .into_iter()
+        .map(|d| d.text)
+        .collect()
+}
+
+/// Where two observations of a step differ (two hosts, or two shapes of the chain in one host),
+/// `labels` naming the two sides in the text: headers the expectations judge by count, every
+/// other header exactly, bodies (unless judged), status, metrics and callouts per cluster.
+pub fn differences(
+    step: &Step,
+    a: &Observed,
+    b: &Observed,
+    labels: (&str, &str),
+) -> Vec<Difference> {
+    let (la, lb) = labels;
     let mut out = Vec::new();
+    let push = |out: &mut Vec<Difference>, observable: &str, text: String| {
+        out.push(Difference {
+            observable: observable.to_string(),
+            text,
+        })
+    };
     let open = judged_headers(step);
-    match (&h.upstream, &e.upstream) {
-        (Some(hu), Some(eu)) => {
-            compare_headers("upstream", hu, eu, UPSTREAM_ENVOY_ONLY, &open, &mut out);
+    match (&a.upstream, &b.upstream) {
+        (Some(au), Some(bu)) => {
+            compare_headers(
+                "upstream",
+                (au, bu),
+                labels,
+                UPSTREAM_ENVOY_ONLY,
+                &open,
+                &mut out,
+            );
             let judged = step
                 .expect
                 .upstream
                 .as_ref()
                 .is_some_and(|u| u.body.is_some());
-            if hu.body != eu.body && !judged {
-                out.push(format!(
-                    "upstream body: harness {}, envoy {}",
-                    body_text(&hu.body),
-                    body_text(&eu.body)
-                ));
+            if au.body != bu.body && !judged {
+                push(
+                    &mut out,
+                    "upstream.body",
+                    format!(
+                        "upstream body: {la} {}, {lb} {}",
+                        body_text(&au.body),
+                        body_text(&bu.body)
+                    ),
+                );
             }
         }
         (None, None) => {}
-        (hu, eu) => out.push(format!(
-            "request reached the upstream: harness {}, envoy {}",
-            hu.is_some(),
-            eu.is_some()
-        )),
+        (au, bu) => push(
+            &mut out,
+            "upstream",
+            format!(
+                "request reached the upstream: {la} {}, {lb} {}",
+                au.is_some(),
+                bu.is_some()
+            ),
+        ),
     }
-    match (&h.client, &e.client) {
-        (Some(hc), Some(ec)) => {
-            if hc.status != ec.status {
-                out.push(format!(
-                    "client status: harness {}, envoy {}",
-                    hc.status, ec.status
-                ));
+    match (&a.client, &b.client) {
+        (Some(ac), Some(bc)) => {
+            if ac.status != bc.status {
+                push(
+                    &mut out,
+                    "client.status",
+                    format!("client status: {la} {}, {lb} {}", ac.status, bc.status),
+                );
             }
             compare_headers(
                 "client",
-                &hc.message,
-                &ec.message,
+                (&ac.message, &bc.message),
+                labels,
                 CLIENT_ENVOY_ONLY,
                 &open,
                 &mut out,
@@ -445,29 +532,41 @@ pub fn compare(step: &Step, h: &Observed, e: &Observed) -> Vec<String> {
                 .client
                 .as_ref()
                 .is_some_and(|c| c.body.is_some());
-            if hc.message.body != ec.message.body && !judged {
-                out.push(format!(
-                    "client body: harness {}, envoy {}",
-                    body_text(&hc.message.body),
-                    body_text(&ec.message.body)
-                ));
+            if ac.message.body != bc.message.body && !judged {
+                push(
+                    &mut out,
+                    "client.body",
+                    format!(
+                        "client body: {la} {}, {lb} {}",
+                        body_text(&ac.message.body),
+                        body_text(&bc.message.body)
+                    ),
+                );
             }
         }
         (None, None) => {}
-        (hc, ec) => out.push(format!(
-            "client got a response: harness {}, envoy {}",
-            hc.is_some(),
-            ec.is_some()
-        )),
+        (ac, bc) => push(
+            &mut out,
+            "client",
+            format!(
+                "client got a response: {la} {}, {lb} {}",
+                ac.is_some(),
+                bc.is_some()
+            ),
+        ),
     }
-    let metric_names: BTreeSet<&String> = h.metrics.keys().chain(e.metrics.keys()).collect();
+    let metric_names: BTreeSet<&String> = a.metrics.keys().chain(b.metrics.keys()).collect();
     for name in metric_names {
-        let (hv, ev) = (
-            h.metrics.get(name).copied().unwrap_or(0),
-            e.metrics.get(name).copied().unwrap_or(0),
+        let (av, bv) = (
+            a.metrics.get(name).copied().unwrap_or(0),
+            b.metrics.get(name).copied().unwrap_or(0),
         );
-        if hv != ev {
-            out.push(format!("metric {name}: harness {hv:+}, envoy {ev:+}"));
+        if av != bv {
+            push(
+                &mut out,
+                &format!("metric.{name}"),
+                format!("metric {name}: {la} {av:+}, {lb} {bv:+}"),
+            );
         }
     }
     let count = |o: &Observed| -> BTreeMap<String, usize> {
@@ -477,9 +576,20 @@ pub fn compare(step: &Step, h: &Observed, e: &Observed) -> Vec<String> {
         }
         m
     };
-    let (hc, ec) = (count(h), count(e));
-    if hc != ec {
-        out.push(format!("callouts: harness {hc:?}, envoy {ec:?}"));
+    let (ac, bc) = (count(a), count(b));
+    let clusters: BTreeSet<&String> = ac.keys().chain(bc.keys()).collect();
+    for cluster in clusters {
+        let (an, bn) = (
+            ac.get(cluster).copied().unwrap_or(0),
+            bc.get(cluster).copied().unwrap_or(0),
+        );
+        if an != bn {
+            push(
+                &mut out,
+                &format!("callouts.{cluster}"),
+                format!("callouts to {cluster}: {la} {an}, {lb} {bn}"),
+            );
+        }
     }
     out
 }

@@ -1,5 +1,9 @@
 //! Runs a scenario ([`crate::scenario`]) in a real Envoy.
 //!
+//! Several scenarios (the bundle and chain shapes of several files) can share one Envoy, a
+//! listener each ([`run_together`]): they all load the same `gatewasm.wasm`, whose V8
+//! compilation is most of an Envoy start, and V8 compiles identical bytes once per process.
+//!
 //! The scenario's chain becomes an Envoy config ([`envoy_config`]): one listener, an HTTP
 //! connection manager set up as `envoy-configs/gateway.yaml` sets it up for request IDs
 //! (`use_remote_address: true`, `generate_request_id: false`,
@@ -102,6 +106,27 @@ fn indent_block(text: &str, spaces: usize) -> String {
 /// are left as placeholders ([`crate::render`]); `cluster_ports` gives each callout cluster's
 /// port (any text, e.g. a placeholder when printing the config for a reader).
 pub fn envoy_config(loaded: &Loaded, cluster_ports: &BTreeMap<String, String>) -> String {
+    shared_config(
+        &[Listener {
+            loaded,
+            port: "{{LISTEN_PORT}}".into(),
+            vm_suffix: String::new(),
+        }],
+        cluster_ports,
+    )
+}
+
+/// One listener of a config: a scenario's chain (in some shape), on `port` (a number or a
+/// placeholder), its Wasm plugins' vm_ids with `vm_suffix` appended (so that two listeners of
+/// one Envoy share no VM, and no shared data).
+struct Listener<'a> {
+    loaded: &'a Loaded,
+    port: String,
+    vm_suffix: String,
+}
+
+/// The `http_filters` of a scenario's chain (without the router).
+fn http_filters(loaded: &Loaded, vm_suffix: &str) -> String {
     let mut filters = String::new();
     for p in &loaded.plugins {
         match p {
@@ -133,7 +158,7 @@ pub fn envoy_config(loaded: &Loaded, cluster_ports: &BTreeMap<String, String>) -
       failure_policy: FAIL_CLOSED
 "#,
                     name = q(name),
-                    vm_id = q(vm_id),
+                    vm_id = q(&format!("{vm_id}{vm_suffix}")),
                     file = q(&path.display().to_string()),
                     value = q(configuration),
                 );
@@ -161,28 +186,74 @@ pub fn envoy_config(loaded: &Loaded, cluster_ports: &BTreeMap<String, String>) -
     "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#,
     );
+    filters
+}
 
+/// A config with one listener per entry (the first named `scenario`, the others
+/// `scenario_<n>`), the upstream and the callout clusters.
+fn shared_config(listeners: &[Listener<'_>], cluster_ports: &BTreeMap<String, String>) -> String {
     let mut clusters = cluster_yaml(BACKEND_CLUSTER, "{{UPSTREAM_PORT}}");
     for (name, port) in cluster_ports {
         clusters.push_str(&cluster_yaml(name, port));
     }
-
-    format!(
+    let Some(first) = listeners.first() else {
+        return String::new();
+    };
+    let mut out = format!(
         r#"# Generated from the scenario {label} — {description}
 admin:
   address:
     socket_address: {{ address: 127.0.0.1, port_value: {{{{ADMIN_PORT}}}} }}
 static_resources:
   listeners:
-  - name: scenario
+"#,
+        label = first.loaded.label,
+        description = first.loaded.scenario.description.replace('\n', " "),
+    );
+    for (i, l) in listeners.iter().enumerate() {
+        let name = if i == 0 {
+            "scenario".to_string()
+        } else {
+            format!("scenario_{i}")
+        };
+        if listeners.len() > 1 {
+            let _ = writeln!(
+                out,
+                "  # {}, the chain in the {} shape{}.",
+                l.loaded.label,
+                l.loaded.shape.name(),
+                if l.vm_suffix.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (vm_ids end in {:?}: no VM shared with another listener)",
+                        l.vm_suffix
+                    )
+                }
+            );
+        }
+        out.push_str(&listener_yaml(
+            &name,
+            &l.port,
+            &http_filters(l.loaded, &l.vm_suffix),
+        ));
+    }
+    out.push_str("  clusters:\n");
+    out.push_str(&indent_block(&clusters, 2));
+    out
+}
+
+fn listener_yaml(name: &str, port: &str, filters: &str) -> String {
+    format!(
+        r#"  - name: {name}
     address:
-      socket_address: {{ address: 127.0.0.1, port_value: {{{{LISTEN_PORT}}}} }}
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: scenario
+          stat_prefix: {name}
           # As in envoy-configs/gateway.yaml: the filters own x-request-id.
           use_remote_address: true
           generate_request_id: false
@@ -196,13 +267,9 @@ static_resources:
               - match: {{ prefix: / }}
                 route: {{ cluster: {backend} }}
           http_filters:
-{filters}  clusters:
-{clusters}"#,
-        label = loaded.label,
-        description = loaded.scenario.description.replace('\n', " "),
+{filters}"#,
         backend = BACKEND_CLUSTER,
-        filters = indent_block(&filters, 10),
-        clusters = indent_block(&clusters, 2),
+        filters = indent_block(filters, 10),
     )
 }
 
@@ -396,26 +463,48 @@ fn is_config_rejection(message: &str) -> bool {
     .any(|m| message.contains(m))
 }
 
-fn start_envoy(template: &str, dir: &Path, upstream_port: u16) -> Result<Envoy> {
+/// Starts Envoy on the config `template(extra)` makes, `extra` being free ports for the
+/// listeners after the first (which listens on `{{LISTEN_PORT}}`); up to three attempts when a
+/// port was taken meanwhile. Also returns the config and the extra ports it was started with.
+fn start_envoy(
+    template: impl Fn(&[u16]) -> String,
+    extra_listeners: usize,
+    dir: &Path,
+    upstream_port: u16,
+) -> (Result<(Envoy, Vec<u16>)>, String) {
     let file = dir.join("scenario-envoy.yaml");
     let name = file.display().to_string();
     let mut last = None;
+    let mut text = String::new();
     for _ in 0..3 {
+        let ports = match (0..extra_listeners)
+            .map(|_| crate::free_port())
+            .collect::<Result<Vec<u16>>>()
+        {
+            Ok(p) => p,
+            Err(e) => return (Err(e), text),
+        };
+        text = template(&ports);
         // EnvoyBuilder renders the template in place (the path is absolute), so write it anew
         // for every attempt.
-        std::fs::write(&file, template).with_context(|| format!("writing {name}"))?;
+        if let Err(e) = std::fs::write(&file, &text).with_context(|| format!("writing {name}")) {
+            return (Err(e), text);
+        }
         match EnvoyBuilder::new(&name).upstream(upstream_port).start() {
-            Ok(envoy) => return Ok(envoy),
+            Ok(envoy) => return (Ok((envoy, ports)), text),
             Err(e) => {
                 let msg = format!("{e:#}");
                 if !(msg.contains("Address already in use") || msg.contains("cannot bind")) {
-                    return Err(e);
+                    return (Err(e), text);
                 }
                 last = Some(e);
             }
         }
     }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("Envoy did not start")))
+    (
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("Envoy did not start"))),
+        text,
+    )
 }
 
 /// Runs the scenario in Envoy; also returns Envoy's version.
@@ -424,6 +513,112 @@ pub fn run(loaded: &Loaded) -> (HostOutcome, Option<String>) {
         Ok(r) => r,
         Err(e) => (HostOutcome::Failed(format!("{e:#}")), None),
     }
+}
+
+/// Runs several scenarios (or shapes of scenarios, [`crate::scenario::Shape`]) in **one**
+/// Envoy, a listener each, one's steps after the other's — what starting an Envoy for each
+/// would observe, for the price of one start, and of one V8 compilation of a module that
+/// several listeners load (V8 shares the compiled code of identical bytes within a process:
+/// `gatewasm.wasm`'s is most of an Envoy start). The listeners share no VM: the Wasm plugins of
+/// the `n`th listener (from 0) but the first get vm_ids ending in `.<n>`, and so no shared data
+/// either. Only for scenarios whose configuration is accepted and whose filters make no
+/// callouts (a root's background callouts would land in another listener's step). When Envoy
+/// does not start, each runs in an Envoy of its own, as [`run`] runs it; so does one whose run
+/// failed (a step the runner could not make).
+pub fn run_together(scenarios: &[&Loaded]) -> Vec<(HostOutcome, Option<String>)> {
+    match scenarios {
+        [] => return Vec::new(),
+        [one] => return vec![run(one)],
+        _ => {}
+    }
+    match run_together_inner(scenarios) {
+        Ok(outcomes) => outcomes
+            .into_iter()
+            .zip(scenarios)
+            .map(|(outcome, loaded)| match outcome {
+                (HostOutcome::Failed(_), _) => run(loaded),
+                ran => ran,
+            })
+            .collect(),
+        Err(e) => scenarios
+            .iter()
+            .map(|l| {
+                let (mut outcome, version) = run(l);
+                if let HostOutcome::Ran(steps) = &mut outcome
+                    && let Some(first) = steps.first_mut()
+                {
+                    first.notes.push(format!(
+                        "one Envoy for several scenarios did not start, so this one ran in an \
+                         Envoy of its own: {}",
+                        crate::envoy::tail(&format!("{e:#}"), 5)
+                    ));
+                }
+                (outcome, version)
+            })
+            .collect(),
+    }
+}
+
+fn run_together_inner(scenarios: &[&Loaded]) -> Result<Vec<(HostOutcome, Option<String>)>> {
+    if scenarios.iter().any(|l| !l.clusters.is_empty()) {
+        anyhow::bail!("run_together: a scenario with callout clusters runs in an Envoy of its own");
+    }
+    let backend = ScriptedServer::start()?;
+    let servers: BTreeMap<String, ScriptedServer> = BTreeMap::new();
+    let dir = tempfile::Builder::new()
+        .prefix("gatewasm-scenario-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let template = |extra: &[u16]| {
+        let listeners: Vec<Listener<'_>> = scenarios
+            .iter()
+            .enumerate()
+            .map(|(i, loaded)| Listener {
+                loaded,
+                port: match i {
+                    0 => "{{LISTEN_PORT}}".to_string(),
+                    _ => extra.get(i - 1).map(u16::to_string).unwrap_or_default(),
+                },
+                vm_suffix: match i {
+                    0 => String::new(),
+                    _ => format!(".{i}"),
+                },
+            })
+            .collect();
+        shared_config(&listeners, &BTreeMap::new())
+    };
+    let (started, _) = start_envoy(template, scenarios.len() - 1, dir.path(), backend.port());
+    let (envoy, extra) = started?;
+    let version = envoy.server_version().ok();
+    let mut outcomes = Vec::new();
+    for (k, loaded) in scenarios.iter().enumerate() {
+        let addr = match k {
+            0 => envoy.listen_addr(),
+            _ => SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                extra.get(k - 1).copied().unwrap_or_default(),
+            )),
+        };
+        let mut all = Vec::new();
+        let mut failed = None;
+        for (i, step) in loaded.scenario.steps.iter().enumerate() {
+            match run_step(&envoy, addr, &backend, &servers, step) {
+                Ok(o) => all.push(o),
+                Err(e) => {
+                    failed = Some(format!("step {}: {e:#}", i + 1));
+                    break;
+                }
+            }
+        }
+        outcomes.push((
+            match failed {
+                Some(e) => HostOutcome::Failed(e),
+                None => HostOutcome::Ran(all),
+            },
+            version.clone(),
+        ));
+    }
+    Ok(outcomes)
 }
 
 fn run_inner(loaded: &Loaded) -> Result<(HostOutcome, Option<String>)> {
@@ -436,13 +631,18 @@ fn run_inner(loaded: &Loaded) -> Result<(HostOutcome, Option<String>)> {
         .iter()
         .map(|(c, s)| (c.clone(), s.port().to_string()))
         .collect();
-    let template = envoy_config(loaded, &ports);
     let dir = tempfile::Builder::new()
         .prefix("gatewasm-scenario-")
         .tempdir()
         .context("creating a temporary directory")?;
-    let envoy = match start_envoy(&template, dir.path(), backend.port()) {
-        Ok(e) => e,
+    let (started, template) = start_envoy(
+        |_| envoy_config(loaded, &ports),
+        0,
+        dir.path(),
+        backend.port(),
+    );
+    let envoy = match started {
+        Ok((e, _)) => e,
         Err(e) => {
             let msg = format!("{e:#}");
             if is_config_rejection(&msg) {
@@ -454,7 +654,7 @@ fn run_inner(loaded: &Loaded) -> Result<(HostOutcome, Option<String>)> {
     let version = envoy.server_version().ok();
     let mut all = Vec::new();
     for (i, step) in loaded.scenario.steps.iter().enumerate() {
-        let o = run_step(&envoy, &backend, &servers, step)
+        let o = run_step(&envoy, envoy.listen_addr(), &backend, &servers, step)
             .with_context(|| format!("step {}", i + 1))?;
         all.push(o);
     }
@@ -463,6 +663,7 @@ fn run_inner(loaded: &Loaded) -> Result<(HostOutcome, Option<String>)> {
 
 fn run_step(
     envoy: &Envoy,
+    listener: SocketAddr,
     backend: &ScriptedServer,
     servers: &BTreeMap<String, ScriptedServer>,
     step: &Step,
@@ -496,7 +697,7 @@ fn run_step(
     for (k, v) in &r.headers.0 {
         req.headers.push((k.clone(), v.clone().into_bytes()));
     }
-    let client = match client::send_with_timeout(envoy.listen_addr(), &req, REQUEST_TIMEOUT) {
+    let client = match client::send_with_timeout(listener, &req, REQUEST_TIMEOUT) {
         Ok(resp) => Some(ClientResponse {
             status: resp.status,
             message: Message {

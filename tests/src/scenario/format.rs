@@ -45,6 +45,46 @@ pub struct Scenario {
     /// one worker).
     #[serde(default)]
     pub steps: Vec<Step>,
+    /// Where a shape of the chain legitimately differs from the filters' own modules. Every
+    /// scenario also runs in the **bundle** shape (each filter of this workspace loaded from
+    /// `gatewasm.wasm` with its name as root id, one shared VM) and the **chain** shape (each
+    /// run of consecutive filters as one `chain` plugin of `gatewasm.wasm`); each shape must
+    /// meet the expectations in both hosts and observe exactly what the separate modules
+    /// observe. An entry here skips the observables it names, in that shape only (its
+    /// expectations, the hosts' comparison and the comparison with the separate modules), and
+    /// the report shows them as known differences. An entry that no longer differs fails the
+    /// scenario (remove it).
+    #[serde(default)]
+    pub shape_differences: Vec<ShapeDifference>,
+}
+
+/// A shape of the chain other than the filters' own modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ShapeName {
+    /// Each filter from `gatewasm.wasm`, root id = the filter's name, vm_id `gatewasm`.
+    Bundle,
+    /// Each run of consecutive filters as one plugin of `gatewasm.wasm`, root id `chain`.
+    Chain,
+}
+
+/// A known difference of one shape from the filters' own modules.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShapeDifference {
+    /// The shape that differs.
+    pub shape: ShapeName,
+    /// What differs, by observable: `upstream` (whether the request reached it),
+    /// `upstream.header.<name>`, `upstream.body`, `client` (whether it got a response),
+    /// `client.status`, `client.header.<name>`, `client.body`, `metric.<name>`,
+    /// `callouts.<cluster>`, `log` (the `config_rejected` log check). A trailing `*` matches
+    /// any rest (`metric.gatewasm_jwt_to_header_*`).
+    pub observables: Vec<String>,
+    /// Only in these steps (counted from 1). Default: every step.
+    #[serde(default)]
+    pub steps: Vec<usize>,
+    /// Why the shape differs (and where it is tracked): shown in the report.
+    pub why: String,
 }
 
 /// One entry of the filter chain: a Proxy-Wasm filter (`filter` or `wasm`), or the built-in
@@ -103,6 +143,11 @@ pub struct ConfigRejected {
     /// A regular expression that the proxy's log (the filter's own error line) must match.
     #[serde(default)]
     pub log: Option<String>,
+    /// The regular expression for the **chain** shape, whose plugin reports a stage's error
+    /// as `gatewasm chain: invalid plugin configuration: stages[<i>].config.<field>: <filter>:
+    /// <message>`. Default: `log` (enough when `log` matches only the message).
+    #[serde(default)]
+    pub chain_log: Option<String>,
 }
 
 /// One request through the chain, the answers to give, and what must have happened.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use regex::Regex;
 
-use super::{Headers, JsonCheck, LocalReply, Scenario};
+use super::{Headers, JsonCheck, LocalReply, Scenario, ShapeName};
 
 /// `tests/scenarios/` in the workspace.
 pub fn scenarios_dir() -> PathBuf {
@@ -70,6 +70,61 @@ impl Plugin {
     }
 }
 
+/// The filters of this workspace that `gatewasm.wasm` (hosts/proxy-wasm-bundle) holds, by the
+/// names their `filter:` entries, root ids and chain stages use.
+pub const BUNDLED_FILTERS: [&str; 5] = [
+    "correlation-id",
+    "trace-propagation",
+    "jwt-to-header",
+    "tenant-routing",
+    "rate-limit",
+];
+
+/// The module file (stem) of the bundle, and the vm_id its plugins share.
+pub const BUNDLE_MODULE: &str = "gatewasm";
+
+/// How the chain's filters of this workspace are loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Shape {
+    /// Each filter from its own module, as the scenario says.
+    Separate,
+    /// Each filter from `gatewasm.wasm`, root id = its name, vm_id `gatewasm` (one VM for all
+    /// of them in Envoy), with its own plugin name and configuration.
+    Bundle,
+    /// Each run of consecutive filters as one plugin of `gatewasm.wasm` (root id `chain`,
+    /// vm_id `gatewasm`, configuration `{"stages": [...]}`); a run is cut where a filter would
+    /// come a second time (a chain runs each filter at most once).
+    Chain,
+}
+
+impl Shape {
+    /// Every shape, the filters' own modules first.
+    pub const ALL: [Shape; 3] = [Shape::Separate, Shape::Bundle, Shape::Chain];
+
+    /// `separate`, `bundle`, `chain`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Separate => "separate",
+            Shape::Bundle => "bundle",
+            Shape::Chain => "chain",
+        }
+    }
+
+    /// Parses a shape's name.
+    pub fn parse(s: &str) -> Option<Shape> {
+        Shape::ALL.into_iter().find(|shape| shape.name() == s)
+    }
+}
+
+impl From<ShapeName> for Shape {
+    fn from(s: ShapeName) -> Shape {
+        match s {
+            ShapeName::Bundle => Shape::Bundle,
+            ShapeName::Chain => Shape::Chain,
+        }
+    }
+}
+
 /// A scenario file, parsed, validated and resolved.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -79,8 +134,10 @@ pub struct Loaded {
     pub label: String,
     /// What the file says.
     pub scenario: Scenario,
-    /// The chain, resolved.
+    /// The chain, resolved (in [`Loaded::shape`]).
     pub plugins: Vec<Plugin>,
+    /// The shape the plugins are in ([`reshape`]).
+    pub shape: Shape,
     /// Every callout cluster (declared and answered).
     pub clusters: Vec<String>,
     /// Clock advance per step.
@@ -303,6 +360,34 @@ fn resolve(scenario: Scenario, file: &Path, label: &str, base: &Path) -> Result<
         Regex::new(log).with_context(|| format!("config_rejected.log: bad regex {log:?}"))?;
     }
 
+    if let Some(log) = scenario
+        .config_rejected
+        .as_ref()
+        .and_then(|c| c.chain_log.as_deref())
+    {
+        Regex::new(log).with_context(|| format!("config_rejected.chain_log: bad regex {log:?}"))?;
+    }
+    for (i, d) in scenario.shape_differences.iter().enumerate() {
+        let at = format!("shape_differences[{i}]");
+        if d.observables.is_empty() {
+            bail!("{at}.observables: empty (name what differs)");
+        }
+        for o in &d.observables {
+            check_observable(o).with_context(|| format!("{at}.observables"))?;
+        }
+        for s in &d.steps {
+            if *s == 0 || *s > scenario.steps.len() {
+                bail!(
+                    "{at}.steps: step {s} does not exist (steps count from 1; there are {})",
+                    scenario.steps.len()
+                );
+            }
+        }
+        if d.why.trim().is_empty() {
+            bail!("{at}.why: say why the shape differs");
+        }
+    }
+
     let mut clusters: Vec<String> = scenario.clusters.clone();
     let mut advances = Vec::new();
     for (i, step) in scenario.steps.iter().enumerate() {
@@ -392,9 +477,171 @@ fn resolve(scenario: Scenario, file: &Path, label: &str, base: &Path) -> Result<
         label: label.to_string(),
         scenario,
         plugins,
+        shape: Shape::Separate,
         clusters,
         advances,
     })
+}
+
+/// Which filter of the bundle a plugin of the separate shape is (`None`: another plugin).
+fn bundled_filter(loaded: &Loaded, index: usize) -> Option<&str> {
+    let filter = loaded.scenario.chain.get(index)?.filter.as_deref()?;
+    BUNDLED_FILTERS.contains(&filter).then_some(filter)
+}
+
+/// Whether the scenario's chain holds a filter of the bundle (otherwise every shape is the
+/// separate one).
+pub fn has_bundled_filters(loaded: &Loaded) -> bool {
+    (0..loaded.plugins.len()).any(|i| bundled_filter(loaded, i).is_some())
+}
+
+/// The scenario with its chain in `shape` (from the separate shape `load` gives). The other
+/// plugins (`local_reply`, modules by `wasm:`, the harness test module) stay as they are.
+pub fn reshape(loaded: &Loaded, shape: Shape) -> Result<Loaded> {
+    if shape == Shape::Separate || !has_bundled_filters(loaded) {
+        return reshape_with(loaded, shape, PathBuf::new());
+    }
+    reshape_with(loaded, shape, crate::paths::wasm_file(BUNDLE_MODULE)?)
+}
+
+/// [`reshape`] with the bundle at `bundle`.
+fn reshape_with(loaded: &Loaded, shape: Shape, bundle: PathBuf) -> Result<Loaded> {
+    if loaded.shape != Shape::Separate {
+        bail!(
+            "reshape: {} is already in the {} shape",
+            loaded.label,
+            loaded.shape.name()
+        );
+    }
+    let mut out = loaded.clone();
+    out.shape = shape;
+    if shape == Shape::Separate {
+        return Ok(out);
+    }
+    let mut plugins = Vec::new();
+    // The chain being built: (filter, configuration) in order.
+    let mut run: Vec<(&str, &str)> = Vec::new();
+    let mut chains = 0;
+    let taken: BTreeSet<&str> = loaded.plugins.iter().map(Plugin::name).collect();
+    let mut flush = |run: &mut Vec<(&str, &str)>, plugins: &mut Vec<Plugin>| -> Result<()> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let mut stages = Vec::new();
+        for (filter, configuration) in run.drain(..) {
+            let stage = if configuration.trim().is_empty() {
+                format!("{{\"filter\":{}}}", serde_json::Value::from(filter))
+            } else {
+                // The configuration text as it is (so the stage gets the same bytes' meaning).
+                serde_json::from_str::<serde_json::Value>(configuration).with_context(|| {
+                    format!(
+                        "chain shape: the configuration of {filter} is not JSON, so it cannot \
+                         be a chain stage's `config`"
+                    )
+                })?;
+                format!(
+                    "{{\"filter\":{},\"config\":{configuration}}}",
+                    serde_json::Value::from(filter)
+                )
+            };
+            stages.push(stage);
+        }
+        let name = loop {
+            chains += 1;
+            let name = if chains == 1 {
+                "chain".to_string()
+            } else {
+                format!("chain.{chains}")
+            };
+            if !taken.contains(name.as_str()) {
+                break name;
+            }
+        };
+        plugins.push(Plugin::Wasm {
+            name,
+            vm_id: BUNDLE_MODULE.into(),
+            root_id: "chain".into(),
+            path: bundle.clone(),
+            configuration: format!("{{\"stages\":[{}]}}", stages.join(",")),
+        });
+        Ok(())
+    };
+    for (i, plugin) in loaded.plugins.iter().enumerate() {
+        let (
+            Some(filter),
+            Plugin::Wasm {
+                name,
+                configuration,
+                ..
+            },
+        ) = (bundled_filter(loaded, i), plugin)
+        else {
+            flush(&mut run, &mut plugins)?;
+            plugins.push(plugin.clone());
+            continue;
+        };
+        match shape {
+            Shape::Separate => unreachable!("handled above"),
+            Shape::Bundle => plugins.push(Plugin::Wasm {
+                name: name.clone(),
+                vm_id: BUNDLE_MODULE.into(),
+                root_id: filter.into(),
+                path: bundle.clone(),
+                configuration: configuration.clone(),
+            }),
+            Shape::Chain => {
+                if run.iter().any(|(f, _)| *f == filter) {
+                    flush(&mut run, &mut plugins)?;
+                }
+                run.push((filter, configuration));
+            }
+        }
+    }
+    flush(&mut run, &mut plugins)?;
+    out.plugins = plugins;
+    Ok(out)
+}
+
+/// Whether an observable (`client.header.x-request-id`) is one a shape difference names
+/// (exactly, or by a pattern ending in `*`).
+pub fn observable_matches(pattern: &str, observable: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => observable.starts_with(prefix),
+        None => pattern == observable,
+    }
+}
+
+fn check_observable(o: &str) -> Result<()> {
+    let pattern = o.strip_suffix('*');
+    let o = pattern.unwrap_or(o);
+    let fixed = [
+        "upstream",
+        "upstream.body",
+        "client",
+        "client.status",
+        "client.body",
+        "log",
+    ];
+    let prefixed = ["upstream.header.", "client.header.", "metric.", "callouts."];
+    let ok = if pattern.is_some() {
+        fixed
+            .iter()
+            .chain(&prefixed)
+            .any(|k| k.starts_with(o) || o.starts_with(k))
+    } else {
+        fixed.contains(&o)
+            || prefixed
+                .iter()
+                .any(|p| o.len() > p.len() && o.starts_with(p))
+    };
+    if !ok {
+        bail!(
+            "{o:?} is no observable (upstream, upstream.header.<name>, upstream.body, client, \
+             client.status, client.header.<name>, client.body, metric.<name>, callouts.<cluster>, \
+             log; a trailing * matches any rest)"
+        );
+    }
+    Ok(())
 }
 
 fn check_header_names(h: &Headers, at: &str) -> Result<()> {
@@ -414,6 +661,184 @@ fn check_header_names(h: &Headers, at: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loaded scenario without a build: the chain's plugins made up from its entries.
+    fn loaded(yaml: &str) -> Result<Loaded> {
+        let scenario: Scenario = serde_norway::from_str(yaml)?;
+        let plugins = scenario
+            .chain
+            .iter()
+            .enumerate()
+            .map(|(i, e)| match &e.local_reply {
+                Some(reply) => Plugin::LocalReply {
+                    name: format!("scenario.local_reply_{i}"),
+                    reply: reply.clone(),
+                },
+                None => {
+                    let stem = e.filter.clone().unwrap_or_default().replace('-', "_");
+                    let name = e.name.clone().unwrap_or(format!("gatewasm.{stem}"));
+                    Plugin::Wasm {
+                        vm_id: name.clone(),
+                        root_id: String::new(),
+                        path: PathBuf::from(format!("{stem}.wasm")),
+                        configuration: e
+                            .config
+                            .as_ref()
+                            .map(|v| match v {
+                                serde_json::Value::String(s) => s.clone(),
+                                v => v.to_string(),
+                            })
+                            .unwrap_or_default(),
+                        name,
+                    }
+                }
+            })
+            .collect();
+        Ok(Loaded {
+            file: PathBuf::from("t.yaml"),
+            label: "t.yaml".into(),
+            scenario,
+            plugins,
+            shape: Shape::Separate,
+            clusters: Vec::new(),
+            advances: Vec::new(),
+        })
+    }
+
+    fn wasm(p: &Plugin) -> (&str, &str, &str, &str) {
+        match p {
+            Plugin::Wasm {
+                name,
+                vm_id,
+                root_id,
+                configuration,
+                ..
+            } => (name, vm_id, root_id, configuration),
+            Plugin::LocalReply { name, .. } => (name, "", "local_reply", ""),
+        }
+    }
+
+    #[test]
+    fn shapes_rewrite_only_the_bundled_filters() -> Result<()> {
+        let l = loaded(
+            r#"
+description: x
+chain:
+  - {filter: correlation-id}
+  - {filter: trace-propagation, config: {inject: [w3c]}}
+  - {filter: harness-test-module, config: "verbatim text"}
+  - {filter: rate-limit, name: rl_a, config: {rules: []}}
+  - {filter: rate-limit, name: rl_b}
+  - {local_reply: {status: 401}}
+  - {filter: tenant-routing, name: chain, config: {tenants: {}}}
+steps: [{}]
+"#,
+        )?;
+        let bundle = reshape_with(&l, Shape::Bundle, PathBuf::from("gatewasm.wasm"))?;
+        let got: Vec<_> = bundle.plugins.iter().map(wasm).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("gatewasm.correlation_id", "gatewasm", "correlation-id", ""),
+                (
+                    "gatewasm.trace_propagation",
+                    "gatewasm",
+                    "trace-propagation",
+                    r#"{"inject":["w3c"]}"#
+                ),
+                (
+                    "gatewasm.harness_test_module",
+                    "gatewasm.harness_test_module",
+                    "",
+                    "verbatim text"
+                ),
+                ("rl_a", "gatewasm", "rate-limit", r#"{"rules":[]}"#),
+                ("rl_b", "gatewasm", "rate-limit", ""),
+                ("scenario.local_reply_5", "", "local_reply", ""),
+                ("chain", "gatewasm", "tenant-routing", r#"{"tenants":{}}"#),
+            ]
+        );
+        let chain = reshape_with(&l, Shape::Chain, PathBuf::from("gatewasm.wasm"))?;
+        let got: Vec<_> = chain.plugins.iter().map(wasm).collect();
+        // Runs end at other plugins and where a filter would come twice; `chain` is taken.
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "chain.2",
+                    "gatewasm",
+                    "chain",
+                    r#"{"stages":[{"filter":"correlation-id"},{"filter":"trace-propagation","config":{"inject":["w3c"]}}]}"#
+                ),
+                (
+                    "gatewasm.harness_test_module",
+                    "gatewasm.harness_test_module",
+                    "",
+                    "verbatim text"
+                ),
+                (
+                    "chain.3",
+                    "gatewasm",
+                    "chain",
+                    r#"{"stages":[{"filter":"rate-limit","config":{"rules":[]}}]}"#
+                ),
+                (
+                    "chain.4",
+                    "gatewasm",
+                    "chain",
+                    r#"{"stages":[{"filter":"rate-limit"}]}"#
+                ),
+                ("scenario.local_reply_5", "", "local_reply", ""),
+                (
+                    "chain.5",
+                    "gatewasm",
+                    "chain",
+                    r#"{"stages":[{"filter":"tenant-routing","config":{"tenants":{}}}]}"#
+                ),
+            ]
+        );
+        assert_eq!(chain.shape, Shape::Chain);
+        assert!(reshape_with(&chain, Shape::Bundle, PathBuf::new()).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_stage_needs_a_json_configuration() -> Result<()> {
+        let l = loaded(
+            "description: x\nchain: [{filter: correlation-id, config: \"{nope\"}]\nsteps: [{}]\n",
+        )?;
+        let err = reshape_with(&l, Shape::Chain, PathBuf::new())
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(err.contains("not JSON"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn observables_are_checked_and_matched() {
+        for ok in [
+            "client.header.x-request-id",
+            "metric.gatewasm_x",
+            "metric.*",
+            "upstream",
+            "log",
+            "callouts.auth",
+            "*",
+        ] {
+            assert!(check_observable(ok).is_ok(), "{ok}");
+        }
+        for bad in ["client.header.", "headers.x", "metric", "client.status.x"] {
+            assert!(check_observable(bad).is_err(), "{bad}");
+        }
+        assert!(observable_matches(
+            "metric.gatewasm_jwt_*",
+            "metric.gatewasm_jwt_x"
+        ));
+        assert!(!observable_matches("metric.gatewasm_jwt_*", "metric.other"));
+        assert!(observable_matches("client.status", "client.status"));
+        assert!(!observable_matches("client", "client.status"));
+    }
 
     #[test]
     fn parses_references_and_durations() -> Result<()> {

@@ -3,6 +3,13 @@
 //! ([`envoy`]), checked against the file's expectations in both hosts, and the two
 //! hosts' observations compared with each other.
 //!
+//! Every scenario also runs in two more **shapes** ([`Shape`], [`reshape`]): the filters of this
+//! workspace loaded from the bundle `gatewasm.wasm` (bundle mode: root id = the filter's name,
+//! one shared VM; chain mode: each run of consecutive filters as one `chain` plugin). A shape
+//! must meet the same expectations in both hosts and observe what the separate modules observe
+//! ([`Report::compare_with_separate`]), but for the differences the scenario's
+//! `shape_differences` name.
+//!
 //! The format is documented in `tests/scenarios/README.md`; its JSON Schema is
 //! `tests/scenarios/scenario.schema.json`, generated from the types in `format.rs` (a test keeps it
 //! current; `UPDATE_SCHEMA=1 cargo test -p gatewasm-tests --test scenarios` rewrites it).
@@ -27,7 +34,8 @@
 //!   two hosts' observations against each other ([`compare`]).
 //! - `report.rs`: the verdicts put together ([`Report`]) and rendered.
 //!
-//! This file holds the entry points ([`run_file`], [`run_file_in`], [`run`]).
+//! This file holds the entry points ([`run_file`], [`run_file_in`], [`run`], [`run_shape`],
+//! [`run_file_shapes`]).
 
 mod check;
 pub mod envoy;
@@ -37,18 +45,19 @@ mod load;
 mod observed;
 mod report;
 
-pub use check::{compare, evaluate};
+pub use check::{Difference, Verdict, compare, differences, evaluate, verdicts};
 pub use format::{
     Answer, BodyCheck, BodyCheckFields, CalloutAnswer, ChainEntry, ClientExpect, ConfigRejected,
     Expect, HeaderCheck, HeaderCheckFields, Headers, JsonCheck, LocalReply, RequestSpec, Scenario,
-    Step, UpstreamExpect, schema_json,
+    ShapeDifference, ShapeName, Step, UpstreamExpect, schema_json,
 };
 pub use load::{
-    HeaderRef, Loaded, Plugin, Side, compile_pattern, load, named_pattern, parse_duration,
+    BUNDLE_MODULE, BUNDLED_FILTERS, HeaderRef, Loaded, Plugin, Shape, Side, compile_pattern,
+    has_bundled_filters, load, named_pattern, observable_matches, parse_duration, reshape,
     scenario_files, scenarios_dir,
 };
 pub use observed::{ClientResponse, HostOutcome, Message, Observed};
-pub use report::{CheckRow, Report, StepReport};
+pub use report::{CheckRow, Excused, Report, StepReport};
 
 use std::path::Path;
 
@@ -78,7 +87,109 @@ pub fn run_file_in(file: &Path, hosts: Hosts) -> Result<Report> {
     Ok(run(loaded, hosts))
 }
 
-/// Runs a loaded scenario.
+/// Runs `loaded` in `shape` (its own report, not yet compared with the separate modules':
+/// [`Report::compare_with_separate`]).
+pub fn run_shape(loaded: &Loaded, shape: Shape, hosts: Hosts) -> Result<Report> {
+    Ok(run(reshape(loaded, shape)?, hosts))
+}
+
+/// Set to `1`, every shape of every scenario starts an Envoy of its own (to rule out the shared
+/// Envoy when a shape differs).
+pub const ENVOY_PER_SHAPE: &str = "GATEWASM_SCENARIO_ENVOY_PER_SHAPE";
+
+/// Runs `loaded` in each of `shapes` (their own reports, not yet compared with the separate
+/// modules'): [`run_shapes_of`] for one scenario.
+pub fn run_shapes(loaded: &Loaded, shapes: &[Shape], hosts: Hosts) -> Result<Vec<Report>> {
+    run_shapes_of(std::slice::from_ref(loaded), shapes, hosts)
+        .pop()
+        .unwrap_or_else(|| Ok(Vec::new()))
+}
+
+/// What Envoy observed in one run, and the Envoy version that observed it.
+type EnvoyOutcome = (HostOutcome, Option<String>);
+
+/// Runs each of `scenarios` in each of `shapes` (their own reports, not yet compared with the
+/// separate modules'), per scenario in the order of `shapes`. In Envoy the shapes of every
+/// scenario that allows it — its configuration is accepted and its filters make no callouts —
+/// share one Envoy process, a listener each ([`envoy::run_together`]: one V8 compilation of
+/// `gatewasm.wasm` for all of them); the others (and all, with [`ENVOY_PER_SHAPE`] `1`) start
+/// an Envoy per shape.
+pub fn run_shapes_of(
+    scenarios: &[Loaded],
+    shapes: &[Shape],
+    hosts: Hosts,
+) -> Vec<Result<Vec<Report>>> {
+    let per_shape = std::env::var_os(ENVOY_PER_SHAPE).is_some_and(|v| v == "1");
+    let shaped: Vec<Result<Vec<Loaded>>> = scenarios
+        .iter()
+        .map(|loaded| shapes.iter().map(|s| reshape(loaded, *s)).collect())
+        .collect();
+    let in_envoy = |l: &Loaded| hosts.envoy && l.scenario.harness_only.is_none();
+    let together =
+        |l: &Loaded| !per_shape && l.scenario.config_rejected.is_none() && l.clusters.is_empty();
+    // Envoy's outcome per scenario and shape (`None`: not run in Envoy).
+    let mut outcomes: Vec<Vec<Option<EnvoyOutcome>>> = shaped
+        .iter()
+        .map(|s| {
+            s.as_ref()
+                .map(|v| v.iter().map(|_| None).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    let shared: Vec<(usize, usize, &Loaded)> = shaped
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.as_ref().ok().map(|v| (i, v)))
+        .flat_map(|(i, v)| v.iter().enumerate().map(move |(k, l)| (i, k, l)))
+        .filter(|(_, _, l)| in_envoy(l) && together(l))
+        .collect();
+    let refs: Vec<&Loaded> = shared.iter().map(|(_, _, l)| *l).collect();
+    for ((i, k, _), outcome) in shared.iter().zip(envoy::run_together(&refs)) {
+        outcomes[*i][*k] = Some(outcome);
+    }
+    shaped
+        .into_iter()
+        .zip(outcomes)
+        .map(|(shaped, outcomes)| {
+            Ok(shaped?
+                .into_iter()
+                .zip(outcomes)
+                .map(|(loaded, envoy)| {
+                    let envoy = match envoy {
+                        Some(o) => Some(o),
+                        None if in_envoy(&loaded) => Some(envoy::run(&loaded)),
+                        None => None,
+                    };
+                    let harness = harness::run(&loaded);
+                    let (envoy, version) = match envoy {
+                        Some((o, v)) => (Some(o), v),
+                        None => (None, None),
+                    };
+                    report::assemble(loaded, harness, envoy, version)
+                })
+                .collect())
+        })
+        .collect()
+}
+
+/// Loads `file` and runs it in every shape it has: the separate modules, then (when its chain
+/// holds a filter of the bundle) the bundle and the chain shapes ([`run_shapes`]), each
+/// compared with the first.
+pub fn run_file_shapes(file: &Path, hosts: Hosts) -> Result<Vec<Report>> {
+    let loaded = load(file)?;
+    let separate = run(loaded.clone(), hosts);
+    let mut reports = Vec::new();
+    if has_bundled_filters(&loaded) {
+        reports = run_shapes(&loaded, &[Shape::Bundle, Shape::Chain], hosts)?;
+        for report in &mut reports {
+            report.compare_with_separate(&separate);
+        }
+    }
+    reports.insert(0, separate);
+    Ok(reports)
+}
+
+/// Runs a loaded scenario (in the shape it is in).
 pub fn run(loaded: Loaded, hosts: Hosts) -> Report {
     let harness = harness::run(&loaded);
     let (envoy, envoy_version) = if hosts.envoy && loaded.scenario.harness_only.is_none() {

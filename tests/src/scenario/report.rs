@@ -1,23 +1,46 @@
 //! The report of a scenario run: each host's outcome and each step's expectations as judged in
-//! each host, with the differences between the hosts ([`assemble`] → [`Report`]), the verdict
-//! ([`Report::passed`]) and the readable rendering ([`Report::render`]).
+//! each host, with the differences between the hosts ([`assemble`] → [`Report`]), for a shape
+//! of the chain other than the separate modules also the differences from the separate modules'
+//! run ([`Report::compare_with_separate`]) and the known shape differences that excuse some of
+//! them, the verdict ([`Report::passed`]) and the readable rendering ([`Report::render`]).
 
 use std::fmt::Write as _;
 
 use regex::Regex;
 
-use super::check::body_text;
-use super::{HostOutcome, Loaded, Message, Observed, Plugin, compare, evaluate};
+use super::check::{Difference, body_text, differences, verdicts};
+use super::load::observable_matches;
+use super::{HostOutcome, Loaded, Message, Observed, Plugin, Shape};
 
 /// One expectation, evaluated in each host.
 #[derive(Debug, Clone)]
 pub struct CheckRow {
     /// What is checked, readable.
     pub what: String,
+    /// The observable it judges (`client.header.x-request-id`, `metric.<name>`, …).
+    pub observable: String,
     /// The harness's verdict: `Err` says what was seen instead.
     pub harness: Result<(), String>,
     /// Envoy's verdict (`None`: harness-only scenario).
     pub envoy: Option<Result<(), String>>,
+    /// A known difference of this shape names the observable here: the index of the entry in
+    /// `shape_differences`. The row is shown, not judged.
+    pub excused: Option<usize>,
+}
+
+impl CheckRow {
+    fn held(&self) -> bool {
+        self.harness.is_ok() && self.envoy.as_ref().is_none_or(Result::is_ok)
+    }
+}
+
+/// A difference a known shape difference excuses: the index of its entry, and the difference.
+#[derive(Debug, Clone)]
+pub struct Excused {
+    /// The entry of `shape_differences`.
+    pub entry: usize,
+    /// The difference, readable.
+    pub text: String,
 }
 
 /// A step's results.
@@ -29,14 +52,22 @@ pub struct StepReport {
     pub checks: Vec<CheckRow>,
     /// Where the two hosts' observations differ (empty: they agree).
     pub differences: Vec<String>,
+    /// Where this shape's observations differ from the separate modules' in the same host
+    /// (`harness: …`, `envoy: …`; empty: the same, or not compared).
+    pub versus_separate: Vec<String>,
+    /// Differences (between the hosts, or from the separate modules) that a known shape
+    /// difference excuses.
+    pub excused: Vec<Excused>,
     /// The observations (harness, Envoy).
     pub observed: (Option<Observed>, Option<Observed>),
+    /// The separate modules' observations (harness, Envoy), when compared.
+    pub separate_observed: (Option<Observed>, Option<Observed>),
 }
 
 /// The result of running a scenario in both hosts.
 #[derive(Debug, Clone)]
 pub struct Report {
-    /// The scenario.
+    /// The scenario, in the shape that ran.
     pub loaded: Loaded,
     /// The harness's outcome.
     pub harness: HostOutcome,
@@ -46,8 +77,40 @@ pub struct Report {
     pub envoy_version: Option<String>,
     /// Scenario-level problems (a runner failed, the config was or was not rejected, …).
     pub problems: Vec<String>,
+    /// Scenario-level differences a known shape difference excuses (the rejection's log line).
+    pub excused: Vec<Excused>,
     /// Per step.
     pub steps: Vec<StepReport>,
+    /// Whether this shape was compared with the separate modules' run.
+    pub compared: bool,
+    /// Problems of that comparison (a host ran one shape and not the other, …).
+    pub versus_problems: Vec<String>,
+}
+
+/// The entry of `shape_differences` that names `observable` for the report's shape in step
+/// `step` (0-based; `None`: not a step's, e.g. the log), if any.
+fn excuse(loaded: &Loaded, step: Option<usize>, observable: &str) -> Option<usize> {
+    if loaded.shape == Shape::Separate {
+        return None;
+    }
+    loaded.scenario.shape_differences.iter().position(|d| {
+        Shape::from(d.shape) == loaded.shape
+            && match step {
+                Some(i) => d.steps.is_empty() || d.steps.contains(&(i + 1)),
+                None => d.steps.is_empty(),
+            }
+            && d.observables
+                .iter()
+                .any(|pattern| observable_matches(pattern, observable))
+    })
+}
+
+fn kind(o: &HostOutcome) -> &'static str {
+    match o {
+        HostOutcome::Ran(_) => "ran",
+        HostOutcome::ConfigRejected(_) => "had its configuration rejected",
+        HostOutcome::Failed(_) => "failed",
+    }
 }
 
 pub(super) fn assemble(
@@ -57,6 +120,7 @@ pub(super) fn assemble(
     envoy_version: Option<String>,
 ) -> Report {
     let mut problems = Vec::new();
+    let mut excused = Vec::new();
     let mut steps = Vec::new();
     let rejected = loaded.scenario.config_rejected.clone();
     let outcomes: Vec<(&str, &HostOutcome)> = [
@@ -77,13 +141,22 @@ pub(super) fn assemble(
                 problems.push(format!("{host}: the configuration was accepted"));
             }
             (HostOutcome::ConfigRejected(log), Some(want)) => {
-                if let Some(pattern) = &want.log
+                // The chain shape reports a stage's error in its own form.
+                let pattern = match loaded.shape {
+                    Shape::Chain => want.chain_log.as_ref().or(want.log.as_ref()),
+                    Shape::Separate | Shape::Bundle => want.log.as_ref(),
+                };
+                if let Some(pattern) = pattern
                     && !Regex::new(pattern).is_ok_and(|re| re.is_match(log))
                 {
-                    problems.push(format!(
+                    let text = format!(
                         "{host}: the configuration was rejected, but no log line matches {pattern:?}; the log:\n{}",
                         indent(&crate::envoy::tail(log, 30), "    ")
-                    ));
+                    );
+                    match excuse(&loaded, None, "log") {
+                        Some(entry) => excused.push(Excused { entry, text }),
+                        None => problems.push(text),
+                    }
                 }
             }
             (HostOutcome::Ran(_), None) => {}
@@ -101,8 +174,8 @@ pub(super) fn assemble(
             let _ = write!(title, " ({n})");
         }
         let _ = write!(title, ": {} {}", step.request.method, step.request.path);
-        let hv = h_obs.as_ref().map(|all| evaluate(step, i, all));
-        let ev = e_obs.as_ref().map(|all| evaluate(step, i, all));
+        let hv = h_obs.as_ref().map(|all| verdicts(step, i, all));
+        let ev = e_obs.as_ref().map(|all| verdicts(step, i, all));
         let n = hv
             .as_ref()
             .map(Vec::len)
@@ -110,17 +183,19 @@ pub(super) fn assemble(
             .unwrap_or(0);
         let mut checks = Vec::new();
         for k in 0..n {
-            let what = hv
+            let (what, observable) = hv
                 .as_ref()
                 .and_then(|v| v.get(k))
                 .or(ev.as_ref().and_then(|v| v.get(k)))
-                .map(|(w, _)| w.clone())
+                .map(|v| (v.what.clone(), v.observable.clone()))
                 .unwrap_or_default();
-            let pick = |v: &Option<Vec<(String, Result<(), String>)>>| {
-                v.as_ref().and_then(|v| v.get(k)).map(|(_, r)| r.clone())
+            let pick = |v: &Option<Vec<super::check::Verdict>>| {
+                v.as_ref().and_then(|v| v.get(k)).map(|v| v.result.clone())
             };
             checks.push(CheckRow {
+                excused: excuse(&loaded, Some(i), &observable),
                 what,
+                observable,
                 harness: pick(&hv).unwrap_or_else(|| Err("did not run".into())),
                 envoy: envoy
                     .as_ref()
@@ -131,15 +206,27 @@ pub(super) fn assemble(
             h_obs.as_ref().and_then(|v| v.get(i)).cloned(),
             e_obs.as_ref().and_then(|v| v.get(i)).cloned(),
         );
-        let differences = match (&ho, &eo) {
-            (Some(h), Some(e)) => compare(step, h, e),
-            _ => Vec::new(),
-        };
+        let mut host_differences = Vec::new();
+        let mut step_excused = Vec::new();
+        if let (Some(h), Some(e)) = (&ho, &eo) {
+            for Difference { observable, text } in differences(step, h, e, ("harness", "envoy")) {
+                match excuse(&loaded, Some(i), &observable) {
+                    Some(entry) => step_excused.push(Excused {
+                        entry,
+                        text: format!("hosts: {text}"),
+                    }),
+                    None => host_differences.push(text),
+                }
+            }
+        }
         steps.push(StepReport {
             title,
             checks,
-            differences,
+            differences: host_differences,
+            versus_separate: Vec::new(),
+            excused: step_excused,
             observed: (ho, eo),
+            separate_observed: (None, None),
         });
     }
     Report {
@@ -148,7 +235,10 @@ pub(super) fn assemble(
         envoy,
         envoy_version,
         problems,
+        excused,
         steps,
+        compared: false,
+        versus_problems: Vec::new(),
     }
 }
 
@@ -160,15 +250,88 @@ fn indent(text: &str, prefix: &str) -> String {
 }
 
 impl Report {
+    /// The shape's observations against the separate modules' (`separate`: the same scenario's
+    /// report in [`Shape::Separate`]), host by host and step by step, with the differences the
+    /// scenario's `shape_differences` name for this shape excused. Nothing for the separate
+    /// shape itself.
+    pub fn compare_with_separate(&mut self, separate: &Report) {
+        if self.loaded.shape == Shape::Separate {
+            return;
+        }
+        self.compared = true;
+        let shape = self.loaded.shape.name();
+        let hosts = [
+            ("harness", Some(&separate.harness), Some(&self.harness)),
+            ("envoy", separate.envoy.as_ref(), self.envoy.as_ref()),
+        ];
+        for (host, theirs, ours) in hosts {
+            let (theirs, ours) = match (theirs, ours) {
+                (Some(t), Some(o)) => (t, o),
+                (None, None) => continue,
+                (t, o) => {
+                    self.versus_problems.push(format!(
+                        "{host} ran with the separate modules: {}, in the {shape} shape: {}",
+                        t.is_some(),
+                        o.is_some()
+                    ));
+                    continue;
+                }
+            };
+            match (theirs, ours) {
+                (HostOutcome::Ran(a), HostOutcome::Ran(b)) => {
+                    for (i, step) in self.loaded.scenario.steps.iter().enumerate() {
+                        let (Some(sa), Some(sb)) = (a.get(i), b.get(i)) else {
+                            continue;
+                        };
+                        let mut versus = Vec::new();
+                        let mut excused = Vec::new();
+                        for Difference { observable, text } in
+                            differences(step, sa, sb, ("separate", shape))
+                        {
+                            let text = format!("{host}: {text}");
+                            match excuse(&self.loaded, Some(i), &observable) {
+                                Some(entry) => excused.push(Excused { entry, text }),
+                                None => versus.push(text),
+                            }
+                        }
+                        if let Some(report) = self.steps.get_mut(i) {
+                            report.versus_separate.extend(versus);
+                            report.excused.extend(excused);
+                            match host {
+                                "harness" => report.separate_observed.0 = Some(sa.clone()),
+                                _ => report.separate_observed.1 = Some(sa.clone()),
+                            }
+                        }
+                    }
+                }
+                (HostOutcome::ConfigRejected(_), HostOutcome::ConfigRejected(_)) => {}
+                (t, o) => self.versus_problems.push(format!(
+                    "{host}: the separate modules' run {}, the {shape} shape's {}{}",
+                    kind(t),
+                    kind(o),
+                    match t {
+                        HostOutcome::Failed(e) => format!(" (the separate modules: {e})"),
+                        _ => String::new(),
+                    }
+                )),
+            }
+        }
+    }
+
     /// Whether the scenario passed: every expectation held in every host that ran and the hosts
     /// agree — or, for a `known_disagreement` scenario, every expectation held in Envoy and the
-    /// hosts still disagree.
+    /// hosts still disagree; and a shape other than the separate modules observed what they
+    /// observed, but for its known differences (each of which still differs).
     pub fn passed(&self) -> bool {
+        self.own_verdict() && self.same_as_separate()
+    }
+
+    fn own_verdict(&self) -> bool {
         if self.loaded.scenario.known_disagreement.is_some() && self.envoy.is_some() {
             let envoy_ok = self.steps.iter().all(|s| {
                 s.checks
                     .iter()
-                    .all(|c| c.envoy.as_ref().is_none_or(Result::is_ok))
+                    .all(|c| c.excused.is_some() || c.envoy.as_ref().is_none_or(Result::is_ok))
             });
             let envoy_ran = matches!(self.envoy, Some(HostOutcome::Ran(_)));
             return envoy_ok && envoy_ran && self.hosts_disagree();
@@ -176,13 +339,18 @@ impl Report {
         self.all_held_and_agree()
     }
 
+    /// Whether this shape observed what the separate modules did (true for the separate shape,
+    /// and when not compared), and every known difference of the shape still differs.
+    fn same_as_separate(&self) -> bool {
+        self.versus_problems.is_empty()
+            && self.steps.iter().all(|s| s.versus_separate.is_empty())
+            && self.stale_differences().is_empty()
+    }
+
     fn all_held_and_agree(&self) -> bool {
         self.problems.is_empty()
             && self.steps.iter().all(|s| {
-                s.differences.is_empty()
-                    && s.checks
-                        .iter()
-                        .all(|c| c.harness.is_ok() && c.envoy.as_ref().is_none_or(Result::is_ok))
+                s.differences.is_empty() && s.checks.iter().all(|c| c.excused.is_some() || c.held())
             })
     }
 
@@ -192,22 +360,60 @@ impl Report {
         self.steps.iter().any(|s| {
             !s.differences.is_empty()
                 || s.checks.iter().any(|c| {
-                    c.envoy
-                        .as_ref()
-                        .is_some_and(|e| e.is_ok() != c.harness.is_ok())
+                    c.excused.is_none()
+                        && c.envoy
+                            .as_ref()
+                            .is_some_and(|e| e.is_ok() != c.harness.is_ok())
                 })
         })
+    }
+
+    /// The entries of `shape_differences` for this shape that excused nothing in a run compared
+    /// with the separate modules: the shape no longer differs there (remove them).
+    pub fn stale_differences(&self) -> Vec<usize> {
+        if !self.compared {
+            return Vec::new();
+        }
+        let shape = self.loaded.shape;
+        let used = |entry: usize| {
+            self.excused.iter().any(|x| x.entry == entry)
+                || self.steps.iter().any(|s| {
+                    s.excused.iter().any(|x| x.entry == entry)
+                        || s.checks
+                            .iter()
+                            .any(|c| c.excused == Some(entry) && !c.held())
+                })
+        };
+        self.loaded
+            .scenario
+            .shape_differences
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| Shape::from(d.shape) == shape && !used(*i))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// A readable report. `verbose` adds every observation; a failed step always shows them.
     pub fn render(&self, verbose: bool) -> String {
         let mut s = String::new();
         let sc = &self.loaded.scenario;
+        let shape = self.loaded.shape;
         let known = sc.known_disagreement.is_some() && self.envoy.is_some();
-        let verdict = if known && self.passed() {
-            "PASS (a known disagreement: Envoy meets the expectations, the harness does not)"
-        } else if known && self.all_held_and_agree() {
+        let stale = self.stale_differences();
+        let own = self.own_verdict();
+        let verdict = if !own && known && self.all_held_and_agree() {
             "FAIL (the hosts agree now: remove `known_disagreement` from the scenario)"
+        } else if own && !self.same_as_separate() {
+            if self.versus_problems.is_empty()
+                && self.steps.iter().all(|s| s.versus_separate.is_empty())
+            {
+                "FAIL (a known shape difference no longer differs: remove it from `shape_differences`)"
+            } else {
+                "FAIL (differs from the separate modules)"
+            }
+        } else if known && self.passed() {
+            "PASS (a known disagreement: Envoy meets the expectations, the harness does not)"
         } else if self.passed() {
             "PASS"
         } else if self.hosts_disagree() {
@@ -215,10 +421,68 @@ impl Report {
         } else {
             "FAIL"
         };
-        let _ = writeln!(s, "scenario {}: {verdict}", self.loaded.label);
+        let label = match shape {
+            Shape::Separate => String::new(),
+            other => format!(" [{}]", other.name()),
+        };
+        let _ = writeln!(s, "scenario {}{label}: {verdict}", self.loaded.label);
         let _ = writeln!(s, "  {}", sc.description);
         if let Some(why) = &sc.known_disagreement {
             let _ = writeln!(s, "  known disagreement: {why}");
+        }
+        match shape {
+            Shape::Separate => {}
+            Shape::Bundle => {
+                let _ = writeln!(
+                    s,
+                    "  shape: bundle (each filter from gatewasm.wasm, root_id = its name, vm_id gatewasm){}",
+                    if self.compared {
+                        ", compared with the separate modules"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Shape::Chain => {
+                let _ = writeln!(
+                    s,
+                    "  shape: chain (each run of consecutive filters as one gatewasm.wasm plugin, root_id chain){}",
+                    if self.compared {
+                        ", compared with the separate modules"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        for (i, d) in sc.shape_differences.iter().enumerate() {
+            if Shape::from(d.shape) != shape {
+                continue;
+            }
+            let steps = if d.steps.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " in step(s) {}",
+                    d.steps
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let _ = writeln!(
+                s,
+                "  known {} difference{}: {}{steps}: {}",
+                shape.name(),
+                if stale.contains(&i) {
+                    " (NO LONGER DIFFERS: remove it)"
+                } else {
+                    ""
+                },
+                d.observables.join(", "),
+                d.why
+            );
         }
         match (&sc.harness_only, &self.envoy) {
             (Some(why), _) => {
@@ -245,18 +509,24 @@ impl Report {
                     name,
                     path,
                     configuration,
+                    root_id,
                     ..
                 } => {
                     let file = path
                         .file_name()
                         .map(|f| f.to_string_lossy().into_owned())
                         .unwrap_or_default();
+                    let root = if root_id.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", root_id {root_id}")
+                    };
                     let config = if configuration.is_empty() {
                         "(empty)"
                     } else {
                         configuration.as_str()
                     };
-                    let _ = writeln!(s, "    {}. {name} ({file}) config {config}", i + 1);
+                    let _ = writeln!(s, "    {}. {name} ({file}{root}) config {config}", i + 1);
                 }
                 Plugin::LocalReply { reply, .. } => {
                     let _ = writeln!(
@@ -276,13 +546,26 @@ impl Report {
         for p in &self.problems {
             let _ = writeln!(s, "  PROBLEM {p}");
         }
+        for p in &self.versus_problems {
+            let _ = writeln!(s, "  PROBLEM (against the separate modules) {p}");
+        }
+        for x in &self.excused {
+            let _ = writeln!(
+                s,
+                "  known {} difference: {}",
+                shape.name(),
+                indent(&x.text, "    ").trim_start()
+            );
+        }
         if let Some(want) = &sc.config_rejected {
+            let log = match shape {
+                Shape::Chain => want.chain_log.as_ref().or(want.log.as_ref()),
+                Shape::Separate | Shape::Bundle => want.log.as_ref(),
+            };
             let _ = writeln!(
                 s,
                 "  expect: configuration rejected{}",
-                want.log
-                    .as_ref()
-                    .map(|l| format!(", log matches {l:?}"))
+                log.map(|l| format!(", log matches {l:?}"))
                     .unwrap_or_default()
             );
         }
@@ -295,11 +578,32 @@ impl Report {
                 "harness",
                 if with_envoy { "envoy" } else { "" }
             );
-            let mut failed = !st.differences.is_empty();
+            let mut failed = !st.differences.is_empty() || !st.versus_separate.is_empty();
             for c in &st.checks {
                 let mark = |r: &Result<(), String>| if r.is_ok() { "ok" } else { "FAIL" };
                 let e = c.envoy.as_ref().map(mark).unwrap_or("");
                 let _ = writeln!(s, "    {:<8}{:<8}{}", mark(&c.harness), e, c.what);
+                if let Some(entry) = c.excused {
+                    if !c.held() {
+                        let why = sc
+                            .shape_differences
+                            .get(entry)
+                            .map(|d| d.why.as_str())
+                            .unwrap_or_default();
+                        let _ = writeln!(
+                            s,
+                            "{:>20}not judged: a known {} difference ({why})",
+                            "",
+                            shape.name()
+                        );
+                    }
+                    for (host, r) in [("harness", Some(&c.harness)), ("envoy", c.envoy.as_ref())] {
+                        if let Some(Err(why)) = r {
+                            let _ = writeln!(s, "{:>20}{host}: {why}", "");
+                        }
+                    }
+                    continue;
+                }
                 if let Err(why) = &c.harness {
                     failed = true;
                     let _ = writeln!(s, "{:>20}harness: {why}", "");
@@ -319,12 +623,48 @@ impl Report {
                     }
                 }
             }
+            if self.compared {
+                if st.versus_separate.is_empty() {
+                    let _ = writeln!(s, "    same as the separate modules");
+                } else {
+                    let _ = writeln!(s, "    DIFFERS FROM THE SEPARATE MODULES:");
+                    for d in &st.versus_separate {
+                        let _ = writeln!(s, "      - {d}");
+                    }
+                }
+            }
+            for x in &st.excused {
+                let why = sc
+                    .shape_differences
+                    .get(x.entry)
+                    .map(|d| d.why.as_str())
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "    known {} difference ({why}): {}",
+                    shape.name(),
+                    x.text
+                );
+            }
             if verbose || (failed && !(known && self.passed())) {
                 for (host, obs) in [("harness", &st.observed.0), ("envoy", &st.observed.1)] {
                     if let Some(o) = obs {
                         let _ = writeln!(s, "    observed in {host}:");
                         s.push_str(&indent(&render_observed(o), "      "));
                         s.push('\n');
+                    }
+                }
+                if verbose || !st.versus_separate.is_empty() {
+                    for (host, obs) in [
+                        ("harness", &st.separate_observed.0),
+                        ("envoy", &st.separate_observed.1),
+                    ] {
+                        if let Some(o) = obs {
+                            let _ =
+                                writeln!(s, "    observed in {host} with the separate modules:");
+                            s.push_str(&indent(&render_observed(o), "      "));
+                            s.push('\n');
+                        }
                     }
                 }
             }
@@ -378,4 +718,86 @@ fn render_observed(o: &Observed) -> String {
         let _ = writeln!(s, "note: {n}");
     }
     s.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{ClientResponse, load};
+
+    fn observed(headers: &[(&str, &str)]) -> Observed {
+        Observed {
+            upstream: Some(Message::default()),
+            client: Some(ClientResponse {
+                status: 200,
+                message: Message {
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    body: Vec::new(),
+                },
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The separate shape's report and the bundle shape's, compared (harness only).
+    fn compared(loaded: &Loaded, bundle: &[(&str, &str)]) -> Report {
+        let separate = assemble(
+            loaded.clone(),
+            HostOutcome::Ran(vec![observed(&[("x-a", "1"), ("x-b", "1")])]),
+            None,
+            None,
+        );
+        let mut shaped = loaded.clone();
+        shaped.shape = Shape::Bundle;
+        let mut report = assemble(shaped, HostOutcome::Ran(vec![observed(bundle)]), None, None);
+        report.compare_with_separate(&separate);
+        report
+    }
+
+    #[test]
+    fn a_shape_must_observe_what_the_separate_modules_do() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("s.yaml");
+        std::fs::write(
+            &file,
+            "description: x\nchain: [{local_reply: {status: 401}}]\nsteps: [{}]\n\
+             shape_differences:\n  - {shape: bundle, observables: [client.header.x-b], why: known}\n",
+        )?;
+        let loaded = load(&file)?;
+
+        // x-a differs: not excused; x-b differs: excused.
+        let r = compared(&loaded, &[("x-a", "2"), ("x-b", "2")]);
+        assert_eq!(r.steps[0].versus_separate.len(), 1, "{:?}", r.steps[0]);
+        assert!(r.steps[0].versus_separate[0].contains("x-a"));
+        assert_eq!(r.steps[0].excused.len(), 1);
+        assert!(!r.passed());
+        assert!(
+            r.render(false)
+                .contains("differs from the separate modules")
+        );
+
+        // Only the known difference: passes, and says so.
+        let r = compared(&loaded, &[("x-a", "1"), ("x-b", "2")]);
+        assert!(r.passed(), "{}", r.render(true));
+        assert!(r.render(false).contains("known bundle difference (known)"));
+
+        // No difference left: the entry is stale.
+        let r = compared(&loaded, &[("x-a", "1"), ("x-b", "1")]);
+        assert_eq!(r.stale_differences(), vec![0]);
+        assert!(!r.passed());
+        assert!(r.render(false).contains("no longer differs"));
+
+        // The separate shape itself is never compared, and the entry does not apply to it.
+        let separate = assemble(
+            loaded.clone(),
+            HostOutcome::Ran(vec![observed(&[])]),
+            None,
+            None,
+        );
+        assert!(separate.passed() && separate.stale_differences().is_empty());
+        Ok(())
+    }
 }
