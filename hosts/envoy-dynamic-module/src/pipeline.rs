@@ -294,6 +294,7 @@ impl Pipeline {
             pipeline: Rc::clone(self),
             seen: 0,
             response: Vec::new(),
+            replied: false,
         }
     }
 }
@@ -410,6 +411,8 @@ pub struct Run {
     seen: usize,
     /// Response edits decided on the request side (applied on the response pass).
     response: Vec<HeaderEdit<'static>>,
+    /// This run answered locally; the response side went into the reply's headers.
+    replied: bool,
 }
 
 impl Run {
@@ -460,13 +463,43 @@ impl Run {
         for (id, by) in counters {
             envoy.increment_counter(id, by);
         }
-        match reply {
-            Some(reply) => {
-                envoy.send_reply(&reply);
-                Verdict::Stop
-            }
-            None => Verdict::Continue,
+        let Some(mut reply) = reply else {
+            return Verdict::Continue;
+        };
+        // The response side of the stages that saw the request goes into the reply's headers
+        // (every reply carries x-request-id). In Envoy 1.40 a local reply a dynamic module
+        // sends does not get that module's response-hook header writes (seen end to end: the
+        // reply lacked x-request-id; a Wasm filter's do land), so they cannot wait for the
+        // hook; should it run, it does nothing more.
+        let (edits, counters) = self.response_side(envoy, shared);
+        for edit in &edits {
+            edit_reply(&mut reply, edit);
         }
+        for (id, by) in counters {
+            envoy.increment_counter(id, by);
+        }
+        self.replied = true;
+        envoy.send_reply(&reply);
+        Verdict::Stop
+    }
+
+    /// The response side of every stage that saw the request, last first: the response edits
+    /// (those decided on the request side first) and the counters.
+    fn response_side(
+        &mut self,
+        envoy: &mut dyn StreamHost,
+        shared: &SharedData,
+    ) -> (Vec<HeaderEdit<'static>>, Vec<(u32, u32)>) {
+        let mut edits = std::mem::take(&mut self.response);
+        let mut counters = Vec::new();
+        let mut host = PassHost::new(envoy, shared);
+        let seen = self.seen.min(self.stages.len());
+        for bound in self.stages.iter_mut().take(seen).rev() {
+            let mut fx = bound.get().response(&mut host);
+            edits.append(&mut fx.response);
+            counters.append(&mut fx.counters);
+        }
+        (edits, counters)
     }
 
     /// The response headers (also of a local reply): the response side of every stage that saw
@@ -476,17 +509,10 @@ impl Run {
     }
 
     fn response_headers_in(&mut self, envoy: &mut dyn StreamHost, shared: &SharedData) {
-        let mut edits = std::mem::take(&mut self.response);
-        let mut counters = Vec::new();
-        {
-            let mut host = PassHost::new(envoy, shared);
-            let seen = self.seen.min(self.stages.len());
-            for bound in self.stages.iter_mut().take(seen).rev() {
-                let mut fx = bound.get().response(&mut host);
-                edits.append(&mut fx.response);
-                counters.append(&mut fx.counters);
-            }
+        if self.replied {
+            return;
         }
+        let (edits, counters) = self.response_side(envoy, shared);
         for edit in &edits {
             apply(envoy, Side::Response, edit);
         }
@@ -496,10 +522,226 @@ impl Run {
     }
 }
 
+/// A response edit applied to a local reply's headers, as Envoy's header map would.
+fn edit_reply(reply: &mut LocalReply, edit: &HeaderEdit<'_>) {
+    let value = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
+    match edit {
+        HeaderEdit::Set(name, v) => {
+            reply.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+            reply.headers.push((name.to_string(), value(v)));
+        }
+        HeaderEdit::Add(name, v) => reply.headers.push((name.to_string(), value(v))),
+        HeaderEdit::Remove(name) => reply.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name)),
+    }
+}
+
 fn apply(envoy: &mut dyn StreamHost, side: Side, edit: &HeaderEdit<'_>) {
     match edit {
         HeaderEdit::Set(name, value) => envoy.set_header(side, name, Some(value)),
         HeaderEdit::Add(name, value) => envoy.add_header(side, name, value),
         HeaderEdit::Remove(name) => envoy.set_header(side, name, None),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::spec::Spec;
+    use gatewasm_common::headers::serialize_header_map;
+
+    /// Envoy as a map and a call log.
+    #[derive(Default)]
+    struct FakeEnvoy {
+        request: Vec<(String, Vec<u8>)>,
+        source: Option<Vec<u8>>,
+        calls: Vec<String>,
+        counters: Vec<(u32, u32)>,
+        replies: Vec<LocalReply>,
+    }
+
+    impl StreamHost for FakeEnvoy {
+        fn request_headers(&mut self) -> Vec<u8> {
+            self.calls.push("read".into());
+            serialize_header_map(self.request.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        }
+        fn source_address(&mut self) -> Option<Vec<u8>> {
+            self.source.clone()
+        }
+        fn set_header(&mut self, side: Side, name: &str, value: Option<&[u8]>) {
+            let value = value.map(|v| String::from_utf8_lossy(v).into_owned());
+            self.calls.push(format!("set {side:?} {name} {value:?}"));
+        }
+        fn add_header(&mut self, side: Side, name: &str, value: &[u8]) {
+            let value = String::from_utf8_lossy(value);
+            self.calls.push(format!("add {side:?} {name} {value}"));
+        }
+        fn clear_route_cache(&mut self) {
+            self.calls.push("clear_route_cache".into());
+        }
+        fn increment_counter(&mut self, id: u32, by: u32) {
+            self.counters.push((id, by));
+        }
+        fn send_reply(&mut self, reply: &LocalReply) {
+            self.calls.push(format!("reply {}", reply.status));
+            self.replies.push(reply.clone());
+        }
+    }
+
+    fn pipeline(name: &str, config: &str) -> Rc<Pipeline> {
+        let spec = Spec::parse(name, config.as_bytes()).unwrap();
+        // Counter ids by definition order, as Envoy would hand them out.
+        let mut next = 0;
+        Rc::new(
+            Pipeline::build(&spec.plans, spec.chain, &mut |_| {
+                next += 1;
+                Counter(Some(next))
+            })
+            .unwrap(),
+        )
+    }
+
+    fn envoy(headers: &[(&str, &str)]) -> FakeEnvoy {
+        FakeEnvoy {
+            request: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            source: Some(b"10.0.0.1:5555".to_vec()),
+            ..FakeEnvoy::default()
+        }
+    }
+
+    const TENANTS: &str = r#"{"filter": "tenant-routing", "config": {
+        "sources": [{"header": "x-tenant"}],
+        "tenants": {"acme": {"cluster": "acme", "headers": {"x-tier": "gold"}}},
+        "unknown_tenant_status": 404, "output_header": "x-tenant-id", "cluster_header": "x-cluster"}}"#;
+
+    #[test]
+    fn a_chain_reads_once_and_writes_back_each_changed_header_once() {
+        let chain = pipeline(
+            "chain",
+            &format!(
+                r#"{{"stages": [{{"filter": "correlation-id", "config": {{"echo_downstream": true}}}}, {TENANTS}]}}"#
+            ),
+        );
+        let mut envoy = envoy(&[
+            (":path", "/a"),
+            ("x-tenant", "acme"),
+            ("x-request-id", "id-1"),
+        ]);
+        let mut run = chain.start();
+        assert_eq!(run.request_headers(&mut envoy), Verdict::Continue);
+        assert_eq!(envoy.calls.iter().filter(|c| *c == "read").count(), 1);
+        let writes: Vec<&String> = envoy
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("set"))
+            .collect();
+        assert!(
+            writes.contains(&&"set Request x-cluster Some(\"acme\")".to_string()),
+            "{writes:?}"
+        );
+        assert!(
+            writes.contains(&&"set Request x-tenant-id Some(\"acme\")".to_string()),
+            "{writes:?}"
+        );
+        let mut names: Vec<&str> = writes
+            .iter()
+            .map(|w| w.split(' ').nth(2).unwrap())
+            .collect();
+        let all = names.len();
+        names.dedup();
+        assert_eq!(names.len(), all, "a header written twice: {writes:?}");
+        assert_eq!(
+            envoy
+                .calls
+                .iter()
+                .filter(|c| *c == "clear_route_cache")
+                .count(),
+            1,
+            "{:?}",
+            envoy.calls
+        );
+        // correlation-id kept the valid ID (no write) and counted it; tenant-routing counted.
+        assert!(
+            !envoy.calls.iter().any(|c| c.contains("x-request-id")),
+            "{:?}",
+            envoy.calls
+        );
+        assert!(envoy.counters.len() >= 2, "{:?}", envoy.counters);
+        // The response side echoes the ID.
+        envoy.calls.clear();
+        run.response_headers(&mut envoy);
+        assert_eq!(
+            envoy.calls,
+            vec!["set Response x-request-id Some(\"id-1\")"]
+        );
+    }
+
+    #[test]
+    fn a_local_reply_stops_later_stages_after_writing_what_earlier_ones_did() {
+        let chain = pipeline(
+            "chain",
+            &format!(
+                r#"{{"stages": [{{"filter": "correlation-id", "config": {{"echo_downstream": true}}}}, {TENANTS},
+                    {{"filter": "rate-limit", "config": {{"rules": [{{"name": "r", "key": ["client_ip"], "limit": 1, "window_s": 60}}]}}}}]}}"#
+            ),
+        );
+        let mut envoy = envoy(&[(":path", "/a"), ("x-tenant", "initech")]);
+        let mut run = chain.start();
+        assert_eq!(run.request_headers(&mut envoy), Verdict::Stop);
+        // The generated ID is written before the 404; rate-limit never ran (no table use).
+        let id_write = envoy
+            .calls
+            .iter()
+            .position(|c| c.starts_with("set Request x-request-id"))
+            .expect("the generated ID is written");
+        let reply = envoy.calls.iter().position(|c| c == "reply 404").unwrap();
+        assert!(id_write < reply, "{:?}", envoy.calls);
+        // The response side of the stages that saw the request went into the reply: the ID is
+        // echoed there, and the response hook adds nothing.
+        let echoed = envoy.replies[0]
+            .headers
+            .iter()
+            .find(|(n, _)| n == "x-request-id")
+            .map(|(_, v)| v.clone());
+        let written = envoy.calls[id_write].split('"').nth(1).map(str::to_owned);
+        assert_eq!(echoed, written, "{:?}", envoy.replies);
+        envoy.calls.clear();
+        run.response_headers(&mut envoy);
+        assert!(envoy.calls.is_empty(), "{:?}", envoy.calls);
+    }
+
+    #[test]
+    fn rate_limits_use_the_peer_address_and_the_shared_data() {
+        // A key no other test uses: the buckets live in the process's shared data.
+        let limiter = pipeline(
+            "rate-limit",
+            r#"{"rules": [{"name": "pipeline-test", "key": ["client_ip"], "limit": 2, "window_s": 3600}]}"#,
+        );
+        let statuses: Vec<Verdict> = (0..4)
+            .map(|_| {
+                let mut envoy = envoy(&[(":path", "/")]);
+                envoy.source = Some(b"192.0.2.77:4000".to_vec());
+                limiter.start().request_headers(&mut envoy)
+            })
+            .collect();
+        assert_eq!(
+            statuses,
+            vec![
+                Verdict::Continue,
+                Verdict::Continue,
+                Verdict::Stop,
+                Verdict::Stop
+            ]
+        );
+        // Another client has its own bucket.
+        let mut other = envoy(&[(":path", "/")]);
+        other.source = Some(b"192.0.2.78:4000".to_vec());
+        assert_eq!(
+            limiter.start().request_headers(&mut other),
+            Verdict::Continue
+        );
     }
 }
