@@ -285,6 +285,13 @@ fn gateway_native_runs_the_five_filters_as_one_chain() -> Result<()> {
             && echoed.header("authorization").is_none(),
         "claims upstream: {echoed:?}"
     );
+    // rate-limit (its /api/ rules, per client IP and per tenant): an allowed request carries
+    // the IETF headers of the rule that binds.
+    ensure!(
+        resp.header("ratelimit-policy").is_some() && resp.header("ratelimit").is_some(),
+        "no RateLimit headers on an /api/ response: {:?}",
+        resp.headers
+    );
     let mut forged = token.clone();
     let last = forged.pop().context("empty token")?;
     forged.push(if last == 'A' { 'B' } else { 'A' });
