@@ -467,10 +467,10 @@ impl Run {
             return Verdict::Continue;
         };
         // The response side of the stages that saw the request goes into the reply's headers
-        // (every reply carries x-request-id). In Envoy 1.40 a local reply a dynamic module
-        // sends does not get that module's response-hook header writes (seen end to end: the
-        // reply lacked x-request-id; a Wasm filter's do land), so they cannot wait for the
-        // hook; should it run, it does nothing more.
+        // (every reply carries x-request-id). Envoy 1.40 does not call a dynamic module's
+        // response-headers hook for the local reply that module sent (checked: the hook runs
+        // for upstream and router replies, not for its own; a Wasm filter's does run), so the
+        // edits cannot wait for it; should a later Envoy call it, it does nothing more.
         let (edits, counters) = self.response_side(envoy, shared);
         for edit in &edits {
             edit_reply(&mut reply, edit);
