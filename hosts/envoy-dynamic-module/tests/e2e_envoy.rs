@@ -40,8 +40,25 @@ fn module_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The module speaks Envoy 1.40's ABI: another Envoy would fail to load it (or worse), so the
+/// tests refuse to run against one, saying which they found.
+fn require_envoy_1_40() -> Result<()> {
+    let bin = gatewasm_devtools::paths::envoy_bin()?;
+    let out = std::process::Command::new(&bin).arg("--version").output()?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        version.contains("/1.40."),
+        "the dynamic module is built for Envoy 1.40; {} is {}: run `just test-native` \
+         (or set ENVOY_BIN to an Envoy 1.40)",
+        bin.display(),
+        version.trim()
+    );
+    Ok(())
+}
+
 /// An Envoy for `config` (a file of envoy-configs/, or a path) that finds the module.
 fn envoy(config: &str) -> Result<EnvoyBuilder> {
+    require_envoy_1_40()?;
     Ok(EnvoyBuilder::new(config).env(
         "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
         &module_dir()?.display().to_string(),
