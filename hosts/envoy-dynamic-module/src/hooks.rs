@@ -18,7 +18,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::{Arc, Weak};
 
@@ -27,19 +26,9 @@ use gatewasm_common::headers::serialize_header_map;
 use gatewasm_common::stage::{Counter, LocalReply};
 
 use crate::abi::{self, EnvoyBuffer, EnvoyConfig, EnvoyFilter, EnvoyHttpHeader};
+use crate::guard::guard;
 use crate::pipeline::{Pipeline, Run, Side, StreamHost, Verdict};
 use crate::spec::Spec;
-
-/// Run a hook's body; a panic is logged and `fallback` returned.
-fn guard<T>(hook: &str, fallback: impl FnOnce() -> T, body: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(value) => value,
-        Err(_) => {
-            log::error!("gatewasm: a panic in {hook} was caught");
-            fallback()
-        }
-    }
-}
 
 /// What `config_new` decided, read by every worker.
 struct FilterConfig {

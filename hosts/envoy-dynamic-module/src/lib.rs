@@ -9,6 +9,7 @@
 //! - [`pipeline`] (host-free): builds the stages (each filter's own config parser; what this
 //!   slice cannot do is refused at its field) and runs one stream through them — one read of
 //!   the request headers, the fewest writes back — against a `StreamHost` trait.
+//! - [`guard`] (host-free): the `catch_unwind` every hook runs under.
 //! - [`shared_data`] (host-free): the process-wide shared data (Envoy's CAS rules) that makes
 //!   rate limits exact across workers.
 //! - `abi` (native, not in unit tests): the `extern "C"` declarations of the Envoy 1.40 ABI we
@@ -20,6 +21,7 @@
 //! Envoy binary, resolved when Envoy loads the library, and a test executable has none. The
 //! end-to-end tests (tests/) run the built library in a real Envoy.
 
+pub mod guard;
 pub mod pipeline;
 pub mod shared_data;
 pub mod spec;
