@@ -177,7 +177,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             return std::ptr::null();
         };
         // Build once here: it parses every stage's configuration (refusals name the field)
-        // and defines the counters, whose ids the workers' pipelines share.
+        // and defines the counters, whose ids the workers' pipelines share. Envoy 1.40 shows
+        // a counter defined here as `dynamicmodulescustom.<name>` in /stats (a Wasm module's
+        // as `wasmcustom.<name>`), e.g. dynamicmodulescustom.gatewasm_correlation_id_generated.
         let mut counters = HashMap::new();
         let built = parse_or_log(spec.label(), None, |_| {
             Pipeline::build(&spec.plans, spec.chain, &mut |counter| {
