@@ -15,7 +15,9 @@
 //! `root` and `chain` (wasm32 only: the root that dispatches by root id, chain mode's root and
 //! HTTP contexts over the filters' stages).
 
-pub mod plan;
+/// The host-free part (root ids, the chain's configuration) lives in its own crate, so the
+/// Envoy dynamic module (hosts/envoy-dynamic-module) parses chains with the same code.
+pub use gatewasm_chain_plan as plan;
 
 #[cfg(target_arch = "wasm32")]
 mod chain;
@@ -28,3 +30,38 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Debug);
     proxy_wasm::set_root_context(root::root_context);
 }}
+
+/// `chain.schema.json` is this crate's file; the chain it describes is parsed by [`plan`].
+#[cfg(all(test, not(target_arch = "wasm32")))]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod schema_tests {
+    use super::plan::FilterKind;
+    use serde_json::Value;
+    use std::path::Path;
+
+    /// `chain.schema.json` offers exactly the filters a chain accepts, each by a reference to
+    /// that filter's own committed schema (one schema per filter, whichever host runs it).
+    #[test]
+    fn the_chain_schema_refers_to_each_filters_own_schema() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let schema: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("chain.schema.json")).unwrap())
+                .unwrap();
+        let stages = schema["properties"]["stages"]["items"]["oneOf"]
+            .as_array()
+            .unwrap();
+        let offered: Vec<&str> = stages
+            .iter()
+            .map(|s| s["properties"]["filter"]["const"].as_str().unwrap())
+            .collect();
+        let names: Vec<&str> = FilterKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(offered, names);
+        for stage in stages {
+            let target = stage["properties"]["config"]["$ref"].as_str().unwrap();
+            let file = dir.join(target);
+            let filter_schema: Value =
+                serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            assert_eq!(filter_schema["type"], "object", "{}", file.display());
+        }
+    }
+}

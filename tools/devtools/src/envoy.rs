@@ -58,6 +58,7 @@ pub struct EnvoyBuilder {
     args: Vec<String>,
     cpus: Vec<usize>,
     wrapper: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl EnvoyBuilder {
@@ -80,6 +81,7 @@ impl EnvoyBuilder {
             args: Vec::new(),
             cpus: Vec::new(),
             wrapper: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -134,6 +136,13 @@ impl EnvoyBuilder {
     /// valgrind runs Envoy inside its own process, so [`Envoy::pid`] still names it.
     pub fn wrapper(mut self, command: &[&str]) -> Self {
         self.wrapper = command.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// An environment variable for Envoy's process (e.g. `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`,
+    /// where Envoy looks for a dynamic module's `lib<name>.so`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -214,6 +223,7 @@ impl EnvoyBuilder {
             .args(["--log-level", &self.log_level])
             .arg("--disable-hot-restart")
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file handle")?)
             .stderr(log);

@@ -252,7 +252,7 @@ impl Filter {
 pub const BUNDLE: &str = "gatewasm";
 
 /// The bundle's root id for chain mode (Envoy `root_id`, Istio `pluginName`, Envoy Gateway
-/// `rootID`); every other root id is a filter's name (hosts/proxy-wasm-bundle/src/plan.rs).
+/// `rootID`); every other root id is a filter's name (hosts/chain-plan/src/lib.rs).
 pub const CHAIN_ROOT_ID: &str = "chain";
 
 /// The Istio phase of the chain's one WasmPlugin: AUTHN, before Istio's authentication

@@ -1,0 +1,364 @@
+//! The Envoy 1.40 dynamic-module ABI, the part this module uses, and a safe layer over it.
+//!
+//! Declarations follow `source/extensions/dynamic_modules/abi/abi.h` of envoyproxy/envoy
+//! (ABI version [`ABI_VERSION`], Envoy 1.40). Every callback declared here was checked to be
+//! exported by the official Envoy 1.40.0 binary (`nm -D envoy | grep
+//! envoy_dynamic_module_callback`); the symbols are resolved when Envoy loads the library, so
+//! a callback Envoy does not have makes the load fail instead of a call misbehaving.
+//!
+//! C enums are `int` in that header; they are `i32` here with the values the header gives.
+//! Buffers are `{pointer, length}` pairs: [`ModuleBuffer`] for what we lend Envoy for the
+//! duration of a call, [`EnvoyBuffer`] for what Envoy lends us until the end of the current
+//! event hook (or until we change that header map).
+
+use std::ffi::{c_char, c_void};
+
+/// `ENVOY_DYNAMIC_MODULES_ABI_VERSION` of Envoy 1.40 (its log: "Dynamic module ABI version
+/// v0.2.0 matched."). NUL-terminated: `on_program_init` hands Envoy a C string.
+pub const ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+/// `envoy_dynamic_module_type_envoy_buffer`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EnvoyBuffer {
+    pub ptr: *const c_char,
+    pub length: usize,
+}
+
+/// `envoy_dynamic_module_type_module_buffer`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ModuleBuffer {
+    pub ptr: *const c_char,
+    pub length: usize,
+}
+
+/// `envoy_dynamic_module_type_module_http_header`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ModuleHttpHeader {
+    pub key_ptr: *const c_char,
+    pub key_length: usize,
+    pub value_ptr: *const c_char,
+    pub value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_envoy_http_header`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EnvoyHttpHeader {
+    pub key_ptr: *const c_char,
+    pub key_length: usize,
+    pub value_ptr: *const c_char,
+    pub value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_http_header_type`.
+pub const HEADER_TYPE_REQUEST: i32 = 0;
+pub const HEADER_TYPE_RESPONSE: i32 = 2;
+/// `envoy_dynamic_module_type_log_level`: Trace, Debug, Info, Warn, Error, Critical.
+pub const LOG_TRACE: i32 = 0;
+pub const LOG_DEBUG: i32 = 1;
+pub const LOG_INFO: i32 = 2;
+pub const LOG_WARN: i32 = 3;
+pub const LOG_ERROR: i32 = 4;
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+pub const METRICS_SUCCESS: i32 = 0;
+/// `envoy_dynamic_module_type_attribute_id_SourceAddress` (the 25th attribute, `source.address`).
+pub const ATTRIBUTE_SOURCE_ADDRESS: i32 = 24;
+/// `envoy_dynamic_module_type_on_http_filter_{request,response}_headers_status`.
+pub const HEADERS_CONTINUE: i32 = 0;
+pub const HEADERS_STOP_ITERATION: i32 = 1;
+/// `..._{request,response}_body_status_Continue`, `..._trailers_status_Continue`.
+pub const DATA_CONTINUE: i32 = 0;
+/// `envoy_dynamic_module_type_on_http_filter_local_reply_status_Continue`.
+pub const LOCAL_REPLY_CONTINUE: i32 = 0;
+
+unsafe extern "C" {
+    fn envoy_dynamic_module_callback_log(level: i32, message: ModuleBuffer);
+    fn envoy_dynamic_module_callback_log_enabled(level: i32) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config_envoy_ptr: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        counter_id_ptr: *mut usize,
+    ) -> i32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> i32;
+    fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter_envoy_ptr: *mut c_void,
+        header_type: i32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter_envoy_ptr: *mut c_void,
+        header_type: i32,
+        result_headers: *mut EnvoyHttpHeader,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: i32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: i32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter_envoy_ptr: *mut c_void,
+        status_code: u32,
+        headers_vector: *mut ModuleHttpHeader,
+        headers_vector_size: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+    fn envoy_dynamic_module_callback_http_clear_route_cache(filter_envoy_ptr: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter_envoy_ptr: *mut c_void,
+        attribute_id: i32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+}
+
+impl ModuleBuffer {
+    /// Lend `bytes` to Envoy for one call.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self {
+            ptr: bytes.as_ptr().cast(),
+            length: bytes.len(),
+        }
+    }
+
+    /// The null buffer (`set_header` with it removes the header).
+    pub const NULL: ModuleBuffer = ModuleBuffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+}
+
+/// The bytes of a buffer Envoy lent us. The caller picks a lifetime no longer than Envoy's
+/// promise (the current event hook).
+///
+/// # Safety
+/// `ptr` must point to `length` readable bytes for `'a`, or be null.
+pub unsafe fn envoy_bytes<'a>(ptr: *const c_char, length: usize) -> &'a [u8] {
+    if ptr.is_null() || length == 0 {
+        return &[];
+    }
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), length) }
+}
+
+/// Log through Envoy (its `[dynamic_modules]` logger), if that level is enabled.
+pub fn log(level: i32, message: &str) {
+    // SAFETY: plain values; the message buffer outlives the call.
+    unsafe {
+        if envoy_dynamic_module_callback_log_enabled(level) {
+            envoy_dynamic_module_callback_log(level, ModuleBuffer::of(message.as_bytes()));
+        }
+    }
+}
+
+/// Whether Envoy logs `level` at all.
+pub fn log_enabled(level: i32) -> bool {
+    // SAFETY: a plain value in, a bool out.
+    unsafe { envoy_dynamic_module_callback_log_enabled(level) }
+}
+
+/// An Envoy `DynamicModuleHttpFilterConfig`, valid during `on_http_filter_config_new`.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvoyConfig(pub *mut c_void);
+
+impl EnvoyConfig {
+    /// Define the counter `name` (no labels); its id for [`EnvoyFilter::increment_counter`],
+    /// `None` when Envoy refuses.
+    pub fn define_counter(self, name: &str) -> Option<usize> {
+        let mut id: usize = 0;
+        // SAFETY: `self.0` is the config pointer of the running `config_new` hook; `name`
+        // outlives the call; no labels (null, 0); `id` is a valid out-pointer.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_counter(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+}
+
+/// An Envoy `DynamicModuleHttpFilter`: valid from `on_http_filter_new` until
+/// `on_http_filter_destroy`, used only on the stream's worker thread inside its hooks.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvoyFilter(pub *mut c_void);
+
+impl EnvoyFilter {
+    /// All headers of `header_type`: one `get_headers_size` and one `get_headers` call, the
+    /// names and values borrowed from Envoy's map.
+    ///
+    /// # Safety
+    /// The slices are valid until this hook returns or the map is changed (a `set_header` or
+    /// `add_header` on it): the caller drops them before either.
+    pub unsafe fn headers<'h>(self, header_type: i32) -> Vec<(&'h [u8], &'h [u8])> {
+        // SAFETY: `self.0` is live (see the type docs).
+        let count =
+            unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, header_type) };
+        if count == 0 {
+            return Vec::new();
+        }
+        let empty = EnvoyHttpHeader {
+            key_ptr: std::ptr::null(),
+            key_length: 0,
+            value_ptr: std::ptr::null(),
+            value_length: 0,
+        };
+        let mut headers = vec![empty; count];
+        // SAFETY: `headers` has room for the `count` entries Envoy writes.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_get_headers(
+                self.0,
+                header_type,
+                headers.as_mut_ptr(),
+            )
+        };
+        if !ok {
+            return Vec::new();
+        }
+        headers
+            .iter()
+            // SAFETY: Envoy filled each entry with buffers valid as the caller promised.
+            .map(|h| unsafe {
+                (
+                    envoy_bytes(h.key_ptr, h.key_length),
+                    envoy_bytes(h.value_ptr, h.value_length),
+                )
+            })
+            .collect()
+    }
+
+    /// Replace every copy of `name` with `value`; `None` (or, in Envoy, an empty value) removes
+    /// them.
+    pub fn set_header(self, header_type: i32, name: &str, value: Option<&[u8]>) -> bool {
+        let value = value.map_or(ModuleBuffer::NULL, ModuleBuffer::of);
+        // SAFETY: live filter; buffers outlive the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                header_type,
+                ModuleBuffer::of(name.as_bytes()),
+                value,
+            )
+        }
+    }
+
+    /// Append a copy of `name` (Envoy refuses an empty value).
+    pub fn add_header(self, header_type: i32, name: &str, value: &[u8]) -> bool {
+        // SAFETY: live filter; buffers outlive the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.0,
+                header_type,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        }
+    }
+
+    /// Answer locally: `status`, `headers`, `body`, with `details` as the response code
+    /// details (access logs' `%RESPONSE_CODE_DETAILS%`).
+    pub fn send_response(self, status: u32, headers: &[(&str, &str)], body: &[u8], details: &str) {
+        let mut vector: Vec<ModuleHttpHeader> = headers
+            .iter()
+            .map(|(k, v)| ModuleHttpHeader {
+                key_ptr: k.as_ptr().cast(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr().cast(),
+                value_length: v.len(),
+            })
+            .collect();
+        // SAFETY: live filter; `vector`, `body` and `details` outlive the call (Envoy copies).
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.0,
+                status,
+                vector.as_mut_ptr(),
+                vector.len(),
+                ModuleBuffer::of(body),
+                ModuleBuffer::of(details.as_bytes()),
+            );
+        }
+    }
+
+    pub fn clear_route_cache(self) {
+        // SAFETY: live filter.
+        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
+    }
+
+    /// A string attribute, copied (Envoy's buffer is only valid during the hook).
+    pub fn attribute_string(self, id: i32) -> Option<Vec<u8>> {
+        let mut result = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: live filter; `result` is a valid out-pointer.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_string(self.0, id, &mut result)
+        };
+        // SAFETY: on success Envoy lent `result` for the current hook; copied at once.
+        ok.then(|| unsafe { envoy_bytes(result.ptr, result.length) }.to_vec())
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn increment_counter(self, id: usize, by: u64) {
+        // SAFETY: live filter; no labels (null, 0), as defined.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.0,
+                id,
+                std::ptr::null_mut(),
+                0,
+                by,
+            );
+        }
+    }
+}
+
+/// `log` records to Envoy's log ([`log`]): the filters' own warnings and errors (a refused
+/// configuration names its field there) appear in Envoy's output as they do for the Wasm
+/// modules.
+pub struct EnvoyLogger;
+
+fn level(level: log::Level) -> i32 {
+    match level {
+        log::Level::Error => LOG_ERROR,
+        log::Level::Warn => LOG_WARN,
+        log::Level::Info => LOG_INFO,
+        log::Level::Debug => LOG_DEBUG,
+        log::Level::Trace => LOG_TRACE,
+    }
+}
+
+impl log::Log for EnvoyLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        log_enabled(level(metadata.level()))
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let lvl = level(record.level());
+        if log_enabled(lvl) {
+            log(lvl, &record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}

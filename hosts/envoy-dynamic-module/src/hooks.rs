@@ -1,0 +1,550 @@
+//! The event hooks Envoy 1.40 looks up in a dynamic module (`envoy_dynamic_module_on_*`), over
+//! [`crate::spec`] and [`crate::pipeline`].
+//!
+//! Threads: `on_http_filter_config_new` runs on Envoy's main thread; it parses and validates
+//! the configuration (building the stages once), defines the counters and keeps the result in
+//! a `FilterConfig` that every worker reads. Each worker thread builds its own [`Pipeline`] from
+//! it on its first stream (kept in a thread-local list, dropped once the configuration is
+//! gone): the stages are not `Send` (jwt-to-header's key cache is per worker, as it is per VM in
+//! Wasm); what must be shared across workers — rate-limit's buckets — is in the process's
+//! shared data.
+//!
+//! Panics: the shipped library is built with panic = "unwind" (the workspace's `native`
+//! profile; `release` aborts, which is right for Wasm and wrong inside Envoy). Every hook runs
+//! its body under `catch_unwind`, so a panic never unwinds into Envoy nor aborts it: a
+//! panicking configuration is refused, a panicking request phase answers 500 (fail closed: an
+//! unauthenticated request must not pass because a stage failed), any other hook carries on.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void};
+use std::rc::Rc;
+use std::sync::{Arc, Weak};
+
+use gatewasm_common::config::parse_or_log;
+use gatewasm_common::headers::serialize_header_map;
+use gatewasm_common::stage::{Counter, LocalReply};
+
+use crate::abi::{self, EnvoyBuffer, EnvoyConfig, EnvoyFilter, EnvoyHttpHeader};
+use crate::guard::guard;
+use crate::pipeline::{Pipeline, Run, Side, StreamHost, Verdict};
+use crate::spec::Spec;
+
+/// What `config_new` decided, read by every worker.
+struct FilterConfig {
+    spec: Spec,
+    /// Envoy's id of each counter the stages defined, by name.
+    counters: HashMap<String, usize>,
+}
+
+impl FilterConfig {
+    fn counter(&self, name: &str) -> Counter {
+        Counter(
+            self.counters
+                .get(name)
+                .and_then(|&id| u32::try_from(id).ok()),
+        )
+    }
+}
+
+/// The in-module configuration pointer Envoy keeps: a `Box` of this.
+struct ConfigHandle {
+    config: Arc<FilterConfig>,
+}
+
+thread_local! {
+    /// This worker's pipelines, by configuration (a dead `Weak`: the configuration is gone).
+    static PIPELINES: RefCell<Vec<(Weak<FilterConfig>, Rc<Pipeline>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This worker's pipeline for `config`, built on first use.
+fn pipeline_for(config: &Arc<FilterConfig>) -> Option<Rc<Pipeline>> {
+    PIPELINES.with(|cell| {
+        let mut list = cell.try_borrow_mut().ok()?;
+        list.retain(|(weak, _)| weak.strong_count() > 0);
+        if let Some((_, pipeline)) = list
+            .iter()
+            .find(|(weak, _)| std::ptr::eq(weak.as_ptr(), Arc::as_ptr(config)))
+        {
+            return Some(Rc::clone(pipeline));
+        }
+        // Accepted on the main thread, so this cannot fail short of memory; logged if it does.
+        let built = parse_or_log(config.spec.label(), None, |_| {
+            Pipeline::build(&config.spec.plans, config.spec.chain, &mut |name| {
+                config.counter(name)
+            })
+        })?;
+        let pipeline = Rc::new(built);
+        list.push((Arc::downgrade(config), Rc::clone(&pipeline)));
+        Some(pipeline)
+    })
+}
+
+/// One stream: its run through the pipeline, and Envoy's filter.
+struct StreamFilter {
+    run: Run,
+}
+
+/// [`StreamHost`] over the ABI for one hook of one stream.
+struct EnvoyStream(EnvoyFilter);
+
+fn header_type(side: Side) -> i32 {
+    match side {
+        Side::Request => abi::HEADER_TYPE_REQUEST,
+        Side::Response => abi::HEADER_TYPE_RESPONSE,
+    }
+}
+
+impl StreamHost for EnvoyStream {
+    fn request_headers(&mut self) -> Vec<u8> {
+        // SAFETY: the borrowed headers are serialised (copied) here, before any change.
+        let pairs = unsafe { self.0.headers(abi::HEADER_TYPE_REQUEST) };
+        serialize_header_map(
+            pairs
+                .iter()
+                .filter_map(|(name, value)| Some((std::str::from_utf8(name).ok()?, *value))),
+        )
+    }
+
+    fn source_address(&mut self) -> Option<Vec<u8>> {
+        self.0.attribute_string(abi::ATTRIBUTE_SOURCE_ADDRESS)
+    }
+
+    fn set_header(&mut self, side: Side, name: &str, value: Option<&[u8]>) {
+        self.0.set_header(header_type(side), name, value);
+    }
+
+    fn add_header(&mut self, side: Side, name: &str, value: &[u8]) {
+        self.0.add_header(header_type(side), name, value);
+    }
+
+    fn clear_route_cache(&mut self) {
+        self.0.clear_route_cache();
+    }
+
+    fn increment_counter(&mut self, id: u32, by: u32) {
+        self.0.increment_counter(id as usize, u64::from(by));
+    }
+
+    fn send_reply(&mut self, reply: &LocalReply) {
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.0
+            .send_response(reply.status, &headers, reply.body.as_bytes(), "gatewasm");
+    }
+}
+
+/// Envoy's words for the bytes it lends during a hook.
+///
+/// # Safety
+/// As [`abi::envoy_bytes`].
+unsafe fn lent<'a>(buffer: EnvoyBuffer) -> &'a [u8] {
+    // SAFETY: the caller's contract.
+    unsafe { abi::envoy_bytes(buffer.ptr, buffer.length) }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    guard("on_program_init", std::ptr::null, || {
+        // The filters' log lines (refused configurations name their field) go to Envoy's log;
+        // Envoy's level decides what is written (`log_enabled`).
+        if log::set_logger(&abi::EnvoyLogger).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+        }
+        abi::ABI_VERSION.as_ptr().cast()
+    })
+}
+
+/// # Safety
+/// Envoy's contract: `name` and `config` are valid for this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    filter_config_envoy_ptr: *mut c_void,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    // SAFETY: Envoy lends both buffers for this call; they are only read inside it.
+    let (name, config) = unsafe { (lent(name), lent(config)) };
+    guard("on_http_filter_config_new", std::ptr::null, || {
+        let envoy = EnvoyConfig(filter_config_envoy_ptr);
+        let filter_name = String::from_utf8_lossy(name);
+        let Some(spec) = parse_or_log("gatewasm", Some(config), |config| {
+            Spec::parse(&filter_name, config.unwrap_or_default())
+        }) else {
+            return std::ptr::null();
+        };
+        // Build once here: it parses every stage's configuration (refusals name the field)
+        // and defines the counters, whose ids the workers' pipelines share. Envoy 1.40 shows
+        // a counter defined here as `dynamicmodulescustom.<name>` in /stats (a Wasm module's
+        // as `wasmcustom.<name>`), e.g. dynamicmodulescustom.gatewasm_correlation_id_generated.
+        let mut counters = HashMap::new();
+        let built = parse_or_log(spec.label(), None, |_| {
+            Pipeline::build(&spec.plans, spec.chain, &mut |counter| {
+                let id = envoy.define_counter(counter);
+                if id.is_none() {
+                    log::warn!("{}: cannot define metric {counter}", spec.label());
+                }
+                if let Some(id) = id {
+                    counters.insert(counter.to_owned(), id);
+                }
+                Counter(id.and_then(|id| u32::try_from(id).ok()))
+            })
+        });
+        if built.is_none() {
+            return std::ptr::null();
+        }
+        let handle = ConfigHandle {
+            config: Arc::new(FilterConfig { spec, counters }),
+        };
+        Box::into_raw(Box::new(handle)).cast_const().cast()
+    })
+}
+
+/// # Safety
+/// `filter_config_ptr` is a pointer `config_new` returned, destroyed once.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
+    filter_config_ptr: *const c_void,
+) {
+    guard(
+        "on_http_filter_config_destroy",
+        || (),
+        || {
+            if !filter_config_ptr.is_null() {
+                // SAFETY: made by `Box::into_raw` in `config_new`; Envoy destroys it once.
+                drop(unsafe { Box::from_raw(filter_config_ptr.cast_mut().cast::<ConfigHandle>()) });
+            }
+        },
+    );
+}
+
+/// Per-route configuration: not supported (refused, so a route cannot silently run without it).
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
+    _name: EnvoyBuffer,
+    _config: EnvoyBuffer,
+) -> *const c_void {
+    log::error!("gatewasm: per-route configuration is not supported by the dynamic module");
+    std::ptr::null()
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
+    _filter_config_ptr: *const c_void,
+) {
+}
+
+/// # Safety
+/// `filter_config_ptr` is a live pointer `config_new` returned.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    filter_config_ptr: *const c_void,
+    _filter_envoy_ptr: *mut c_void,
+) -> *const c_void {
+    guard("on_http_filter_new", std::ptr::null, || {
+        if filter_config_ptr.is_null() {
+            return std::ptr::null();
+        }
+        // SAFETY: Envoy keeps the configuration alive while it creates filters from it.
+        let handle = unsafe { &*filter_config_ptr.cast::<ConfigHandle>() };
+        // No pipeline (cannot happen, logged): null makes Envoy close the stream.
+        let Some(pipeline) = pipeline_for(&handle.config) else {
+            return std::ptr::null();
+        };
+        let stream = StreamFilter {
+            run: pipeline.start(),
+        };
+        Box::into_raw(Box::new(stream)).cast_const().cast()
+    })
+}
+
+/// The stream of a filter pointer `filter_new` returned.
+///
+/// # Safety
+/// `ptr` is live (not yet destroyed) and used by one hook at a time (Envoy calls a stream's
+/// hooks on its worker thread, one after another).
+unsafe fn stream<'a>(ptr: *const c_void) -> Option<&'a mut StreamFilter> {
+    // SAFETY: the caller's contract.
+    unsafe { ptr.cast_mut().cast::<StreamFilter>().as_mut() }
+}
+
+/// # Safety
+/// Envoy's contract for the two pointers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> i32 {
+    let envoy = EnvoyFilter(filter_envoy_ptr);
+    guard(
+        "on_http_filter_request_headers",
+        || {
+            envoy.send_response(500, &[], b"", "gatewasm_panic");
+            abi::HEADERS_STOP_ITERATION
+        },
+        || {
+            // SAFETY: Envoy's contract.
+            let Some(stream) = (unsafe { stream(filter_module_ptr) }) else {
+                return abi::HEADERS_CONTINUE;
+            };
+            match stream.run.request_headers(&mut EnvoyStream(envoy)) {
+                Verdict::Continue => abi::HEADERS_CONTINUE,
+                Verdict::Stop => abi::HEADERS_STOP_ITERATION,
+            }
+        },
+    )
+}
+
+/// # Safety
+/// Envoy's contract for the two pointers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> i32 {
+    guard(
+        "on_http_filter_response_headers",
+        || abi::HEADERS_CONTINUE,
+        || {
+            // SAFETY: Envoy's contract.
+            if let Some(stream) = unsafe { stream(filter_module_ptr) } {
+                stream
+                    .run
+                    .response_headers(&mut EnvoyStream(EnvoyFilter(filter_envoy_ptr)));
+            }
+            abi::HEADERS_CONTINUE
+        },
+    )
+}
+
+/// # Safety
+/// `filter_module_ptr` is a pointer `filter_new` returned, destroyed once.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(
+    filter_module_ptr: *const c_void,
+) {
+    guard(
+        "on_http_filter_destroy",
+        || (),
+        || {
+            if !filter_module_ptr.is_null() {
+                // SAFETY: made by `Box::into_raw` in `filter_new`; Envoy destroys it once.
+                drop(unsafe { Box::from_raw(filter_module_ptr.cast_mut().cast::<StreamFilter>()) });
+            }
+        },
+    );
+}
+
+// The other hooks Envoy 1.40 looks up. The filters act on headers only and start no callouts,
+// streams or schedulers, so these let everything pass.
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> i32 {
+    abi::DATA_CONTINUE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) -> i32 {
+    abi::DATA_CONTINUE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> i32 {
+    abi::DATA_CONTINUE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) -> i32 {
+    abi::DATA_CONTINUE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _response_code: u32,
+    _details: EnvoyBuffer,
+    _reset_imminent: bool,
+) -> i32 {
+    abi::LOCAL_REPLY_CONTINUE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _callout_id: u64,
+    _result: i32,
+    _headers: *mut EnvoyHttpHeader,
+    _headers_size: usize,
+    _body_chunks: *mut EnvoyBuffer,
+    _body_chunks_size: usize,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+    _headers: *mut EnvoyHttpHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+    _trailers: *mut EnvoyHttpHeader,
+    _trailers_size: usize,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+    _reason: i32,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _event_id: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    _filter_config_envoy_ptr: *mut c_void,
+    _filter_config_ptr: *const c_void,
+    _event_id: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _filter_config_envoy_ptr: *mut c_void,
+    _filter_config_ptr: *const c_void,
+    _callout_id: u64,
+    _result: i32,
+    _headers: *mut EnvoyHttpHeader,
+    _headers_size: usize,
+    _body_chunks: *mut EnvoyBuffer,
+    _body_chunks_size: usize,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
+    _filter_config_envoy_ptr: *mut c_void,
+    _filter_config_ptr: *const c_void,
+    _stream_id: u64,
+    _headers: *mut EnvoyHttpHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
+    _filter_config_envoy_ptr: *mut c_void,
+    _filter_config_ptr: *const c_void,
+    _stream_id: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
+    _filter_config_envoy_ptr: *mut c_void,
+    _filter_config_ptr: *const c_void,
+    _stream_id: u64,
+    _trailers: *mut EnvoyHttpHeader,
+    _trailers_size: usize,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(
+    _filter_config_envoy_ptr: *mut c_void,
+    _filter_config_ptr: *const c_void,
+    _stream_id: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
+    _filter_config_envoy_ptr: *mut c_void,
+    _filter_config_ptr: *const c_void,
+    _stream_id: u64,
+    _reason: i32,
+) {
+}
