@@ -255,10 +255,11 @@ demo: build envoy
 # report and a PNG chart to tests/bench-results/<date>_envoy-<version>_<machine>/.
 # `--instructions`: instead of timing, each case once under valgrind's callgrind — Envoy's
 # instructions per request, repeatable whatever the machine's load (≈50 min for all cases);
-# writes <dir>_instructions/instructions.md.
+# writes <dir>_instructions/instructions.md. The "native module" cases run the same filters on
+# the Envoy dynamic module (`build-native`, Envoy 1.40 only; skipped on another Envoy).
 # Benchmark the filters against Envoy's native ones (--quick, --reps N, --only NAME).
 [positional-arguments]
-bench *ARGS: build envoy
+bench *ARGS: build build-native envoy
     #!/usr/bin/env bash
     set -euo pipefail
     missing=()

@@ -8,6 +8,7 @@ use crate::demo_jwt::b64url;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
+use super::dynamic_module;
 use super::platform::platform_filter;
 use super::{PLATFORM_CASES, WASM_FLOOR, gateway_wasm_filters, idle_wasm_filter};
 
@@ -17,6 +18,8 @@ pub enum Family {
     Baseline,
     Gatewasm,
     Native,
+    /// The gatewasm filters as an Envoy dynamic module (`libgatewasm_envoy.so`), no Wasm VM.
+    NativeModule,
     /// Hand-written modules that price the platform: a VM entry, each kind of host call.
     Platform,
 }
@@ -32,6 +35,9 @@ pub struct Case {
     pub native_request_id: bool,
     /// The native case this one is compared with, if any.
     pub native_equivalent: Option<String>,
+    /// For a native-module case: the Proxy-Wasm case that runs the same filters with the same
+    /// configurations, which the report compares it with.
+    pub proxy_wasm_self: Option<String>,
     /// Extra request headers this case needs (e.g. a JWT).
     pub headers: Vec<(String, String)>,
     /// Distinct tokens to send in turn as `authorization: Bearer …` (a fresh token per
@@ -95,6 +101,7 @@ pub fn fresh_token_cases(
         filters: vec![filter],
         native_request_id: false,
         native_equivalent: native.map(str::to_string),
+        proxy_wasm_self: None,
         headers: common_headers(token),
         rotating_tokens: Some(tokens.clone()),
         expected_status: 200,
@@ -180,6 +187,7 @@ pub fn forged_token_cases(gateway: &Value) -> Result<Vec<Case>> {
         filters: vec![filter],
         native_request_id: false,
         native_equivalent: None,
+        proxy_wasm_self: None,
         headers: common_headers(&forged),
         rotating_tokens: None,
         expected_status: 401,
@@ -280,16 +288,7 @@ pub fn bundle_filters(wasm: &[(String, Value)]) -> Vec<Value> {
 /// Chain mode: one filter (root id `chain`) whose stages are gateway.yaml's gatewasm filters in
 /// order, each with its configuration; the first filter's failure policy and name prefix.
 pub fn chain_mode_filter(wasm: &[(String, Value)]) -> Result<Value> {
-    let mut stages = Vec::with_capacity(wasm.len());
-    for (name, filter) in wasm {
-        let value = filter
-            .pointer("/typed_config/config/configuration/value")
-            .and_then(Value::as_str)
-            .with_context(|| format!("gateway.yaml: {name} has no configuration value"))?;
-        let config: Value = serde_json::from_str(value)
-            .with_context(|| format!("gateway.yaml: {name}'s configuration is not JSON"))?;
-        stages.push(json!({"filter": name, "config": config}));
-    }
+    let stages = dynamic_module::chain_config(wasm)?;
     let (_, first) = wasm
         .first()
         .context("gateway.yaml has no gatewasm filter")?;
@@ -297,14 +296,22 @@ pub fn chain_mode_filter(wasm: &[(String, Value)]) -> Result<Value> {
     chain["name"] = json!("gatewasm.chain");
     if let Some(config) = chain.pointer_mut("/typed_config/config") {
         config["name"] = json!("gatewasm.chain");
-        config["configuration"]["value"] = json!(json!({ "stages": stages }).to_string());
+        config["configuration"]["value"] = json!(stages.to_string());
         config["failure_policy"] = json!("FAIL_CLOSED");
     }
     Ok(chain)
 }
 
-/// The cases: baseline, each gatewasm filter of gateway.yaml alone, the gatewasm chain, the
-/// native equivalents and the native chain. `extra` adds cases built elsewhere (e.g. JWT).
+/// The name of a gatewasm filter's case on the dynamic module: `<filter> (native module)`, so
+/// that `--only <filter>` selects it with the filter's Proxy-Wasm case, and `--only "native
+/// module"` selects every native-module case.
+pub fn native_module_name(filter: &str) -> String {
+    format!("{filter} (native module)")
+}
+
+/// The cases: baseline, each gatewasm filter of gateway.yaml alone (on Proxy-Wasm and on the
+/// dynamic module), the gatewasm chain in its shapes (separate, bundle, chain mode; on the
+/// dynamic module chain mode and separate), the native equivalents and the native chain.
 pub fn cases(gateway: &Value, token: &str) -> Result<Vec<Case>> {
     let wasm = gateway_wasm_filters(gateway)?;
     let headers = common_headers(token);
@@ -314,6 +321,7 @@ pub fn cases(gateway: &Value, token: &str) -> Result<Vec<Case>> {
         filters,
         native_request_id: false,
         native_equivalent: native.map(str::to_string),
+        proxy_wasm_self: None,
         headers: headers.clone(),
         rotating_tokens: None,
         expected_status: 200,
@@ -342,6 +350,14 @@ pub fn cases(gateway: &Value, token: &str) -> Result<Vec<Case>> {
             _ => None,
         };
         out.push(case(name, Family::Gatewasm, vec![filter.clone()], native));
+        let mut own = case(
+            &native_module_name(name),
+            Family::NativeModule,
+            vec![dynamic_module::single(name, filter)?],
+            native,
+        );
+        own.proxy_wasm_self = Some(name.clone());
+        out.push(own);
     }
     out.push(case(
         &format!("gatewasm chain ({})", wasm.len()),
@@ -361,6 +377,22 @@ pub fn cases(gateway: &Value, token: &str) -> Result<Vec<Case>> {
         vec![chain_mode_filter(&wasm)?],
         Some("native chain"),
     ));
+    let mut chain = case(
+        &format!("native module chain mode ({})", wasm.len()),
+        Family::NativeModule,
+        vec![dynamic_module::chain(&wasm)?],
+        Some("native chain"),
+    );
+    chain.proxy_wasm_self = Some(format!("gatewasm chain mode ({})", wasm.len()));
+    out.push(chain);
+    let mut separate = case(
+        &format!("native module ({} separate)", wasm.len()),
+        Family::NativeModule,
+        dynamic_module::separate(&wasm)?,
+        Some("native chain"),
+    );
+    separate.proxy_wasm_self = Some(format!("gatewasm chain ({})", wasm.len()));
+    out.push(separate);
     let mut request_id = case("native request-id", Family::Native, vec![], None);
     request_id.native_request_id = true;
     out.push(request_id);
@@ -425,8 +457,35 @@ mod tests {
             "native jwt_authn",
             "jwt-to-header",
             "rate-limit",
+            "correlation-id (native module)",
+            "rate-limit (native module)",
+            "native module chain mode (5)",
+            "native module (5 separate)",
         ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        // `--only <filter>` selects a filter's Proxy-Wasm case and its native-module case;
+        // `--only "native module"` every native-module case and nothing else.
+        let selected = |only: &str| -> Vec<&str> {
+            names.iter().copied().filter(|n| n.contains(only)).collect()
+        };
+        assert_eq!(
+            selected("tenant-routing"),
+            ["tenant-routing", "tenant-routing (native module)"]
+        );
+        let native_module: Vec<&str> = cases
+            .iter()
+            .filter(|c| c.family == Family::NativeModule)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(selected("native module"), native_module);
+        assert_eq!(native_module.len(), 7, "{native_module:?}");
+        for case in cases.iter().filter(|c| c.family == Family::NativeModule) {
+            let own = case
+                .proxy_wasm_self
+                .as_deref()
+                .context("a Proxy-Wasm self")?;
+            assert!(names.contains(&own), "{}: {own} is not a case", case.name);
         }
         let chain = cases
             .iter()

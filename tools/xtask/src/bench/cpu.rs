@@ -326,15 +326,26 @@ pub fn quantile(values: &mut [f64], q: f64) -> f64 {
     values[rank - 1]
 }
 
+/// `builder` with [`SEARCH_PATH_VAR`](super::dynamic_module::SEARCH_PATH_VAR) pointing at the
+/// library when the case's filters load it.
+pub(super) fn with_dynamic_module(builder: EnvoyBuilder, case: &Case) -> Result<EnvoyBuilder> {
+    use super::dynamic_module::{SEARCH_PATH_VAR, module_dir, uses_module};
+    if !uses_module(&case.filters) {
+        return Ok(builder);
+    }
+    Ok(builder.env(SEARCH_PATH_VAR, &module_dir()?.display().to_string()))
+}
+
 /// Starts the case's Envoy and measures it once.
 pub fn measure(gateway: &Value, case: &Case, opts: &Options, work: &Path) -> Result<Sample> {
     let config_path = work.join(format!("{}.json", slug(&case.name)));
     std::fs::write(&config_path, envoy_config(gateway, case)?)?;
-    let envoy: Envoy = EnvoyBuilder::new(&config_path.display().to_string())
-        .cpus(&[opts.envoy_cpu])
-        .log_level("warning")
-        .start()
-        .with_context(|| format!("starting Envoy for {}", case.name))?;
+    let envoy: Envoy =
+        with_dynamic_module(EnvoyBuilder::new(&config_path.display().to_string()), case)?
+            .cpus(&[opts.envoy_cpu])
+            .log_level("warning")
+            .start()
+            .with_context(|| format!("starting Envoy for {}", case.name))?;
     let pid = envoy.pid().context("Envoy has no pid")?;
     let addr = envoy.listen_addr();
     let script = match &case.rotating_tokens {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
-use super::cpu::{Connection, request_bytes, slug};
+use super::cpu::{Connection, request_bytes, slug, with_dynamic_module};
 use super::{Case, envoy_config};
 use crate::envoy::{Envoy, EnvoyBuilder};
 
@@ -32,17 +32,18 @@ pub fn count_instructions(gateway: &Value, case: &Case, work: &Path) -> Result<f
     let out_dir = work.join(format!("{}.callgrind", slug(&case.name)));
     std::fs::create_dir_all(&out_dir)?;
     let out_arg = format!("--callgrind-out-file={}/out.%p", out_dir.display());
-    let envoy: Envoy = EnvoyBuilder::new(&config_path.display().to_string())
-        .wrapper(&[
-            "valgrind",
-            "--tool=callgrind",
-            "--smc-check=all-non-file",
-            &out_arg,
-        ])
-        .ready_timeout(Duration::from_secs(600))
-        .log_level("warning")
-        .start()
-        .with_context(|| format!("starting Envoy under callgrind for {}", case.name))?;
+    let envoy: Envoy =
+        with_dynamic_module(EnvoyBuilder::new(&config_path.display().to_string()), case)?
+            .wrapper(&[
+                "valgrind",
+                "--tool=callgrind",
+                "--smc-check=all-non-file",
+                &out_arg,
+            ])
+            .ready_timeout(Duration::from_secs(600))
+            .log_level("warning")
+            .start()
+            .with_context(|| format!("starting Envoy under callgrind for {}", case.name))?;
     let pid = envoy.pid().context("Envoy has no pid")?.to_string();
     let mut conn = Connection::open(envoy.listen_addr())?;
     conn.reader

@@ -8,7 +8,10 @@
 //! - every gatewasm filter of `envoy-configs/gateway.yaml`, alone, with the configuration it has
 //!   there (so the figures are for the configuration users copy), and the whole chain;
 //! - Envoy's native equivalents: request-id generation, `header_mutation`, `local_ratelimit`,
-//!   `jwt_authn` (when a JWT case exists), and their chain.
+//!   `jwt_authn` (when a JWT case exists), and their chain;
+//! - the same gatewasm filters and configurations as an Envoy dynamic module
+//!   (`libgatewasm_envoy.so`, `just build-native`): each alone, the five as five filters, and
+//!   chain mode.
 //!
 //! For each case and repetition: start Envoy, warm up, then drive it to saturation with `wrk`
 //! (pinned to the other CPU) and read Envoy's CPU time from `/proc/<pid>/stat` before and
@@ -23,6 +26,8 @@
 //! - `cases.rs`: the [`Case`] type and the cases — baseline, the gatewasm filters as
 //!   `envoy-configs/gateway.yaml` configures them, their native equivalents, the fresh- and
 //!   forged-token JWT cases ([`cases()`], [`fresh_token_cases`], [`forged_token_cases`]).
+//! - `dynamic_module.rs`: the native-module cases' filters and where Envoy finds the library
+//!   ([`dynamic_module::module_dir`]).
 //! - `platform.rs`: the cases that price the Proxy-Wasm platform itself: the idle filter (the
 //!   floor under every gatewasm filter) and the hand-written platform modules
 //!   ([`PLATFORM_CASES`]).
@@ -40,6 +45,7 @@
 mod cases;
 mod config;
 mod cpu;
+pub mod dynamic_module;
 mod instructions;
 mod platform;
 mod report;
@@ -47,7 +53,7 @@ mod report;
 pub use cases::{
     BENCH_PATH, Case, FORGED_TOKEN_CASES, FRESH_TOKEN_CASES, FRESH_TOKENS, Family, cases,
     common_headers, forged_token_cases, fresh_token_cases, native_header_mutation,
-    native_jwt_authn, native_local_ratelimit,
+    native_jwt_authn, native_local_ratelimit, native_module_name,
 };
 pub use config::{envoy_config, gateway_config, gateway_wasm_filters};
 pub use cpu::{

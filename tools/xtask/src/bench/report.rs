@@ -105,6 +105,13 @@ pub fn report(results: &Results, info: &RunInfo, opts: &Options) -> String {
             results.spread(i, |s| s.rss_mib).show(1),
         ));
     }
+    let added_median = |i: usize| Spread::of(&results.added_cpu(i)).median;
+    md.push_str(&native_module_section(
+        &results.cases,
+        |i| Some(added_median(i)),
+        "added CPU µs/request (median)",
+        2,
+    ));
     md.push_str("\n`.wasm` sizes (release, `just build`):\n\n| module | bytes |\n|---|---|\n");
     for (name, size) in &info.wasm_sizes {
         md.push_str(&format!("| {name} | {size} |\n"));
@@ -198,6 +205,12 @@ pub fn instructions_report(
             case.name
         ));
     }
+    md.push_str(&native_module_section(
+        cases,
+        added,
+        "added instructions/request",
+        0,
+    ));
     if !failures.is_empty() {
         md.push_str(
             "\n¹ Not counted (the case's Envoy did not run it as configured under valgrind):\n",
@@ -205,6 +218,61 @@ pub fn instructions_report(
         for f in failures {
             md.push_str(&format!("- {f}\n"));
         }
+    }
+    md
+}
+
+/// What the native-module cases are, and each one's figure next to its Proxy-Wasm self's
+/// (`added(i)`: case `i`'s figure above the baseline, `None` if it has none). Empty when the run
+/// has no native-module case.
+fn native_module_section(
+    cases: &[Case],
+    added: impl Fn(usize) -> Option<f64>,
+    what: &str,
+    decimals: usize,
+) -> String {
+    if !cases.iter().any(|c| c.family == Family::NativeModule) {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\n**Native module** cases run the same filters with the same configurations as the \
+         Proxy-Wasm cases, compiled to native code in `libgatewasm_envoy.so` \
+         (hosts/envoy-dynamic-module, `just build-native`) and loaded by Envoy's dynamic-module \
+         filter (`ENVOY_DYNAMIC_MODULES_SEARCH_PATH`): no Wasm VM. The configurations are \
+         gateway.yaml's (rate limits raised so nothing is denied), which are also the stages of \
+         `envoy-configs/gateway-native.yaml`: inline JWKS and local rate limits — the dynamic \
+         module refuses `remote_jwks` and global/hybrid rate limiting, so neither is measured. \
+         On the module jwt-to-header verifies ES256 in Rust, not with Envoy's crypto (a dynamic \
+         module has no foreign functions). `native module (N separate)` is the N filters as N \
+         dynamic-module filters; `native module chain mode (N)` is one `chain` filter.\n\n",
+    );
+    md.push_str(&format!(
+        "| native-module case | {what} | Proxy-Wasm case | {what} | Proxy-Wasm ÷ native module |\n\
+         |---|---|---|---|---|\n"
+    ));
+    let show = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.decimals$}"));
+    for (i, case) in cases.iter().enumerate() {
+        if case.family != Family::NativeModule {
+            continue;
+        }
+        let ours = added(i);
+        let (wasm_name, theirs) = match &case.proxy_wasm_self {
+            Some(name) => match cases.iter().position(|c| &c.name == name) {
+                Some(w) => (name.clone(), added(w)),
+                None => (format!("{name} (not in this run)"), None),
+            },
+            None => ("—".to_string(), None),
+        };
+        let ratio = match (ours, theirs) {
+            (Some(ours), Some(theirs)) if ours > 0.0 => format!("{:.1}×", theirs / ours),
+            _ => "—".to_string(),
+        };
+        md.push_str(&format!(
+            "| {} | {} | {wasm_name} | {} | {ratio} |\n",
+            case.name,
+            show(ours),
+            show(theirs)
+        ));
     }
     md
 }
@@ -256,6 +324,7 @@ pub fn chart(results: &Results, title: &str, path: &Path) -> Result<()> {
         let color = match family {
             Family::Gatewasm => RGBColor(31, 119, 180),
             Family::Platform => RGBColor(127, 127, 127),
+            Family::NativeModule => RGBColor(44, 160, 44),
             _ => RGBColor(255, 127, 14),
         };
         let value = spread.median.max(0.0);
@@ -332,6 +401,7 @@ mod tests {
             filters: vec![],
             native_request_id: false,
             native_equivalent: native.map(str::to_string),
+            proxy_wasm_self: None,
             headers: vec![],
             rotating_tokens: None,
             expected_status: 200,
