@@ -441,5 +441,49 @@ mod tests {
         );
         assert!(md.contains("| ours | not counted¹ | — | — |"), "{md}");
         assert!(md.contains("- ours: Envoy logged errors"), "{md}");
+        assert!(!md.contains("Native module"), "no native-module case: {md}");
+    }
+
+    #[test]
+    fn instruction_report_compares_a_native_module_case_with_its_proxy_wasm_self() {
+        let case = |name: &str, family, own: Option<&str>| Case {
+            name: name.to_string(),
+            family,
+            filters: vec![],
+            native_request_id: false,
+            native_equivalent: None,
+            proxy_wasm_self: own.map(str::to_string),
+            headers: vec![],
+            rotating_tokens: None,
+            expected_status: 200,
+        };
+        let cases = [
+            case("baseline", Family::Baseline, None),
+            case("f", Family::Gatewasm, None),
+            case("f (native module)", Family::NativeModule, Some("f")),
+            case("g (native module)", Family::NativeModule, Some("g")),
+        ];
+        let info = RunInfo {
+            envoy_version: "1.40.0".into(),
+            date: "2026-12-06".into(),
+            machine: "vm".into(),
+            wasm_sizes: BTreeMap::new(),
+            command: "just bench --instructions".into(),
+            costs: vec![],
+        };
+        let md = instructions_report(
+            &cases,
+            &[Ok(100_000.0), Ok(140_000.0), Ok(110_000.0), Ok(105_000.0)],
+            &info,
+        );
+        assert!(md.contains("ENVOY_DYNAMIC_MODULES_SEARCH_PATH"), "{md}");
+        assert!(
+            md.contains("| f (native module) | 10000 | f | 40000 | 4.0× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| g (native module) | 5000 | g (not in this run) | — | — |"),
+            "{md}"
+        );
     }
 }
