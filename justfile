@@ -251,8 +251,9 @@ demo: build envoy
 # What each filter costs in a real Envoy, side by side with Envoy's native filters, in one run
 # (interleaved repetitions): Envoy's CPU time per request at saturation (Envoy pinned to CPU 0,
 # wrk to CPU 1), req/s, p50/p99 at a fixed rate, RSS, .wasm sizes. ≤ 15 min; `--quick` ≤ 3 min;
-# `--only NAME` runs the baseline and the cases whose name contains NAME. Writes a Markdown
-# report and a PNG chart to tests/bench-results/<date>_envoy-<version>_<machine>/.
+# `--only NAME` runs the baseline and the cases whose name contains NAME (`--only =NAME`: the
+# case named NAME). Writes a Markdown report and a PNG chart to
+# tests/bench-results/<date>_envoy-<version>_<machine>/.
 # `--instructions`: instead of timing, each case once under valgrind's callgrind — Envoy's
 # instructions per request, repeatable whatever the machine's load (≈50 min for all cases);
 # writes <dir>_instructions/instructions.md. The "native module" cases run the same filters on

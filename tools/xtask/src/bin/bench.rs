@@ -11,7 +11,7 @@ use gatewasm_xtask::paths;
 
 fn usage() -> &'static str {
     "usage: bench [--quick] [--reps N] [--instructions] [--only NAME]... [--harness-costs FILE]\n\
-     NAME: part of a case name, e.g. tenant\n\
+     NAME: part of a case name, e.g. tenant; =NAME: exactly that case, e.g. =jwt-to-header\n\
      --instructions: count Envoy's instructions per request under callgrind instead of timing\n\
      --harness-costs: the JSON of the tests crate's `request-cost`, printed in the report"
 }
@@ -77,7 +77,7 @@ fn main() -> Result<()> {
     let fresh_wanted = opts.only.is_empty()
         || bench::FRESH_TOKEN_CASES
             .iter()
-            .any(|name| opts.only.iter().any(|o| name.contains(o.as_str())));
+            .any(|name| opts.only.iter().any(|o| selects(o, name)));
     if fresh_wanted {
         let tokens = (0..bench::FRESH_TOKENS)
             .map(|i| {
@@ -94,14 +94,12 @@ fn main() -> Result<()> {
     let forged_wanted = opts.only.is_empty()
         || bench::FORGED_TOKEN_CASES
             .iter()
-            .any(|name| opts.only.iter().any(|o| name.contains(o.as_str())));
+            .any(|name| opts.only.iter().any(|o| selects(o, name)));
     if forged_wanted {
         cases.extend(bench::forged_token_cases(&gateway)?);
     }
     if !opts.only.is_empty() {
-        cases.retain(|c| {
-            c.name == "baseline" || opts.only.iter().any(|o| c.name.contains(o.as_str()))
-        });
+        cases.retain(|c| c.name == "baseline" || opts.only.iter().any(|o| selects(o, &c.name)));
     }
     let envoy_version = envoy_version()?;
     // The native-module cases load libgatewasm_envoy.so, built against Envoy 1.40's ABI: on
@@ -151,6 +149,13 @@ fn main() -> Result<()> {
     let mut dir = bench::results_dir(&info, quick);
     if !opts.only.is_empty() {
         dir = with_suffix(dir, "_partial");
+        // Nor another partial run of the day: this one gets the next free directory.
+        if dir.join("report.md").exists() {
+            dir = (2..)
+                .map(|n| with_suffix(dir.clone(), &format!("_{n}")))
+                .find(|d| !d.join("report.md").exists())
+                .context("no free results directory")?;
+        }
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let report = bench::report(&results, &info, &opts);
@@ -176,6 +181,15 @@ fn main() -> Result<()> {
     println!("{report}");
     println!("written to {}", dir.display());
     Ok(())
+}
+
+/// Whether `--only only` selects the case `name`: `only` is part of the name, or `=` and the
+/// whole name (`=jwt-to-header` is that case without the fresh- and forged-token ones).
+fn selects(only: &str, name: &str) -> bool {
+    match only.strip_prefix('=') {
+        Some(exact) => name == exact,
+        None => name.contains(only),
+    }
 }
 
 /// `--instructions`: each case once under callgrind; writes `instructions.md`.
