@@ -181,20 +181,39 @@ pub(crate) fn header_name_str(name: &[u8]) -> Option<&str> {
 /// lets one through) are skipped; a malformed buffer gives `None`. An empty buffer is an empty
 /// map.
 pub fn parse_header_map(bytes: &[u8]) -> Option<HeaderPairs<'_>> {
+    let mut pairs = Vec::with_capacity(header_count(bytes));
+    for_each_header(bytes, |name, value| pairs.push((name, value)))?;
+    Some(pairs)
+}
+
+/// How many headers a serialised map says it holds (bounded by what its size allows: a
+/// capacity to reserve, not a promise).
+pub fn header_count(bytes: &[u8]) -> usize {
+    bytes.first_chunk::<4>().map_or(0, |b| {
+        (u32::from_le_bytes(*b) as usize).min(bytes.len() / 8)
+    })
+}
+
+/// The walk of [`parse_header_map`], for a caller that keeps the headers its own way: `header`
+/// gets each (UTF-8 name, value) in order. `None` for a malformed buffer (some headers may have
+/// been handed out by then).
+pub fn for_each_header<'b>(
+    bytes: &'b [u8],
+    mut header: impl FnMut(&'b str, &'b [u8]),
+) -> Option<()> {
     if bytes.is_empty() {
-        return Some(Vec::new());
+        return Some(());
     }
     let u32_at = |at: usize| -> Option<usize> {
         let b = bytes.get(at..at.checked_add(4)?)?;
         Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
-    let count = u32_at(0)?;
-    let mut data = count.checked_mul(8)?.checked_add(4)?;
+    let n = u32_at(0)?;
+    let mut data = n.checked_mul(8)?.checked_add(4)?;
     if data > bytes.len() {
         return None;
     }
-    let mut pairs = Vec::with_capacity(count);
-    for i in 0..count {
+    for i in 0..n {
         let name_len = u32_at(4 + i * 8)?;
         let value_len = u32_at(8 + i * 8)?;
         let name_end = data.checked_add(name_len)?;
@@ -204,10 +223,10 @@ pub fn parse_header_map(bytes: &[u8]) -> Option<HeaderPairs<'_>> {
         let value = bytes.get(value_at..value_end)?;
         data = value_end.checked_add(1)?;
         if let Some(name) = header_name_str(name) {
-            pairs.push((name, value));
+            header(name, value);
         }
     }
-    Some(pairs)
+    Some(())
 }
 
 /// The inverse of [`parse_header_map`]: `(name, value)` pairs in the host's serialisation.

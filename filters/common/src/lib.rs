@@ -7,6 +7,7 @@
 //! - `glue` (Wasm only): the root-context plumbing of every filter's proxy-wasm glue — reading
 //!   and parsing the plugin configuration, defining and incrementing counters, the host clock,
 //!   PRNG seeds. Its host-free decisions are in [`config`], [`metrics`], [`clock`] and [`rng`].
+//! - [`bytes`]: byte-slice equality a word at a time (Wasm's `memcmp` goes byte by byte).
 //! - [`clock`]: the host's `SystemTime` as nanoseconds or milliseconds since the epoch.
 //! - [`metrics`]: a counter's id from the host's answer to its definition (refusals logged).
 //! - [`headers`]: header-name validation/normalisation and duplicate-aware lookup in a header list
@@ -22,6 +23,7 @@
 //! - `schema` (feature `schema`, for tests only): keeps a filter's committed `config.schema.json`
 //!   equal to what schemars generates.
 
+pub mod bytes;
 pub mod clock;
 pub mod config;
 #[cfg(target_arch = "wasm32")]

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 
 use proxy_wasm::types::Status;
 
-use crate::headers::{header_name_str, parse_header_map};
+use crate::headers::{for_each_header, header_count};
 
 /// A counter defined with the host (`None`: the host refused it, so increments are dropped).
 /// The one counter type of every stage: an effect names it, the adapter increments it.
@@ -273,10 +273,8 @@ pub trait Stage: 'static {
 pub struct HeaderList {
     /// The map as the host serialised it (`proxy_get_header_map_pairs`).
     base: Vec<u8>,
-    /// Where each header of `base` is: name and value byte ranges (names checked to be UTF-8).
-    index: Vec<[usize; 4]>,
-    /// Per header of `base`: whether its name was changed since (it is no longer in the view).
-    hidden: Vec<bool>,
+    /// The headers of `base`, in the host's order (names checked to be UTF-8).
+    index: Vec<BaseHeader>,
     /// Names the stages wrote (a `String`: slicing it needs no UTF-8 check).
     names: String,
     /// Values the stages wrote.
@@ -286,9 +284,27 @@ pub struct HeaderList {
     written: Vec<Written>,
 }
 
+/// One header of the host's map: where its name and its value are in `base`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BaseHeader {
+    name: [usize; 2],
+    value: [usize; 2],
+    /// Its name was changed since (it is no longer in the view).
+    hidden: bool,
+}
+
+/// Whether the name at `at` in `bytes` is `name`: the lengths first (cheap), the bytes only
+/// when they match (a byte-by-byte `memcmp` in Wasm).
+fn is_named(bytes: &[u8], at: [usize; 2], name: &str) -> bool {
+    at[1].wrapping_sub(at[0]) == name.len() && bytes.get(at[0]..at[1]) == Some(name.as_bytes())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Written {
     name: [usize; 2],
+    /// The index in `written` of the first entry of this name: entries of one name are found
+    /// by comparing this number, not the name (string compares were most of the list's work).
+    first: usize,
     value: Option<[usize; 2]>,
     live: bool,
 }
@@ -299,16 +315,19 @@ impl HeaderList {
     pub fn from_serialized(base: Vec<u8>) -> Self {
         let start = base.as_ptr() as usize;
         let at = |s: &[u8]| s.as_ptr() as usize - start;
-        let index: Vec<[usize; 4]> = parse_header_map(&base)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(name, value)| {
-                let (n, v) = (at(name.as_bytes()), at(value));
-                [n, n + name.len(), v, v + value.len()]
-            })
-            .collect();
+        let mut index = Vec::with_capacity(header_count(&base));
+        let parsed = for_each_header(&base, |name, value| {
+            let (n, v) = (at(name.as_bytes()), at(value));
+            index.push(BaseHeader {
+                name: [n, n + name.len()],
+                value: [v, v + value.len()],
+                hidden: false,
+            });
+        });
+        if parsed.is_none() {
+            index.clear();
+        }
         Self {
-            hidden: vec![false; index.len()],
             base,
             index,
             // Room for what a gateway chain typically writes: no regrowth on the way.
@@ -316,6 +335,14 @@ impl HeaderList {
             arena: Vec::with_capacity(512),
             written: Vec::with_capacity(16),
         }
+    }
+
+    fn base_is(&self, h: &BaseHeader, name: &str) -> bool {
+        is_named(&self.base, h.name, name)
+    }
+
+    fn written_is(&self, w: &Written, name: &str) -> bool {
+        is_named(self.names.as_bytes(), w.name, name)
     }
 
     fn written_name(&self, w: &Written) -> &str {
@@ -330,15 +357,15 @@ impl HeaderList {
     /// The view stages take: borrowed `(name, value)` pairs.
     pub fn pairs(&self) -> Vec<(&str, &[u8])> {
         let mut out = Vec::with_capacity(self.index.len() + self.written.len());
-        for (&[n0, n1, v0, v1], &hidden) in self.index.iter().zip(&self.hidden) {
-            if hidden {
-                continue;
-            }
+        for h in self.index.iter().filter(|h| !h.hidden) {
             if let (Some(name), Some(value)) = (
-                self.base.get(n0..n1).and_then(header_name_str),
-                self.base.get(v0..v1),
+                self.base.get(h.name[0]..h.name[1]),
+                self.base.get(h.value[0]..h.value[1]),
             ) {
-                out.push((name, value));
+                // SAFETY: `h.name` is where `for_each_header` found a name it checked to be
+                // UTF-8, in this very buffer, which nothing changes after the parse. Checking
+                // again for every stage's view was a tenth of the chain's bookkeeping.
+                out.push((unsafe { std::str::from_utf8_unchecked(name) }, value));
             }
         }
         for w in self.written.iter().filter(|w| w.live) {
@@ -349,39 +376,46 @@ impl HeaderList {
         out
     }
 
-    /// Whether `name` has a value now.
-    fn present(&self, name: &str) -> bool {
+    /// The first entry of `written` named `name`.
+    fn first_written(&self, name: &str) -> Option<usize> {
+        self.written.iter().position(|w| self.written_is(w, name))
+    }
+
+    /// Whether `name` has a value now (`first`: its [`HeaderList::first_written`]).
+    fn present(&self, name: &str, first: Option<usize>) -> bool {
         let in_base = self
             .index
             .iter()
-            .zip(&self.hidden)
-            .any(|(&[n0, n1, ..], &hidden)| {
-                !hidden && self.base.get(n0..n1) == Some(name.as_bytes())
-            });
+            .any(|h| !h.hidden && self.base_is(h, name));
         in_base
-            || self
-                .written
-                .iter()
-                .any(|w| w.live && w.value.is_some() && self.written_name(w) == name)
+            || first.is_some_and(|first| {
+                self.written
+                    .iter()
+                    .any(|w| w.first == first && w.live && w.value.is_some())
+            })
     }
 
-    /// `name` loses every value it has (the base's and what was written).
-    fn clear(&mut self, name: &str) {
-        for (&[n0, n1, ..], hidden) in self.index.iter().zip(self.hidden.iter_mut()) {
-            if self.base.get(n0..n1) == Some(name.as_bytes()) {
-                *hidden = true;
-            }
+    /// `name` loses every value it has (the base's and what was written); `first`: its
+    /// [`HeaderList::first_written`].
+    fn clear(&mut self, name: &str, first: Option<usize>) {
+        let base = &self.base;
+        for h in self
+            .index
+            .iter_mut()
+            .filter(|h| is_named(base, h.name, name))
+        {
+            h.hidden = true;
         }
-        let names = &self.names;
-        for w in &mut self.written {
-            if names.get(w.name[0]..w.name[1]) == Some(name) {
+        if let Some(first) = first {
+            for w in self.written.iter_mut().filter(|w| w.first == first) {
                 w.live = false;
             }
         }
     }
 
-    /// Record `name` (with `value`, or none: the mark of a removal).
-    fn write(&mut self, name: &str, value: Option<&[u8]>) {
+    /// Record `name` (with `value`, or none: the mark of a removal); `first`: its
+    /// [`HeaderList::first_written`].
+    fn write(&mut self, name: &str, first: Option<usize>, value: Option<&[u8]>) {
         let n0 = self.names.len();
         self.names.push_str(name);
         let name_at = [n0, self.names.len()];
@@ -392,6 +426,7 @@ impl HeaderList {
         });
         self.written.push(Written {
             name: name_at,
+            first: first.unwrap_or(self.written.len()),
             value,
             live: true,
         });
@@ -401,34 +436,35 @@ impl HeaderList {
     pub fn apply(&mut self, edit: &HeaderEdit<'_>) {
         match edit {
             HeaderEdit::Set(name, value) => {
-                self.clear(name);
-                self.write(name, Some(value));
+                let first = self.first_written(name);
+                self.clear(name, first);
+                self.write(name, first, Some(value));
             }
             HeaderEdit::Add(name, value) => {
+                let mut first = self.first_written(name);
                 // The host's copies stay: they count as changed, in the view after this.
                 let base_copies: Vec<[usize; 2]> = self
                     .index
                     .iter()
-                    .zip(&self.hidden)
-                    .filter(|&(&[n0, n1, ..], &hidden)| {
-                        !hidden && self.base.get(n0..n1) == Some(name.as_bytes())
-                    })
-                    .map(|(&[.., v0, v1], _)| [v0, v1])
+                    .filter(|h| !h.hidden && self.base_is(h, name))
+                    .map(|h| h.value)
                     .collect();
                 if !base_copies.is_empty() {
-                    self.clear(name);
+                    self.clear(name, first);
                     for [v0, v1] in base_copies {
                         let copy = self.base.get(v0..v1).map(<[u8]>::to_vec);
-                        self.write(name, copy.as_deref());
+                        self.write(name, first, copy.as_deref());
+                        first = first.or(Some(self.written.len() - 1));
                     }
                 }
-                self.write(name, Some(value));
+                self.write(name, first, Some(value));
             }
             HeaderEdit::Remove(name) => {
                 // Removing a header that is not there changes nothing (and costs no call).
-                if self.present(name) {
-                    self.clear(name);
-                    self.write(name, None);
+                let first = self.first_written(name);
+                if self.present(name, first) {
+                    self.clear(name, first);
+                    self.write(name, first, None);
                 }
             }
         }
@@ -441,17 +477,16 @@ impl HeaderList {
     pub fn write_back(&self) -> Vec<HeaderEdit<'_>> {
         let mut out = Vec::with_capacity(self.written.len());
         for (i, first) in self.written.iter().enumerate() {
-            let name = self.written_name(first);
-            let earlier = self.written.get(..i).unwrap_or_default();
-            if earlier.iter().any(|w| self.written_name(w) == name) {
+            if first.first != i {
                 continue; // written at its first change
             }
+            let name = self.written_name(first);
             let values = || {
                 self.written
                     .get(i..)
                     .unwrap_or_default()
                     .iter()
-                    .filter(|w| w.live && self.written_name(w) == name)
+                    .filter(|w| w.live && w.first == i)
                     .filter_map(|w| self.written_value(w))
             };
             let n = || Cow::Borrowed(name);

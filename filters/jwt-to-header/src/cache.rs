@@ -95,7 +95,7 @@ impl Cache {
         let stamp = self.next_stamp();
         let (verified, old) = {
             let entry = self.entries.get_mut(&key)?;
-            if *entry.token != *token {
+            if !gatewasm_common::bytes::eq(entry.token.as_bytes(), token.as_bytes()) {
                 return None;
             }
             let old = entry.stamp;

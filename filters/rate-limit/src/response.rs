@@ -1,5 +1,5 @@
-//! The rate-limit response headers, rendered from a [`Quota`] and its limit into fixed-size
-//! buffers (no allocation per response).
+//! The rate-limit response headers, rendered from a [`Quota`] and its limit: one allocation
+//! per header, the value handed on as it is.
 //!
 //! - `draft` (draft-ietf-httpapi-ratelimit-headers-08 and later, current as of draft 10):
 //!   `RateLimit-Policy: "<rule>";q=<limit>;w=<window_s>` and `RateLimit: "<rule>";r=<remaining>;t=<reset>`.
@@ -9,63 +9,84 @@
 //! `remaining` is the whole number of requests the bucket would allow right now (up to
 //! `limit + burst`); `reset` is the number of seconds until the bucket is full again.
 
-use std::fmt::{self, Write};
-
 use crate::config::{CompiledLimit, HeaderFormat};
 use crate::limiter::Quota;
 use crate::rls::GlobalQuota;
 
-/// Room for the longest value: a 64-byte rule name, quotes and three u64 figures.
-const VALUE_CAP: usize = 160;
+/// Room for most values (a rule name, quotes and three figures) without regrowth.
+const VALUE_CAPACITY: usize = 48;
 
-/// One header value in an inline buffer.
-#[derive(Clone, Copy)]
-struct Value {
-    buf: [u8; VALUE_CAP],
-    len: usize,
+/// A piece of a header value: text, or a number written in decimal. Values are built from
+/// these rather than with `format_args!` into a fixed buffer: core's formatting machinery and
+/// the copies of the buffers (a 900-byte set of five) cost about a thousand Wasm instructions
+/// per header, several times the writing itself.
+enum Part<'a> {
+    Str(&'a str),
+    Num(u64),
 }
 
-impl Value {
-    const EMPTY: Value = Value {
-        buf: [0; VALUE_CAP],
-        len: 0,
-    };
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+/// `parts`, written out.
+fn render(parts: &[Part<'_>]) -> String {
+    let mut value = String::with_capacity(VALUE_CAPACITY);
+    for part in parts {
+        match part {
+            Part::Str(s) => value.push_str(s),
+            Part::Num(n) => {
+                let mut digits = [0u8; 20];
+                let mut start = digits.len();
+                let mut n = *n;
+                while start > 0 {
+                    start -= 1;
+                    if let Some(d) = digits.get_mut(start) {
+                        *d = b'0' + (n % 10) as u8;
+                    }
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                for &d in digits.get(start..).unwrap_or_default() {
+                    value.push(char::from(d));
+                }
+            }
+        }
     }
+    value
 }
 
-impl Write for Value {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
-/// Up to five `(name, value)` pairs.
+/// Up to five `(name, value)` pairs, in a fixed order. Each value is the `String` the caller
+/// hands on (to a header edit or a local reply), so nothing is copied again.
 pub struct RateLimitHeaders {
-    items: [(&'static str, Value); 5],
+    items: [(&'static str, String); 5],
     len: usize,
 }
 
 impl RateLimitHeaders {
-    fn push(&mut self, name: &'static str, args: fmt::Arguments<'_>) {
-        let mut value = Value::EMPTY;
-        if value.write_fmt(args).is_ok()
-            && let Some(slot) = self.items.get_mut(self.len)
-        {
-            *slot = (name, value);
+    fn new() -> Self {
+        Self {
+            items: Default::default(),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, name: &'static str, parts: &[Part<'_>]) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = (name, render(parts));
             self.len += 1;
         }
     }
 
     /// The pairs, in a fixed order.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        self.items[..self.len].iter().map(|(n, v)| (*n, v.as_str()))
+        self.items
+            .iter()
+            .take(self.len)
+            .map(|(n, v)| (*n, v.as_str()))
+    }
+
+    /// The pairs, their values moved out.
+    pub fn into_values(self) -> impl Iterator<Item = (&'static str, String)> {
+        self.items.into_iter().take(self.len)
     }
 
     pub fn len(&self) -> usize {
@@ -83,23 +104,26 @@ pub fn rate_limit_headers(
     quota: &Quota,
     limit: &CompiledLimit,
 ) -> RateLimitHeaders {
-    let mut out = RateLimitHeaders {
-        items: [("", Value::EMPTY); 5],
-        len: 0,
-    };
+    let mut out = RateLimitHeaders::new();
     if matches!(format, HeaderFormat::Draft | HeaderFormat::Both) {
-        out.push("ratelimit-policy", format_args!("{}", limit.policy));
+        out.push("ratelimit-policy", &[Part::Str(&limit.policy)]);
         // The policy value starts with the quoted rule name.
         let name = limit.policy.split(';').next().unwrap_or_default();
         out.push(
             "ratelimit",
-            format_args!("{name};r={};t={}", quota.remaining, quota.reset_s),
+            &[
+                Part::Str(name),
+                Part::Str(";r="),
+                Part::Num(quota.remaining),
+                Part::Str(";t="),
+                Part::Num(quota.reset_s),
+            ],
         );
     }
     if matches!(format, HeaderFormat::Draft03 | HeaderFormat::Both) {
-        out.push("ratelimit-limit", format_args!("{}", limit.limit.limit));
-        out.push("ratelimit-remaining", format_args!("{}", quota.remaining));
-        out.push("ratelimit-reset", format_args!("{}", quota.reset_s));
+        out.push("ratelimit-limit", &[Part::Num(limit.limit.limit)]);
+        out.push("ratelimit-remaining", &[Part::Num(quota.remaining)]);
+        out.push("ratelimit-reset", &[Part::Num(quota.reset_s)]);
     }
     out
 }
@@ -111,39 +135,42 @@ pub fn global_rate_limit_headers(
     rule_name: &str,
     quota: &GlobalQuota,
 ) -> RateLimitHeaders {
-    let mut out = RateLimitHeaders {
-        items: [("", Value::EMPTY); 5],
-        len: 0,
-    };
+    let mut out = RateLimitHeaders::new();
     if matches!(format, HeaderFormat::Draft | HeaderFormat::Both) {
         out.push(
             "ratelimit-policy",
-            format_args!("\"{rule_name}\";q={};w={}", quota.limit, quota.window_s),
+            &[
+                Part::Str("\""),
+                Part::Str(rule_name),
+                Part::Str("\";q="),
+                Part::Num(quota.limit),
+                Part::Str(";w="),
+                Part::Num(quota.window_s),
+            ],
         );
         out.push(
             "ratelimit",
-            format_args!("\"{rule_name}\";r={};t={}", quota.remaining, quota.reset_s),
+            &[
+                Part::Str("\""),
+                Part::Str(rule_name),
+                Part::Str("\";r="),
+                Part::Num(quota.remaining),
+                Part::Str(";t="),
+                Part::Num(quota.reset_s),
+            ],
         );
     }
     if matches!(format, HeaderFormat::Draft03 | HeaderFormat::Both) {
-        out.push("ratelimit-limit", format_args!("{}", quota.limit));
-        out.push("ratelimit-remaining", format_args!("{}", quota.remaining));
-        out.push("ratelimit-reset", format_args!("{}", quota.reset_s));
+        out.push("ratelimit-limit", &[Part::Num(quota.limit)]);
+        out.push("ratelimit-remaining", &[Part::Num(quota.remaining)]);
+        out.push("ratelimit-reset", &[Part::Num(quota.reset_s)]);
     }
     out
 }
 
-/// `Retry-After` seconds as a header value, without allocating.
-pub fn retry_after(seconds: u64) -> impl AsRef<str> {
-    struct Secs(Value);
-    impl AsRef<str> for Secs {
-        fn as_ref(&self) -> &str {
-            self.0.as_str()
-        }
-    }
-    let mut v = Value::EMPTY;
-    let _ = write!(v, "{seconds}");
-    Secs(v)
+/// `Retry-After` seconds as a header value.
+pub fn retry_after(seconds: u64) -> String {
+    render(&[Part::Num(seconds)])
 }
 
 #[cfg(test)]
@@ -203,7 +230,7 @@ mod tests {
             got[1],
             format!("ratelimit: \"{long}\";r={};t={}", u64::MAX, u64::MAX)
         );
-        assert_eq!(retry_after(20).as_ref(), "20");
+        assert_eq!(retry_after(20), "20");
         let g = GlobalQuota {
             limit: 100,
             window_s: 60,

@@ -562,16 +562,19 @@ impl Stage for RateLimit {
         match shown {
             Shown::Local(quota) => {
                 if let Some(limit) = quota_limit(settings, &quota) {
-                    for (name, value) in rate_limit_headers(settings.headers, &quota, limit).iter()
+                    for (name, value) in
+                        rate_limit_headers(settings.headers, &quota, limit).into_values()
                     {
-                        fx.set_response(name, value.as_bytes().to_vec());
+                        fx.set_response(name, value.into_bytes());
                     }
                 }
             }
             Shown::Global { rule, quota } => {
                 let name = settings.rules.get(rule).map_or("", |r| r.name.as_str());
-                for (n, v) in global_rate_limit_headers(settings.headers, name, &quota).iter() {
-                    fx.set_response(n, v.as_bytes().to_vec());
+                for (n, v) in
+                    global_rate_limit_headers(settings.headers, name, &quota).into_values()
+                {
+                    fx.set_response(n, v.into_bytes());
                 }
             }
         }

@@ -107,8 +107,9 @@ impl Stage for TracePropagation {
         });
         // Each change in the order it is decided: 1 host call per changed header.
         let plan = plan_request(settings, headers, &mut rng, |write| match write {
-            Write::Set(name, value) => fx.set_request(name.to_owned(), value.to_vec()),
-            Write::Remove(name) => fx.remove_request(name.to_owned()),
+            // The names are `'static`: borrowed, not copied.
+            Write::Set(name, value) => fx.set_request(name, value.to_vec()),
+            Write::Remove(name) => fx.remove_request(name),
         });
         RNG.with(|cell| cell.set(Some(rng)));
         for rejection in plan.rejections.iter().flatten() {

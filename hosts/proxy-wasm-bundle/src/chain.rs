@@ -71,39 +71,49 @@ impl StageHost for PassHost {
     }
 }
 
-/// One stage bound to one request: the stage and its per-request state. Each call applies the
-/// stage's request edits to the chain's header list (the next stage reads them there) and
-/// returns the rest of its effects with their own copies of what they borrowed.
+/// What a request pass of the chain hands each stage: the header list (a stage's request edits
+/// are applied to it, the next stage reads them there), the host, and the counter increments
+/// so far (a stage's own are appended to them: one vector for the whole pass, not one each).
+struct Pass<'r> {
+    headers: &'r mut HeaderList,
+    host: &'r mut dyn StageHost,
+    counters: &'r mut Vec<(u32, u32)>,
+}
+
+/// One stage bound to one request: the stage and its per-request state. Each request-side
+/// call applies the stage's request edits and counters to `pass` and returns the rest of its
+/// effects with their own copies of what they borrowed.
 trait Bound {
-    fn request(
-        &mut self,
-        headers: &mut HeaderList,
-        host: &mut dyn StageHost,
-    ) -> (Effects<'static>, Flow);
-    fn response(&mut self, host: &mut dyn StageHost) -> Effects<'static>;
+    fn request(&mut self, pass: Pass<'_>) -> (Effects<'static>, Flow);
+    /// The response side: its edits are applied (one host call each), its counters appended.
+    fn response(&mut self, host: &mut dyn StageHost, counters: &mut Vec<(u32, u32)>);
     fn grpc_answer(
         &mut self,
         call: usize,
         status: u32,
         body: Option<&[u8]>,
-        headers: &mut HeaderList,
-        host: &mut dyn StageHost,
+        pass: Pass<'_>,
     ) -> (Effects<'static>, Flow);
     /// jwt-to-header: the keys this request waited for arrived (or will not).
-    fn woken(
-        &mut self,
-        _headers: &mut HeaderList,
-        _host: &mut dyn StageHost,
-    ) -> (Effects<'static>, Flow) {
+    fn woken(&mut self, _pass: Pass<'_>) -> (Effects<'static>, Flow) {
         (Effects::default(), Flow::Continue)
     }
 }
 
-/// Apply `fx`'s request edits to `headers`; the rest of `fx`, owned.
-fn settle(mut fx: Effects<'_>, headers: &mut HeaderList) -> Effects<'static> {
-    for edit in fx.request.drain(..) {
-        headers.apply(&edit);
+/// Effects for one stage to decide into, its counters appended to `counters`.
+fn effects<'a>(counters: &mut Vec<(u32, u32)>) -> Effects<'a> {
+    Effects {
+        counters: std::mem::take(counters),
+        ..Effects::default()
     }
+}
+
+/// Apply `fx`'s request edits and counters to `pass`; the rest of `fx`, owned.
+fn settle(mut fx: Effects<'_>, pass: Pass<'_>) -> Effects<'static> {
+    for edit in fx.request.drain(..) {
+        pass.headers.apply(&edit);
+    }
+    *pass.counters = std::mem::take(&mut fx.counters);
     fx.into_owned()
 }
 
@@ -113,27 +123,26 @@ struct Of<S: Stage> {
 }
 
 impl<S: Stage> Bound for Of<S> {
-    fn request(
-        &mut self,
-        headers: &mut HeaderList,
-        host: &mut dyn StageHost,
-    ) -> (Effects<'static>, Flow) {
-        let mut fx = Effects::default();
+    fn request(&mut self, pass: Pass<'_>) -> (Effects<'static>, Flow) {
+        let mut fx = effects(pass.counters);
         let flow = {
-            let pairs = headers.pairs();
+            let pairs = pass.headers.pairs();
             self.stage
-                .on_request_headers(&mut self.stream, &pairs, host, &mut fx)
+                .on_request_headers(&mut self.stream, &pairs, pass.host, &mut fx)
         };
-        (settle(fx, headers), flow)
+        (settle(fx, pass), flow)
     }
 
-    fn response(&mut self, host: &mut dyn StageHost) -> Effects<'static> {
-        let mut fx = Effects::default();
-        if S::RESPONSE_HEADERS {
-            self.stage
-                .on_response_headers(&mut self.stream, host, &mut fx);
+    fn response(&mut self, host: &mut dyn StageHost, counters: &mut Vec<(u32, u32)>) {
+        if !S::RESPONSE_HEADERS {
+            return;
         }
-        fx.into_owned()
+        let mut fx = effects(counters);
+        self.stage
+            .on_response_headers(&mut self.stream, host, &mut fx);
+        // Applied here, borrowed: no copies of the names and values to keep.
+        glue::apply_edits(MapType::HttpResponseHeaders, &fx.response);
+        *counters = fx.counters;
     }
 
     fn grpc_answer(
@@ -141,14 +150,13 @@ impl<S: Stage> Bound for Of<S> {
         call: usize,
         status: u32,
         body: Option<&[u8]>,
-        headers: &mut HeaderList,
-        host: &mut dyn StageHost,
+        pass: Pass<'_>,
     ) -> (Effects<'static>, Flow) {
-        let mut fx = Effects::default();
-        let flow = self
-            .stage
-            .on_grpc_answer(&mut self.stream, call, status, body, host, &mut fx);
-        (settle(fx, headers), flow)
+        let mut fx = effects(pass.counters);
+        let flow =
+            self.stage
+                .on_grpc_answer(&mut self.stream, call, status, body, pass.host, &mut fx);
+        (settle(fx, pass), flow)
     }
 }
 
@@ -156,16 +164,12 @@ impl<S: Stage> Bound for Of<S> {
 struct Jwt(Of<JwtToHeader>);
 
 impl Bound for Jwt {
-    fn request(
-        &mut self,
-        headers: &mut HeaderList,
-        host: &mut dyn StageHost,
-    ) -> (Effects<'static>, Flow) {
-        self.0.request(headers, host)
+    fn request(&mut self, pass: Pass<'_>) -> (Effects<'static>, Flow) {
+        self.0.request(pass)
     }
 
-    fn response(&mut self, host: &mut dyn StageHost) -> Effects<'static> {
-        self.0.response(host)
+    fn response(&mut self, host: &mut dyn StageHost, counters: &mut Vec<(u32, u32)>) {
+        self.0.response(host, counters);
     }
 
     fn grpc_answer(
@@ -173,23 +177,18 @@ impl Bound for Jwt {
         call: usize,
         status: u32,
         body: Option<&[u8]>,
-        headers: &mut HeaderList,
-        host: &mut dyn StageHost,
+        pass: Pass<'_>,
     ) -> (Effects<'static>, Flow) {
-        self.0.grpc_answer(call, status, body, headers, host)
+        self.0.grpc_answer(call, status, body, pass)
     }
 
-    fn woken(
-        &mut self,
-        headers: &mut HeaderList,
-        host: &mut dyn StageHost,
-    ) -> (Effects<'static>, Flow) {
-        let mut fx = Effects::default();
+    fn woken(&mut self, pass: Pass<'_>) -> (Effects<'static>, Flow) {
+        let mut fx = effects(pass.counters);
         let flow = {
-            let pairs = headers.pairs();
-            self.0.stage.on_woken(&pairs, host, &mut fx)
+            let pairs = pass.headers.pairs();
+            self.0.stage.on_woken(&pairs, pass.host, &mut fx)
         };
-        (settle(fx, headers), flow)
+        (settle(fx, pass), flow)
     }
 }
 
@@ -451,6 +450,18 @@ struct Run {
     host: PassHost,
 }
 
+/// What a stage of `run`'s request pass works on (a macro, not a method: it borrows only these
+/// fields, so the stage itself, in `run.stages`, can be borrowed beside it).
+macro_rules! pass {
+    ($run:expr) => {
+        Pass {
+            headers: &mut $run.headers,
+            host: &mut $run.host,
+            counters: &mut $run.counters,
+        }
+    };
+}
+
 /// How a stage's effects leave the chain.
 enum Next {
     Stage,
@@ -469,12 +480,11 @@ impl Run {
         self.advance()
     }
 
-    /// Take in one stage's effects (its request edits are in the header list already): the
-    /// rest waits for [`Run::flush`]; its gRPC calls are dispatched (one that
+    /// Take in one stage's effects (its request edits and counters are in the pass already):
+    /// the rest waits for [`Run::flush`]; its gRPC calls are dispatched (one that
     /// cannot be sent is answered at once, [`CALL_NOT_SENT`]).
     fn absorb(&mut self, stage: usize, mut fx: Effects<'static>, flow: Flow) -> Next {
         self.route_changed |= fx.clear_route_cache;
-        self.counters.append(&mut fx.counters);
         self.response.append(&mut fx.response);
         if let Some(reply) = fx.reply {
             return Next::Reply(reply);
@@ -506,13 +516,7 @@ impl Run {
                     let Some(bound) = self.stages.get_mut(stage).map(AnyBound::get) else {
                         break;
                     };
-                    let (answer, flow) = bound.grpc_answer(
-                        index,
-                        CALL_NOT_SENT,
-                        None,
-                        &mut self.headers,
-                        &mut self.host,
-                    );
+                    let (answer, flow) = bound.grpc_answer(index, CALL_NOT_SENT, None, pass!(self));
                     next = self.absorb(stage, answer, flow);
                     if matches!(next, Next::Reply(_)) {
                         return next;
@@ -529,7 +533,7 @@ impl Run {
     fn advance(&mut self) -> Action {
         while let Some(bound) = self.stages.get_mut(self.next).map(AnyBound::get) {
             self.seen = self.seen.max(self.next + 1);
-            let (fx, flow) = bound.request(&mut self.headers, &mut self.host);
+            let (fx, flow) = bound.request(pass!(self));
             match self.absorb(self.next, fx, flow) {
                 Next::Stage => self.next += 1,
                 Next::Reply(reply) => return self.reply(&reply),
@@ -583,7 +587,7 @@ impl Run {
         let Some(bound) = self.stages.get_mut(self.next).map(AnyBound::get) else {
             return Action::Continue;
         };
-        let (fx, flow) = bound.woken(&mut self.headers, &mut self.host);
+        let (fx, flow) = bound.woken(pass!(self));
         match self.absorb(self.next, fx, flow) {
             Next::Stage => {
                 self.next += 1;
@@ -607,13 +611,7 @@ impl Run {
             None
         };
         let bound = self.stages.get_mut(stage)?.get();
-        let (fx, flow) = bound.grpc_answer(
-            call,
-            status,
-            body.as_deref(),
-            &mut self.headers,
-            &mut self.host,
-        );
+        let (fx, flow) = bound.grpc_answer(call, status, body.as_deref(), pass!(self));
         Some(match self.absorb(stage, fx, flow) {
             Next::Stage => {
                 self.next = stage + 1;
@@ -624,18 +622,19 @@ impl Run {
         })
     }
 
-    /// The response pass: the response side of every stage that saw the request, last first.
+    /// The response pass: the edits decided on the request side, then the response side of
+    /// every stage that saw the request, last first; the counters after all edits.
     fn respond(&mut self) {
         self.host = PassHost::default();
-        let mut edits = std::mem::take(&mut self.response);
+        glue::apply_edits(
+            MapType::HttpResponseHeaders,
+            &std::mem::take(&mut self.response),
+        );
         let mut counters = std::mem::take(&mut self.counters);
         let seen = self.seen.min(self.stages.len());
         for bound in self.stages.iter_mut().take(seen).rev() {
-            let mut fx = bound.get().response(&mut self.host);
-            edits.append(&mut fx.response);
-            counters.append(&mut fx.counters);
+            bound.get().response(&mut self.host, &mut counters);
         }
-        glue::apply_edits(MapType::HttpResponseHeaders, &edits);
         glue::apply_counters(&counters);
     }
 
