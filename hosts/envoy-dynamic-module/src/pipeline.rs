@@ -312,15 +312,34 @@ fn of<S: Stage>(stage: &Rc<S>) -> Of<S> {
     }
 }
 
+/// What the request sides of a run's stages decided, gathered as they go (each stage's
+/// [`Effects`] is emptied into it: no owned copy of a stage's effects is built).
+#[derive(Default)]
+struct Gathered {
+    route_changed: bool,
+    counters: Vec<(u32, u32)>,
+    reply: Option<LocalReply>,
+    /// The stage asked for gRPC calls (it waits).
+    calls: bool,
+}
+
 /// What every bound stage does: its request side (its request edits applied to the header
-/// list, the rest of its effects returned owned) and its response side.
+/// list, its response edits owned into `response`, the rest into `into`) and its response side
+/// (its edits owned into `edits`, its counters into `counters`).
 trait Bound {
     fn request(
         &mut self,
         headers: &mut HeaderList,
         host: &mut dyn StageHost,
-    ) -> (Effects<'static>, Flow);
-    fn response(&mut self, host: &mut dyn StageHost) -> Effects<'static>;
+        response: &mut Vec<HeaderEdit<'static>>,
+        into: &mut Gathered,
+    ) -> Flow;
+    fn response(
+        &mut self,
+        host: &mut dyn StageHost,
+        edits: &mut Vec<HeaderEdit<'static>>,
+        counters: &mut Vec<(u32, u32)>,
+    );
 }
 
 impl<S: Stage> Bound for Of<S> {
@@ -328,26 +347,39 @@ impl<S: Stage> Bound for Of<S> {
         &mut self,
         headers: &mut HeaderList,
         host: &mut dyn StageHost,
-    ) -> (Effects<'static>, Flow) {
+        response: &mut Vec<HeaderEdit<'static>>,
+        into: &mut Gathered,
+    ) -> Flow {
         let mut fx = Effects::default();
         let flow = {
             let pairs = headers.pairs();
             self.stage
                 .on_request_headers(&mut self.stream, &pairs, host, &mut fx)
         };
-        for edit in fx.request.drain(..) {
-            headers.apply(&edit);
+        for edit in &fx.request {
+            headers.apply(edit);
         }
-        (fx.into_owned(), flow)
+        into.route_changed |= fx.clear_route_cache;
+        into.counters.append(&mut fx.counters);
+        response.extend(fx.response.into_iter().map(HeaderEdit::into_owned));
+        into.calls = !fx.grpc_calls.is_empty();
+        into.reply = fx.reply;
+        flow
     }
 
-    fn response(&mut self, host: &mut dyn StageHost) -> Effects<'static> {
-        let mut fx = Effects::default();
+    fn response(
+        &mut self,
+        host: &mut dyn StageHost,
+        edits: &mut Vec<HeaderEdit<'static>>,
+        counters: &mut Vec<(u32, u32)>,
+    ) {
         if S::RESPONSE_HEADERS {
+            let mut fx = Effects::default();
             self.stage
                 .on_response_headers(&mut self.stream, host, &mut fx);
+            edits.extend(fx.response.into_iter().map(HeaderEdit::into_owned));
+            counters.append(&mut fx.counters);
         }
-        fx.into_owned()
     }
 }
 
@@ -427,31 +459,37 @@ impl Run {
         } else {
             HeaderList::default()
         };
-        let mut route_changed = false;
-        let mut counters: Vec<(u32, u32)> = Vec::new();
-        let mut reply = None;
+        let mut gathered = Gathered {
+            counters: Vec::with_capacity(8),
+            ..Gathered::default()
+        };
         {
             let mut host = PassHost::new(envoy, shared);
             for (i, bound) in self.stages.iter_mut().enumerate() {
                 self.seen = i + 1;
-                let (mut fx, flow) = bound.get().request(&mut headers, &mut host);
-                route_changed |= fx.clear_route_cache;
-                counters.append(&mut fx.counters);
-                self.response.append(&mut fx.response);
-                if fx.reply.is_some() {
-                    reply = fx.reply;
+                let flow =
+                    bound
+                        .get()
+                        .request(&mut headers, &mut host, &mut self.response, &mut gathered);
+                if gathered.reply.is_some() {
                     break;
                 }
-                if flow == Flow::Wait || !fx.grpc_calls.is_empty() {
+                if flow == Flow::Wait || gathered.calls {
                     log::error!(
                         "gatewasm: a stage waited (jwt-to-header keys or a rate-limit service), \
                          which the dynamic module does not support; answering 503"
                     );
-                    reply = Some(cannot_wait());
+                    gathered.reply = Some(cannot_wait());
                     break;
                 }
             }
         }
+        let Gathered {
+            route_changed,
+            counters,
+            reply,
+            ..
+        } = gathered;
         // What the stages wrote, one call per changed name (also before a reply, as separate
         // filters would have written it), the route cache once, the counters.
         for edit in headers.write_back() {
@@ -495,9 +533,7 @@ impl Run {
         let mut host = PassHost::new(envoy, shared);
         let seen = self.seen.min(self.stages.len());
         for bound in self.stages.iter_mut().take(seen).rev() {
-            let mut fx = bound.get().response(&mut host);
-            edits.append(&mut fx.response);
-            counters.append(&mut fx.counters);
+            bound.get().response(&mut host, &mut edits, &mut counters);
         }
         (edits, counters)
     }
