@@ -97,8 +97,11 @@ fn header_type(side: Side) -> i32 {
 impl StreamHost for EnvoyStream {
     fn request_headers(&mut self) -> Vec<u8> {
         // SAFETY: the borrowed headers are serialised (copied) here, before any change.
-        let pairs = unsafe { self.0.headers(abi::HEADER_TYPE_REQUEST) };
-        crate::pipeline::serialize_utf8_named(&pairs)
+        unsafe {
+            self.0.read_headers(abi::HEADER_TYPE_REQUEST, |headers| {
+                crate::pipeline::serialize_utf8_named(headers)
+            })
+        }
     }
 
     fn source_address(&mut self) -> Option<Vec<u8>> {
