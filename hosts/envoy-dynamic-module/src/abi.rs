@@ -53,6 +53,23 @@ pub struct EnvoyHttpHeader {
     pub value_length: usize,
 }
 
+/// The `(name, value)` pairs of a header map Envoy filled in ([`EnvoyFilter::read_headers`]).
+pub type Headers<'h> =
+    std::iter::Map<std::slice::Iter<'h, EnvoyHttpHeader>, fn(&EnvoyHttpHeader) -> (&[u8], &[u8])>;
+
+/// An entry Envoy filled in, as borrowed slices (valid as long as Envoy's map is unchanged:
+/// see [`EnvoyFilter::read_headers`]).
+fn pair(h: &EnvoyHttpHeader) -> (&[u8], &[u8]) {
+    // SAFETY: Envoy filled the entry with buffers valid while its map is unchanged; the
+    // slices do not outlive `read_headers`' callback.
+    unsafe {
+        (
+            envoy_bytes(h.key_ptr, h.key_length),
+            envoy_bytes(h.value_ptr, h.value_length),
+        )
+    }
+}
+
 /// `envoy_dynamic_module_type_http_header_type`.
 pub const HEADER_TYPE_REQUEST: i32 = 0;
 pub const HEADER_TYPE_RESPONSE: i32 = 2;
@@ -203,47 +220,48 @@ impl EnvoyConfig {
 pub struct EnvoyFilter(pub *mut c_void);
 
 impl EnvoyFilter {
-    /// All headers of `header_type`: one `get_headers_size` and one `get_headers` call, the
-    /// names and values borrowed from Envoy's map.
+    /// All headers of `header_type`, handed to `read` as borrowed `(name, value)` pairs: one
+    /// `get_headers_size` and one `get_headers` call, the entries in a buffer on the stack when
+    /// they fit (no allocation for a typical request).
     ///
     /// # Safety
     /// The slices are valid until this hook returns or the map is changed (a `set_header` or
-    /// `add_header` on it): the caller drops them before either.
-    pub unsafe fn headers<'h>(self, header_type: i32) -> Vec<(&'h [u8], &'h [u8])> {
-        // SAFETY: `self.0` is live (see the type docs).
-        let count =
-            unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, header_type) };
-        if count == 0 {
-            return Vec::new();
-        }
+    /// `add_header` on it): `read` must not keep them beyond its call.
+    pub unsafe fn read_headers<R>(
+        self,
+        header_type: i32,
+        read: impl FnOnce(Headers<'_>) -> R,
+    ) -> R {
+        const ON_STACK: usize = 32;
         let empty = EnvoyHttpHeader {
             key_ptr: std::ptr::null(),
             key_length: 0,
             value_ptr: std::ptr::null(),
             value_length: 0,
         };
-        let mut headers = vec![empty; count];
-        // SAFETY: `headers` has room for the `count` entries Envoy writes.
-        let ok = unsafe {
-            envoy_dynamic_module_callback_http_get_headers(
-                self.0,
-                header_type,
-                headers.as_mut_ptr(),
-            )
+        // SAFETY: `self.0` is live (see the type docs).
+        let count =
+            unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, header_type) };
+        let mut stack = [empty; ON_STACK];
+        let mut heap = Vec::new();
+        let entries: &mut [EnvoyHttpHeader] = if count <= ON_STACK {
+            stack.get_mut(..count).unwrap_or_default()
+        } else {
+            heap.resize(count, empty);
+            &mut heap
         };
-        if !ok {
-            return Vec::new();
-        }
-        headers
-            .iter()
-            // SAFETY: Envoy filled each entry with buffers valid as the caller promised.
-            .map(|h| unsafe {
-                (
-                    envoy_bytes(h.key_ptr, h.key_length),
-                    envoy_bytes(h.value_ptr, h.value_length),
+        // SAFETY: `entries` has room for the `count` entries Envoy writes.
+        let ok = count > 0
+            && unsafe {
+                envoy_dynamic_module_callback_http_get_headers(
+                    self.0,
+                    header_type,
+                    entries.as_mut_ptr(),
                 )
-            })
-            .collect()
+            };
+        let entries: &[EnvoyHttpHeader] = if ok { entries } else { &[] };
+        let pair: fn(&EnvoyHttpHeader) -> (&[u8], &[u8]) = pair;
+        read(entries.iter().map(pair))
     }
 
     /// Replace every copy of `name` with `value`; `None` (or, in Envoy, an empty value) removes

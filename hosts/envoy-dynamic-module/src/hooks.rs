@@ -22,7 +22,6 @@ use std::rc::Rc;
 use std::sync::{Arc, Weak};
 
 use gatewasm_common::config::parse_or_log;
-use gatewasm_common::headers::serialize_header_map;
 use gatewasm_common::stage::{Counter, LocalReply};
 
 use crate::abi::{self, EnvoyBuffer, EnvoyConfig, EnvoyFilter, EnvoyHttpHeader};
@@ -98,12 +97,11 @@ fn header_type(side: Side) -> i32 {
 impl StreamHost for EnvoyStream {
     fn request_headers(&mut self) -> Vec<u8> {
         // SAFETY: the borrowed headers are serialised (copied) here, before any change.
-        let pairs = unsafe { self.0.headers(abi::HEADER_TYPE_REQUEST) };
-        serialize_header_map(
-            pairs
-                .iter()
-                .filter_map(|(name, value)| Some((std::str::from_utf8(name).ok()?, *value))),
-        )
+        unsafe {
+            self.0.read_headers(abi::HEADER_TYPE_REQUEST, |headers| {
+                crate::pipeline::serialize_utf8_named(headers)
+            })
+        }
     }
 
     fn source_address(&mut self) -> Option<Vec<u8>> {
