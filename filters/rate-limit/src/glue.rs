@@ -26,9 +26,7 @@ use gatewasm_common::glue::{self, HostCalls, StageFilter, StageRoot};
 use proxy_wasm::traits::RootContext;
 
 use crate::config::parse_settings;
-use crate::key::KeySeed;
-use crate::limiter::{create_tables, shared_key_seed};
-use crate::stage::{FILTER, HostStore, RateLimit};
+use crate::stage::{FILTER, RateLimit};
 
 /// The root context of this filter (also the bundle's `rate-limit` root).
 pub fn root_context(context_id: u32) -> Box<dyn RootContext> {
@@ -41,22 +39,6 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(root_context);
 }}
 
-/// The process's key seed from shared data (created by the first VM; 1 get, +1 set and 1 get
-/// for that VM): read on every configuration, so a VM never keeps a seed the others do not use.
-/// `context_id` only enters the fallback seed of a host without randomness.
-fn process_seed(context_id: u32) -> KeySeed {
-    let fresh = || glue::fresh_seed(FILTER, "the bucket-key hash", context_id);
-    let mut host = HostCalls;
-    shared_key_seed(&mut &HostStore::new(&mut host), fresh).unwrap_or_else(|| {
-        // Without shared data the buckets cannot be shared either; the fixed keys at least keep
-        // every VM's keys alike, as before seeding.
-        log::warn!(
-            "rate-limit: cannot share a bucket-key seed through shared data; using the fixed one"
-        );
-        KeySeed::FIXED
-    })
-}
-
 /// The filter, for its [`StageRoot`].
 pub struct Filter;
 
@@ -66,20 +48,15 @@ impl StageFilter for Filter {
 
     fn configure(bytes: Option<&[u8]>) -> Result<RateLimit, ConfigError> {
         let settings = parse_settings(bytes)?;
-        let mut host = HostCalls;
-        let created = create_tables(&settings, &mut &HostStore::new(&mut host));
-        if created > 0 {
-            log::info!(
-                "rate-limit: created {created} shared-data entries for {} rule(s)",
-                settings.rules.len()
-            );
-        }
         // `StageFilter::configure` has no root context id: 0 in the fallback seed (the clock is
         // in it too), used only when the host has no randomness.
-        let seed = process_seed(0);
-        Ok(RateLimit::new(settings, seed, |name| {
-            glue::counter(FILTER, name)
-        }))
+        let fresh = || glue::fresh_seed(FILTER, "the bucket-key hash", 0);
+        Ok(RateLimit::configure(
+            settings,
+            &mut HostCalls,
+            fresh,
+            |name| glue::counter(FILTER, name),
+        ))
     }
 
     /// Before any configuration (no streams in Envoy): no rules, every request passes (fail

@@ -13,7 +13,8 @@ use gatewasm_common::stage::{CALL_NOT_SENT, Counter, Effects, Flow, GrpcCall, St
 use crate::config::{ClientIpConfig, HeaderFormat, Mode, Policy, Settings};
 use crate::key::{IpPrefix, KeySeed};
 use crate::limiter::{
-    Decision, DenyReason, Event, Quota, Request, SetResult, Store, decide, quota_limit,
+    Decision, DenyReason, Event, Quota, Request, SetResult, Store, create_tables, decide,
+    quota_limit, shared_key_seed,
 };
 use crate::response::{global_rate_limit_headers, rate_limit_headers, retry_after};
 use crate::rls::{
@@ -161,6 +162,35 @@ impl RateLimit {
             metrics,
             seed,
         }
+    }
+
+    /// What every host does with an accepted configuration: create every rule's shared-data
+    /// entries before the first request (idempotent: later configurations and other workers
+    /// find them), take the process's bucket-key seed from shared data (`fresh` makes one
+    /// when this is the first), and define the counters.
+    pub fn configure(
+        settings: Settings,
+        host: &mut dyn StageHost,
+        fresh: impl FnOnce() -> [u8; KeySeed::LEN],
+        define: impl FnMut(&str) -> Counter,
+    ) -> Self {
+        let store = HostStore::new(host);
+        let created = create_tables(&settings, &mut &store);
+        if created > 0 {
+            log::info!(
+                "{FILTER}: created {created} shared-data entries for {} rule(s)",
+                settings.rules.len()
+            );
+        }
+        let seed = shared_key_seed(&mut &store, fresh).unwrap_or_else(|| {
+            // Without shared data the buckets cannot be shared either; the fixed keys at least
+            // keep every VM's keys alike, as before seeding.
+            log::warn!(
+                "{FILTER}: cannot share a bucket-key seed through shared data; using the fixed one"
+            );
+            KeySeed::FIXED
+        });
+        Self::new(settings, seed, define)
     }
 
     /// The stage before any configuration: no rules, so every request passes untouched (and

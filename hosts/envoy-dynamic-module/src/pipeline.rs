@@ -202,13 +202,8 @@ fn compile(
                     format!("{mode} mode (a rate-limit service over gRPC) {NOT_YET}"),
                 ));
             }
-            // As the Wasm module's `on_configure`: every rule's table entries exist before the
-            // first request (idempotent: later builds and other workers find them), and one
-            // bucket-key seed for the whole process.
             let mut host = ConfigHost { shared };
-            let store = rate_limit::stage::HostStore::new(&mut host);
-            rate_limit::limiter::create_tables(&settings, &mut &store);
-            let seed = rate_limit::limiter::shared_key_seed(&mut &store, || {
+            let fresh = || {
                 rng::seed_or_fallback(
                     rate_limit::stage::FILTER,
                     "the bucket-key hash",
@@ -216,13 +211,9 @@ fn compile(
                     || unix_nanos(std::time::SystemTime::now()),
                     0,
                 )
-            })
-            .unwrap_or_else(|| {
-                log::warn!("rate-limit: cannot share a bucket-key seed; using the fixed one");
-                rate_limit::key::KeySeed::FIXED
-            });
-            Compiled::RateLimit(Rc::new(rate_limit::stage::RateLimit::new(
-                settings, seed, define,
+            };
+            Compiled::RateLimit(Rc::new(rate_limit::stage::RateLimit::configure(
+                settings, &mut host, fresh, define,
             )))
         }
     })
