@@ -189,6 +189,8 @@ pub struct VmState {
     pub(crate) vm_properties: HashMap<Vec<u8>, Vec<u8>>,
     /// Calls from the module into the host (ABI and WASI imports) so far, counted by a call hook.
     pub(crate) host_calls: u64,
+    /// The same calls by import name, counted by each import (their sum is `host_calls`).
+    pub(crate) host_calls_by_name: BTreeMap<&'static str, u64>,
 }
 
 impl VmState {
@@ -219,6 +221,7 @@ impl VmState {
             host_fault: None,
             vm_properties: HashMap::new(),
             host_calls: 0,
+            host_calls_by_name: BTreeMap::new(),
         }
     }
 
@@ -263,6 +266,8 @@ pub struct CallbackRecord {
     pub fuel: u64,
     /// Calls the module made into the host during the callback (each one costs ~0.5 µs in Envoy).
     pub host_calls: u64,
+    /// Those calls by import name (`proxy_get_header_map_pairs`, …), in name order.
+    pub host_calls_by_name: Vec<(&'static str, u64)>,
 }
 
 /// A plugin's VM on one worker.
@@ -409,6 +414,7 @@ impl Vm {
         self.store.data_mut().effective_context = context_id;
         let before = self.store.get_fuel().unwrap_or(FUEL_BUDGET);
         let host_calls_before = self.store.data().host_calls;
+        let by_name_before = self.store.data().host_calls_by_name.clone();
         let outcome = func.call(&mut self.store, &params, &mut results);
         let after = self.store.get_fuel().unwrap_or(FUEL_BUDGET);
         let _ = self.store.set_fuel(FUEL_BUDGET);
@@ -465,6 +471,16 @@ impl Vm {
             result,
             fuel: before.saturating_sub(after),
             host_calls: self.store.data().host_calls - host_calls_before,
+            host_calls_by_name: self
+                .store
+                .data()
+                .host_calls_by_name
+                .iter()
+                .filter_map(|(name, n)| {
+                    let before = by_name_before.get(name).copied().unwrap_or(0);
+                    (*n > before).then_some((*name, n - before))
+                })
+                .collect(),
         });
         Ok(result)
     }

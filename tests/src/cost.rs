@@ -122,6 +122,12 @@ pub fn measure(worker: &mut Worker, token: &str) -> Result<RequestCost> {
         cost.callbacks += 1;
         cost.host_calls += record.host_calls;
         cost.instructions += record.fuel;
+        for (name, n) in &record.host_calls_by_name {
+            *cost
+                .host_calls_by_name
+                .entry((*name).to_string())
+                .or_insert(0) += n;
+        }
     }
     Ok(cost)
 }

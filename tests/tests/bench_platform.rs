@@ -33,6 +33,17 @@ fn platform_modules_make_exactly_the_callbacks_and_host_calls_they_are_named_for
             case.name
         );
         assert_eq!(request.host_calls, calls, "{}: host calls", case.name);
+        // And they are the import the report prices with this case.
+        for (call, times) in case.calls {
+            assert_eq!(
+                request.host_calls_by_name.get(call.import()),
+                Some(&u64::from(*times)),
+                "{}: calls of {} in {:?}",
+                case.name,
+                call.import(),
+                request.host_calls_by_name
+            );
+        }
     }
     Ok(())
 }

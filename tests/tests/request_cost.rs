@@ -91,6 +91,18 @@ fn per_request_costs_stay_within_their_bounds() -> Result<()> {
             fresh.instructions
         );
     }
+    // Every import counts its own calls by name; together they are every call the call hook
+    // saw (an import defined without its count would break the instruction report's breakdown).
+    for (name, repeated, fresh) in &costs {
+        for cost in [repeated, fresh] {
+            let by_name: u64 = cost.host_calls_by_name.values().sum();
+            assert_eq!(
+                by_name, cost.host_calls,
+                "{name}: host calls by name {:?}",
+                cost.host_calls_by_name
+            );
+        }
+    }
     for b in BOUNDS {
         let (_, repeated, fresh): &(String, RequestCost, RequestCost) = costs
             .iter()

@@ -1,7 +1,7 @@
 //! Buffers: the VM and plugin configurations, request and response bodies, and the bodies of
 //! callout responses and gRPC messages.
 
-use super::{Ctx, OK, R, fault, give, read, slot, st, write_u32};
+use super::{Ctx, OK, R, fault, give, note_call, read, slot, st, write_u32};
 use crate::abi::{Status, buffer};
 use crate::vm::VmState;
 use wasmtime::Linker;
@@ -32,6 +32,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_buffer_bytes",
         |mut c: Ctx<'_>, t: i32, start: i32, max: i32, ptr_out: i32, len_out: i32| -> R {
+            note_call(&mut c, "proxy_get_buffer_bytes");
             let bytes: Vec<u8> = match t {
                 buffer::VM_CONFIGURATION => c
                     .data()
@@ -62,7 +63,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_buffer_bytes",
-        |mut c: Ctx<'_>, t: i32, start: i32, size: i32, ptr: i32, len: i32| -> R {
+        |mut c: Ctx<'_>, t: i32, start: i32, size: i32, ptr: i32, len: i32| -> R { note_call(&mut c, "proxy_set_buffer_bytes");
             let data = read(&mut c, ptr, len)?;
             let readonly = slot(&mut c).is_some_and(|s| s.access.log);
             let Some(buf) = body_buffer(&mut c, t) else {
@@ -81,6 +82,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_buffer_status",
         |mut c: Ctx<'_>, t: i32, len_out: i32, flags_out: i32| -> R {
+            note_call(&mut c, "proxy_get_buffer_status");
             let len = match t {
                 buffer::VM_CONFIGURATION => c
                     .data()

@@ -1,6 +1,6 @@
 //! Callouts: HTTP calls, gRPC calls and streams, and `proxy_get_status`.
 
-use super::{Ctx, OK, R, give, read, read_map, st, write_u32};
+use super::{Ctx, OK, R, give, note_call, read, read_map, st, write_u32};
 use crate::abi::{LogLevel, Status};
 use crate::host::lock;
 use crate::stream::HeaderMap;
@@ -24,6 +24,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
          timeout: i32,
          token_out: i32|
          -> R {
+            note_call(&mut c, "proxy_http_call");
             let upstream = String::from_utf8_lossy(&read(&mut c, u, ulen)?).into_owned();
             let (Some(headers), body, Some(trailers)) = (
                 read_map(&mut c, h, hlen)?,
@@ -93,6 +94,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
          timeout: i32,
          token_out: i32|
          -> R {
+            note_call(&mut c, "proxy_grpc_call");
             let upstream = String::from_utf8_lossy(&read(&mut c, u, ulen)?).into_owned();
             let service = String::from_utf8_lossy(&read(&mut c, s, slen)?).into_owned();
             let method = String::from_utf8_lossy(&read(&mut c, m, mlen)?).into_owned();
@@ -127,6 +129,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
          mdlen: i32,
          token_out: i32|
          -> R {
+            note_call(&mut c, "proxy_grpc_stream");
             let upstream = String::from_utf8_lossy(&read(&mut c, u, ulen)?).into_owned();
             let service = String::from_utf8_lossy(&read(&mut c, s, slen)?).into_owned();
             let method = String::from_utf8_lossy(&read(&mut c, m, mlen)?).into_owned();
@@ -150,6 +153,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_grpc_send",
         |mut c: Ctx<'_>, token: i32, p: i32, len: i32, eos: i32| -> R {
+            note_call(&mut c, "proxy_grpc_send");
             let message = read(&mut c, p, len)?;
             match c.data_mut().grpc_calls.get_mut(&(token as u32)) {
                 Some(call) if call.streaming && !call.half_closed => {
@@ -166,6 +170,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_grpc_cancel",
         |mut c: Ctx<'_>, token: i32| -> R {
+            note_call(&mut c, "proxy_grpc_cancel");
             // Envoy drops a cancelled call: no callback will come for it.
             match c.data_mut().grpc_calls.remove(&(token as u32)) {
                 Some(_) => OK,
@@ -177,6 +182,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_grpc_close",
         |mut c: Ctx<'_>, token: i32| -> R {
+            note_call(&mut c, "proxy_grpc_close");
             match c.data_mut().grpc_calls.get_mut(&(token as u32)) {
                 Some(call) => {
                     call.half_closed = true;
@@ -190,6 +196,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_status",
         |mut c: Ctx<'_>, code_out: i32, ptr_out: i32, len_out: i32| -> R {
+            note_call(&mut c, "proxy_get_status");
             let (code, msg) = c.data().status.clone();
             write_u32(&mut c, code_out, code)?;
             if !msg.is_empty() {

@@ -1,7 +1,7 @@
 //! `proxy_call_foreign_function`: `clear_route_cache`, Envoy's `verify_signature`, and the
 //! functions a test registers on the host.
 
-use super::{Ctx, OK, R, give, read, st, stream_of};
+use super::{Ctx, OK, R, give, note_call, read, st, stream_of};
 use crate::abi::Status;
 use crate::host::lock;
 use crate::vm::VmState;
@@ -12,6 +12,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_call_foreign_function",
         |mut c: Ctx<'_>, n: i32, nlen: i32, a: i32, alen: i32, ptr_out: i32, len_out: i32| -> R {
+            note_call(&mut c, "proxy_call_foreign_function");
             let name = String::from_utf8_lossy(&read(&mut c, n, nlen)?).into_owned();
             let args = read(&mut c, a, alen)?;
             if let Some(s) = c.data().shared() {

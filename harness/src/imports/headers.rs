@@ -1,7 +1,7 @@
 //! Header maps: the stream's headers and trailers (with Envoy's phase rules) and the headers,
 //! trailers and metadata of callout responses.
 
-use super::{Ctx, OK, R, fault, give, read, read_map, slot, st, write_u32};
+use super::{Ctx, OK, R, fault, give, note_call, read, read_map, slot, st, write_u32};
 use crate::abi::{self, Status, map};
 use crate::host::lock;
 use crate::stream::{HeaderMap, StreamState};
@@ -79,6 +79,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut c: Ctx<'_>, t: i32, ptr_out: i32, len_out: i32| -> R {
+            note_call(&mut c, "proxy_get_header_map_pairs");
             let Some(m) = map_for(&mut c, t, false) else {
                 return st(Status::BadArgument);
             };
@@ -91,6 +92,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_header_map_pairs",
         |mut c: Ctx<'_>, t: i32, ptr: i32, len: i32| -> R {
+            note_call(&mut c, "proxy_set_header_map_pairs");
             let Some(pairs) = read_map(&mut c, ptr, len)? else {
                 return Err(fault(
                     &mut c,
@@ -108,6 +110,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_size",
         |mut c: Ctx<'_>, t: i32, ret: i32| -> R {
+            note_call(&mut c, "proxy_get_header_map_size");
             let Some(m) = map_for(&mut c, t, false) else {
                 return st(Status::BadArgument);
             };
@@ -120,6 +123,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_header_map_value",
         |mut c: Ctx<'_>, t: i32, k: i32, klen: i32, ptr_out: i32, len_out: i32| -> R {
+            note_call(&mut c, "proxy_get_header_map_value");
             let key = read(&mut c, k, klen)?;
             let Some(m) = map_for(&mut c, t, false) else {
                 return st(Status::BadArgument);
@@ -138,6 +142,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_add_header_map_value",
         |mut c: Ctx<'_>, t: i32, k: i32, klen: i32, v: i32, vlen: i32| -> R {
+            note_call(&mut c, "proxy_add_header_map_value");
             let (key, value) = (read(&mut c, k, klen)?, read(&mut c, v, vlen)?);
             let Some(m) = map_for(&mut c, t, true) else {
                 return st(Status::BadArgument);
@@ -150,6 +155,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_replace_header_map_value",
         |mut c: Ctx<'_>, t: i32, k: i32, klen: i32, v: i32, vlen: i32| -> R {
+            note_call(&mut c, "proxy_replace_header_map_value");
             let (key, value) = (read(&mut c, k, klen)?, read(&mut c, v, vlen)?);
             let Some(m) = map_for(&mut c, t, true) else {
                 return st(Status::BadArgument);
@@ -162,6 +168,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut c: Ctx<'_>, t: i32, k: i32, klen: i32| -> R {
+            note_call(&mut c, "proxy_remove_header_map_value");
             let key = read(&mut c, k, klen)?;
             let Some(m) = map_for(&mut c, t, true) else {
                 return st(Status::BadArgument);

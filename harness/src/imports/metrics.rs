@@ -1,6 +1,6 @@
 //! Metrics, process-wide by name, as Envoy's stats.
 
-use super::{Ctx, OK, R, fault, read, st, write, write_u32};
+use super::{Ctx, OK, R, fault, note_call, read, st, write, write_u32};
 use crate::abi::{MetricType, Status};
 use crate::host::{MetricValue, lock};
 use crate::vm::VmState;
@@ -11,6 +11,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_define_metric",
         |mut c: Ctx<'_>, t: i32, n: i32, nlen: i32, id_out: i32| -> R {
+            note_call(&mut c, "proxy_define_metric");
             let name = String::from_utf8_lossy(&read(&mut c, n, nlen)?).into_owned();
             let Some(kind) = MetricType::from_raw(t) else {
                 return Err(fault(
@@ -35,7 +36,8 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_increment_metric",
-        |c: Ctx<'_>, id: i32, delta: i64| -> R {
+        |mut c: Ctx<'_>, id: i32, delta: i64| -> R {
+            note_call(&mut c, "proxy_increment_metric");
             update_metric(&c, id, |kind, v| match (kind, v) {
                 (MetricType::Counter, MetricValue::Counter(x)) if delta > 0 => {
                     *x = x.saturating_add(delta as u64);
@@ -52,7 +54,8 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_record_metric",
-        |c: Ctx<'_>, id: i32, value: i64| -> R {
+        |mut c: Ctx<'_>, id: i32, value: i64| -> R {
+            note_call(&mut c, "proxy_record_metric");
             update_metric(&c, id, |_, v| {
                 match v {
                     MetricValue::Counter(x) => *x = x.saturating_add(value as u64),
@@ -67,6 +70,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_metric",
         |mut c: Ctx<'_>, id: i32, ret: i32| -> R {
+            note_call(&mut c, "proxy_get_metric");
             let (_, name) = match metric_of(&c, id) {
                 Ok(m) => m,
                 Err(status) => return st(status),

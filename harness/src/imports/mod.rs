@@ -32,6 +32,15 @@ type R = wasmtime::Result<i32>;
 
 const OK: R = Ok(0);
 
+/// Count a call of the import `name` (the per-name figures of [`crate::CallbackRecord`]).
+fn note_call(caller: &mut Ctx<'_>, name: &'static str) {
+    *caller
+        .data_mut()
+        .host_calls_by_name
+        .entry(name)
+        .or_insert(0) += 1;
+}
+
 fn st(s: Status) -> R {
     Ok(s.code())
 }

@@ -1,7 +1,7 @@
 //! Properties: plugin attributes, properties set by the host or the module, filter state and
 //! the stream's attributes, encoded as Envoy does.
 
-use super::{Ctx, OK, R, give, read, st, stream_of};
+use super::{Ctx, OK, R, give, note_call, read, st, stream_of};
 use crate::abi::{self, Status};
 use crate::host::lock;
 use crate::stream::StreamState;
@@ -90,6 +90,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_property",
         |mut c: Ctx<'_>, p: i32, plen: i32, ptr_out: i32, len_out: i32| -> R {
+            note_call(&mut c, "proxy_get_property");
             let path = read(&mut c, p, plen)?;
             match property(&mut c, &path) {
                 Some(v) => {
@@ -104,6 +105,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_property",
         |mut c: Ctx<'_>, p: i32, plen: i32, v: i32, vlen: i32| -> R {
+            note_call(&mut c, "proxy_set_property");
             let (path, value) = (read(&mut c, p, plen)?, read(&mut c, v, vlen)?);
             match stream_of(&mut c) {
                 Some(s) => {

@@ -1,6 +1,6 @@
 //! Shared data and shared queues, per vm_id across every worker of the host.
 
-use super::{Ctx, OK, R, give, read, st, write_u32};
+use super::{Ctx, OK, R, give, note_call, read, st, write_u32};
 use crate::abi::Status;
 use crate::host::lock;
 use crate::vm::VmState;
@@ -11,6 +11,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_shared_data",
         |mut c: Ctx<'_>, k: i32, klen: i32, ptr_out: i32, len_out: i32, cas_out: i32| -> R {
+            note_call(&mut c, "proxy_get_shared_data");
             let key = read(&mut c, k, klen)?;
             let vm_id = c.data().vm_id().to_string();
             let entry = c
@@ -33,6 +34,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_set_shared_data",
         |mut c: Ctx<'_>, k: i32, klen: i32, v: i32, vlen: i32, cas: i32| -> R {
+            note_call(&mut c, "proxy_set_shared_data");
             let (key, value) = (read(&mut c, k, klen)?, read(&mut c, v, vlen)?);
             let vm_id = c.data().vm_id().to_string();
             let status = match c.data().shared() {
@@ -46,6 +48,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_register_shared_queue",
         |mut c: Ctx<'_>, n: i32, nlen: i32, id_out: i32| -> R {
+            note_call(&mut c, "proxy_register_shared_queue");
             let name = String::from_utf8_lossy(&read(&mut c, n, nlen)?).into_owned();
             let (vm_id, owner) = (
                 c.data().vm_id().to_string(),
@@ -86,6 +89,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_resolve_shared_queue",
         |mut c: Ctx<'_>, v: i32, vlen: i32, n: i32, nlen: i32, id_out: i32| -> R {
+            note_call(&mut c, "proxy_resolve_shared_queue");
             let mut vm_id = String::from_utf8_lossy(&read(&mut c, v, vlen)?).into_owned();
             let name = String::from_utf8_lossy(&read(&mut c, n, nlen)?).into_owned();
             // As Envoy (`ContextBase::lookupSharedQueue`): an empty vm_id means the caller's own.
@@ -112,6 +116,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_enqueue_shared_queue",
         |mut c: Ctx<'_>, id: i32, ptr: i32, len: i32| -> R {
+            note_call(&mut c, "proxy_enqueue_shared_queue");
             let data = read(&mut c, ptr, len)?;
             let Some(shared) = c.data().shared() else {
                 return st(Status::InternalFailure);
@@ -135,6 +140,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_dequeue_shared_queue",
         |mut c: Ctx<'_>, id: i32, ptr_out: i32, len_out: i32| -> R {
+            note_call(&mut c, "proxy_dequeue_shared_queue");
             let item = {
                 let Some(shared) = c.data().shared() else {
                     return st(Status::InternalFailure);

@@ -1,7 +1,7 @@
 //! Stream control: `proxy_continue_stream`, `proxy_close_stream` and
 //! `proxy_send_local_response`, recorded as effects the worker applies.
 
-use super::{Ctx, OK, R, fault, read, read_map, slot, st};
+use super::{Ctx, OK, R, fault, note_call, read, read_map, slot, st};
 use crate::abi::{Status, stream};
 use crate::stream::{HeaderMap, LocalResponse};
 use crate::vm::{Effect, VmState};
@@ -12,6 +12,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         "env",
         "proxy_continue_stream",
         |mut c: Ctx<'_>, t: i32| -> R {
+            note_call(&mut c, "proxy_continue_stream");
             let ctx = c.data().effective_context;
             if slot(&mut c).is_some() {
                 match t {
@@ -28,6 +29,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         },
     )?;
     linker.func_wrap("env", "proxy_close_stream", |mut c: Ctx<'_>, t: i32| -> R {
+        note_call(&mut c, "proxy_close_stream");
         let ctx = c.data().effective_context;
         if slot(&mut c).is_some() && (t == stream::HTTP_REQUEST || t == stream::HTTP_RESPONSE) {
             c.data_mut().effects.push(Effect::ResetStream(ctx));
@@ -37,7 +39,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_send_local_response",
-        |mut c: Ctx<'_>, code: i32, d: i32, dlen: i32, b: i32, blen: i32, h: i32, hlen: i32, grpc: i32| -> R {
+        |mut c: Ctx<'_>, code: i32, d: i32, dlen: i32, b: i32, blen: i32, h: i32, hlen: i32, grpc: i32| -> R { note_call(&mut c, "proxy_send_local_response");
             let details = String::from_utf8_lossy(&read(&mut c, d, dlen)?).into_owned();
             let body = read(&mut c, b, blen)?;
             let Some(headers) = read_map(&mut c, h, hlen)? else {

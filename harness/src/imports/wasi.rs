@@ -1,7 +1,7 @@
 //! WASI preview1: the functions the Rust std links in (stdout/stderr as logs, the environment,
 //! the virtual clock, the host's random bytes, `proc_exit`).
 
-use super::{Ctx, R, read, write, write_u32};
+use super::{Ctx, R, note_call, read, write, write_u32};
 use crate::abi::LogLevel;
 use crate::vm::VmState;
 use wasmtime::Linker;
@@ -16,6 +16,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         W,
         "fd_write",
         |mut c: Ctx<'_>, fd: i32, iovs: i32, n: i32, written_out: i32| -> R {
+            note_call(&mut c, "fd_write");
             if fd != 1 && fd != 2 {
                 return Ok(ERRNO_BADF);
             }
@@ -44,6 +45,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         W,
         "environ_sizes_get",
         |mut c: Ctx<'_>, count_out: i32, size_out: i32| -> R {
+            note_call(&mut c, "environ_sizes_get");
             let env = c
                 .data()
                 .plugin
@@ -60,6 +62,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         W,
         "environ_get",
         |mut c: Ctx<'_>, ptrs: i32, buf: i32| -> R {
+            note_call(&mut c, "environ_get");
             let env = c
                 .data()
                 .plugin
@@ -80,18 +83,25 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         W,
         "args_sizes_get",
         |mut c: Ctx<'_>, count_out: i32, size_out: i32| -> R {
+            note_call(&mut c, "args_sizes_get");
             write_u32(&mut c, count_out, 0)?;
             write_u32(&mut c, size_out, 0)?;
             Ok(ERRNO_SUCCESS)
         },
     )?;
-    linker.func_wrap(W, "args_get", |_c: Ctx<'_>, _argv: i32, _buf: i32| -> R {
-        Ok(ERRNO_SUCCESS)
-    })?;
+    linker.func_wrap(
+        W,
+        "args_get",
+        |mut c: Ctx<'_>, _argv: i32, _buf: i32| -> R {
+            note_call(&mut c, "args_get");
+            Ok(ERRNO_SUCCESS)
+        },
+    )?;
     linker.func_wrap(
         W,
         "clock_time_get",
         |mut c: Ctx<'_>, id: i32, _precision: i64, out: i32| -> R {
+            note_call(&mut c, "clock_time_get");
             let Some(host) = c.data().host.clone() else {
                 return Ok(ERRNO_INVAL);
             };
@@ -106,6 +116,7 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         },
     )?;
     linker.func_wrap(W, "random_get", |mut c: Ctx<'_>, buf: i32, len: i32| -> R {
+        note_call(&mut c, "random_get");
         let mut bytes = vec![0u8; len as u32 as usize];
         if let Some(h) = c.data().host.clone() {
             h.next_random(&mut bytes);
@@ -117,23 +128,34 @@ pub(super) fn define(linker: &mut Linker<VmState>) -> wasmtime::Result<()> {
         W,
         "proc_exit",
         |mut c: Ctx<'_>, code: i32| -> wasmtime::Result<()> {
+            note_call(&mut c, "proc_exit");
             c.data_mut().exit_code = Some(code);
             Err(wasmtime::Error::msg(format!("proc_exit({code})")))
         },
     )?;
-    linker.func_wrap(W, "sched_yield", |_c: Ctx<'_>| -> R { Ok(ERRNO_SUCCESS) })?;
-    linker.func_wrap(W, "fd_close", |_c: Ctx<'_>, _fd: i32| -> R {
+    linker.func_wrap(W, "sched_yield", |mut c: Ctx<'_>| -> R {
+        note_call(&mut c, "sched_yield");
+        Ok(ERRNO_SUCCESS)
+    })?;
+    linker.func_wrap(W, "fd_close", |mut c: Ctx<'_>, _fd: i32| -> R {
+        note_call(&mut c, "fd_close");
         Ok(ERRNO_BADF)
     })?;
     linker.func_wrap(
         W,
         "fd_fdstat_get",
-        |_c: Ctx<'_>, _fd: i32, _out: i32| -> R { Ok(ERRNO_BADF) },
+        |mut c: Ctx<'_>, _fd: i32, _out: i32| -> R {
+            note_call(&mut c, "fd_fdstat_get");
+            Ok(ERRNO_BADF)
+        },
     )?;
     linker.func_wrap(
         W,
         "fd_seek",
-        |_c: Ctx<'_>, _fd: i32, _off: i64, _whence: i32, _out: i32| -> R { Ok(ERRNO_BADF) },
+        |mut c: Ctx<'_>, _fd: i32, _off: i64, _whence: i32, _out: i32| -> R {
+            note_call(&mut c, "fd_seek");
+            Ok(ERRNO_BADF)
+        },
     )?;
     Ok(())
 }

@@ -78,6 +78,10 @@ pub struct RequestCost {
     pub host_calls: u64,
     /// Wasm instructions executed (host calls excluded).
     pub instructions: u64,
+    /// `host_calls` by import name (`proxy_get_header_map_pairs`, …): what the instruction
+    /// report prices with the platform cases.
+    #[serde(default)]
+    pub host_calls_by_name: std::collections::BTreeMap<String, u64>,
 }
 
 /// Per filter of gateway.yaml and the chain: (name, a repeated token, a fresh token) — the

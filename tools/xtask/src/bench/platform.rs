@@ -55,6 +55,14 @@ pub enum HostCall {
     IncrementMetric,
     /// `proxy_call_foreign_function("clear_route_cache")`, as the filters call it.
     ClearRouteCache,
+    /// `proxy_get_property("source.address")`, as rate-limit reads the client address.
+    Property,
+    /// `proxy_get_shared_data` of a 16-byte value (set at configure), as rate-limit reads a bucket.
+    SharedDataGet,
+    /// `proxy_set_shared_data` of a 16-byte value without CAS.
+    SharedDataSet,
+    /// `proxy_remove_header_map_value("x-platform")` (a header the request does not have).
+    RemoveHeader,
 }
 
 impl HostCall {
@@ -63,6 +71,24 @@ impl HostCall {
         match self {
             HostCall::HeaderPairsWriteBack => 2,
             _ => 1,
+        }
+    }
+
+    /// The import whose calls this prices (the harness counts calls by these names). The
+    /// write-back prices `proxy_set_header_map_pairs`: what it adds to [`HostCall::HeaderPairs`].
+    pub fn import(self) -> &'static str {
+        match self {
+            HostCall::HeaderValue => "proxy_get_header_map_value",
+            HostCall::HeaderPairs => "proxy_get_header_map_pairs",
+            HostCall::HeaderPairsWriteBack => "proxy_set_header_map_pairs",
+            HostCall::Clock => "proxy_get_current_time_nanoseconds",
+            HostCall::ReplaceHeader => "proxy_replace_header_map_value",
+            HostCall::IncrementMetric => "proxy_increment_metric",
+            HostCall::ClearRouteCache => "proxy_call_foreign_function",
+            HostCall::Property => "proxy_get_property",
+            HostCall::SharedDataGet => "proxy_get_shared_data",
+            HostCall::SharedDataSet => "proxy_set_shared_data",
+            HostCall::RemoveHeader => "proxy_remove_header_map_value",
         }
     }
 
@@ -87,6 +113,18 @@ impl HostCall {
             }
             HostCall::ClearRouteCache => {
                 "(drop (call $foreign (i32.const 80) (i32.const 17) (i32.const 0) (i32.const 0) (i32.const 112) (i32.const 116)))"
+            }
+            HostCall::Property => {
+                "(drop (call $get_property (i32.const 128) (i32.const 14) (i32.const 112) (i32.const 116)))"
+            }
+            HostCall::SharedDataGet => {
+                "(drop (call $get_shared (i32.const 144) (i32.const 12) (i32.const 112) (i32.const 116) (i32.const 120)))"
+            }
+            HostCall::SharedDataSet => {
+                "(drop (call $set_shared (i32.const 144) (i32.const 12) (i32.const 160) (i32.const 16) (i32.const 0)))"
+            }
+            HostCall::RemoveHeader => {
+                "(drop (call $remove_header (i32.const 0) (i32.const 24) (i32.const 10)))"
             }
         }
     }
@@ -116,7 +154,7 @@ const fn three_entries(name: &'static str, calls: &'static [(HostCall, u32)]) ->
     }
 }
 
-pub const PLATFORM_CASES: [PlatformCase; 10] = [
+pub const PLATFORM_CASES: [PlatformCase; 14] = [
     PlatformCase {
         name: "wasm filter, 0 VM entries per request",
         stream_exports: &[],
@@ -156,6 +194,22 @@ pub const PLATFORM_CASES: [PlatformCase; 10] = [
         "wasm filter, 3 VM entries, 8 route cache clears",
         &[(HostCall::ClearRouteCache, 8)],
     ),
+    three_entries(
+        "wasm filter, 3 VM entries, 8 property reads",
+        &[(HostCall::Property, 8)],
+    ),
+    three_entries(
+        "wasm filter, 3 VM entries, 8 shared data reads",
+        &[(HostCall::SharedDataGet, 8)],
+    ),
+    three_entries(
+        "wasm filter, 3 VM entries, 8 shared data writes",
+        &[(HostCall::SharedDataSet, 8)],
+    ),
+    three_entries(
+        "wasm filter, 3 VM entries, 8 header removals",
+        &[(HostCall::RemoveHeader, 8)],
+    ),
 ];
 
 /// The module of a platform case, as WebAssembly text: the ABI version marker, `memory`, a bump
@@ -175,12 +229,22 @@ pub fn platform_module_wat(case: &PlatformCase) -> Result<String> {
   (import "env" "proxy_increment_metric" (func $increment (param i32 i64) (result i32)))
   (import "env" "proxy_call_foreign_function"
     (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_property" (func $get_property (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_shared_data"
+    (func $get_shared (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_shared_data"
+    (func $set_shared (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_remove_header_map_value"
+    (func $remove_header (param i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (data (i32.const 16) ":path")
   (data (i32.const 24) "x-platform")
   (data (i32.const 40) "value")
   (data (i32.const 56) "platform_counter")
   (data (i32.const 80) "clear_route_cache")
+  (data (i32.const 128) "source\00address")
+  (data (i32.const 144) "platform_key")
+  (data (i32.const 160) "0123456789abcdef")
   (global $heap (mut i32) (i32.const 1024))
   (func (export "malloc") (param $n i32) (result i32) (local $p i32)
     (local.set $p (global.get $heap))
@@ -192,6 +256,7 @@ pub fn platform_module_wat(case: &PlatformCase) -> Result<String> {
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1)
   (func (export "proxy_on_configure") (param i32 i32) (result i32)
     (drop (call $define_metric (i32.const 0) (i32.const 56) (i32.const 16) (i32.const 48)))
+    (drop (call $set_shared (i32.const 144) (i32.const 12) (i32.const 160) (i32.const 16) (i32.const 0)))
     i32.const 1)
 "#,
     );

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 
 use super::{
-    CALLGRIND_REQUESTS, CALLGRIND_WARMUP, Case, Family, Options, Results, Spread, WASM_FLOOR,
+    CALLGRIND_REQUESTS, CALLGRIND_WARMUP, Case, Family, HostCall, Options, PLATFORM_CASES, Results,
+    Spread, WASM_FLOOR,
 };
 use crate::paths;
 
@@ -211,6 +212,7 @@ pub fn instructions_report(
         "added instructions/request",
         0,
     ));
+    md.push_str(&breakdown_section(cases, added, &info.costs));
     if !failures.is_empty() {
         md.push_str(
             "\n¹ Not counted (the case's Envoy did not run it as configured under valgrind):\n",
@@ -220,6 +222,121 @@ pub fn instructions_report(
         }
     }
     md
+}
+
+/// What the platform cases of one run say a Proxy-Wasm filter's parts cost in this Envoy
+/// (instructions per request): being present, each VM entry, each host call by import name.
+#[derive(Debug, PartialEq)]
+struct PlatformPrices {
+    presence: f64,
+    vm_entry: f64,
+    calls: BTreeMap<&'static str, f64>,
+}
+
+/// The prices from the platform cases' added counts (`None` without the 0- and 3-entry cases):
+/// presence is the filter Envoy never enters, a VM entry a third of what three entries add to
+/// it, and a host call an eighth of what its eight calls add to the three entries.
+fn platform_prices(cases: &[Case], added: impl Fn(usize) -> Option<f64>) -> Option<PlatformPrices> {
+    let added_by_name = |name: &str| cases.iter().position(|c| c.name == name).and_then(&added);
+    let presence = added_by_name(PLATFORM_CASES.first()?.name)?;
+    let three_entries = PLATFORM_CASES
+        .iter()
+        .find(|c| c.stream_exports.len() == 3 && c.calls.is_empty())?;
+    let three = added_by_name(three_entries.name)?;
+    let mut calls = BTreeMap::new();
+    for case in PLATFORM_CASES
+        .iter()
+        .filter(|c| c.stream_exports.len() == 3)
+    {
+        if let ([(call, times)], Some(count)) = (case.calls, added_by_name(case.name)) {
+            calls.insert(call.import(), (count - three) / f64::from(*times));
+        }
+    }
+    // The write-back case is a map read and a write: the write is what it adds to the read.
+    let read = HostCall::HeaderPairs.import();
+    let write = HostCall::HeaderPairsWriteBack.import();
+    if let (Some(both), Some(read)) = (calls.get(write).copied(), calls.get(read).copied()) {
+        calls.insert(write, both - read);
+    }
+    Some(PlatformPrices {
+        presence,
+        vm_entry: (three - presence) / 3.0,
+        calls,
+    })
+}
+
+/// Where each gatewasm case's added instructions go: the platform's prices (this run's platform
+/// cases) times what the harness counted for the same request — filters present, VM entries,
+/// host calls by name — and the remainder, which is the modules' own work plus whatever has no
+/// price. Empty unless the run has the platform cases and harness costs for a case.
+fn breakdown_section(
+    cases: &[Case],
+    added: impl Fn(usize) -> Option<f64> + Copy,
+    costs: &super::HarnessCosts,
+) -> String {
+    let Some(prices) = platform_prices(cases, added) else {
+        return String::new();
+    };
+    let mut md = String::from(
+        "\n## Where the instructions go\n\nEach gatewasm case's added instructions, priced \
+         part by part: the platform cases of this run price a filter's presence (the \
+         0-entry module), a VM entry and each kind of host call; the harness counts, for the \
+         same request (repeated token), the callbacks and the host calls by name \
+         (`request-cost`). Host calls of a kind no platform case prices (and the foreign \
+         functions other than `clear_route_cache`, priced as it) fall into the remainder, \
+         with the module's own work (its Wasm instructions, counted by the harness).\n",
+    );
+    let mut any = false;
+    for (i, case) in cases.iter().enumerate() {
+        let Some(total) = added(i) else { continue };
+        let Some((_, cost, _)) = costs.iter().find(|(name, _, _)| *name == case.name) else {
+            continue;
+        };
+        any = true;
+        let filters = case.filters.len() as f64;
+        let mut rows = vec![
+            ("filters present".to_string(), filters, prices.presence),
+            (
+                "VM entries (callbacks)".to_string(),
+                cost.callbacks as f64,
+                prices.vm_entry,
+            ),
+        ];
+        let mut unpriced = Vec::new();
+        for (name, &n) in &cost.host_calls_by_name {
+            match prices.calls.get(name.as_str()) {
+                Some(&price) => rows.push((format!("`{name}`"), n as f64, price)),
+                None => unpriced.push(format!("`{name}` × {n}")),
+            }
+        }
+        md.push_str(&format!(
+            "\n### {}: {total:.0} added\n\n| part | per request | price | instructions | share |\n\
+             |---|---|---|---|---|\n",
+            case.name
+        ));
+        let mut priced = 0.0;
+        for (part, n, price) in &rows {
+            let sum = n * price;
+            priced += sum;
+            md.push_str(&format!(
+                "| {part} | {n} | {price:.0} | {sum:.0} | {:.0}% |\n",
+                100.0 * sum / total
+            ));
+        }
+        let rest = total - priced;
+        let unpriced = if unpriced.is_empty() {
+            String::new()
+        } else {
+            format!("; unpriced calls: {}", unpriced.join(", "))
+        };
+        md.push_str(&format!(
+            "| remainder: the module's work ({} Wasm instructions){unpriced} | — | — | {rest:.0} | \
+             {:.0}% |\n",
+            cost.instructions,
+            100.0 * rest / total
+        ));
+    }
+    if any { md } else { String::new() }
 }
 
 /// What the native-module cases are, and each one's figure next to its Proxy-Wasm self's
@@ -442,6 +559,99 @@ mod tests {
         assert!(md.contains("| ours | not counted¹ | — | — |"), "{md}");
         assert!(md.contains("- ours: Envoy logged errors"), "{md}");
         assert!(!md.contains("Native module"), "no native-module case: {md}");
+    }
+
+    #[test]
+    fn instruction_report_prices_a_case_part_by_part_with_the_platform_cases() {
+        let case = |name: &str, family, filters: usize| Case {
+            name: name.to_string(),
+            family,
+            filters: vec![serde_json::Value::Null; filters],
+            native_request_id: false,
+            native_equivalent: None,
+            proxy_wasm_self: None,
+            headers: vec![],
+            rotating_tokens: None,
+            expected_status: 200,
+        };
+        // Presence 4,800, an entry 1,500, each call kind its own price (8 calls per case).
+        let price = |call: HostCall| match call {
+            HostCall::HeaderPairs => 11_800.0,
+            HostCall::HeaderPairsWriteBack => 11_800.0 + 6_000.0,
+            HostCall::ReplaceHeader => 4_000.0,
+            _ => 1_000.0,
+        };
+        let mut cases = vec![case("baseline", Family::Baseline, 0)];
+        let mut counts = vec![Ok(100_000.0)];
+        for p in &PLATFORM_CASES {
+            cases.push(case(p.name, Family::Platform, 1));
+            let entries = p.stream_exports.len() as f64 * 1_500.0;
+            let calls: f64 = p.calls.iter().map(|(c, n)| price(*c) * f64::from(*n)).sum();
+            counts.push(Ok(100_000.0 + 4_800.0 + entries + calls));
+        }
+        cases.push(case("chain", Family::Gatewasm, 1));
+        // 1 map read, 2 header writes, 1 map write, and a call no case prices; 7,000 left.
+        counts.push(Ok(100_000.0
+            + 4_800.0
+            + 4.0 * 1_500.0
+            + 11_800.0
+            + 8_000.0
+            + 6_000.0
+            + 7_000.0));
+        let cost = super::super::RequestCost {
+            callbacks: 4,
+            host_calls: 5,
+            instructions: 90_000,
+            host_calls_by_name: [
+                ("proxy_get_header_map_pairs", 1),
+                ("proxy_replace_header_map_value", 2),
+                ("proxy_set_header_map_pairs", 1),
+                ("proxy_unpriced_call", 1),
+            ]
+            .into_iter()
+            .map(|(n, c)| (n.to_string(), c))
+            .collect(),
+        };
+        let info = RunInfo {
+            envoy_version: "1.40.0".into(),
+            date: "2026-12-06".into(),
+            machine: "vm".into(),
+            wasm_sizes: BTreeMap::new(),
+            command: "just bench --instructions".into(),
+            costs: vec![("chain".into(), cost.clone(), cost)],
+        };
+        let md = instructions_report(&cases, &counts, &info);
+        assert!(md.contains("### chain: 43600 added"), "{md}");
+        assert!(
+            md.contains("| filters present | 1 | 4800 | 4800 | 11% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| VM entries (callbacks) | 4 | 1500 | 6000 | 14% |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| `proxy_get_header_map_pairs` | 1 | 11800 | 11800 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| `proxy_replace_header_map_value` | 2 | 4000 | 8000 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| `proxy_set_header_map_pairs` | 1 | 6000 | 6000 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| remainder: the module's work (90000 Wasm instructions); unpriced calls: \
+                 `proxy_unpriced_call` × 1 | — | — | 7000 | 16% |"
+            ),
+            "{md}"
+        );
+        // Without the platform cases there is nothing to price with: no section.
+        let md = instructions_report(&cases[..1], &counts[..1], &info);
+        assert!(!md.contains("Where the instructions go"), "{md}");
     }
 
     #[test]
