@@ -22,9 +22,10 @@ use std::rc::Rc;
 use std::sync::{Arc, Weak};
 
 use gatewasm_common::config::parse_or_log;
-use gatewasm_common::stage::{Counter, LocalReply};
+use gatewasm_common::stage::{Counter, GrpcCall, LocalReply};
 
-use crate::abi::{self, EnvoyBuffer, EnvoyConfig, EnvoyFilter, EnvoyHttpHeader};
+use crate::abi::{self, CalloutResponse, EnvoyBuffer, EnvoyConfig, EnvoyFilter, EnvoyHttpHeader};
+use crate::grpc;
 use crate::guard::guard;
 use crate::pipeline::{Pipeline, Run, Side, StreamHost, Verdict};
 use crate::spec::Spec;
@@ -79,9 +80,11 @@ fn pipeline_for(config: &Arc<FilterConfig>) -> Option<Rc<Pipeline>> {
     })
 }
 
-/// One stream: its run through the pipeline, and Envoy's filter.
+/// One stream: its run through the pipeline. In a `RefCell`, and hooks hold only `&StreamFilter`:
+/// Envoy could call a hook while another of the same stream runs (an async client that fails
+/// inline, inside `http_callout`); the inner one then finds the run borrowed and leaves it.
 struct StreamFilter {
-    run: Run,
+    run: RefCell<Run>,
 }
 
 /// [`StreamHost`] over the ABI for one hook of one stream.
@@ -114,6 +117,28 @@ impl StreamHost for EnvoyStream {
 
     fn add_header(&mut self, side: Side, name: &str, value: &[u8]) {
         self.0.add_header(header_type(side), name, value);
+    }
+
+    fn grpc_call(&mut self, call: &GrpcCall) -> Option<u64> {
+        let headers = grpc::request_headers(call, &call.cluster);
+        let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        let body = grpc::frame(&call.message);
+        match self
+            .0
+            .http_callout(&call.cluster, &pairs, &body, call.timeout_ms)
+        {
+            Ok(id) => Some(id),
+            Err(result) => {
+                log::warn!(
+                    "gatewasm: cannot call {}/{} on cluster {}: {}",
+                    call.service,
+                    call.method,
+                    call.cluster,
+                    abi::callout_init_error(result)
+                );
+                None
+            }
+        }
     }
 
     fn clear_route_cache(&mut self) {
@@ -253,7 +278,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
             return std::ptr::null();
         };
         let stream = StreamFilter {
-            run: pipeline.start(),
+            run: RefCell::new(pipeline.start()),
         };
         Box::into_raw(Box::new(stream)).cast_const().cast()
     })
@@ -262,11 +287,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
 /// The stream of a filter pointer `filter_new` returned.
 ///
 /// # Safety
-/// `ptr` is live (not yet destroyed) and used by one hook at a time (Envoy calls a stream's
-/// hooks on its worker thread, one after another).
-unsafe fn stream<'a>(ptr: *const c_void) -> Option<&'a mut StreamFilter> {
+/// `ptr` is live (not yet destroyed); it is used on the stream's worker thread only (Envoy
+/// calls a stream's hooks there).
+unsafe fn stream<'a>(ptr: *const c_void) -> Option<&'a StreamFilter> {
     // SAFETY: the caller's contract.
-    unsafe { ptr.cast_mut().cast::<StreamFilter>().as_mut() }
+    unsafe { ptr.cast::<StreamFilter>().as_ref() }
 }
 
 /// # Safety
@@ -286,12 +311,14 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         },
         || {
             // SAFETY: Envoy's contract.
-            let Some(stream) = (unsafe { stream(filter_module_ptr) }) else {
+            let Some(mut run) =
+                (unsafe { stream(filter_module_ptr) }).and_then(|s| s.run.try_borrow_mut().ok())
+            else {
                 return abi::HEADERS_CONTINUE;
             };
-            match stream.run.request_headers(&mut EnvoyStream(envoy)) {
+            match run.request_headers(&mut EnvoyStream(envoy)) {
                 Verdict::Continue => abi::HEADERS_CONTINUE,
-                Verdict::Stop => abi::HEADERS_STOP_ITERATION,
+                Verdict::Stop | Verdict::Wait => abi::HEADERS_STOP_ITERATION,
             }
         },
     )
@@ -310,10 +337,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
         || abi::HEADERS_CONTINUE,
         || {
             // SAFETY: Envoy's contract.
-            if let Some(stream) = unsafe { stream(filter_module_ptr) } {
-                stream
-                    .run
-                    .response_headers(&mut EnvoyStream(EnvoyFilter(filter_envoy_ptr)));
+            if let Some(mut run) =
+                unsafe { stream(filter_module_ptr) }.and_then(|s| s.run.try_borrow_mut().ok())
+            {
+                run.response_headers(&mut EnvoyStream(EnvoyFilter(filter_envoy_ptr)));
             }
             abi::HEADERS_CONTINUE
         },
@@ -338,25 +365,66 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(
     );
 }
 
-// The other hooks Envoy 1.40 looks up. The filters act on headers only and start no callouts,
-// streams or schedulers, so these let everything pass.
+/// Whether the stream's request waits for a stage.
+///
+/// # Safety
+/// As [`stream`].
+unsafe fn waiting(filter_module_ptr: *const c_void) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe { stream(filter_module_ptr) }
+        .and_then(|s| s.run.try_borrow().ok().map(|run| run.waiting()))
+        .unwrap_or(false)
+}
 
+/// While a stage waits, the request body waits too: a `Continue` here would resume the paused
+/// headers before the stage has decided.
+///
+/// # Safety
+/// Envoy's contract for the pointer.
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
+    filter_module_ptr: *const c_void,
     _end_of_stream: bool,
 ) -> i32 {
-    abi::DATA_CONTINUE
+    // SAFETY: Envoy's contract.
+    guard(
+        "on_http_filter_request_body",
+        || abi::DATA_CONTINUE,
+        || {
+            if unsafe { waiting(filter_module_ptr) } {
+                abi::BODY_STOP_ITERATION_AND_BUFFER
+            } else {
+                abi::DATA_CONTINUE
+            }
+        },
+    )
 }
 
+/// As the body: the trailers wait while a stage does.
+///
+/// # Safety
+/// Envoy's contract for the pointer.
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
+    filter_module_ptr: *const c_void,
 ) -> i32 {
-    abi::DATA_CONTINUE
+    guard(
+        "on_http_filter_request_trailers",
+        || abi::DATA_CONTINUE,
+        || {
+            // SAFETY: Envoy's contract.
+            if unsafe { waiting(filter_module_ptr) } {
+                abi::TRAILERS_STOP_ITERATION
+            } else {
+                abi::DATA_CONTINUE
+            }
+        },
+    )
 }
+
+// The other hooks Envoy 1.40 looks up; the filters do nothing there.
 
 #[unsafe(no_mangle)]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
@@ -393,17 +461,58 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
     abi::LOCAL_REPLY_CONTINUE
 }
 
+/// The answer to one of a stream's gRPC calls ([`EnvoyStream::grpc_call`]): read as gRPC
+/// ([`grpc::answer`]; a callout that failed — reset, or an answer over the buffer limit — is
+/// UNAVAILABLE), handed to the run; the request resumes when the run goes on.
+///
+/// # Safety
+/// Envoy's contract: the pointers are live for this call, the headers and chunks lent for it.
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _callout_id: u64,
-    _result: i32,
-    _headers: *mut EnvoyHttpHeader,
-    _headers_size: usize,
-    _body_chunks: *mut EnvoyBuffer,
-    _body_chunks_size: usize,
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+    callout_id: u64,
+    result: i32,
+    headers: *mut EnvoyHttpHeader,
+    headers_size: usize,
+    body_chunks: *mut EnvoyBuffer,
+    body_chunks_size: usize,
 ) {
+    let envoy = EnvoyFilter(filter_envoy_ptr);
+    guard(
+        "on_http_filter_http_callout_done",
+        || envoy.send_response(500, &[], b"", "gatewasm_panic"),
+        || {
+            // SAFETY: Envoy's contract.
+            let Some(stream) = (unsafe { stream(filter_module_ptr) }) else {
+                return;
+            };
+            let Ok(mut run) = stream.run.try_borrow_mut() else {
+                // Inside `http_callout` (an inline failure): that call reports it did not send.
+                log::debug!("gatewasm: callout {callout_id} answered inline; ignored");
+                return;
+            };
+            // SAFETY: Envoy lends them for this call; read inside it.
+            let response = unsafe {
+                CalloutResponse::new(headers, headers_size, body_chunks, body_chunks_size)
+            };
+            let (status, message) = if result == abi::CALLOUT_SUCCESS {
+                grpc::answer(|name| response.header(name), &response.body)
+            } else {
+                log::warn!(
+                    "gatewasm: callout {callout_id} failed: {}",
+                    abi::callout_result_name(result)
+                );
+                (grpc::UNAVAILABLE, None)
+            };
+            let verdict = run.grpc_answer(&mut EnvoyStream(envoy), callout_id, status, message);
+            drop(run);
+            if verdict == Some(Verdict::Continue) {
+                envoy.continue_decoding();
+            }
+        },
+    );
 }
 
 #[unsafe(no_mangle)]

@@ -11,10 +11,12 @@
 //! first); the response pass runs the response side of every stage that saw the request, last
 //! first (Envoy's encoder order), also for a local reply.
 //!
-//! What this slice does not do: wait. A stage that would wait — jwt-to-header for a remote
-//! JWKS, rate-limit for its gRPC rate-limit service — is refused at configuration time
-//! ([`crate::spec`]); should one wait anyway, the request is answered 503 (fail closed) and
-//! the reason logged.
+//! A stage that waits — rate-limit for its gRPC rate-limit service (`global`, `hybrid`) —
+//! pauses the run ([`Verdict::Wait`]): its calls go out through [`StreamHost::grpc_call`], each
+//! answer comes back through [`Run::grpc_answer`], and the run resumes at that stage, then the
+//! rest run; what the earlier stages wrote is written back once, at the end, as without a wait.
+//! A stage that waits for anything else (jwt-to-header's remote keys, refused at configuration
+//! time) is answered 503 (fail closed) and the reason logged.
 
 use std::rc::Rc;
 
@@ -23,7 +25,8 @@ use gatewasm_common::ConfigError;
 use gatewasm_common::clock::unix_nanos;
 use gatewasm_common::rng;
 use gatewasm_common::stage::{
-    Counter, Effects, Flow, HeaderEdit, HeaderList, LocalReply, SetResult, Stage, StageHost,
+    CALL_NOT_SENT, Counter, Effects, Flow, GrpcCall, HeaderEdit, HeaderList, LocalReply, SetResult,
+    Stage, StageHost,
 };
 use proxy_wasm::types::Status;
 
@@ -52,6 +55,10 @@ pub trait StreamHost {
     /// Add `by` to the counter Envoy gave id `id` at configuration time.
     fn increment_counter(&mut self, id: u32, by: u32);
     fn send_reply(&mut self, reply: &LocalReply);
+    /// Send `call` (gRPC over an HTTP/2 callout to its cluster): the callout's id, whose
+    /// answer comes back through [`Run::grpc_answer`]; `None` when Envoy refused to send it
+    /// (the host logs why).
+    fn grpc_call(&mut self, call: &GrpcCall) -> Option<u64>;
 }
 
 /// The [`StageHost`] of one callback: one clock read for all stages (separate filters would
@@ -184,24 +191,7 @@ fn compile(
             )))
         }
         FilterKind::RateLimit => {
-            use rate_limit::config::Mode;
             let settings = rate_limit::config::parse_settings(bytes)?;
-            if let Some((i, rule)) = settings
-                .rules
-                .iter()
-                .enumerate()
-                .find(|(_, r)| r.mode != Mode::Local)
-            {
-                let mode = if rule.mode == Mode::Global {
-                    "global"
-                } else {
-                    "hybrid"
-                };
-                return Err(ConfigError::new(
-                    format!("rules[{i}].mode"),
-                    format!("{mode} mode (a rate-limit service over gRPC) {NOT_YET}"),
-                ));
-            }
             let mut host = ConfigHost { shared };
             let fresh = || {
                 rng::seed_or_fallback(
@@ -283,8 +273,11 @@ impl Pipeline {
         Run {
             stages: self.stages.iter().map(bind).collect(),
             pipeline: Rc::clone(self),
+            headers: HeaderList::default(),
+            next: 0,
             seen: 0,
-            response: Vec::new(),
+            so_far: SoFar::default(),
+            pending: Vec::new(),
             replied: false,
         }
     }
@@ -303,28 +296,69 @@ fn of<S: Stage>(stage: &Rc<S>) -> Of<S> {
     }
 }
 
-/// What the request sides of a run's stages decided, gathered as they go (each stage's
-/// [`Effects`] is emptied into it: no owned copy of a stage's effects is built).
+/// What the request sides of a run's stages decided so far, to be applied once they are done
+/// (or one replies): each stage's [`Effects`] is emptied into it, no owned copy of a stage's
+/// effects is kept.
 #[derive(Default)]
-struct Gathered {
+struct SoFar {
     route_changed: bool,
+    /// Counter increments not yet made.
     counters: Vec<(u32, u32)>,
-    reply: Option<LocalReply>,
-    /// The stage asked for gRPC calls (it waits).
-    calls: bool,
+    /// Response edits decided on the request side (applied on the response pass).
+    response: Vec<HeaderEdit<'static>>,
 }
 
-/// What every bound stage does: its request side (its request edits applied to the header
-/// list, its response edits owned into `response`, the rest into `into`) and its response side
-/// (its edits owned into `edits`, its counters into `counters`).
+/// What one stage's request-side call decided besides its edits and counters.
+#[derive(Default)]
+struct Outcome {
+    reply: Option<LocalReply>,
+    /// gRPC calls to send (the stage waits for their answers).
+    calls: Vec<GrpcCall>,
+}
+
+/// Empty `fx` into the header list and `so_far`; what is left is the stage's outcome.
+fn settle(fx: Effects<'_>, headers: &mut HeaderList, so_far: &mut SoFar) -> Outcome {
+    let Effects {
+        request,
+        response,
+        clear_route_cache,
+        reply,
+        mut counters,
+        grpc_calls,
+    } = fx;
+    for edit in &request {
+        headers.apply(edit);
+    }
+    so_far.route_changed |= clear_route_cache;
+    so_far.counters.append(&mut counters);
+    so_far
+        .response
+        .extend(response.into_iter().map(HeaderEdit::into_owned));
+    Outcome {
+        reply,
+        calls: grpc_calls,
+    }
+}
+
+/// What every bound stage does: its request side (first call, and the answer to each of its
+/// gRPC calls), settled into the run ([`settle`]), and its response side (its edits owned into
+/// `edits`, its counters into `counters`).
 trait Bound {
     fn request(
         &mut self,
         headers: &mut HeaderList,
         host: &mut dyn StageHost,
-        response: &mut Vec<HeaderEdit<'static>>,
-        into: &mut Gathered,
-    ) -> Flow;
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome);
+    fn grpc_answer(
+        &mut self,
+        call: usize,
+        status: u32,
+        body: Option<&[u8]>,
+        headers: &mut HeaderList,
+        host: &mut dyn StageHost,
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome);
     fn response(
         &mut self,
         host: &mut dyn StageHost,
@@ -338,24 +372,31 @@ impl<S: Stage> Bound for Of<S> {
         &mut self,
         headers: &mut HeaderList,
         host: &mut dyn StageHost,
-        response: &mut Vec<HeaderEdit<'static>>,
-        into: &mut Gathered,
-    ) -> Flow {
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome) {
         let mut fx = Effects::default();
         let flow = {
             let pairs = headers.pairs();
             self.stage
                 .on_request_headers(&mut self.stream, &pairs, host, &mut fx)
         };
-        for edit in &fx.request {
-            headers.apply(edit);
-        }
-        into.route_changed |= fx.clear_route_cache;
-        into.counters.append(&mut fx.counters);
-        response.extend(fx.response.into_iter().map(HeaderEdit::into_owned));
-        into.calls = !fx.grpc_calls.is_empty();
-        into.reply = fx.reply;
-        flow
+        (flow, settle(fx, headers, so_far))
+    }
+
+    fn grpc_answer(
+        &mut self,
+        call: usize,
+        status: u32,
+        body: Option<&[u8]>,
+        headers: &mut HeaderList,
+        host: &mut dyn StageHost,
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome) {
+        let mut fx = Effects::default();
+        let flow = self
+            .stage
+            .on_grpc_answer(&mut self.stream, call, status, body, host, &mut fx);
+        (flow, settle(fx, headers, so_far))
     }
 
     fn response(
@@ -412,9 +453,12 @@ pub enum Verdict {
     Continue,
     /// Answered locally: stop here.
     Stop,
+    /// A stage waits (its gRPC calls are out): stop until [`Run::grpc_answer`] says go on.
+    Wait,
 }
 
-/// The answer when a stage would wait (it cannot in this slice; see the module docs).
+/// The answer when a stage would wait for something this module cannot wait for (see the
+/// module docs).
 fn cannot_wait() -> LocalReply {
     LocalReply {
         status: 503,
@@ -426,75 +470,201 @@ fn cannot_wait() -> LocalReply {
     }
 }
 
+/// How a stage's outcome leaves the run.
+enum Next {
+    Stage,
+    Reply(LocalReply),
+    Wait,
+}
+
 /// One stream through a [`Pipeline`].
 pub struct Run {
     pipeline: Rc<Pipeline>,
     stages: Vec<AnyBound>,
+    /// The request headers as read once, with the stages' edits applied (written back when the
+    /// request side is over).
+    headers: HeaderList,
+    /// The next request stage to run (the waiting one while paused).
+    next: usize,
     /// How many stages saw the request (their response side runs).
     seen: usize,
-    /// Response edits decided on the request side (applied on the response pass).
-    response: Vec<HeaderEdit<'static>>,
+    so_far: SoFar,
+    /// gRPC calls in flight: (callout id, stage, the call's index in the stage's effects).
+    pending: Vec<(u64, usize, usize)>,
     /// This run answered locally; the response side went into the reply's headers.
     replied: bool,
 }
 
 impl Run {
-    /// The request headers: every stage in order, then one write-back.
+    /// The request headers: every stage in order until one waits or replies, then one
+    /// write-back.
     pub fn request_headers(&mut self, envoy: &mut dyn StreamHost) -> Verdict {
         self.request_headers_in(envoy, &shared_data::PROCESS)
     }
 
     fn request_headers_in(&mut self, envoy: &mut dyn StreamHost, shared: &SharedData) -> Verdict {
-        let mut headers = if self.pipeline.reads_request_headers {
-            HeaderList::from_serialized(envoy.request_headers())
-        } else {
-            HeaderList::default()
-        };
-        let mut gathered = Gathered {
-            counters: Vec::with_capacity(8),
-            ..Gathered::default()
-        };
-        {
-            let mut host = PassHost::new(envoy, shared);
-            for (i, bound) in self.stages.iter_mut().enumerate() {
-                self.seen = i + 1;
-                let flow =
-                    bound
-                        .get()
-                        .request(&mut headers, &mut host, &mut self.response, &mut gathered);
-                if gathered.reply.is_some() {
-                    break;
-                }
-                if flow == Flow::Wait || gathered.calls {
-                    log::error!(
-                        "gatewasm: a stage waited (jwt-to-header keys or a rate-limit service), \
-                         which the dynamic module does not support; answering 503"
-                    );
-                    gathered.reply = Some(cannot_wait());
-                    break;
-                }
+        if self.pipeline.reads_request_headers {
+            self.headers = HeaderList::from_serialized(envoy.request_headers());
+        }
+        self.advance(envoy, shared)
+    }
+
+    /// Whether the request waits for a stage (Envoy must hold its body and trailers too: a
+    /// `Continue` from a later phase would resume the paused headers before the stage decided).
+    pub fn waiting(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Run the request stages from `self.next` until one waits or replies, or all are done.
+    fn advance(&mut self, envoy: &mut dyn StreamHost, shared: &SharedData) -> Verdict {
+        while let Some(bound) = self.stages.get_mut(self.next).map(AnyBound::get) {
+            self.seen = self.seen.max(self.next + 1);
+            let (flow, outcome) = {
+                let mut host = PassHost::new(envoy, shared);
+                bound.request(&mut self.headers, &mut host, &mut self.so_far)
+            };
+            match self.absorb(envoy, shared, self.next, flow, outcome) {
+                Next::Stage => self.next += 1,
+                Next::Reply(reply) => return self.reply(envoy, shared, reply),
+                Next::Wait => return self.wait(envoy, shared),
             }
         }
-        let Gathered {
-            route_changed,
-            counters,
-            reply,
-            ..
-        } = gathered;
-        // What the stages wrote, one call per changed name (also before a reply, as separate
-        // filters would have written it), the route cache once, the counters.
+        self.flush(envoy);
+        Verdict::Continue
+    }
+
+    /// Take in stage `stage`'s outcome: its reply, or its gRPC calls sent (one Envoy cannot
+    /// send is answered at once with [`CALL_NOT_SENT`]).
+    fn absorb(
+        &mut self,
+        envoy: &mut dyn StreamHost,
+        shared: &SharedData,
+        stage: usize,
+        flow: Flow,
+        outcome: Outcome,
+    ) -> Next {
+        if let Some(reply) = outcome.reply {
+            return Next::Reply(reply);
+        }
+        let mut next = match flow {
+            Flow::Wait => Next::Wait,
+            Flow::Continue | Flow::Reply => Next::Stage,
+        };
+        let mut sent = false;
+        for (index, call) in outcome.calls.iter().enumerate() {
+            if let Some(id) = envoy.grpc_call(call) {
+                self.pending.push((id, stage, index));
+                sent = true;
+                continue;
+            }
+            let Some(bound) = self.stages.get_mut(stage).map(AnyBound::get) else {
+                break;
+            };
+            let (flow, outcome) = {
+                let mut host = PassHost::new(envoy, shared);
+                bound.grpc_answer(
+                    index,
+                    CALL_NOT_SENT,
+                    None,
+                    &mut self.headers,
+                    &mut host,
+                    &mut self.so_far,
+                )
+            };
+            next = self.absorb(envoy, shared, stage, flow, outcome);
+            if matches!(next, Next::Reply(_)) {
+                return next;
+            }
+        }
+        if sent { Next::Wait } else { next }
+    }
+
+    /// The request pauses for the stage at `self.next`.
+    fn wait(&mut self, envoy: &mut dyn StreamHost, shared: &SharedData) -> Verdict {
+        if self.pending.is_empty() {
+            // Nothing this module can wait for (jwt-to-header's keys: refused at
+            // configuration time; see the module docs).
+            log::error!(
+                "gatewasm: a stage waited for something other than its gRPC calls, which the \
+                 dynamic module does not support; answering 503"
+            );
+            return self.reply(envoy, shared, cannot_wait());
+        }
+        // Counters now: a request that never comes back (the client left) still counts.
+        for (id, by) in std::mem::take(&mut self.so_far.counters) {
+            envoy.increment_counter(id, by);
+        }
+        Verdict::Wait
+    }
+
+    /// The answer to callout `id` (one of this run's gRPC calls): `status` 0 with the message,
+    /// or a gRPC status. `None`: not a call of this run. `Continue` means the request goes on
+    /// (the caller resumes it in Envoy).
+    pub fn grpc_answer(
+        &mut self,
+        envoy: &mut dyn StreamHost,
+        id: u64,
+        status: u32,
+        body: Option<&[u8]>,
+    ) -> Option<Verdict> {
+        self.grpc_answer_in(envoy, &shared_data::PROCESS, id, status, body)
+    }
+
+    fn grpc_answer_in(
+        &mut self,
+        envoy: &mut dyn StreamHost,
+        shared: &SharedData,
+        id: u64,
+        status: u32,
+        body: Option<&[u8]>,
+    ) -> Option<Verdict> {
+        let at = self.pending.iter().position(|(p, ..)| *p == id)?;
+        let (_, stage, call) = self.pending.swap_remove(at);
+        let bound = self.stages.get_mut(stage)?.get();
+        let (flow, outcome) = {
+            let mut host = PassHost::new(envoy, shared);
+            bound.grpc_answer(
+                call,
+                status,
+                body,
+                &mut self.headers,
+                &mut host,
+                &mut self.so_far,
+            )
+        };
+        Some(match self.absorb(envoy, shared, stage, flow, outcome) {
+            Next::Stage => {
+                self.next = stage + 1;
+                self.advance(envoy, shared)
+            }
+            Next::Reply(reply) => self.reply(envoy, shared, reply),
+            Next::Wait => self.wait(envoy, shared),
+        })
+    }
+
+    /// Write back what the stages changed: one call per changed header name (also before a
+    /// reply, as separate filters would have written it), the route cache once, the counters.
+    fn flush(&mut self, envoy: &mut dyn StreamHost) {
+        let headers = std::mem::take(&mut self.headers);
         for edit in headers.write_back() {
             apply(envoy, Side::Request, &edit);
         }
-        if route_changed {
+        if std::mem::take(&mut self.so_far.route_changed) {
             envoy.clear_route_cache();
         }
-        for (id, by) in counters {
+        for (id, by) in std::mem::take(&mut self.so_far.counters) {
             envoy.increment_counter(id, by);
         }
-        let Some(mut reply) = reply else {
-            return Verdict::Continue;
-        };
+    }
+
+    /// A stage answers locally: what the earlier stages wrote is written first, then the reply.
+    fn reply(
+        &mut self,
+        envoy: &mut dyn StreamHost,
+        shared: &SharedData,
+        mut reply: LocalReply,
+    ) -> Verdict {
+        self.flush(envoy);
         // The response side of the stages that saw the request goes into the reply's headers
         // (every reply carries x-request-id). Envoy 1.40 does not call a dynamic module's
         // response-headers hook for the local reply that module sent (checked: the hook runs
@@ -508,6 +678,7 @@ impl Run {
             envoy.increment_counter(id, by);
         }
         self.replied = true;
+        self.pending.clear();
         envoy.send_reply(&reply);
         Verdict::Stop
     }
@@ -519,8 +690,8 @@ impl Run {
         envoy: &mut dyn StreamHost,
         shared: &SharedData,
     ) -> (Vec<HeaderEdit<'static>>, Vec<(u32, u32)>) {
-        let mut edits = std::mem::take(&mut self.response);
-        let mut counters = Vec::new();
+        let mut edits = std::mem::take(&mut self.so_far.response);
+        let mut counters = std::mem::take(&mut self.so_far.counters);
         let mut host = PassHost::new(envoy, shared);
         let seen = self.seen.min(self.stages.len());
         for bound in self.stages.iter_mut().take(seen).rev() {
@@ -620,6 +791,9 @@ mod tests {
         calls: Vec<String>,
         counters: Vec<(u32, u32)>,
         replies: Vec<LocalReply>,
+        /// gRPC calls sent, by callout id (its index); `refuse_calls`: Envoy refuses to send.
+        sent: Vec<GrpcCall>,
+        refuse_calls: bool,
     }
 
     impl StreamHost for FakeEnvoy {
@@ -647,6 +821,14 @@ mod tests {
         fn send_reply(&mut self, reply: &LocalReply) {
             self.calls.push(format!("reply {}", reply.status));
             self.replies.push(reply.clone());
+        }
+        fn grpc_call(&mut self, call: &GrpcCall) -> Option<u64> {
+            self.calls.push(format!("grpc {}", call.cluster));
+            if self.refuse_calls {
+                return None;
+            }
+            self.sent.push(call.clone());
+            Some(self.sent.len() as u64 - 1)
         }
     }
 
@@ -825,5 +1007,141 @@ mod tests {
             serialize_utf8_named(std::iter::empty()),
             serialize_header_map([])
         );
+    }
+
+    /// A `RateLimitResponse` with `overall_code` (1 OK, 2 OVER_LIMIT), protobuf-encoded.
+    fn rls_answer(overall_code: u8) -> Vec<u8> {
+        vec![0x08, overall_code]
+    }
+
+    fn global(name: &str, failure_mode: &str) -> String {
+        format!(
+            r#"{{"name": "{name}", "key": ["client_ip"], "mode": "global",
+                "service": {{"cluster": "rls", "domain": "gw", "timeout_ms": 5000, "failure_mode": "{failure_mode}"}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_global_rule_waits_for_its_service_then_the_later_stages_run() {
+        let chain = pipeline(
+            "chain",
+            &format!(
+                r#"{{"stages": [{{"filter": "correlation-id", "config": {{"echo_downstream": true}}}},
+                    {{"filter": "rate-limit", "config": {{"rules": [{}]}}}}, {TENANTS}]}}"#,
+                global("g", "deny")
+            ),
+        );
+        let mut envoy = envoy(&[(":path", "/a"), ("x-tenant", "acme")]);
+        let mut run = chain.start();
+        assert_eq!(run.request_headers(&mut envoy), Verdict::Wait);
+        assert!(run.waiting());
+        assert_eq!(envoy.sent.len(), 1, "{:?}", envoy.calls);
+        assert_eq!(envoy.sent[0].method, "ShouldRateLimit");
+        // Nothing is written while the request waits; tenant-routing has not run.
+        assert!(
+            !envoy.calls.iter().any(|c| c.starts_with("set")),
+            "{:?}",
+            envoy.calls
+        );
+        // Another callout's answer is not this run's.
+        assert_eq!(
+            run.grpc_answer(&mut envoy, 7, 0, Some(&rls_answer(1))),
+            None
+        );
+        let verdict = run.grpc_answer(&mut envoy, 0, 0, Some(&rls_answer(1)));
+        assert_eq!(verdict, Some(Verdict::Continue));
+        assert!(!run.waiting());
+        // Then the rest ran, and everything was written back once.
+        assert!(
+            envoy
+                .calls
+                .contains(&"set Request x-cluster Some(\"acme\")".to_string()),
+            "{:?}",
+            envoy.calls
+        );
+        assert!(
+            envoy
+                .calls
+                .iter()
+                .any(|c| c.starts_with("set Request x-request-id")),
+            "{:?}",
+            envoy.calls
+        );
+    }
+
+    #[test]
+    fn over_the_limit_the_service_answer_replies_429() {
+        let limiter = pipeline(
+            "rate-limit",
+            &format!(r#"{{"rules": [{}]}}"#, global("g", "allow")),
+        );
+        let mut envoy = envoy(&[(":path", "/")]);
+        let mut run = limiter.start();
+        assert_eq!(run.request_headers(&mut envoy), Verdict::Wait);
+        assert_eq!(
+            run.grpc_answer(&mut envoy, 0, 0, Some(&rls_answer(2))),
+            Some(Verdict::Stop)
+        );
+        assert_eq!(envoy.replies.len(), 1);
+        assert_eq!(envoy.replies[0].status, 429);
+    }
+
+    #[test]
+    fn a_failed_or_unsent_call_follows_the_failure_mode() {
+        for (mode, status, expected) in [
+            ("allow", 14, Verdict::Continue),
+            ("deny", 14, Verdict::Stop),
+            ("deny", 4, Verdict::Stop),
+        ] {
+            let limiter = pipeline(
+                "rate-limit",
+                &format!(r#"{{"rules": [{}]}}"#, global("g", mode)),
+            );
+            let mut envoy = envoy(&[(":path", "/")]);
+            let mut run = limiter.start();
+            assert_eq!(run.request_headers(&mut envoy), Verdict::Wait);
+            assert_eq!(
+                run.grpc_answer(&mut envoy, 0, status, None),
+                Some(expected),
+                "{mode} {status}"
+            );
+        }
+        // A call Envoy refuses to send is answered at once: no wait.
+        for (mode, expected) in [("allow", Verdict::Continue), ("deny", Verdict::Stop)] {
+            let limiter = pipeline(
+                "rate-limit",
+                &format!(r#"{{"rules": [{}]}}"#, global("g", mode)),
+            );
+            let mut envoy = envoy(&[(":path", "/")]);
+            envoy.refuse_calls = true;
+            assert_eq!(
+                limiter.start().request_headers(&mut envoy),
+                expected,
+                "{mode}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hybrid_rule_asks_the_service_only_for_what_its_local_bucket_allows() {
+        let limiter = pipeline(
+            "rate-limit",
+            r#"{"rules": [{"name": "pipeline-hybrid", "key": ["client_ip"], "mode": "hybrid", "limit": 1, "window_s": 3600,
+                "service": {"cluster": "rls", "domain": "gw", "timeout_ms": 5000}}]}"#,
+        );
+        let mut first = envoy(&[(":path", "/")]);
+        first.source = Some(b"192.0.2.90:1".to_vec());
+        let mut run = limiter.start();
+        assert_eq!(run.request_headers(&mut first), Verdict::Wait);
+        assert_eq!(
+            run.grpc_answer(&mut first, 0, 0, Some(&rls_answer(1))),
+            Some(Verdict::Continue)
+        );
+        // The local bucket is spent: refused here, no call.
+        let mut second = envoy(&[(":path", "/")]);
+        second.source = Some(b"192.0.2.90:1".to_vec());
+        assert_eq!(limiter.start().request_headers(&mut second), Verdict::Stop);
+        assert!(second.sent.is_empty());
+        assert_eq!(second.replies[0].status, 429);
     }
 }

@@ -146,22 +146,28 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn global_and_hybrid_rate_limits_build_alone_and_in_a_chain() {
         let global = r#"{"rules": [{"name": "a", "key": ["client_ip"], "mode": "global",
-                         "service": {"cluster": "rls", "domain": "d"}}]}"#;
-        let err = error("rate-limit", global);
-        assert!(
-            err.starts_with(
-                "rules[0].mode: global mode (a rate-limit service over gRPC) is not yet supported"
-            ),
-            "{err}"
-        );
+                         "service": {"cluster": "rls", "domain": "d"}},
+                        {"name": "b", "key": ["client_ip"], "mode": "hybrid", "limit": 5,
+                         "service": {"cluster": "rls", "domain": "d", "failure_mode": "deny"}}]}"#;
+        if let Err(e) = build("rate-limit", global) {
+            panic!("{e}");
+        }
         let chained = format!(
             r#"{{"stages": [{{"filter": "correlation-id"}}, {{"filter": "rate-limit", "config": {global}}}]}}"#
         );
-        let err = error("chain", &chained);
-        assert!(
-            err.starts_with("stages[1].config.rules[0].mode: rate-limit: global mode"),
-            "{err}"
+        if let Err(e) = build("chain", &chained) {
+            panic!("{e}");
+        }
+        // Their own errors still name the field.
+        let err = error(
+            "rate-limit",
+            r#"{"rules": [{"name": "a", "key": ["client_ip"], "mode": "global"}]}"#,
         );
+        assert!(err.starts_with("rules[0].service"), "{err}");
     }
 }
