@@ -178,6 +178,35 @@ unsafe extern "C" {
         timeout_milliseconds: u64,
     ) -> i32;
     fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter_envoy_ptr: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(
+        filter_envoy_ptr: *mut c_void,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler_module_ptr: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(
+        scheduler_module_ptr: *mut c_void,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        filter_config_envoy_ptr: *mut c_void,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler_module_ptr: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler_module_ptr: *mut c_void,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        filter_config_envoy_ptr: *mut c_void,
+        callout_id_out: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *mut ModuleHttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> i32;
     fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
         filter_envoy_ptr: *mut c_void,
         attribute_id: i32,
@@ -235,6 +264,45 @@ pub fn log_enabled(level: i32) -> bool {
 pub struct EnvoyConfig(pub *mut c_void);
 
 impl EnvoyConfig {
+    /// A scheduler whose events come to `on_http_filter_config_scheduled` on the main thread
+    /// (`None`: Envoy gave none).
+    pub fn scheduler(self) -> Option<ConfigScheduler> {
+        // SAFETY: `self.0` is a live configuration pointer (in `config_new` or a later hook).
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.0) };
+        (!ptr.is_null()).then_some(ConfigScheduler(ptr))
+    }
+
+    /// As [`EnvoyFilter::http_callout`], from the configuration (main thread); the answer comes
+    /// to `on_http_filter_config_http_callout_done`.
+    pub fn http_callout(
+        self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u64, i32> {
+        let mut vector = module_headers(headers);
+        let mut id: u64 = 0;
+        // SAFETY: a live configuration pointer on the main thread; every buffer outlives the
+        // call (Envoy copies them); `id` is a valid out-pointer.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                vector.as_mut_ptr(),
+                vector.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        if result == CALLOUT_INIT_SUCCESS {
+            Ok(id)
+        } else {
+            Err(result)
+        }
+    }
+
     /// Define the counter `name` (no labels); its id for [`EnvoyFilter::increment_counter`],
     /// `None` when Envoy refuses.
     pub fn define_counter(self, name: &str) -> Option<usize> {
@@ -409,6 +477,14 @@ impl EnvoyFilter {
         }
     }
 
+    /// A scheduler whose events come to this stream's `on_http_filter_scheduled`, on its
+    /// worker (`None`: Envoy gave none).
+    pub fn scheduler(self) -> Option<FilterScheduler> {
+        // SAFETY: live filter, on its worker thread.
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) };
+        (!ptr.is_null()).then_some(FilterScheduler(ptr))
+    }
+
     /// Resume the request a `StopIteration` paused.
     pub fn continue_decoding(self) {
         // SAFETY: live filter.
@@ -426,6 +502,57 @@ impl EnvoyFilter {
                 by,
             );
         }
+    }
+}
+
+/// A stream's scheduler: `commit` posts an event to the stream's worker from any thread (Envoy
+/// keeps only a weak reference to the stream: an event for a stream that is gone is dropped).
+/// Deleted when dropped.
+#[derive(Debug)]
+pub struct FilterScheduler(*mut c_void);
+
+// SAFETY: Envoy's scheduler posts to its dispatcher, which is thread-safe; the object is
+// deleted once (by `Drop`), and its owner (the key driver's waiter list) commits it under a
+// lock that the drop also takes.
+unsafe impl Send for FilterScheduler {}
+
+impl FilterScheduler {
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: not yet deleted (deleted only in `drop`).
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event_id) }
+    }
+}
+
+impl Drop for FilterScheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by `scheduler_new`, deleted once. Envoy's posted events do not refer to
+        // the scheduler, so deleting it after a commit is fine.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) }
+    }
+}
+
+/// A configuration's scheduler: `commit` posts an event to the main thread from any thread.
+/// Deleted when dropped (before the configuration is).
+#[derive(Debug)]
+pub struct ConfigScheduler(*mut c_void);
+
+// SAFETY: as `FilterScheduler`: Envoy's commit posts to the main dispatcher (thread-safe), and
+// the owner keeps it behind a lock taken to commit and to drop.
+unsafe impl Send for ConfigScheduler {}
+
+impl ConfigScheduler {
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: not yet deleted (deleted only in `drop`).
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event_id)
+        }
+    }
+}
+
+impl Drop for ConfigScheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by `config_scheduler_new`, deleted once.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
     }
 }
 

@@ -11,6 +11,8 @@
 //!   the request headers, the fewest writes back — against a `StreamHost` trait.
 //! - [`grpc`] (host-free): a stage's gRPC call as an HTTP/2 callout, and reading its answer
 //!   from what the ABI hands back (headers and body; no trailers).
+//! - [`keys`] (host-free): jwt-to-header's remote JWKS, fetched once per process by one driver
+//!   per configuration on the main thread; waiting requests woken.
 //! - [`guard`] (host-free): the `catch_unwind` every hook runs under.
 //! - [`shared_data`] (host-free): the process-wide shared data (Envoy's CAS rules) that makes
 //!   rate limits exact across workers.
@@ -25,6 +27,7 @@
 
 pub mod grpc;
 pub mod guard;
+pub mod keys;
 pub mod pipeline;
 pub mod shared_data;
 pub mod spec;

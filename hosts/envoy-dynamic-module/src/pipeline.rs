@@ -15,9 +15,13 @@
 //! pauses the run ([`Verdict::Wait`]): its calls go out through [`StreamHost::grpc_call`], each
 //! answer comes back through [`Run::grpc_answer`], and the run resumes at that stage, then the
 //! rest run; what the earlier stages wrote is written back once, at the end, as without a wait.
-//! A stage that waits for anything else (jwt-to-header's remote keys, refused at configuration
-//! time) is answered 503 (fail closed) and the reason logged.
+//! jwt-to-header waits for its remote keys without calls: the run asks the host to wake it
+//! ([`StreamHost::wait_for_keys`]: the key driver of [`crate::keys`]) and, woken
+//! ([`Run::keys_ready`]), the stage loads the keys the driver put in shared data and decides
+//! again, then the rest run. Should a stage wait where the host cannot wake it, the request is
+//! answered 503 (fail closed) and the reason logged.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use gatewasm_chain_plan::{FilterKind, StagePlan, stage_error};
@@ -28,6 +32,8 @@ use gatewasm_common::stage::{
     CALL_NOT_SENT, Counter, Effects, Flow, GrpcCall, HeaderEdit, HeaderList, LocalReply, SetResult,
     Stage, StageHost,
 };
+use jwt_to_header::jwks::meta_key;
+use jwt_to_header::stage::{JwtToHeader, load_if_newer, read_meta};
 use proxy_wasm::types::Status;
 
 use crate::shared_data::{self, SharedData};
@@ -59,6 +65,21 @@ pub trait StreamHost {
     /// answer comes back through [`Run::grpc_answer`]; `None` when Envoy refused to send it
     /// (the host logs why).
     fn grpc_call(&mut self, call: &GrpcCall) -> Option<u64>;
+    /// The request waits for jwt-to-header's remote keys: have it woken ([`Run::keys_ready`])
+    /// when they arrive, their fetch fails, or the deadline passes. `false`: it cannot wait
+    /// (no key driver: cannot happen with an accepted configuration).
+    fn wait_for_keys(&mut self, wait: &KeyWait) -> bool;
+}
+
+/// What a request waits for when jwt-to-header waits for keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyWait {
+    /// The provider, by its shared-data meta key ([`jwt_to_header::jwks::meta_key`]).
+    pub provider: String,
+    /// Unix ms after which it decides without the keys.
+    pub deadline_ms: u64,
+    /// It saw a key id the keys do not have (a refetch is wanted).
+    pub unknown_kid: bool,
 }
 
 /// The [`StageHost`] of one callback: one clock read for all stages (separate filters would
@@ -140,13 +161,10 @@ impl StageHost for ConfigHost<'_> {
 enum Compiled {
     CorrelationId(Rc<correlation_id::stage::CorrelationId>),
     TracePropagation(Rc<trace_propagation::stage::TracePropagation>),
-    JwtToHeader(Rc<jwt_to_header::stage::JwtToHeader>),
+    JwtToHeader(Rc<JwtToHeader>),
     TenantRouting(Rc<tenant_routing::stage::TenantRouting>),
     RateLimit(Rc<rate_limit::stage::RateLimit>),
 }
-
-/// The message a refused feature gets, at the field that asks for it.
-pub const NOT_YET: &str = "is not yet supported by the dynamic module";
 
 /// Build one stage from its filter's configuration bytes (the JSON its Wasm plugin takes),
 /// with the same parser and the same errors. `define` gives each counter its id.
@@ -171,18 +189,10 @@ fn compile(
         }
         FilterKind::JwtToHeader => {
             let settings = jwt_to_header::config::parse_settings(bytes)?;
-            if let Some(p) = settings.providers.iter().find(|p| p.remote.is_some()) {
-                return Err(ConfigError::new(
-                    format!("providers.{}.remote_jwks", p.name),
-                    format!("remote JWKS {NOT_YET}; give the keys inline (\"jwks\")"),
-                ));
-            }
             for warning in &settings.warnings {
                 log::warn!("{}: {warning}", jwt_to_header::stage::FILTER);
             }
-            Compiled::JwtToHeader(Rc::new(jwt_to_header::stage::JwtToHeader::new(
-                settings, define,
-            )))
+            Compiled::JwtToHeader(Rc::new(JwtToHeader::new(settings, define)))
         }
         FilterKind::TenantRouting => {
             let settings = tenant_routing::config::parse_settings(bytes)?;
@@ -278,6 +288,7 @@ impl Pipeline {
             seen: 0,
             so_far: SoFar::default(),
             pending: Vec::new(),
+            waiting_for_keys: false,
             replied: false,
         }
     }
@@ -365,6 +376,21 @@ trait Bound {
         edits: &mut Vec<HeaderEdit<'static>>,
         counters: &mut Vec<(u32, u32)>,
     );
+    /// jwt-to-header after it waited without gRPC calls: what it waits for.
+    fn key_wait(&mut self) -> Option<KeyWait> {
+        None
+    }
+    /// jwt-to-header woken after waiting for keys: load what was fetched, decide again.
+    fn woken(
+        &mut self,
+        _headers: &mut HeaderList,
+        _host: &mut dyn StageHost,
+        _so_far: &mut SoFar,
+    ) -> (Flow, Outcome) {
+        (Flow::Continue, Outcome::default())
+    }
+    /// The stream goes away (or was woken): the stage forgets it was waiting.
+    fn forget(&mut self) {}
 }
 
 impl<S: Stage> Bound for Of<S> {
@@ -415,11 +441,116 @@ impl<S: Stage> Bound for Of<S> {
     }
 }
 
+/// jwt-to-header bound to a stream: it waits for keys under its stream's id (unique on its
+/// worker, which is where the stage's waiters live).
+struct Jwt(Of<JwtToHeader>);
+
+thread_local! {
+    /// The last stream id given out on this worker (ids start at 1: 0 is the stage's "not
+    /// waiting" id).
+    static STREAM_IDS: Cell<u32> = const { Cell::new(0) };
+}
+
+fn next_stream_id() -> u32 {
+    STREAM_IDS.with(|ids| {
+        let id = ids.get().wrapping_add(1).max(1);
+        ids.set(id);
+        id
+    })
+}
+
+impl Bound for Jwt {
+    fn request(
+        &mut self,
+        headers: &mut HeaderList,
+        host: &mut dyn StageHost,
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome) {
+        self.0.request(headers, host, so_far)
+    }
+
+    fn grpc_answer(
+        &mut self,
+        call: usize,
+        status: u32,
+        body: Option<&[u8]>,
+        headers: &mut HeaderList,
+        host: &mut dyn StageHost,
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome) {
+        self.0
+            .grpc_answer(call, status, body, headers, host, so_far)
+    }
+
+    fn response(
+        &mut self,
+        host: &mut dyn StageHost,
+        edits: &mut Vec<HeaderEdit<'static>>,
+        counters: &mut Vec<(u32, u32)>,
+    ) {
+        self.0.response(host, edits, counters);
+    }
+
+    fn key_wait(&mut self) -> Option<KeyWait> {
+        let id = self.0.stream.context_id;
+        let mut worker = self.0.stage.shared.try_borrow_mut().ok()?;
+        let waiter = worker.waiters.iter().rev().find(|w| w.context_id == id)?;
+        let (index, deadline_ms) = (waiter.provider, waiter.deadline_ms);
+        let provider = worker.settings.providers.get(index)?;
+        let provider = meta_key(&worker.settings.config_hash, &provider.name);
+        // The worker's flag is how the Wasm key driver learns of it; here the driver is told.
+        let unknown_kid = worker
+            .refetch_wanted
+            .get_mut(index)
+            .is_some_and(std::mem::take);
+        Some(KeyWait {
+            provider,
+            deadline_ms,
+            unknown_kid,
+        })
+    }
+
+    fn woken(
+        &mut self,
+        headers: &mut HeaderList,
+        host: &mut dyn StageHost,
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome) {
+        self.forget();
+        let stage = &self.0.stage;
+        let settings = match stage.shared.try_borrow() {
+            Ok(worker) => Rc::clone(&worker.settings),
+            Err(_) => return (Flow::Continue, Outcome::default()),
+        };
+        // What the driver fetched is in the process's shared data: load it into this worker.
+        for (index, provider) in settings.providers.iter().enumerate() {
+            if provider.remote.is_some()
+                && let (Some(meta), _) = read_meta(host, &settings, &provider.name)
+            {
+                load_if_newer(&stage.shared, host, index, &meta);
+            }
+        }
+        let mut fx = Effects::default();
+        let flow = {
+            let pairs = headers.pairs();
+            stage.on_woken(&pairs, host, &mut fx)
+        };
+        (flow, settle(fx, headers, so_far))
+    }
+
+    fn forget(&mut self) {
+        let id = self.0.stream.context_id;
+        if let Ok(mut worker) = self.0.stage.shared.try_borrow_mut() {
+            worker.waiters.retain(|w| w.context_id != id);
+        }
+    }
+}
+
 /// A bound stage of any filter: an enum, so a stream's stages are one allocation.
 enum AnyBound {
     CorrelationId(Of<correlation_id::stage::CorrelationId>),
     TracePropagation(Of<trace_propagation::stage::TracePropagation>),
-    JwtToHeader(Of<jwt_to_header::stage::JwtToHeader>),
+    JwtToHeader(Jwt),
     TenantRouting(Of<tenant_routing::stage::TenantRouting>),
     RateLimit(Of<rate_limit::stage::RateLimit>),
 }
@@ -428,7 +559,12 @@ fn bind(stage: &Compiled) -> AnyBound {
     match stage {
         Compiled::CorrelationId(s) => AnyBound::CorrelationId(of(s)),
         Compiled::TracePropagation(s) => AnyBound::TracePropagation(of(s)),
-        Compiled::JwtToHeader(s) => AnyBound::JwtToHeader(of(s)),
+        Compiled::JwtToHeader(s) => AnyBound::JwtToHeader(Jwt(Of {
+            stage: Rc::clone(s),
+            stream: jwt_to_header::stage::Stream {
+                context_id: next_stream_id(),
+            },
+        })),
         Compiled::TenantRouting(s) => AnyBound::TenantRouting(of(s)),
         Compiled::RateLimit(s) => AnyBound::RateLimit(of(s)),
     }
@@ -491,6 +627,8 @@ pub struct Run {
     so_far: SoFar,
     /// gRPC calls in flight: (callout id, stage, the call's index in the stage's effects).
     pending: Vec<(u64, usize, usize)>,
+    /// The stage at `next` (jwt-to-header) waits for keys.
+    waiting_for_keys: bool,
     /// This run answered locally; the response side went into the reply's headers.
     replied: bool,
 }
@@ -512,7 +650,7 @@ impl Run {
     /// Whether the request waits for a stage (Envoy must hold its body and trailers too: a
     /// `Continue` from a later phase would resume the paused headers before the stage decided).
     pub fn waiting(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || self.waiting_for_keys
     }
 
     /// Run the request stages from `self.next` until one waits or replies, or all are done.
@@ -582,13 +720,20 @@ impl Run {
     /// The request pauses for the stage at `self.next`.
     fn wait(&mut self, envoy: &mut dyn StreamHost, shared: &SharedData) -> Verdict {
         if self.pending.is_empty() {
-            // Nothing this module can wait for (jwt-to-header's keys: refused at
-            // configuration time; see the module docs).
-            log::error!(
-                "gatewasm: a stage waited for something other than its gRPC calls, which the \
-                 dynamic module does not support; answering 503"
-            );
-            return self.reply(envoy, shared, cannot_wait());
+            // No calls out: jwt-to-header waits for its keys.
+            let bound = self.stages.get_mut(self.next).map(AnyBound::get);
+            let wait = bound.and_then(|b| b.key_wait());
+            if !wait.as_ref().is_some_and(|w| envoy.wait_for_keys(w)) {
+                log::error!(
+                    "gatewasm: a stage waited for something the dynamic module cannot wait \
+                     for here; answering 503"
+                );
+                if let Some(bound) = self.stages.get_mut(self.next) {
+                    bound.get().forget();
+                }
+                return self.reply(envoy, shared, cannot_wait());
+            }
+            self.waiting_for_keys = true;
         }
         // Counters now: a request that never comes back (the client left) still counts.
         for (id, by) in std::mem::take(&mut self.so_far.counters) {
@@ -642,6 +787,37 @@ impl Run {
         })
     }
 
+    /// The keys the request waited for arrived, their fetch failed, or its deadline passed:
+    /// the waiting stage decides again (without waiting), then the rest run. `None`: it was
+    /// not waiting for keys. `Continue` means the request goes on (the caller resumes it).
+    pub fn keys_ready(&mut self, envoy: &mut dyn StreamHost) -> Option<Verdict> {
+        self.keys_ready_in(envoy, &shared_data::PROCESS)
+    }
+
+    fn keys_ready_in(
+        &mut self,
+        envoy: &mut dyn StreamHost,
+        shared: &SharedData,
+    ) -> Option<Verdict> {
+        if !std::mem::take(&mut self.waiting_for_keys) {
+            return None;
+        }
+        let stage = self.next;
+        let bound = self.stages.get_mut(stage)?.get();
+        let (flow, outcome) = {
+            let mut host = PassHost::new(envoy, shared);
+            bound.woken(&mut self.headers, &mut host, &mut self.so_far)
+        };
+        Some(match self.absorb(envoy, shared, stage, flow, outcome) {
+            Next::Stage => {
+                self.next = stage + 1;
+                self.advance(envoy, shared)
+            }
+            Next::Reply(reply) => self.reply(envoy, shared, reply),
+            Next::Wait => self.wait(envoy, shared),
+        })
+    }
+
     /// Write back what the stages changed: one call per changed header name (also before a
     /// reply, as separate filters would have written it), the route cache once, the counters.
     fn flush(&mut self, envoy: &mut dyn StreamHost) {
@@ -679,6 +855,7 @@ impl Run {
         }
         self.replied = true;
         self.pending.clear();
+        self.waiting_for_keys = false;
         envoy.send_reply(&reply);
         Verdict::Stop
     }
@@ -716,6 +893,15 @@ impl Run {
         }
         for (id, by) in counters {
             envoy.increment_counter(id, by);
+        }
+    }
+}
+
+impl Drop for Run {
+    /// A stream that goes away while waiting for keys leaves no waiter behind in its stage.
+    fn drop(&mut self) {
+        for bound in &mut self.stages {
+            bound.get().forget();
         }
     }
 }
@@ -794,6 +980,7 @@ mod tests {
         /// gRPC calls sent, by callout id (its index); `refuse_calls`: Envoy refuses to send.
         sent: Vec<GrpcCall>,
         refuse_calls: bool,
+        key_waits: Vec<KeyWait>,
     }
 
     impl StreamHost for FakeEnvoy {
@@ -829,6 +1016,10 @@ mod tests {
             }
             self.sent.push(call.clone());
             Some(self.sent.len() as u64 - 1)
+        }
+        fn wait_for_keys(&mut self, wait: &KeyWait) -> bool {
+            self.key_waits.push(wait.clone());
+            true
         }
     }
 
@@ -1143,5 +1334,93 @@ mod tests {
         assert_eq!(limiter.start().request_headers(&mut second), Verdict::Stop);
         assert!(second.sent.is_empty());
         assert_eq!(second.replies[0].status, 429);
+    }
+
+    #[test]
+    fn jwt_to_header_waits_for_remote_keys_then_the_chain_goes_on() {
+        use gatewasm_devtools::demo_jwt::{self, DEMO_ISSUER, DEMO_JWKS, DemoClaims};
+        use jwt_to_header::jwks::{Meta, data_key};
+        // A provider name no other test uses: its keys live in the process's shared data.
+        let jwt = format!(
+            r#"{{"filter": "jwt-to-header", "config": {{"providers": {{"pipeline-remote": {{"issuer": "{DEMO_ISSUER}",
+                "remote_jwks": {{"cluster": "idp", "authority": "idp", "path": "/jwks", "timeout_ms": 5000}},
+                "claim_to_headers": [{{"claim": "sub", "header": "x-user"}}]}}}},
+                "rules": [{{"match": {{"prefix": "/"}}, "requires": "pipeline-remote"}}]}}}}"#
+        );
+        let chain = pipeline(
+            "chain",
+            &format!(r#"{{"stages": [{{"filter": "correlation-id"}}, {jwt}, {TENANTS}]}}"#),
+        );
+        let token = demo_jwt::mint(&DemoClaims::default()).unwrap();
+        let mut envoy = envoy(&[
+            (":path", "/a"),
+            ("x-tenant", "acme"),
+            ("authorization", &format!("Bearer {token}")),
+        ]);
+        let mut run = chain.start();
+        assert_eq!(run.request_headers(&mut envoy), Verdict::Wait);
+        assert!(run.waiting());
+        assert_eq!(envoy.key_waits.len(), 1);
+        let hash = {
+            let Compiled::JwtToHeader(stage) = &chain.stages[1] else {
+                panic!("stage 1 is jwt-to-header");
+            };
+            stage.shared.borrow().settings.config_hash.clone()
+        };
+        assert_eq!(
+            envoy.key_waits[0].provider,
+            meta_key(&hash, "pipeline-remote")
+        );
+        assert!(
+            !envoy.calls.iter().any(|c| c.starts_with("set")),
+            "{:?}",
+            envoy.calls
+        );
+        // The driver fetched the keys into shared data; the run is woken.
+        let shared = &shared_data::PROCESS;
+        shared.set(
+            &data_key(&hash, "pipeline-remote"),
+            DEMO_JWKS.as_bytes(),
+            None,
+        );
+        let meta = Meta::default().acquire(1, 1).succeeded(2);
+        shared.set(&meta_key(&hash, "pipeline-remote"), &meta.encode(), None);
+        assert_eq!(run.keys_ready(&mut envoy), Some(Verdict::Continue));
+        assert_eq!(run.keys_ready(&mut envoy), None, "woken once");
+        assert!(!run.waiting());
+        let sets: Vec<&String> = envoy
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("set"))
+            .collect();
+        assert!(
+            sets.iter().any(|c| c.starts_with("set Request x-user")),
+            "{sets:?}"
+        );
+        assert!(
+            sets.iter().any(|c| c.starts_with("set Request x-cluster")),
+            "the stage after the wait ran: {sets:?}"
+        );
+        // Woken without keys (their fetch failed, or the deadline passed): 503, no wait again.
+        let mut other = envoy_with_token(&token);
+        let lone = pipeline(
+            "jwt-to-header",
+            &format!(
+                r#"{{"providers": {{"pipeline-nokeys": {{"issuer": "{DEMO_ISSUER}",
+                "remote_jwks": {{"cluster": "idp", "authority": "idp", "path": "/jwks"}}}}}},
+                "rules": [{{"match": {{"prefix": "/"}}, "requires": "pipeline-nokeys"}}]}}"#
+            ),
+        );
+        let mut run = lone.start();
+        assert_eq!(run.request_headers(&mut other), Verdict::Wait);
+        assert_eq!(run.keys_ready(&mut other), Some(Verdict::Stop));
+        assert_eq!(other.replies[0].status, 503);
+    }
+
+    fn envoy_with_token(token: &str) -> FakeEnvoy {
+        envoy(&[
+            (":path", "/"),
+            ("authorization", &format!("Bearer {token}")),
+        ])
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! [`Spec::parse`] only reads the names and the chain's shape; a configuration is accepted
 //! once it also builds ([`crate::pipeline::Pipeline::build`]), which parses every filter's
-//! configuration and refuses what this slice does not support, at the field that asks for it.
+//! configuration with its own parser (errors name the field).
 
 use gatewasm_chain_plan::{CHAIN, FilterKind, StagePlan, parse_chain};
 use gatewasm_common::ConfigError;
@@ -136,16 +136,23 @@ mod tests {
     }
 
     #[test]
-    fn what_this_slice_cannot_do_is_refused_at_its_field() {
+    fn remote_jwks_builds_and_its_errors_name_the_field() {
         let remote = r#"{"providers": {"idp": {"issuer": "https://idp", "remote_jwks": {"cluster": "idp", "authority": "idp", "path": "/jwks"}}},
                          "rules": [{"match": {"prefix": "/"}, "requires": "idp"}]}"#;
-        let err = error("jwt-to-header", remote);
-        assert!(
-            err.starts_with(
-                "providers.idp.remote_jwks: remote JWKS is not yet supported by the dynamic module"
-            ),
-            "{err}"
+        if let Err(e) = build("jwt-to-header", remote) {
+            panic!("{e}");
+        }
+        let chained =
+            format!(r#"{{"stages": [{{"filter": "jwt-to-header", "config": {remote}}}]}}"#);
+        if let Err(e) = build("chain", &chained) {
+            panic!("{e}");
+        }
+        let err = error(
+            "jwt-to-header",
+            r#"{"providers": {"idp": {"issuer": "https://idp", "remote_jwks": {"cluster": "idp", "authority": "idp", "path": "/jwks", "refresh_s": 0}}},
+                "rules": [{"match": {"prefix": "/"}, "requires": "idp"}]}"#,
         );
+        assert!(err.contains("remote_jwks.refresh_s"), "{err}");
     }
 
     #[test]

@@ -1,23 +1,28 @@
 //! End-to-end: the stages that wait, in a real Envoy 1.40 — rate-limit's `global` and `hybrid`
 //! rules calling a real rate-limit service (Limitador over Envoy's RLS gRPC protocol,
 //! `tools/limitador-rls`, with a real Redis) through the module's HTTP/2 callouts, and what a
-//! failed or slow service means (`failure_mode`).
+//! failed or slow service means (`failure_mode`); jwt-to-header's remote JWKS from an identity
+//! provider of the test's own (fetched once per process, requests before the keys wait, key
+//! rotation, an unreachable IdP).
 //!
 //! Needs `redis-server` (`just redis`) and the `limitador-rls` binary (`just limitador-rls`:
 //! `<target>/limitador-rls/debug/limitador-rls`, or `LIMITADOR_RLS_BIN`).
 
 mod support;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use gatewasm_devtools::client::{self, Request, Response};
+use gatewasm_devtools::demo_jwt::{self, DEMO_ISSUER, DemoClaims};
 use gatewasm_devtools::echo::{EchoUpstream, Echoed};
+use jwt_simple::prelude::ES256KeyPair;
 use support::{RLS_CLUSTER, envoy, single_filter_with, stat};
 
 /// A child process killed (and reaped) on drop.
@@ -281,5 +286,241 @@ fn a_service_that_is_down_or_slow_follows_the_failure_mode() -> Result<()> {
     ensure!(upstream.requests_seen() == 1);
     ensure!(stat(&envoy, "gatewasm_rate_limit_global_timeout_g")? == 1);
     drop(hanging);
+    Ok(())
+}
+
+/// An identity provider's JWKS endpoint (HTTP/1.1 on a free loopback port): serves `jwks`,
+/// counts the fetches, and holds every answer while `gate` is closed.
+struct JwksServer {
+    port: u16,
+    jwks: Arc<Mutex<String>>,
+    fetches: Arc<AtomicUsize>,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl JwksServer {
+    fn start(jwks: &str, open: bool) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let server = JwksServer {
+            port: listener.local_addr()?.port(),
+            jwks: Arc::new(Mutex::new(jwks.to_owned())),
+            fetches: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::new((Mutex::new(open), Condvar::new())),
+        };
+        let (jwks, fetches, gate) = (
+            Arc::clone(&server.jwks),
+            Arc::clone(&server.fetches),
+            Arc::clone(&server.gate),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (jwks, fetches, gate) =
+                    (Arc::clone(&jwks), Arc::clone(&fetches), Arc::clone(&gate));
+                std::thread::spawn(move || {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    let (lock, opened) = &*gate;
+                    let Ok(mut open) = lock.lock() else { return };
+                    while !*open {
+                        let Ok(next) = opened.wait(open) else { return };
+                        open = next;
+                    }
+                    drop(open);
+                    let body = jwks.lock().map(|j| j.clone()).unwrap_or_default();
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        Ok(server)
+    }
+
+    fn open(&self) {
+        let (lock, opened) = &*self.gate;
+        if let Ok(mut open) = lock.lock() {
+            *open = true;
+            opened.notify_all();
+        }
+    }
+
+    fn serve(&self, jwks: &str) {
+        if let Ok(mut current) = self.jwks.lock() {
+            *current = jwks.to_owned();
+        }
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// The identity provider's cluster (HTTP/1.1) on `{{UPSTREAM2_PORT}}`.
+const IDP_CLUSTER: &str = r#"  - name: idp
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: idp
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: 127.0.0.1, port_value: {{UPSTREAM2_PORT}} }
+"#;
+
+/// A key pair of the test's own (`kid`) and its JWKS.
+fn key(kid: &str) -> Result<(ES256KeyPair, String)> {
+    let key = ES256KeyPair::generate().with_key_id(kid);
+    let jwks = format!(r#"{{"keys": [{}]}}"#, key.public_key().to_jwk());
+    Ok((key, jwks))
+}
+
+fn with_token(token: &str) -> Request {
+    Request::get("/").header("authorization", format!("Bearer {token}"))
+}
+
+/// Send `req` until the answer has `status` (the keys change behind it), up to 15 s.
+fn until_status(addr: std::net::SocketAddr, req: &Request, status: u16) -> Result<Response> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let resp = client::send(addr, req)?;
+        if resp.status == status || Instant::now() > deadline {
+            return Ok(resp);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn remote_jwks_is_fetched_once_per_process_waits_are_woken_and_keys_rotate() -> Result<()> {
+    let (old, old_jwks) = key("old")?;
+    let (new, new_jwks) = key("new")?;
+    // The first fetch is held at the IdP until the gate opens.
+    let idp = JwksServer::start(&old_jwks, false)?;
+    let dir = tempfile::tempdir()?;
+    let config = single_filter_with(
+        &dir,
+        "jwt-to-header",
+        &format!(
+            r#"{{"providers": {{"idp": {{"issuer": "{DEMO_ISSUER}",
+   "remote_jwks": {{"cluster": "idp", "authority": "idp.example", "path": "/jwks", "timeout_ms": 5000, "refresh_s": 1, "min_refetch_interval_s": 1}},
+   "claim_to_headers": [{{"claim": "sub", "header": "x-user"}}]}}}},
+ "rules": [{{"match": {{"prefix": "/"}}, "requires": "idp"}}]}}"#
+        ),
+        IDP_CLUSTER,
+    )?;
+    let upstream = EchoUpstream::start()?;
+    let envoy = envoy(&config)?
+        .upstream(upstream.port())
+        .upstream2(idp.port)
+        .concurrency(2)
+        .start()?;
+    let gw = envoy.listen_addr();
+    let token = demo_jwt::mint_with(&old, &DemoClaims::default())?;
+
+    // Requests before the keys exist, over separate connections (both workers): they wait.
+    let early: Vec<_> = (0..4)
+        .map(|_| {
+            let req = with_token(&token);
+            std::thread::spawn(move || client::send_with_timeout(gw, &req, Duration::from_secs(20)))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while idp.fetches() == 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "no JWKS fetch; log:\n{}",
+            envoy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Several driver ticks later, still one fetch: one per process, not one per worker.
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(
+        idp.fetches() == 1,
+        "{} fetches while the first was held",
+        idp.fetches()
+    );
+    idp.open();
+    for handle in early {
+        let resp = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        ensure!(
+            resp.status == 200,
+            "early request: {} {}",
+            resp.status,
+            resp.text()
+        );
+        let echoed = Echoed::from_response(&resp)?;
+        ensure!(echoed.header("x-user") == Some("alice"), "{echoed:?}");
+    }
+
+    // Rotation: the IdP now serves only the new key. Once a refresh has fetched it, a token
+    // signed by the new key passes and one signed by the old key is refused.
+    idp.serve(&new_jwks);
+    let new_token = demo_jwt::mint_with(&new, &DemoClaims::default())?;
+    let resp = until_status(gw, &with_token(&new_token), 200)?;
+    ensure!(
+        resp.status == 200,
+        "new key: {} {}",
+        resp.status,
+        resp.text()
+    );
+    let resp = until_status(gw, &with_token(&token), 401)?;
+    ensure!(
+        resp.status == 401,
+        "old key: {} {}",
+        resp.status,
+        resp.text()
+    );
+
+    // The counters: fetches (counted from the next requests' hooks), and what was decided.
+    client::send(gw, &Request::get("/"))?;
+    ensure!(stat(&envoy, "gatewasm_jwt_to_header_jwks_fetch_ok")? >= 2);
+    ensure!(stat(&envoy, "gatewasm_jwt_to_header_jwks_fetch_failed")? == 0);
+    ensure!(stat(&envoy, "gatewasm_jwt_to_header_allowed")? >= 5);
+    Ok(())
+}
+
+#[test]
+fn an_unreachable_jwks_answers_503_after_the_wait_in_a_chain() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = single_filter_with(
+        &dir,
+        "chain",
+        &format!(
+            r#"{{"stages": [{{"filter": "correlation-id", "config": {{"echo_downstream": true}}}},
+  {{"filter": "jwt-to-header", "config": {{"providers": {{"idp": {{"issuer": "{DEMO_ISSUER}",
+   "remote_jwks": {{"cluster": "idp", "authority": "idp.example", "path": "/jwks", "timeout_ms": 1000}}}}}},
+   "rules": [{{"match": {{"prefix": "/"}}, "requires": "idp"}}]}}}}]}}"#
+        ),
+        IDP_CLUSTER,
+    )?;
+    let upstream = EchoUpstream::start()?;
+    // Nobody listens on the IdP's port.
+    let envoy = envoy(&config)?.upstream(upstream.port()).start()?;
+    let token = demo_jwt::mint(&DemoClaims::default())?;
+    let resp = client::send_with_timeout(
+        envoy.listen_addr(),
+        &with_token(&token),
+        Duration::from_secs(20),
+    )?;
+    ensure!(resp.status == 503, "{} {}", resp.status, resp.text());
+    // The stage before the wait still answers on the reply.
+    ensure!(resp.header("x-request-id").is_some(), "{:?}", resp.headers);
+    ensure!(upstream.requests_seen() == 0);
+    client::send(envoy.listen_addr(), &Request::get("/"))?;
+    ensure!(stat(&envoy, "gatewasm_jwt_to_header_jwks_fetch_failed")? >= 1);
     Ok(())
 }

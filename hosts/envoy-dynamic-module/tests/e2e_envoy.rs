@@ -312,11 +312,11 @@ fn bad_configurations_are_refused_naming_the_field() -> Result<()> {
     );
     let output = refused(
         "chain",
-        r#"{"stages": [{"filter": "correlation-id"}, {"filter": "jwt-to-header", "config": {"providers": {"idp": {"issuer": "https://idp", "remote_jwks": {"cluster": "idp", "authority": "idp", "path": "/jwks"}}}, "rules": [{"match": {"prefix": "/"}, "requires": "idp"}]}}]}"#,
+        r#"{"stages": [{"filter": "correlation-id"}, {"filter": "jwt-to-header", "config": {"providers": {"idp": {"issuer": "https://idp", "remote_jwks": {"cluster": "idp", "authority": "idp", "path": "/jwks", "refresh_s": 0}}}, "rules": [{"match": {"prefix": "/"}, "requires": "idp"}]}}]}"#,
     )?;
     ensure!(
         output.contains(
-            "gatewasm chain: invalid plugin configuration: stages[1].config.providers.idp.remote_jwks: jwt-to-header: remote JWKS is not yet supported by the dynamic module"
+            "gatewasm chain: invalid plugin configuration: stages[1].config.providers.idp.remote_jwks.refresh_s: jwt-to-header: must be at least 1"
         ),
         "{output}"
     );
