@@ -601,7 +601,7 @@ fn cannot_wait() -> LocalReply {
         headers: vec![("content-type".into(), "application/json".into())],
         body: gatewasm_common::reply::json_error_body(
             "unavailable",
-            "a gatewasm stage waited, which the dynamic module does not support yet",
+            "a gatewasm stage waited where the dynamic module cannot wake it",
         ),
     }
 }
