@@ -52,6 +52,13 @@ struct FilterConfig {
     keys: Option<Keys>,
 }
 
+// Every worker reads the configuration (and the main thread's key driver writes its parts that
+// change): it must be safe to share.
+const _: fn() = || {
+    fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<FilterConfig>();
+};
+
 /// The key driver of a configuration and what runs it: the configuration's scheduler, committed
 /// every [`TICK`] by a thread of ours (the ABI's scheduler has no timer) and when a request
 /// starts to wait; `None` once the configuration is destroyed (the thread then ends).

@@ -369,6 +369,20 @@ mod tests {
     }
 
     #[test]
+    fn no_driver_without_remote_jwks() {
+        let inline = jwt_to_header::config::parse_settings(Some(
+            format!(
+                r#"{{"providers": {{"p": {{"issuer": "https://idp", "jwks": {JWKS}}}}},
+                    "rules": [{{"match": {{"prefix": "/"}}, "requires": "p"}}]}}"#
+            )
+            .as_bytes(),
+        ))
+        .unwrap();
+        assert!(KeyDriver::<u32>::new([&inline]).is_none());
+        assert!(KeyDriver::<u32>::new([&inline, &settings("mixed")]).is_some());
+    }
+
+    #[test]
     fn fetches_once_then_wakes_its_waiters_with_the_keys_in_shared_data() {
         let shared = SharedData::new();
         let s = settings("once");
