@@ -106,9 +106,10 @@ build-native:
 
 # The dynamic module's unit tests and its end-to-end tests in Envoy (the `native` build, one
 # cargo build; no wasmtime). Envoy 1.40 only: the ABI differs between Envoy releases, so
-# `test` and `test-e2e` leave this crate to this recipe.
+# `test` and `test-e2e` leave this crate to this recipe. Its global rate-limit tests run
+# Limitador with Redis, as the Wasm ones do.
 # Test the Envoy dynamic module (unit + Envoy 1.40 end to end).
-test-native: build-native
+test-native: build-native redis limitador-rls
     #!/usr/bin/env bash
     set -euo pipefail
     # Envoy 1.40 whatever ENVOY_VERSION or ENVOY_BIN say for the Wasm suite: the module is

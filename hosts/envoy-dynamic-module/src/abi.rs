@@ -88,6 +88,36 @@ pub const HEADERS_CONTINUE: i32 = 0;
 pub const HEADERS_STOP_ITERATION: i32 = 1;
 /// `..._{request,response}_body_status_Continue`, `..._trailers_status_Continue`.
 pub const DATA_CONTINUE: i32 = 0;
+/// `envoy_dynamic_module_type_on_http_filter_request_body_status_StopIterationAndBuffer`.
+pub const BODY_STOP_ITERATION_AND_BUFFER: i32 = 1;
+/// `envoy_dynamic_module_type_on_http_filter_request_trailers_status_StopIteration`.
+pub const TRAILERS_STOP_ITERATION: i32 = 1;
+/// `envoy_dynamic_module_type_http_callout_init_result`: Success, MissingRequiredHeaders,
+/// ClusterNotFound, DuplicateCalloutId, CannotCreateRequest.
+pub const CALLOUT_INIT_SUCCESS: i32 = 0;
+/// `envoy_dynamic_module_type_http_callout_result`: Success, Reset, ExceedResponseBufferLimit.
+pub const CALLOUT_SUCCESS: i32 = 0;
+
+/// What `http_callout` answered when it did not send (its init result's name, for the log).
+pub fn callout_init_error(result: i32) -> &'static str {
+    match result {
+        1 => "missing required headers",
+        2 => "cluster not found",
+        3 => "duplicate callout id",
+        4 => "cannot create the request (no healthy upstream?)",
+        _ => "unknown error",
+    }
+}
+
+/// What a failed callout's result means (for the log).
+pub fn callout_result_name(result: i32) -> &'static str {
+    match result {
+        0 => "success",
+        1 => "reset",
+        2 => "response over the buffer limit",
+        _ => "unknown result",
+    }
+}
 /// `envoy_dynamic_module_type_on_http_filter_local_reply_status_Continue`.
 pub const LOCAL_REPLY_CONTINUE: i32 = 0;
 
@@ -138,6 +168,45 @@ unsafe extern "C" {
         details: ModuleBuffer,
     );
     fn envoy_dynamic_module_callback_http_clear_route_cache(filter_envoy_ptr: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter_envoy_ptr: *mut c_void,
+        callout_id_out: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *mut ModuleHttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> i32;
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter_envoy_ptr: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(
+        filter_envoy_ptr: *mut c_void,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler_module_ptr: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(
+        scheduler_module_ptr: *mut c_void,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        filter_config_envoy_ptr: *mut c_void,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler_module_ptr: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler_module_ptr: *mut c_void,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        filter_config_envoy_ptr: *mut c_void,
+        callout_id_out: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *mut ModuleHttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> i32;
     fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
         filter_envoy_ptr: *mut c_void,
         attribute_id: i32,
@@ -195,6 +264,45 @@ pub fn log_enabled(level: i32) -> bool {
 pub struct EnvoyConfig(pub *mut c_void);
 
 impl EnvoyConfig {
+    /// A scheduler whose events come to `on_http_filter_config_scheduled` on the main thread
+    /// (`None`: Envoy gave none).
+    pub fn scheduler(self) -> Option<ConfigScheduler> {
+        // SAFETY: `self.0` is a live configuration pointer (in `config_new` or a later hook).
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.0) };
+        (!ptr.is_null()).then_some(ConfigScheduler(ptr))
+    }
+
+    /// As [`EnvoyFilter::http_callout`], from the configuration (main thread); the answer comes
+    /// to `on_http_filter_config_http_callout_done`.
+    pub fn http_callout(
+        self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u64, i32> {
+        let mut vector = module_headers(headers);
+        let mut id: u64 = 0;
+        // SAFETY: a live configuration pointer on the main thread; every buffer outlives the
+        // call (Envoy copies them); `id` is a valid out-pointer.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                vector.as_mut_ptr(),
+                vector.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        if result == CALLOUT_INIT_SUCCESS {
+            Ok(id)
+        } else {
+            Err(result)
+        }
+    }
+
     /// Define the counter `name` (no labels); its id for [`EnvoyFilter::increment_counter`],
     /// `None` when Envoy refuses.
     pub fn define_counter(self, name: &str) -> Option<usize> {
@@ -337,6 +445,52 @@ impl EnvoyFilter {
             .filter(|v| !v.is_empty())
     }
 
+    /// Send an HTTP request to `cluster` (Envoy's async client, `timeout_ms`): the callout's
+    /// id, its answer coming to `on_http_filter_http_callout_done`; or Envoy's init result
+    /// when it did not send.
+    pub fn http_callout(
+        self,
+        cluster: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u64, i32> {
+        let mut vector = module_headers(headers);
+        let mut id: u64 = 0;
+        // SAFETY: live filter; every buffer outlives the call (Envoy copies them); `id` is a
+        // valid out-pointer.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                vector.as_mut_ptr(),
+                vector.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        if result == CALLOUT_INIT_SUCCESS {
+            Ok(id)
+        } else {
+            Err(result)
+        }
+    }
+
+    /// A scheduler whose events come to this stream's `on_http_filter_scheduled`, on its
+    /// worker (`None`: Envoy gave none).
+    pub fn scheduler(self) -> Option<FilterScheduler> {
+        // SAFETY: live filter, on its worker thread.
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) };
+        (!ptr.is_null()).then_some(FilterScheduler(ptr))
+    }
+
+    /// Resume the request a `StopIteration` paused.
+    pub fn continue_decoding(self) {
+        // SAFETY: live filter.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
+    }
+
     pub fn increment_counter(self, id: usize, by: u64) {
         // SAFETY: live filter; no labels (null, 0), as defined.
         unsafe {
@@ -348,6 +502,124 @@ impl EnvoyFilter {
                 by,
             );
         }
+    }
+}
+
+/// A stream's scheduler: `commit` posts an event to the stream's worker from any thread (Envoy
+/// keeps only a weak reference to the stream: an event for a stream that is gone is dropped).
+/// Deleted when dropped.
+#[derive(Debug)]
+pub struct FilterScheduler(*mut c_void);
+
+// SAFETY: Envoy's scheduler posts to its dispatcher, which is thread-safe; the object is
+// deleted once (by `Drop`), and its owner (the key driver's waiter list) commits it under a
+// lock that the drop also takes.
+unsafe impl Send for FilterScheduler {}
+
+impl FilterScheduler {
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: not yet deleted (deleted only in `drop`).
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event_id) }
+    }
+}
+
+impl Drop for FilterScheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by `scheduler_new`, deleted once. Envoy's posted events do not refer to
+        // the scheduler, so deleting it after a commit is fine.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) }
+    }
+}
+
+/// A configuration's scheduler: `commit` posts an event to the main thread from any thread.
+/// Deleted when dropped (before the configuration is).
+#[derive(Debug)]
+pub struct ConfigScheduler(*mut c_void);
+
+// SAFETY: as `FilterScheduler`: Envoy's commit posts to the main dispatcher (thread-safe), and
+// the owner keeps it behind a lock taken to commit and to drop.
+unsafe impl Send for ConfigScheduler {}
+
+impl ConfigScheduler {
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: not yet deleted (deleted only in `drop`).
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event_id)
+        }
+    }
+}
+
+impl Drop for ConfigScheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by `config_scheduler_new`, deleted once.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+    }
+}
+
+/// `(name, value)` pairs as the ABI's header vector (borrowing them: keep `headers` alive for
+/// as long as the vector is used).
+fn module_headers(headers: &[(&str, &[u8])]) -> Vec<ModuleHttpHeader> {
+    headers
+        .iter()
+        .map(|(k, v)| ModuleHttpHeader {
+            key_ptr: k.as_ptr().cast(),
+            key_length: k.len(),
+            value_ptr: v.as_ptr().cast(),
+            value_length: v.len(),
+        })
+        .collect()
+}
+
+/// Entries Envoy lent for one hook (`ptr` null or `len` 0: none).
+///
+/// # Safety
+/// `ptr` points to `len` valid entries for `'a` (the current hook), or is null.
+pub unsafe fn lent_slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+    if ptr.is_null() || len == 0 {
+        return &[];
+    }
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
+}
+
+/// A response Envoy handed to a callout hook: its headers (`name → value`, the first of a name)
+/// and its body, the chunks joined.
+pub struct CalloutResponse<'a> {
+    headers: &'a [EnvoyHttpHeader],
+    pub body: Vec<u8>,
+}
+
+impl<'a> CalloutResponse<'a> {
+    /// # Safety
+    /// The four arguments are the hook's, valid for `'a` (the hook).
+    pub unsafe fn new(
+        headers: *const EnvoyHttpHeader,
+        headers_size: usize,
+        chunks: *const EnvoyBuffer,
+        chunks_size: usize,
+    ) -> Self {
+        // SAFETY: the caller's contract.
+        let (headers, chunks) = unsafe {
+            (
+                lent_slice(headers, headers_size),
+                lent_slice(chunks, chunks_size),
+            )
+        };
+        let mut body = Vec::with_capacity(chunks.iter().map(|c| c.length).sum());
+        for chunk in chunks {
+            // SAFETY: Envoy's chunks are valid for the hook.
+            body.extend_from_slice(unsafe { envoy_bytes(chunk.ptr, chunk.length) });
+        }
+        CalloutResponse { headers, body }
+    }
+
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .map(pair)
+            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
     }
 }
 

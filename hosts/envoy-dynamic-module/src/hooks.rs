@@ -6,8 +6,12 @@
 //! a `FilterConfig` that every worker reads. Each worker thread builds its own [`Pipeline`] from
 //! it on its first stream (kept in a thread-local list, dropped once the configuration is
 //! gone): the stages are not `Send` (jwt-to-header's key cache is per worker, as it is per VM in
-//! Wasm); what must be shared across workers — rate-limit's buckets — is in the process's
-//! shared data.
+//! Wasm); what must be shared across workers — rate-limit's buckets, jwt-to-header's fetched
+//! key sets — is in the process's shared data. jwt-to-header's remote keys are fetched by one
+//! key driver per configuration ([`crate::keys`]) on the main thread
+//! (`on_http_filter_config_scheduled`, `on_http_filter_config_http_callout_done`); a request
+//! waiting for them is woken on its worker (`on_http_filter_scheduled`). A stage's gRPC calls
+//! are the stream's own HTTP callouts (`on_http_filter_http_callout_done`).
 //!
 //! Panics: the shipped library is built with panic = "unwind" (the workspace's `native`
 //! profile; `release` aborts, which is right for Wasm and wrong inside Envoy). Every hook runs
@@ -19,14 +23,24 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
 use std::rc::Rc;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use gatewasm_common::config::parse_or_log;
-use gatewasm_common::stage::{Counter, LocalReply};
+use gatewasm_common::stage::{Counter, GrpcCall, LocalReply};
 
-use crate::abi::{self, EnvoyBuffer, EnvoyConfig, EnvoyFilter, EnvoyHttpHeader};
+use gatewasm_chain_plan::FilterKind;
+use jwt_to_header::config::Remote;
+
+use crate::abi::{
+    self, CalloutResponse, ConfigScheduler, EnvoyBuffer, EnvoyConfig, EnvoyFilter, EnvoyHttpHeader,
+    FilterScheduler,
+};
+use crate::grpc;
 use crate::guard::guard;
-use crate::pipeline::{Pipeline, Run, Side, StreamHost, Verdict};
+use crate::keys::{DriverHost, KeyDriver, TICK};
+use crate::pipeline::{KeyWait, Pipeline, Run, Side, StreamHost, Verdict};
+use crate::shared_data;
 use crate::spec::Spec;
 
 /// What `config_new` decided, read by every worker.
@@ -34,6 +48,134 @@ struct FilterConfig {
     spec: Spec,
     /// Envoy's id of each counter the stages defined, by name.
     counters: HashMap<String, usize>,
+    /// jwt-to-header's remote JWKS, when a provider has `remote_jwks`.
+    keys: Option<Keys>,
+}
+
+// Every worker reads the configuration (and the main thread's key driver writes its parts that
+// change): it must be safe to share.
+const _: fn() = || {
+    fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<FilterConfig>();
+};
+
+/// The key driver of a configuration and what runs it: the configuration's scheduler, committed
+/// every [`TICK`] by a thread of ours (the ABI's scheduler has no timer) and when a request
+/// starts to wait; `None` once the configuration is destroyed (the thread then ends).
+struct Keys {
+    driver: KeyDriver<FilterScheduler>,
+    ticker: Arc<Mutex<Option<ConfigScheduler>>>,
+    /// jwt-to-header's `jwks_fetch_ok` and `jwks_fetch_failed` counters.
+    fetch_ok: Counter,
+    fetch_failed: Counter,
+}
+
+impl Keys {
+    /// Have the driver look now (on the main thread).
+    fn poke(&self) {
+        if let Ok(ticker) = self.ticker.lock()
+            && let Some(scheduler) = ticker.as_ref()
+        {
+            scheduler.commit(0);
+        }
+    }
+
+    /// The fetch outcomes since the last call, counted through `envoy` (a stream's hook: the
+    /// configuration-level counter increment is not one the module binds).
+    fn count_fetches(&self, envoy: EnvoyFilter) {
+        let (ok, failed) = self.driver.take_counts();
+        for (counter, by) in [(self.fetch_ok, ok), (self.fetch_failed, failed)] {
+            if let (Some(id), true) = (counter.0, by > 0) {
+                envoy.increment_counter(id as usize, by);
+            }
+        }
+    }
+}
+
+/// The key driver of `spec`'s jwt-to-header stages, ticking; `None` without `remote_jwks`.
+fn start_keys(spec: &Spec, envoy: EnvoyConfig, counter: impl Fn(&str) -> Counter) -> Option<Keys> {
+    let settings: Vec<jwt_to_header::config::Settings> = spec
+        .plans
+        .iter()
+        .filter(|plan| plan.kind == FilterKind::JwtToHeader)
+        .filter_map(|plan| jwt_to_header::config::parse_settings(plan.config.as_deref()).ok())
+        .collect();
+    let driver = KeyDriver::new(settings.iter())?;
+    let scheduler = envoy.scheduler();
+    if scheduler.is_none() {
+        log::error!("jwt-to-header: Envoy gave no scheduler: remote keys will not be fetched");
+    }
+    let ticker = Arc::new(Mutex::new(scheduler));
+    let thread_ticker = Arc::clone(&ticker);
+    let spawned = std::thread::Builder::new()
+        .name("gatewasm-jwks".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(TICK);
+                let Ok(ticker) = thread_ticker.lock() else {
+                    return;
+                };
+                match ticker.as_ref() {
+                    Some(scheduler) => scheduler.commit(0),
+                    None => return,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("jwt-to-header: cannot start the key driver's ticker: {e}");
+    }
+    let keys = Keys {
+        driver,
+        ticker,
+        fetch_ok: counter(&format!("{}jwks_fetch_ok", jwt_to_header::stage::PREFIX)),
+        fetch_failed: counter(&format!(
+            "{}jwks_fetch_failed",
+            jwt_to_header::stage::PREFIX
+        )),
+    };
+    // The first fetch at once, not a tick later (events run once Envoy's main loop does).
+    keys.poke();
+    Some(keys)
+}
+
+/// Unix milliseconds.
+fn now_ms() -> u64 {
+    gatewasm_common::clock::unix_nanos(std::time::SystemTime::now()) / 1_000_000
+}
+
+/// [`DriverHost`] over a configuration's HTTP callout.
+struct ConfigFetcher(EnvoyConfig);
+
+impl DriverHost for ConfigFetcher {
+    fn fetch(&mut self, remote: &Remote) -> Option<u64> {
+        let headers: [(&str, &[u8]); 4] = [
+            (":method", b"GET"),
+            (":path", remote.path.as_bytes()),
+            (":authority", remote.authority.as_bytes()),
+            ("accept", b"application/json"),
+        ];
+        match self
+            .0
+            .http_callout(&remote.cluster, &headers, b"", remote.timeout_ms)
+        {
+            Ok(id) => Some(id),
+            Err(result) => {
+                log::warn!(
+                    "jwt-to-header: cannot fetch the JWKS from cluster {}: {}",
+                    remote.cluster,
+                    abi::callout_init_error(result)
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The event a waiting stream is woken with.
+const KEYS_READY: u64 = 1;
+
+fn wake(scheduler: &FilterScheduler) {
+    scheduler.commit(KEYS_READY);
 }
 
 impl FilterConfig {
@@ -79,13 +221,22 @@ fn pipeline_for(config: &Arc<FilterConfig>) -> Option<Rc<Pipeline>> {
     })
 }
 
-/// One stream: its run through the pipeline, and Envoy's filter.
+/// One stream: its run through the pipeline. In a `RefCell`, and hooks hold only `&StreamFilter`:
+/// Envoy could call a hook while another of the same stream runs (an async client that fails
+/// inline, inside `http_callout`); the inner one then finds the run borrowed and leaves it.
 struct StreamFilter {
-    run: Run,
+    run: RefCell<Run>,
+    /// Its configuration (the key driver a waiting request registers with).
+    config: Arc<FilterConfig>,
+    /// Its key in the key driver's waiters (unique in the process).
+    id: u64,
 }
 
+/// The last stream key given out.
+static STREAM_KEYS: AtomicU64 = AtomicU64::new(0);
+
 /// [`StreamHost`] over the ABI for one hook of one stream.
-struct EnvoyStream(EnvoyFilter);
+struct EnvoyStream<'s>(EnvoyFilter, &'s StreamFilter);
 
 fn header_type(side: Side) -> i32 {
     match side {
@@ -94,7 +245,7 @@ fn header_type(side: Side) -> i32 {
     }
 }
 
-impl StreamHost for EnvoyStream {
+impl StreamHost for EnvoyStream<'_> {
     fn request_headers(&mut self) -> Vec<u8> {
         // SAFETY: the borrowed headers are serialised (copied) here, before any change.
         unsafe {
@@ -114,6 +265,47 @@ impl StreamHost for EnvoyStream {
 
     fn add_header(&mut self, side: Side, name: &str, value: &[u8]) {
         self.0.add_header(header_type(side), name, value);
+    }
+
+    fn grpc_call(&mut self, call: &GrpcCall) -> Option<u64> {
+        let headers = grpc::request_headers(call, &call.cluster);
+        let pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        let body = grpc::frame(&call.message);
+        match self
+            .0
+            .http_callout(&call.cluster, &pairs, &body, call.timeout_ms)
+        {
+            Ok(id) => Some(id),
+            Err(result) => {
+                log::warn!(
+                    "gatewasm: cannot call {}/{} on cluster {}: {}",
+                    call.service,
+                    call.method,
+                    call.cluster,
+                    abi::callout_init_error(result)
+                );
+                None
+            }
+        }
+    }
+
+    fn wait_for_keys(&mut self, wait: &KeyWait) -> bool {
+        let Some(keys) = &self.1.config.keys else {
+            return false;
+        };
+        let Some(scheduler) = self.0.scheduler() else {
+            log::error!("jwt-to-header: Envoy gave no scheduler to wake the request with");
+            return false;
+        };
+        keys.driver.register(
+            self.1.id,
+            &wait.provider,
+            wait.deadline_ms,
+            wait.unknown_kid,
+            scheduler,
+        );
+        keys.poke();
+        true
     }
 
     fn clear_route_cache(&mut self) {
@@ -194,8 +386,15 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         if built.is_none() {
             return std::ptr::null();
         }
+        let counter =
+            |name: &str| Counter(counters.get(name).and_then(|&id| u32::try_from(id).ok()));
+        let keys = start_keys(&spec, envoy, counter);
         let handle = ConfigHandle {
-            config: Arc::new(FilterConfig { spec, counters }),
+            config: Arc::new(FilterConfig {
+                spec,
+                counters,
+                keys,
+            }),
         };
         Box::into_raw(Box::new(handle)).cast_const().cast()
     })
@@ -213,7 +412,16 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
         || {
             if !filter_config_ptr.is_null() {
                 // SAFETY: made by `Box::into_raw` in `config_new`; Envoy destroys it once.
-                drop(unsafe { Box::from_raw(filter_config_ptr.cast_mut().cast::<ConfigHandle>()) });
+                let handle =
+                    unsafe { Box::from_raw(filter_config_ptr.cast_mut().cast::<ConfigHandle>()) };
+                // The scheduler goes with the configuration (streams may keep the rest a
+                // little longer); the ticker thread ends at its next tick.
+                if let Some(keys) = &handle.config.keys
+                    && let Ok(mut ticker) = keys.ticker.lock()
+                {
+                    *ticker = None;
+                }
+                drop(handle);
             }
         },
     );
@@ -253,7 +461,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
             return std::ptr::null();
         };
         let stream = StreamFilter {
-            run: pipeline.start(),
+            run: RefCell::new(pipeline.start()),
+            config: Arc::clone(&handle.config),
+            id: STREAM_KEYS.fetch_add(1, Ordering::Relaxed),
         };
         Box::into_raw(Box::new(stream)).cast_const().cast()
     })
@@ -262,11 +472,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
 /// The stream of a filter pointer `filter_new` returned.
 ///
 /// # Safety
-/// `ptr` is live (not yet destroyed) and used by one hook at a time (Envoy calls a stream's
-/// hooks on its worker thread, one after another).
-unsafe fn stream<'a>(ptr: *const c_void) -> Option<&'a mut StreamFilter> {
+/// `ptr` is live (not yet destroyed); it is used on the stream's worker thread only (Envoy
+/// calls a stream's hooks there).
+unsafe fn stream<'a>(ptr: *const c_void) -> Option<&'a StreamFilter> {
     // SAFETY: the caller's contract.
-    unsafe { ptr.cast_mut().cast::<StreamFilter>().as_mut() }
+    unsafe { ptr.cast::<StreamFilter>().as_ref() }
 }
 
 /// # Safety
@@ -289,9 +499,15 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
             let Some(stream) = (unsafe { stream(filter_module_ptr) }) else {
                 return abi::HEADERS_CONTINUE;
             };
-            match stream.run.request_headers(&mut EnvoyStream(envoy)) {
+            if let Some(keys) = &stream.config.keys {
+                keys.count_fetches(envoy);
+            }
+            let Ok(mut run) = stream.run.try_borrow_mut() else {
+                return abi::HEADERS_CONTINUE;
+            };
+            match run.request_headers(&mut EnvoyStream(envoy, stream)) {
                 Verdict::Continue => abi::HEADERS_CONTINUE,
-                Verdict::Stop => abi::HEADERS_STOP_ITERATION,
+                Verdict::Stop | Verdict::Wait => abi::HEADERS_STOP_ITERATION,
             }
         },
     )
@@ -310,10 +526,10 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
         || abi::HEADERS_CONTINUE,
         || {
             // SAFETY: Envoy's contract.
-            if let Some(stream) = unsafe { stream(filter_module_ptr) } {
-                stream
-                    .run
-                    .response_headers(&mut EnvoyStream(EnvoyFilter(filter_envoy_ptr)));
+            if let Some(stream) = unsafe { stream(filter_module_ptr) }
+                && let Ok(mut run) = stream.run.try_borrow_mut()
+            {
+                run.response_headers(&mut EnvoyStream(EnvoyFilter(filter_envoy_ptr), stream));
             }
             abi::HEADERS_CONTINUE
         },
@@ -332,31 +548,78 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(
         || {
             if !filter_module_ptr.is_null() {
                 // SAFETY: made by `Box::into_raw` in `filter_new`; Envoy destroys it once.
-                drop(unsafe { Box::from_raw(filter_module_ptr.cast_mut().cast::<StreamFilter>()) });
+                let stream =
+                    unsafe { Box::from_raw(filter_module_ptr.cast_mut().cast::<StreamFilter>()) };
+                // A request that goes away while waiting for keys takes its wake-up back.
+                if let Some(keys) = &stream.config.keys {
+                    drop(keys.driver.unregister(stream.id));
+                }
+                drop(stream);
             }
         },
     );
 }
 
-// The other hooks Envoy 1.40 looks up. The filters act on headers only and start no callouts,
-// streams or schedulers, so these let everything pass.
+/// Whether the stream's request waits for a stage.
+///
+/// # Safety
+/// As [`stream`].
+unsafe fn waiting(filter_module_ptr: *const c_void) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe { stream(filter_module_ptr) }
+        .and_then(|s| s.run.try_borrow().ok().map(|run| run.waiting()))
+        .unwrap_or(false)
+}
 
+/// While a stage waits, the request body waits too: a `Continue` here would resume the paused
+/// headers before the stage has decided.
+///
+/// # Safety
+/// Envoy's contract for the pointer.
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
+    filter_module_ptr: *const c_void,
     _end_of_stream: bool,
 ) -> i32 {
-    abi::DATA_CONTINUE
+    // SAFETY: Envoy's contract.
+    guard(
+        "on_http_filter_request_body",
+        || abi::DATA_CONTINUE,
+        || {
+            if unsafe { waiting(filter_module_ptr) } {
+                abi::BODY_STOP_ITERATION_AND_BUFFER
+            } else {
+                abi::DATA_CONTINUE
+            }
+        },
+    )
 }
 
+/// As the body: the trailers wait while a stage does.
+///
+/// # Safety
+/// Envoy's contract for the pointer.
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
+    filter_module_ptr: *const c_void,
 ) -> i32 {
-    abi::DATA_CONTINUE
+    guard(
+        "on_http_filter_request_trailers",
+        || abi::DATA_CONTINUE,
+        || {
+            // SAFETY: Envoy's contract.
+            if unsafe { waiting(filter_module_ptr) } {
+                abi::TRAILERS_STOP_ITERATION
+            } else {
+                abi::DATA_CONTINUE
+            }
+        },
+    )
 }
+
+// The other hooks Envoy 1.40 looks up; the filters do nothing there.
 
 #[unsafe(no_mangle)]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
@@ -393,17 +656,59 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
     abi::LOCAL_REPLY_CONTINUE
 }
 
+/// The answer to one of a stream's gRPC calls ([`EnvoyStream::grpc_call`]): read as gRPC
+/// ([`grpc::answer`]; a callout that failed — reset, or an answer over the buffer limit — is
+/// UNAVAILABLE), handed to the run; the request resumes when the run goes on.
+///
+/// # Safety
+/// Envoy's contract: the pointers are live for this call, the headers and chunks lent for it.
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _callout_id: u64,
-    _result: i32,
-    _headers: *mut EnvoyHttpHeader,
-    _headers_size: usize,
-    _body_chunks: *mut EnvoyBuffer,
-    _body_chunks_size: usize,
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+    callout_id: u64,
+    result: i32,
+    headers: *mut EnvoyHttpHeader,
+    headers_size: usize,
+    body_chunks: *mut EnvoyBuffer,
+    body_chunks_size: usize,
 ) {
+    let envoy = EnvoyFilter(filter_envoy_ptr);
+    guard(
+        "on_http_filter_http_callout_done",
+        || envoy.send_response(500, &[], b"", "gatewasm_panic"),
+        || {
+            // SAFETY: Envoy's contract.
+            let Some(stream) = (unsafe { stream(filter_module_ptr) }) else {
+                return;
+            };
+            let Ok(mut run) = stream.run.try_borrow_mut() else {
+                // Inside `http_callout` (an inline failure): that call reports it did not send.
+                log::debug!("gatewasm: callout {callout_id} answered inline; ignored");
+                return;
+            };
+            // SAFETY: Envoy lends them for this call; read inside it.
+            let response = unsafe {
+                CalloutResponse::new(headers, headers_size, body_chunks, body_chunks_size)
+            };
+            let (status, message) = if result == abi::CALLOUT_SUCCESS {
+                grpc::answer(|name| response.header(name), &response.body)
+            } else {
+                log::warn!(
+                    "gatewasm: callout {callout_id} failed: {}",
+                    abi::callout_result_name(result)
+                );
+                (grpc::UNAVAILABLE, None)
+            };
+            let verdict =
+                run.grpc_answer(&mut EnvoyStream(envoy, stream), callout_id, status, message);
+            drop(run);
+            if verdict == Some(Verdict::Continue) {
+                envoy.continue_decoding();
+            }
+        },
+    );
 }
 
 #[unsafe(no_mangle)]
@@ -455,12 +760,42 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
 ) {
 }
 
+/// A waiting request's wake-up ([`KEYS_READY`]): jwt-to-header decides again with what the
+/// key driver fetched, then the rest of the run; the request resumes if it goes on.
+///
+/// # Safety
+/// Envoy's contract for the two pointers.
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _event_id: u64,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+    event_id: u64,
 ) {
+    let envoy = EnvoyFilter(filter_envoy_ptr);
+    guard(
+        "on_http_filter_scheduled",
+        || envoy.send_response(500, &[], b"", "gatewasm_panic"),
+        || {
+            // SAFETY: Envoy's contract.
+            let Some(stream) = (unsafe { stream(filter_module_ptr) }) else {
+                return;
+            };
+            if event_id != KEYS_READY {
+                return;
+            }
+            if let Some(keys) = &stream.config.keys {
+                keys.count_fetches(envoy);
+            }
+            let Ok(mut run) = stream.run.try_borrow_mut() else {
+                return;
+            };
+            let verdict = run.keys_ready(&mut EnvoyStream(envoy, stream));
+            drop(run);
+            if verdict == Some(Verdict::Continue) {
+                envoy.continue_decoding();
+            }
+        },
+    );
 }
 
 #[unsafe(no_mangle)]
@@ -477,25 +812,90 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
 ) {
 }
 
+/// The configuration's key driver looks at its providers (a tick, or a request started to
+/// wait): fetches that are due start, waiters with nothing left to wait for are woken.
+///
+/// # Safety
+/// Envoy's contract: `filter_config_ptr` is a live pointer `config_new` returned.
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
-    _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    filter_config_envoy_ptr: *mut c_void,
+    filter_config_ptr: *const c_void,
     _event_id: u64,
 ) {
+    guard(
+        "on_http_filter_config_scheduled",
+        || (),
+        || {
+            // SAFETY: Envoy's contract.
+            let Some(handle) = (unsafe { filter_config_ptr.cast::<ConfigHandle>().as_ref() })
+            else {
+                return;
+            };
+            if let Some(keys) = &handle.config.keys {
+                keys.driver.tick(
+                    now_ms(),
+                    &shared_data::PROCESS,
+                    &mut ConfigFetcher(EnvoyConfig(filter_config_envoy_ptr)),
+                    &mut wake,
+                );
+            }
+        },
+    );
 }
 
+/// A JWKS fetch's answer, for the configuration's key driver.
+///
+/// # Safety
+/// Envoy's contract: `filter_config_ptr` is a live pointer `config_new` returned; the headers
+/// and chunks are lent for this call.
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
     _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
-    _callout_id: u64,
-    _result: i32,
-    _headers: *mut EnvoyHttpHeader,
-    _headers_size: usize,
-    _body_chunks: *mut EnvoyBuffer,
-    _body_chunks_size: usize,
+    filter_config_ptr: *const c_void,
+    callout_id: u64,
+    result: i32,
+    headers: *mut EnvoyHttpHeader,
+    headers_size: usize,
+    body_chunks: *mut EnvoyBuffer,
+    body_chunks_size: usize,
 ) {
+    guard(
+        "on_http_filter_config_http_callout_done",
+        || (),
+        || {
+            // SAFETY: Envoy's contract.
+            let Some(handle) = (unsafe { filter_config_ptr.cast::<ConfigHandle>().as_ref() })
+            else {
+                return;
+            };
+            let Some(keys) = &handle.config.keys else {
+                return;
+            };
+            // SAFETY: Envoy lends them for this call; read inside it.
+            let response = unsafe {
+                CalloutResponse::new(headers, headers_size, body_chunks, body_chunks_size)
+            };
+            let status = if result == abi::CALLOUT_SUCCESS {
+                response.header(":status")
+            } else {
+                log::warn!(
+                    "jwt-to-header: JWKS fetch failed: {}",
+                    abi::callout_result_name(result)
+                );
+                None
+            };
+            keys.driver.on_response(
+                callout_id,
+                status,
+                &response.body,
+                now_ms(),
+                &shared_data::PROCESS,
+                &mut wake,
+            );
+        },
+    );
 }
 
 #[unsafe(no_mangle)]

@@ -9,6 +9,10 @@
 //! - [`pipeline`] (host-free): builds the stages (each filter's own config parser; what this
 //!   slice cannot do is refused at its field) and runs one stream through them — one read of
 //!   the request headers, the fewest writes back — against a `StreamHost` trait.
+//! - [`grpc`] (host-free): a stage's gRPC call as an HTTP/2 callout, and reading its answer
+//!   from what the ABI hands back (headers and body; no trailers).
+//! - [`keys`] (host-free): jwt-to-header's remote JWKS, fetched once per process by one driver
+//!   per configuration on the main thread; waiting requests woken.
 //! - [`guard`] (host-free): the `catch_unwind` every hook runs under.
 //! - [`shared_data`] (host-free): the process-wide shared data (Envoy's CAS rules) that makes
 //!   rate limits exact across workers.
@@ -21,7 +25,9 @@
 //! Envoy binary, resolved when Envoy loads the library, and a test executable has none. The
 //! end-to-end tests (tests/) run the built library in a real Envoy.
 
+pub mod grpc;
 pub mod guard;
+pub mod keys;
 pub mod pipeline;
 pub mod shared_data;
 pub mod spec;

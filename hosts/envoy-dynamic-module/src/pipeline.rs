@@ -11,11 +11,17 @@
 //! first); the response pass runs the response side of every stage that saw the request, last
 //! first (Envoy's encoder order), also for a local reply.
 //!
-//! What this slice does not do: wait. A stage that would wait — jwt-to-header for a remote
-//! JWKS, rate-limit for its gRPC rate-limit service — is refused at configuration time
-//! ([`crate::spec`]); should one wait anyway, the request is answered 503 (fail closed) and
-//! the reason logged.
+//! A stage that waits — rate-limit for its gRPC rate-limit service (`global`, `hybrid`) —
+//! pauses the run ([`Verdict::Wait`]): its calls go out through [`StreamHost::grpc_call`], each
+//! answer comes back through [`Run::grpc_answer`], and the run resumes at that stage, then the
+//! rest run; what the earlier stages wrote is written back once, at the end, as without a wait.
+//! jwt-to-header waits for its remote keys without calls: the run asks the host to wake it
+//! ([`StreamHost::wait_for_keys`]: the key driver of [`crate::keys`]) and, woken
+//! ([`Run::keys_ready`]), the stage loads the keys the driver put in shared data and decides
+//! again, then the rest run. Should a stage wait where the host cannot wake it, the request is
+//! answered 503 (fail closed) and the reason logged.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use gatewasm_chain_plan::{FilterKind, StagePlan, stage_error};
@@ -23,8 +29,11 @@ use gatewasm_common::ConfigError;
 use gatewasm_common::clock::unix_nanos;
 use gatewasm_common::rng;
 use gatewasm_common::stage::{
-    Counter, Effects, Flow, HeaderEdit, HeaderList, LocalReply, SetResult, Stage, StageHost,
+    CALL_NOT_SENT, Counter, Effects, Flow, GrpcCall, HeaderEdit, HeaderList, LocalReply, SetResult,
+    Stage, StageHost,
 };
+use jwt_to_header::jwks::meta_key;
+use jwt_to_header::stage::{JwtToHeader, load_if_newer, read_meta};
 use proxy_wasm::types::Status;
 
 use crate::shared_data::{self, SharedData};
@@ -52,6 +61,25 @@ pub trait StreamHost {
     /// Add `by` to the counter Envoy gave id `id` at configuration time.
     fn increment_counter(&mut self, id: u32, by: u32);
     fn send_reply(&mut self, reply: &LocalReply);
+    /// Send `call` (gRPC over an HTTP/2 callout to its cluster): the callout's id, whose
+    /// answer comes back through [`Run::grpc_answer`]; `None` when Envoy refused to send it
+    /// (the host logs why).
+    fn grpc_call(&mut self, call: &GrpcCall) -> Option<u64>;
+    /// The request waits for jwt-to-header's remote keys: have it woken ([`Run::keys_ready`])
+    /// when they arrive, their fetch fails, or the deadline passes. `false`: it cannot wait
+    /// (no key driver: cannot happen with an accepted configuration).
+    fn wait_for_keys(&mut self, wait: &KeyWait) -> bool;
+}
+
+/// What a request waits for when jwt-to-header waits for keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyWait {
+    /// The provider, by its shared-data meta key ([`jwt_to_header::jwks::meta_key`]).
+    pub provider: String,
+    /// Unix ms after which it decides without the keys.
+    pub deadline_ms: u64,
+    /// It saw a key id the keys do not have (a refetch is wanted).
+    pub unknown_kid: bool,
 }
 
 /// The [`StageHost`] of one callback: one clock read for all stages (separate filters would
@@ -133,13 +161,10 @@ impl StageHost for ConfigHost<'_> {
 enum Compiled {
     CorrelationId(Rc<correlation_id::stage::CorrelationId>),
     TracePropagation(Rc<trace_propagation::stage::TracePropagation>),
-    JwtToHeader(Rc<jwt_to_header::stage::JwtToHeader>),
+    JwtToHeader(Rc<JwtToHeader>),
     TenantRouting(Rc<tenant_routing::stage::TenantRouting>),
     RateLimit(Rc<rate_limit::stage::RateLimit>),
 }
-
-/// The message a refused feature gets, at the field that asks for it.
-pub const NOT_YET: &str = "is not yet supported by the dynamic module";
 
 /// Build one stage from its filter's configuration bytes (the JSON its Wasm plugin takes),
 /// with the same parser and the same errors. `define` gives each counter its id.
@@ -164,18 +189,10 @@ fn compile(
         }
         FilterKind::JwtToHeader => {
             let settings = jwt_to_header::config::parse_settings(bytes)?;
-            if let Some(p) = settings.providers.iter().find(|p| p.remote.is_some()) {
-                return Err(ConfigError::new(
-                    format!("providers.{}.remote_jwks", p.name),
-                    format!("remote JWKS {NOT_YET}; give the keys inline (\"jwks\")"),
-                ));
-            }
             for warning in &settings.warnings {
                 log::warn!("{}: {warning}", jwt_to_header::stage::FILTER);
             }
-            Compiled::JwtToHeader(Rc::new(jwt_to_header::stage::JwtToHeader::new(
-                settings, define,
-            )))
+            Compiled::JwtToHeader(Rc::new(JwtToHeader::new(settings, define)))
         }
         FilterKind::TenantRouting => {
             let settings = tenant_routing::config::parse_settings(bytes)?;
@@ -184,24 +201,7 @@ fn compile(
             )))
         }
         FilterKind::RateLimit => {
-            use rate_limit::config::Mode;
             let settings = rate_limit::config::parse_settings(bytes)?;
-            if let Some((i, rule)) = settings
-                .rules
-                .iter()
-                .enumerate()
-                .find(|(_, r)| r.mode != Mode::Local)
-            {
-                let mode = if rule.mode == Mode::Global {
-                    "global"
-                } else {
-                    "hybrid"
-                };
-                return Err(ConfigError::new(
-                    format!("rules[{i}].mode"),
-                    format!("{mode} mode (a rate-limit service over gRPC) {NOT_YET}"),
-                ));
-            }
             let mut host = ConfigHost { shared };
             let fresh = || {
                 rng::seed_or_fallback(
@@ -283,8 +283,12 @@ impl Pipeline {
         Run {
             stages: self.stages.iter().map(bind).collect(),
             pipeline: Rc::clone(self),
+            headers: HeaderList::default(),
+            next: 0,
             seen: 0,
-            response: Vec::new(),
+            so_far: SoFar::default(),
+            pending: Vec::new(),
+            waiting_for_keys: false,
             replied: false,
         }
     }
@@ -303,34 +307,90 @@ fn of<S: Stage>(stage: &Rc<S>) -> Of<S> {
     }
 }
 
-/// What the request sides of a run's stages decided, gathered as they go (each stage's
-/// [`Effects`] is emptied into it: no owned copy of a stage's effects is built).
+/// What the request sides of a run's stages decided so far, to be applied once they are done
+/// (or one replies): each stage's [`Effects`] is emptied into it, no owned copy of a stage's
+/// effects is kept.
 #[derive(Default)]
-struct Gathered {
+struct SoFar {
     route_changed: bool,
+    /// Counter increments not yet made.
     counters: Vec<(u32, u32)>,
-    reply: Option<LocalReply>,
-    /// The stage asked for gRPC calls (it waits).
-    calls: bool,
+    /// Response edits decided on the request side (applied on the response pass).
+    response: Vec<HeaderEdit<'static>>,
 }
 
-/// What every bound stage does: its request side (its request edits applied to the header
-/// list, its response edits owned into `response`, the rest into `into`) and its response side
-/// (its edits owned into `edits`, its counters into `counters`).
+/// What one stage's request-side call decided besides its edits and counters.
+#[derive(Default)]
+struct Outcome {
+    reply: Option<LocalReply>,
+    /// gRPC calls to send (the stage waits for their answers).
+    calls: Vec<GrpcCall>,
+}
+
+/// Empty `fx` into the header list and `so_far`; what is left is the stage's outcome.
+fn settle(fx: Effects<'_>, headers: &mut HeaderList, so_far: &mut SoFar) -> Outcome {
+    let Effects {
+        request,
+        response,
+        clear_route_cache,
+        reply,
+        mut counters,
+        grpc_calls,
+    } = fx;
+    for edit in &request {
+        headers.apply(edit);
+    }
+    so_far.route_changed |= clear_route_cache;
+    so_far.counters.append(&mut counters);
+    so_far
+        .response
+        .extend(response.into_iter().map(HeaderEdit::into_owned));
+    Outcome {
+        reply,
+        calls: grpc_calls,
+    }
+}
+
+/// What every bound stage does: its request side (first call, and the answer to each of its
+/// gRPC calls), settled into the run ([`settle`]), and its response side (its edits owned into
+/// `edits`, its counters into `counters`).
 trait Bound {
     fn request(
         &mut self,
         headers: &mut HeaderList,
         host: &mut dyn StageHost,
-        response: &mut Vec<HeaderEdit<'static>>,
-        into: &mut Gathered,
-    ) -> Flow;
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome);
+    fn grpc_answer(
+        &mut self,
+        call: usize,
+        status: u32,
+        body: Option<&[u8]>,
+        headers: &mut HeaderList,
+        host: &mut dyn StageHost,
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome);
     fn response(
         &mut self,
         host: &mut dyn StageHost,
         edits: &mut Vec<HeaderEdit<'static>>,
         counters: &mut Vec<(u32, u32)>,
     );
+    /// jwt-to-header after it waited without gRPC calls: what it waits for.
+    fn key_wait(&mut self) -> Option<KeyWait> {
+        None
+    }
+    /// jwt-to-header woken after waiting for keys: load what was fetched, decide again.
+    fn woken(
+        &mut self,
+        _headers: &mut HeaderList,
+        _host: &mut dyn StageHost,
+        _so_far: &mut SoFar,
+    ) -> (Flow, Outcome) {
+        (Flow::Continue, Outcome::default())
+    }
+    /// The stream goes away (or was woken): the stage forgets it was waiting.
+    fn forget(&mut self) {}
 }
 
 impl<S: Stage> Bound for Of<S> {
@@ -338,24 +398,31 @@ impl<S: Stage> Bound for Of<S> {
         &mut self,
         headers: &mut HeaderList,
         host: &mut dyn StageHost,
-        response: &mut Vec<HeaderEdit<'static>>,
-        into: &mut Gathered,
-    ) -> Flow {
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome) {
         let mut fx = Effects::default();
         let flow = {
             let pairs = headers.pairs();
             self.stage
                 .on_request_headers(&mut self.stream, &pairs, host, &mut fx)
         };
-        for edit in &fx.request {
-            headers.apply(edit);
-        }
-        into.route_changed |= fx.clear_route_cache;
-        into.counters.append(&mut fx.counters);
-        response.extend(fx.response.into_iter().map(HeaderEdit::into_owned));
-        into.calls = !fx.grpc_calls.is_empty();
-        into.reply = fx.reply;
-        flow
+        (flow, settle(fx, headers, so_far))
+    }
+
+    fn grpc_answer(
+        &mut self,
+        call: usize,
+        status: u32,
+        body: Option<&[u8]>,
+        headers: &mut HeaderList,
+        host: &mut dyn StageHost,
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome) {
+        let mut fx = Effects::default();
+        let flow = self
+            .stage
+            .on_grpc_answer(&mut self.stream, call, status, body, host, &mut fx);
+        (flow, settle(fx, headers, so_far))
     }
 
     fn response(
@@ -374,11 +441,116 @@ impl<S: Stage> Bound for Of<S> {
     }
 }
 
+/// jwt-to-header bound to a stream: it waits for keys under its stream's id (unique on its
+/// worker, which is where the stage's waiters live).
+struct Jwt(Of<JwtToHeader>);
+
+thread_local! {
+    /// The last stream id given out on this worker (ids start at 1: 0 is the stage's "not
+    /// waiting" id).
+    static STREAM_IDS: Cell<u32> = const { Cell::new(0) };
+}
+
+fn next_stream_id() -> u32 {
+    STREAM_IDS.with(|ids| {
+        let id = ids.get().wrapping_add(1).max(1);
+        ids.set(id);
+        id
+    })
+}
+
+impl Bound for Jwt {
+    fn request(
+        &mut self,
+        headers: &mut HeaderList,
+        host: &mut dyn StageHost,
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome) {
+        self.0.request(headers, host, so_far)
+    }
+
+    fn grpc_answer(
+        &mut self,
+        call: usize,
+        status: u32,
+        body: Option<&[u8]>,
+        headers: &mut HeaderList,
+        host: &mut dyn StageHost,
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome) {
+        self.0
+            .grpc_answer(call, status, body, headers, host, so_far)
+    }
+
+    fn response(
+        &mut self,
+        host: &mut dyn StageHost,
+        edits: &mut Vec<HeaderEdit<'static>>,
+        counters: &mut Vec<(u32, u32)>,
+    ) {
+        self.0.response(host, edits, counters);
+    }
+
+    fn key_wait(&mut self) -> Option<KeyWait> {
+        let id = self.0.stream.context_id;
+        let mut worker = self.0.stage.shared.try_borrow_mut().ok()?;
+        let waiter = worker.waiters.iter().rev().find(|w| w.context_id == id)?;
+        let (index, deadline_ms) = (waiter.provider, waiter.deadline_ms);
+        let provider = worker.settings.providers.get(index)?;
+        let provider = meta_key(&worker.settings.config_hash, &provider.name);
+        // The worker's flag is how the Wasm key driver learns of it; here the driver is told.
+        let unknown_kid = worker
+            .refetch_wanted
+            .get_mut(index)
+            .is_some_and(std::mem::take);
+        Some(KeyWait {
+            provider,
+            deadline_ms,
+            unknown_kid,
+        })
+    }
+
+    fn woken(
+        &mut self,
+        headers: &mut HeaderList,
+        host: &mut dyn StageHost,
+        so_far: &mut SoFar,
+    ) -> (Flow, Outcome) {
+        self.forget();
+        let stage = &self.0.stage;
+        let settings = match stage.shared.try_borrow() {
+            Ok(worker) => Rc::clone(&worker.settings),
+            Err(_) => return (Flow::Continue, Outcome::default()),
+        };
+        // What the driver fetched is in the process's shared data: load it into this worker.
+        for (index, provider) in settings.providers.iter().enumerate() {
+            if provider.remote.is_some()
+                && let (Some(meta), _) = read_meta(host, &settings, &provider.name)
+            {
+                load_if_newer(&stage.shared, host, index, &meta);
+            }
+        }
+        let mut fx = Effects::default();
+        let flow = {
+            let pairs = headers.pairs();
+            stage.on_woken(&pairs, host, &mut fx)
+        };
+        (flow, settle(fx, headers, so_far))
+    }
+
+    fn forget(&mut self) {
+        let id = self.0.stream.context_id;
+        if let Ok(mut worker) = self.0.stage.shared.try_borrow_mut() {
+            worker.waiters.retain(|w| w.context_id != id);
+        }
+    }
+}
+
 /// A bound stage of any filter: an enum, so a stream's stages are one allocation.
 enum AnyBound {
     CorrelationId(Of<correlation_id::stage::CorrelationId>),
     TracePropagation(Of<trace_propagation::stage::TracePropagation>),
-    JwtToHeader(Of<jwt_to_header::stage::JwtToHeader>),
+    JwtToHeader(Jwt),
     TenantRouting(Of<tenant_routing::stage::TenantRouting>),
     RateLimit(Of<rate_limit::stage::RateLimit>),
 }
@@ -387,7 +559,12 @@ fn bind(stage: &Compiled) -> AnyBound {
     match stage {
         Compiled::CorrelationId(s) => AnyBound::CorrelationId(of(s)),
         Compiled::TracePropagation(s) => AnyBound::TracePropagation(of(s)),
-        Compiled::JwtToHeader(s) => AnyBound::JwtToHeader(of(s)),
+        Compiled::JwtToHeader(s) => AnyBound::JwtToHeader(Jwt(Of {
+            stage: Rc::clone(s),
+            stream: jwt_to_header::stage::Stream {
+                context_id: next_stream_id(),
+            },
+        })),
         Compiled::TenantRouting(s) => AnyBound::TenantRouting(of(s)),
         Compiled::RateLimit(s) => AnyBound::RateLimit(of(s)),
     }
@@ -412,89 +589,258 @@ pub enum Verdict {
     Continue,
     /// Answered locally: stop here.
     Stop,
+    /// A stage waits (its gRPC calls are out): stop until [`Run::grpc_answer`] says go on.
+    Wait,
 }
 
-/// The answer when a stage would wait (it cannot in this slice; see the module docs).
+/// The answer when a stage would wait for something this module cannot wait for (see the
+/// module docs).
 fn cannot_wait() -> LocalReply {
     LocalReply {
         status: 503,
         headers: vec![("content-type".into(), "application/json".into())],
         body: gatewasm_common::reply::json_error_body(
             "unavailable",
-            "a gatewasm stage waited, which the dynamic module does not support yet",
+            "a gatewasm stage waited where the dynamic module cannot wake it",
         ),
     }
+}
+
+/// How a stage's outcome leaves the run.
+enum Next {
+    Stage,
+    Reply(LocalReply),
+    Wait,
 }
 
 /// One stream through a [`Pipeline`].
 pub struct Run {
     pipeline: Rc<Pipeline>,
     stages: Vec<AnyBound>,
+    /// The request headers as read once, with the stages' edits applied (written back when the
+    /// request side is over).
+    headers: HeaderList,
+    /// The next request stage to run (the waiting one while paused).
+    next: usize,
     /// How many stages saw the request (their response side runs).
     seen: usize,
-    /// Response edits decided on the request side (applied on the response pass).
-    response: Vec<HeaderEdit<'static>>,
+    so_far: SoFar,
+    /// gRPC calls in flight: (callout id, stage, the call's index in the stage's effects).
+    pending: Vec<(u64, usize, usize)>,
+    /// The stage at `next` (jwt-to-header) waits for keys.
+    waiting_for_keys: bool,
     /// This run answered locally; the response side went into the reply's headers.
     replied: bool,
 }
 
 impl Run {
-    /// The request headers: every stage in order, then one write-back.
+    /// The request headers: every stage in order until one waits or replies, then one
+    /// write-back.
     pub fn request_headers(&mut self, envoy: &mut dyn StreamHost) -> Verdict {
         self.request_headers_in(envoy, &shared_data::PROCESS)
     }
 
     fn request_headers_in(&mut self, envoy: &mut dyn StreamHost, shared: &SharedData) -> Verdict {
-        let mut headers = if self.pipeline.reads_request_headers {
-            HeaderList::from_serialized(envoy.request_headers())
-        } else {
-            HeaderList::default()
-        };
-        let mut gathered = Gathered {
-            counters: Vec::with_capacity(8),
-            ..Gathered::default()
-        };
-        {
-            let mut host = PassHost::new(envoy, shared);
-            for (i, bound) in self.stages.iter_mut().enumerate() {
-                self.seen = i + 1;
-                let flow =
-                    bound
-                        .get()
-                        .request(&mut headers, &mut host, &mut self.response, &mut gathered);
-                if gathered.reply.is_some() {
-                    break;
-                }
-                if flow == Flow::Wait || gathered.calls {
-                    log::error!(
-                        "gatewasm: a stage waited (jwt-to-header keys or a rate-limit service), \
-                         which the dynamic module does not support; answering 503"
-                    );
-                    gathered.reply = Some(cannot_wait());
-                    break;
-                }
+        if self.pipeline.reads_request_headers {
+            self.headers = HeaderList::from_serialized(envoy.request_headers());
+        }
+        self.advance(envoy, shared)
+    }
+
+    /// Whether the request waits for a stage (Envoy must hold its body and trailers too: a
+    /// `Continue` from a later phase would resume the paused headers before the stage decided).
+    pub fn waiting(&self) -> bool {
+        !self.pending.is_empty() || self.waiting_for_keys
+    }
+
+    /// Run the request stages from `self.next` until one waits or replies, or all are done.
+    fn advance(&mut self, envoy: &mut dyn StreamHost, shared: &SharedData) -> Verdict {
+        while let Some(bound) = self.stages.get_mut(self.next).map(AnyBound::get) {
+            self.seen = self.seen.max(self.next + 1);
+            let (flow, outcome) = {
+                let mut host = PassHost::new(envoy, shared);
+                bound.request(&mut self.headers, &mut host, &mut self.so_far)
+            };
+            match self.absorb(envoy, shared, self.next, flow, outcome) {
+                Next::Stage => self.next += 1,
+                Next::Reply(reply) => return self.reply(envoy, shared, reply),
+                Next::Wait => return self.wait(envoy, shared),
             }
         }
-        let Gathered {
-            route_changed,
-            counters,
-            reply,
-            ..
-        } = gathered;
-        // What the stages wrote, one call per changed name (also before a reply, as separate
-        // filters would have written it), the route cache once, the counters.
+        self.flush(envoy);
+        Verdict::Continue
+    }
+
+    /// Take in stage `stage`'s outcome: its reply, or its gRPC calls sent (one Envoy cannot
+    /// send is answered at once with [`CALL_NOT_SENT`]).
+    fn absorb(
+        &mut self,
+        envoy: &mut dyn StreamHost,
+        shared: &SharedData,
+        stage: usize,
+        flow: Flow,
+        outcome: Outcome,
+    ) -> Next {
+        if let Some(reply) = outcome.reply {
+            return Next::Reply(reply);
+        }
+        let mut next = match flow {
+            Flow::Wait => Next::Wait,
+            Flow::Continue | Flow::Reply => Next::Stage,
+        };
+        let mut sent = false;
+        for (index, call) in outcome.calls.iter().enumerate() {
+            if let Some(id) = envoy.grpc_call(call) {
+                self.pending.push((id, stage, index));
+                sent = true;
+                continue;
+            }
+            let Some(bound) = self.stages.get_mut(stage).map(AnyBound::get) else {
+                break;
+            };
+            let (flow, outcome) = {
+                let mut host = PassHost::new(envoy, shared);
+                bound.grpc_answer(
+                    index,
+                    CALL_NOT_SENT,
+                    None,
+                    &mut self.headers,
+                    &mut host,
+                    &mut self.so_far,
+                )
+            };
+            next = self.absorb(envoy, shared, stage, flow, outcome);
+            if matches!(next, Next::Reply(_)) {
+                return next;
+            }
+        }
+        if sent { Next::Wait } else { next }
+    }
+
+    /// The request pauses for the stage at `self.next`.
+    fn wait(&mut self, envoy: &mut dyn StreamHost, shared: &SharedData) -> Verdict {
+        if self.pending.is_empty() {
+            // No calls out: jwt-to-header waits for its keys.
+            let bound = self.stages.get_mut(self.next).map(AnyBound::get);
+            let wait = bound.and_then(|b| b.key_wait());
+            if !wait.as_ref().is_some_and(|w| envoy.wait_for_keys(w)) {
+                log::error!(
+                    "gatewasm: a stage waited for something the dynamic module cannot wait \
+                     for here; answering 503"
+                );
+                if let Some(bound) = self.stages.get_mut(self.next) {
+                    bound.get().forget();
+                }
+                return self.reply(envoy, shared, cannot_wait());
+            }
+            self.waiting_for_keys = true;
+        }
+        // Counters now: a request that never comes back (the client left) still counts.
+        for (id, by) in std::mem::take(&mut self.so_far.counters) {
+            envoy.increment_counter(id, by);
+        }
+        Verdict::Wait
+    }
+
+    /// The answer to callout `id` (one of this run's gRPC calls): `status` 0 with the message,
+    /// or a gRPC status. `None`: not a call of this run. `Continue` means the request goes on
+    /// (the caller resumes it in Envoy).
+    pub fn grpc_answer(
+        &mut self,
+        envoy: &mut dyn StreamHost,
+        id: u64,
+        status: u32,
+        body: Option<&[u8]>,
+    ) -> Option<Verdict> {
+        self.grpc_answer_in(envoy, &shared_data::PROCESS, id, status, body)
+    }
+
+    fn grpc_answer_in(
+        &mut self,
+        envoy: &mut dyn StreamHost,
+        shared: &SharedData,
+        id: u64,
+        status: u32,
+        body: Option<&[u8]>,
+    ) -> Option<Verdict> {
+        let at = self.pending.iter().position(|(p, ..)| *p == id)?;
+        let (_, stage, call) = self.pending.swap_remove(at);
+        let bound = self.stages.get_mut(stage)?.get();
+        let (flow, outcome) = {
+            let mut host = PassHost::new(envoy, shared);
+            bound.grpc_answer(
+                call,
+                status,
+                body,
+                &mut self.headers,
+                &mut host,
+                &mut self.so_far,
+            )
+        };
+        Some(match self.absorb(envoy, shared, stage, flow, outcome) {
+            Next::Stage => {
+                self.next = stage + 1;
+                self.advance(envoy, shared)
+            }
+            Next::Reply(reply) => self.reply(envoy, shared, reply),
+            Next::Wait => self.wait(envoy, shared),
+        })
+    }
+
+    /// The keys the request waited for arrived, their fetch failed, or its deadline passed:
+    /// the waiting stage decides again (without waiting), then the rest run. `None`: it was
+    /// not waiting for keys. `Continue` means the request goes on (the caller resumes it).
+    pub fn keys_ready(&mut self, envoy: &mut dyn StreamHost) -> Option<Verdict> {
+        self.keys_ready_in(envoy, &shared_data::PROCESS)
+    }
+
+    fn keys_ready_in(
+        &mut self,
+        envoy: &mut dyn StreamHost,
+        shared: &SharedData,
+    ) -> Option<Verdict> {
+        if !std::mem::take(&mut self.waiting_for_keys) {
+            return None;
+        }
+        let stage = self.next;
+        let bound = self.stages.get_mut(stage)?.get();
+        let (flow, outcome) = {
+            let mut host = PassHost::new(envoy, shared);
+            bound.woken(&mut self.headers, &mut host, &mut self.so_far)
+        };
+        Some(match self.absorb(envoy, shared, stage, flow, outcome) {
+            Next::Stage => {
+                self.next = stage + 1;
+                self.advance(envoy, shared)
+            }
+            Next::Reply(reply) => self.reply(envoy, shared, reply),
+            Next::Wait => self.wait(envoy, shared),
+        })
+    }
+
+    /// Write back what the stages changed: one call per changed header name (also before a
+    /// reply, as separate filters would have written it), the route cache once, the counters.
+    fn flush(&mut self, envoy: &mut dyn StreamHost) {
+        let headers = std::mem::take(&mut self.headers);
         for edit in headers.write_back() {
             apply(envoy, Side::Request, &edit);
         }
-        if route_changed {
+        if std::mem::take(&mut self.so_far.route_changed) {
             envoy.clear_route_cache();
         }
-        for (id, by) in counters {
+        for (id, by) in std::mem::take(&mut self.so_far.counters) {
             envoy.increment_counter(id, by);
         }
-        let Some(mut reply) = reply else {
-            return Verdict::Continue;
-        };
+    }
+
+    /// A stage answers locally: what the earlier stages wrote is written first, then the reply.
+    fn reply(
+        &mut self,
+        envoy: &mut dyn StreamHost,
+        shared: &SharedData,
+        mut reply: LocalReply,
+    ) -> Verdict {
+        self.flush(envoy);
         // The response side of the stages that saw the request goes into the reply's headers
         // (every reply carries x-request-id). Envoy 1.40 does not call a dynamic module's
         // response-headers hook for the local reply that module sent (checked: the hook runs
@@ -508,6 +854,8 @@ impl Run {
             envoy.increment_counter(id, by);
         }
         self.replied = true;
+        self.pending.clear();
+        self.waiting_for_keys = false;
         envoy.send_reply(&reply);
         Verdict::Stop
     }
@@ -519,8 +867,8 @@ impl Run {
         envoy: &mut dyn StreamHost,
         shared: &SharedData,
     ) -> (Vec<HeaderEdit<'static>>, Vec<(u32, u32)>) {
-        let mut edits = std::mem::take(&mut self.response);
-        let mut counters = Vec::new();
+        let mut edits = std::mem::take(&mut self.so_far.response);
+        let mut counters = std::mem::take(&mut self.so_far.counters);
         let mut host = PassHost::new(envoy, shared);
         let seen = self.seen.min(self.stages.len());
         for bound in self.stages.iter_mut().take(seen).rev() {
@@ -545,6 +893,15 @@ impl Run {
         }
         for (id, by) in counters {
             envoy.increment_counter(id, by);
+        }
+    }
+}
+
+impl Drop for Run {
+    /// A stream that goes away while waiting for keys leaves no waiter behind in its stage.
+    fn drop(&mut self) {
+        for bound in &mut self.stages {
+            bound.get().forget();
         }
     }
 }
@@ -620,6 +977,10 @@ mod tests {
         calls: Vec<String>,
         counters: Vec<(u32, u32)>,
         replies: Vec<LocalReply>,
+        /// gRPC calls sent, by callout id (its index); `refuse_calls`: Envoy refuses to send.
+        sent: Vec<GrpcCall>,
+        refuse_calls: bool,
+        key_waits: Vec<KeyWait>,
     }
 
     impl StreamHost for FakeEnvoy {
@@ -647,6 +1008,18 @@ mod tests {
         fn send_reply(&mut self, reply: &LocalReply) {
             self.calls.push(format!("reply {}", reply.status));
             self.replies.push(reply.clone());
+        }
+        fn grpc_call(&mut self, call: &GrpcCall) -> Option<u64> {
+            self.calls.push(format!("grpc {}", call.cluster));
+            if self.refuse_calls {
+                return None;
+            }
+            self.sent.push(call.clone());
+            Some(self.sent.len() as u64 - 1)
+        }
+        fn wait_for_keys(&mut self, wait: &KeyWait) -> bool {
+            self.key_waits.push(wait.clone());
+            true
         }
     }
 
@@ -825,5 +1198,229 @@ mod tests {
             serialize_utf8_named(std::iter::empty()),
             serialize_header_map([])
         );
+    }
+
+    /// A `RateLimitResponse` with `overall_code` (1 OK, 2 OVER_LIMIT), protobuf-encoded.
+    fn rls_answer(overall_code: u8) -> Vec<u8> {
+        vec![0x08, overall_code]
+    }
+
+    fn global(name: &str, failure_mode: &str) -> String {
+        format!(
+            r#"{{"name": "{name}", "key": ["client_ip"], "mode": "global",
+                "service": {{"cluster": "rls", "domain": "gw", "timeout_ms": 5000, "failure_mode": "{failure_mode}"}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_global_rule_waits_for_its_service_then_the_later_stages_run() {
+        let chain = pipeline(
+            "chain",
+            &format!(
+                r#"{{"stages": [{{"filter": "correlation-id", "config": {{"echo_downstream": true}}}},
+                    {{"filter": "rate-limit", "config": {{"rules": [{}]}}}}, {TENANTS}]}}"#,
+                global("g", "deny")
+            ),
+        );
+        let mut envoy = envoy(&[(":path", "/a"), ("x-tenant", "acme")]);
+        let mut run = chain.start();
+        assert_eq!(run.request_headers(&mut envoy), Verdict::Wait);
+        assert!(run.waiting());
+        assert_eq!(envoy.sent.len(), 1, "{:?}", envoy.calls);
+        assert_eq!(envoy.sent[0].method, "ShouldRateLimit");
+        // Nothing is written while the request waits; tenant-routing has not run.
+        assert!(
+            !envoy.calls.iter().any(|c| c.starts_with("set")),
+            "{:?}",
+            envoy.calls
+        );
+        // Another callout's answer is not this run's.
+        assert_eq!(
+            run.grpc_answer(&mut envoy, 7, 0, Some(&rls_answer(1))),
+            None
+        );
+        let verdict = run.grpc_answer(&mut envoy, 0, 0, Some(&rls_answer(1)));
+        assert_eq!(verdict, Some(Verdict::Continue));
+        assert!(!run.waiting());
+        // Then the rest ran, and everything was written back once.
+        assert!(
+            envoy
+                .calls
+                .contains(&"set Request x-cluster Some(\"acme\")".to_string()),
+            "{:?}",
+            envoy.calls
+        );
+        assert!(
+            envoy
+                .calls
+                .iter()
+                .any(|c| c.starts_with("set Request x-request-id")),
+            "{:?}",
+            envoy.calls
+        );
+    }
+
+    #[test]
+    fn over_the_limit_the_service_answer_replies_429() {
+        let limiter = pipeline(
+            "rate-limit",
+            &format!(r#"{{"rules": [{}]}}"#, global("g", "allow")),
+        );
+        let mut envoy = envoy(&[(":path", "/")]);
+        let mut run = limiter.start();
+        assert_eq!(run.request_headers(&mut envoy), Verdict::Wait);
+        assert_eq!(
+            run.grpc_answer(&mut envoy, 0, 0, Some(&rls_answer(2))),
+            Some(Verdict::Stop)
+        );
+        assert_eq!(envoy.replies.len(), 1);
+        assert_eq!(envoy.replies[0].status, 429);
+    }
+
+    #[test]
+    fn a_failed_or_unsent_call_follows_the_failure_mode() {
+        for (mode, status, expected) in [
+            ("allow", 14, Verdict::Continue),
+            ("deny", 14, Verdict::Stop),
+            ("deny", 4, Verdict::Stop),
+        ] {
+            let limiter = pipeline(
+                "rate-limit",
+                &format!(r#"{{"rules": [{}]}}"#, global("g", mode)),
+            );
+            let mut envoy = envoy(&[(":path", "/")]);
+            let mut run = limiter.start();
+            assert_eq!(run.request_headers(&mut envoy), Verdict::Wait);
+            assert_eq!(
+                run.grpc_answer(&mut envoy, 0, status, None),
+                Some(expected),
+                "{mode} {status}"
+            );
+        }
+        // A call Envoy refuses to send is answered at once: no wait.
+        for (mode, expected) in [("allow", Verdict::Continue), ("deny", Verdict::Stop)] {
+            let limiter = pipeline(
+                "rate-limit",
+                &format!(r#"{{"rules": [{}]}}"#, global("g", mode)),
+            );
+            let mut envoy = envoy(&[(":path", "/")]);
+            envoy.refuse_calls = true;
+            assert_eq!(
+                limiter.start().request_headers(&mut envoy),
+                expected,
+                "{mode}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hybrid_rule_asks_the_service_only_for_what_its_local_bucket_allows() {
+        let limiter = pipeline(
+            "rate-limit",
+            r#"{"rules": [{"name": "pipeline-hybrid", "key": ["client_ip"], "mode": "hybrid", "limit": 1, "window_s": 3600,
+                "service": {"cluster": "rls", "domain": "gw", "timeout_ms": 5000}}]}"#,
+        );
+        let mut first = envoy(&[(":path", "/")]);
+        first.source = Some(b"192.0.2.90:1".to_vec());
+        let mut run = limiter.start();
+        assert_eq!(run.request_headers(&mut first), Verdict::Wait);
+        assert_eq!(
+            run.grpc_answer(&mut first, 0, 0, Some(&rls_answer(1))),
+            Some(Verdict::Continue)
+        );
+        // The local bucket is spent: refused here, no call.
+        let mut second = envoy(&[(":path", "/")]);
+        second.source = Some(b"192.0.2.90:1".to_vec());
+        assert_eq!(limiter.start().request_headers(&mut second), Verdict::Stop);
+        assert!(second.sent.is_empty());
+        assert_eq!(second.replies[0].status, 429);
+    }
+
+    #[test]
+    fn jwt_to_header_waits_for_remote_keys_then_the_chain_goes_on() {
+        use gatewasm_devtools::demo_jwt::{self, DEMO_ISSUER, DEMO_JWKS, DemoClaims};
+        use jwt_to_header::jwks::{Meta, data_key};
+        // A provider name no other test uses: its keys live in the process's shared data.
+        let jwt = format!(
+            r#"{{"filter": "jwt-to-header", "config": {{"providers": {{"pipeline-remote": {{"issuer": "{DEMO_ISSUER}",
+                "remote_jwks": {{"cluster": "idp", "authority": "idp", "path": "/jwks", "timeout_ms": 5000}},
+                "claim_to_headers": [{{"claim": "sub", "header": "x-user"}}]}}}},
+                "rules": [{{"match": {{"prefix": "/"}}, "requires": "pipeline-remote"}}]}}}}"#
+        );
+        let chain = pipeline(
+            "chain",
+            &format!(r#"{{"stages": [{{"filter": "correlation-id"}}, {jwt}, {TENANTS}]}}"#),
+        );
+        let token = demo_jwt::mint(&DemoClaims::default()).unwrap();
+        let mut envoy = envoy(&[
+            (":path", "/a"),
+            ("x-tenant", "acme"),
+            ("authorization", &format!("Bearer {token}")),
+        ]);
+        let mut run = chain.start();
+        assert_eq!(run.request_headers(&mut envoy), Verdict::Wait);
+        assert!(run.waiting());
+        assert_eq!(envoy.key_waits.len(), 1);
+        let hash = {
+            let Compiled::JwtToHeader(stage) = &chain.stages[1] else {
+                panic!("stage 1 is jwt-to-header");
+            };
+            stage.shared.borrow().settings.config_hash.clone()
+        };
+        assert_eq!(
+            envoy.key_waits[0].provider,
+            meta_key(&hash, "pipeline-remote")
+        );
+        assert!(
+            !envoy.calls.iter().any(|c| c.starts_with("set")),
+            "{:?}",
+            envoy.calls
+        );
+        // The driver fetched the keys into shared data; the run is woken.
+        let shared = &shared_data::PROCESS;
+        shared.set(
+            &data_key(&hash, "pipeline-remote"),
+            DEMO_JWKS.as_bytes(),
+            None,
+        );
+        let meta = Meta::default().acquire(1, 1).succeeded(2);
+        shared.set(&meta_key(&hash, "pipeline-remote"), &meta.encode(), None);
+        assert_eq!(run.keys_ready(&mut envoy), Some(Verdict::Continue));
+        assert_eq!(run.keys_ready(&mut envoy), None, "woken once");
+        assert!(!run.waiting());
+        let sets: Vec<&String> = envoy
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("set"))
+            .collect();
+        assert!(
+            sets.iter().any(|c| c.starts_with("set Request x-user")),
+            "{sets:?}"
+        );
+        assert!(
+            sets.iter().any(|c| c.starts_with("set Request x-cluster")),
+            "the stage after the wait ran: {sets:?}"
+        );
+        // Woken without keys (their fetch failed, or the deadline passed): 503, no wait again.
+        let mut other = envoy_with_token(&token);
+        let lone = pipeline(
+            "jwt-to-header",
+            &format!(
+                r#"{{"providers": {{"pipeline-nokeys": {{"issuer": "{DEMO_ISSUER}",
+                "remote_jwks": {{"cluster": "idp", "authority": "idp", "path": "/jwks"}}}}}},
+                "rules": [{{"match": {{"prefix": "/"}}, "requires": "pipeline-nokeys"}}]}}"#
+            ),
+        );
+        let mut run = lone.start();
+        assert_eq!(run.request_headers(&mut other), Verdict::Wait);
+        assert_eq!(run.keys_ready(&mut other), Some(Verdict::Stop));
+        assert_eq!(other.replies[0].status, 503);
+    }
+
+    fn envoy_with_token(token: &str) -> FakeEnvoy {
+        envoy(&[
+            (":path", "/"),
+            ("authorization", &format!("Bearer {token}")),
+        ])
     }
 }

@@ -11,128 +11,15 @@
 //!
 //! Each test starts its own Envoy and echo upstream on free ports, so tests run in parallel.
 
-use std::path::PathBuf;
+mod support;
+
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use gatewasm_devtools::client::{self, Request, Response};
 use gatewasm_devtools::demo_jwt::{self, DemoClaims};
 use gatewasm_devtools::echo::{EchoUpstream, Echoed};
-use gatewasm_devtools::envoy::{Envoy, EnvoyBuilder};
-
-/// Where the shipped library is: `GATEWASM_DYNAMIC_MODULE_DIR`, else the `native` profile's
-/// output of this target directory (this test binary is `<target>/<profile>/deps/<name>`).
-fn module_dir() -> Result<PathBuf> {
-    let dir = match std::env::var_os("GATEWASM_DYNAMIC_MODULE_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => std::env::current_exe()?
-            .ancestors()
-            .nth(3)
-            .context("this test binary is not in <target>/<profile>/deps/")?
-            .join("native"),
-    };
-    let lib = dir.join("libgatewasm_envoy.so");
-    ensure!(
-        lib.is_file(),
-        "{} does not exist: run `just build-native` (or set GATEWASM_DYNAMIC_MODULE_DIR)",
-        lib.display()
-    );
-    Ok(dir)
-}
-
-/// The module speaks Envoy 1.40's ABI: another Envoy would fail to load it (or worse), so the
-/// tests refuse to run against one, saying which they found.
-fn require_envoy_1_40() -> Result<()> {
-    let bin = gatewasm_devtools::paths::envoy_bin()?;
-    let out = std::process::Command::new(&bin).arg("--version").output()?;
-    let version = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        version.contains("/1.40."),
-        "the dynamic module is built for Envoy 1.40; {} is {}: run `just test-native` \
-         (or set ENVOY_BIN to an Envoy 1.40)",
-        bin.display(),
-        version.trim()
-    );
-    Ok(())
-}
-
-/// An Envoy for `config` (a file of envoy-configs/, or a path) that finds the module.
-fn envoy(config: &str) -> Result<EnvoyBuilder> {
-    require_envoy_1_40()?;
-    Ok(EnvoyBuilder::new(config).env(
-        "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
-        &module_dir()?.display().to_string(),
-    ))
-}
-
-/// A listener with ONE dynamic-module filter of this module (`filter_name`, `filter_config`)
-/// in front of the upstream, written to `dir`; the path, for [`envoy`].
-fn single_filter(
-    dir: &tempfile::TempDir,
-    filter_name: &str,
-    filter_config: &str,
-) -> Result<String> {
-    let config: String = filter_config
-        .lines()
-        .map(|line| format!("                  {line}\n"))
-        .collect();
-    let template = format!(
-        r#"admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{ADMIN_PORT}}}} }} }}
-static_resources:
-  listeners:
-  - name: gateway
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{{{LISTEN_PORT}}}} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: gateway
-          use_remote_address: true
-          generate_request_id: false
-          preserve_external_request_id: true
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: / }}
-                route: {{ cluster: upstream }}
-          http_filters:
-          - name: gatewasm
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-              dynamic_module_config: {{ name: gatewasm_envoy }}
-              filter_name: {filter_name}
-              filter_config:
-                "@type": type.googleapis.com/google.protobuf.StringValue
-                value: |
-{config}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: upstream
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: upstream
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {{{{UPSTREAM_PORT}}}} }}
-"#
-    );
-    let path = dir.path().join(format!("{filter_name}.yaml"));
-    std::fs::write(&path, template)?;
-    Ok(path.display().to_string())
-}
-
-/// Envoy shows a counter the module defined as `dynamicmodulescustom.<name>` in /stats.
-fn stat(envoy: &Envoy, name: &str) -> Result<u64> {
-    envoy.counter(&format!("dynamicmodulescustom.{name}"))
-}
+use support::{envoy, single_filter, stat};
 
 fn ok_echo(resp: &Response) -> Result<Echoed> {
     ensure!(
@@ -425,11 +312,11 @@ fn bad_configurations_are_refused_naming_the_field() -> Result<()> {
     );
     let output = refused(
         "chain",
-        r#"{"stages": [{"filter": "correlation-id"}, {"filter": "jwt-to-header", "config": {"providers": {"idp": {"issuer": "https://idp", "remote_jwks": {"cluster": "idp", "authority": "idp", "path": "/jwks"}}}, "rules": [{"match": {"prefix": "/"}, "requires": "idp"}]}}]}"#,
+        r#"{"stages": [{"filter": "correlation-id"}, {"filter": "jwt-to-header", "config": {"providers": {"idp": {"issuer": "https://idp", "remote_jwks": {"cluster": "idp", "authority": "idp", "path": "/jwks", "refresh_s": 0}}}, "rules": [{"match": {"prefix": "/"}, "requires": "idp"}]}}]}"#,
     )?;
     ensure!(
         output.contains(
-            "gatewasm chain: invalid plugin configuration: stages[1].config.providers.idp.remote_jwks: jwt-to-header: remote JWKS is not yet supported by the dynamic module"
+            "gatewasm chain: invalid plugin configuration: stages[1].config.providers.idp.remote_jwks.refresh_s: jwt-to-header: must be at least 1"
         ),
         "{output}"
     );

@@ -6,7 +6,8 @@
 //!
 //! Configurations: the Proxy-Wasm cases' (gateway.yaml's, rate limits raised), which are also
 //! the stages of `envoy-configs/gateway-native.yaml` (a test checks it): inline JWKS and local
-//! rate limits only — the dynamic module refuses `remote_jwks` and global/hybrid rate limiting.
+//! rate limits only — the dynamic module's `remote_jwks` and global/hybrid rate limiting are
+//! not measured.
 
 use std::path::PathBuf;
 
