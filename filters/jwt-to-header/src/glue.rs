@@ -21,8 +21,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MapType};
 
 use crate::config::parse_settings;
-use crate::jwk::{KeySet, parse_jwks_bytes};
-use crate::jwks::{MAX_JWKS_BYTES, Meta, data_key, meta_key};
+use crate::jwk::KeySet;
+use crate::jwks::{MAX_JWKS_BYTES, Meta, data_key, judge_fetch, meta_key};
 use crate::stage::{FILTER, JwtToHeader, Shared, Stream as StageState, load_if_newer, read_meta};
 
 /// The root context of this filter (also the bundle's `jwt-to-header` root).
@@ -254,36 +254,14 @@ pub fn on_http_call_response(
         .flatten()
     };
     let now = glue::now_ms();
-    // What a failed fetch leaves this worker with: the keys it has, or none yet (the first
-    // fetch failed).
-    let kept = if shared.borrow().remote.get(idx).is_some_and(Option::is_some) {
-        "keeping the last good keys"
-    } else {
-        "there are no keys yet"
-    };
-    let parsed = match (status.as_deref(), &body) {
-        (Some("200"), Some(bytes)) => match parse_jwks_bytes(bytes) {
-            Ok(keys) => Some(keys),
-            Err(e) => {
-                log::warn!("{FILTER}: providers.{name}: the fetched JWKS is unusable: {e}");
-                None
-            }
-        },
-        (Some("200"), None) if body_size > MAX_JWKS_BYTES => {
-            log::warn!(
-                "{FILTER}: providers.{name}: the fetched JWKS is too large ({body_size} bytes, at most {MAX_JWKS_BYTES}); {kept}"
-            );
-            None
-        }
-        _ => {
-            log::warn!(
-                "{FILTER}: providers.{name}: JWKS fetch failed (status {}, {} body bytes); {kept}",
-                status.as_deref().unwrap_or("none"),
-                body_size
-            );
-            None
-        }
-    };
+    let has_keys = shared.borrow().remote.get(idx).is_some_and(Option::is_some);
+    let parsed = judge_fetch(
+        name,
+        status.as_deref(),
+        body_size,
+        body.as_deref(),
+        has_keys,
+    );
     match (parsed, body) {
         (Some(keys), Some(bytes)) => finish_fetch(
             shared,

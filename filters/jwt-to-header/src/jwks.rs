@@ -17,6 +17,49 @@ pub const NO_KEYS_RETRY_MS: u64 = 1000;
 /// Largest JWKS document accepted.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
 
+/// A JWKS fetch's answer, judged the same way by every host that fetches (the Wasm root
+/// context, the dynamic module's key driver): the key set when the answer is usable — status
+/// `200`, at most [`MAX_JWKS_BYTES`], a document that parses — else `None`, with a warning that
+/// names the provider, why, and what the process is left with (`has_keys`: the last good keys).
+/// `body`: what the host handed over (`None`: nothing, e.g. too large to read).
+pub fn judge_fetch(
+    provider: &str,
+    status: Option<&str>,
+    body_len: usize,
+    body: Option<&[u8]>,
+    has_keys: bool,
+) -> Option<crate::jwk::KeySet> {
+    let kept = if has_keys {
+        "keeping the last good keys"
+    } else {
+        "there are no keys yet"
+    };
+    match (status, body) {
+        (Some("200"), _) if body_len > MAX_JWKS_BYTES => {
+            log::warn!(
+                "jwt-to-header: providers.{provider}: the fetched JWKS is too large ({body_len} bytes, at most {MAX_JWKS_BYTES}); {kept}"
+            );
+            None
+        }
+        (Some("200"), Some(bytes)) => match crate::jwk::parse_jwks_bytes(bytes) {
+            Ok(keys) => Some(keys),
+            Err(e) => {
+                log::warn!(
+                    "jwt-to-header: providers.{provider}: the fetched JWKS is unusable: {e}"
+                );
+                None
+            }
+        },
+        _ => {
+            log::warn!(
+                "jwt-to-header: providers.{provider}: JWKS fetch failed (status {}, {body_len} body bytes); {kept}",
+                status.unwrap_or("none")
+            );
+            None
+        }
+    }
+}
+
 pub fn data_key(config_hash: &str, provider: &str) -> String {
     format!("gatewasm.jwt.{config_hash}.jwks.{provider}")
 }

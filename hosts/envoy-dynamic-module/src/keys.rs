@@ -7,8 +7,8 @@
 //! records ([`jwt_to_header::jwks`]: the document, and the [`Meta`] record with its version,
 //! fetch lease and times), when a fetch is due ([`Meta::fetch_due`]: first fetch, retry every
 //! second without keys, refresh, a refetch for an unknown `kid` at most once per
-//! `min_refetch_interval_s`), the lease taken by CAS, the document parsed with
-//! [`parse_jwks_bytes`] and capped at [`MAX_JWKS_BYTES`]; on the worker side the stage decides
+//! `min_refetch_interval_s`), the lease taken by CAS, the answer judged
+//! ([`jwt_to_header::jwks::judge_fetch`]: `200`, capped size, a parsable document); on the worker side the stage decides
 //! when to wait, loads a newer version ([`jwt_to_header::stage::load_if_newer`]) and decides
 //! again once woken (`on_woken`). What differs is who drives it: in Wasm every worker VM's root
 //! context ticks and the one that wins the lease fetches; here one driver per configuration,
@@ -27,8 +27,7 @@ use std::time::Duration;
 
 use gatewasm_common::stage::SetResult;
 use jwt_to_header::config::{Remote, Settings};
-use jwt_to_header::jwk::parse_jwks_bytes;
-use jwt_to_header::jwks::{MAX_JWKS_BYTES, Meta, data_key, meta_key};
+use jwt_to_header::jwks::{Meta, data_key, judge_fetch, meta_key};
 
 use crate::shared_data::SharedData;
 
@@ -248,35 +247,9 @@ impl<W> KeyDriver<W> {
         };
         let p = self.providers.get(index)?;
         let status = status.map(String::from_utf8_lossy);
-        let fetched = match status.as_deref() {
-            Some("200") if body.len() > MAX_JWKS_BYTES => {
-                log::warn!(
-                    "jwt-to-header: providers.{}: the fetched JWKS is too large ({} bytes, at most {MAX_JWKS_BYTES})",
-                    p.name,
-                    body.len()
-                );
-                None
-            }
-            Some("200") => match parse_jwks_bytes(body) {
-                Ok(_) => Some(body),
-                Err(e) => {
-                    log::warn!(
-                        "jwt-to-header: providers.{}: the fetched JWKS is unusable: {e}",
-                        p.name
-                    );
-                    None
-                }
-            },
-            other => {
-                log::warn!(
-                    "jwt-to-header: providers.{}: JWKS fetch failed (status {}, {} body bytes)",
-                    p.name,
-                    other.unwrap_or("none"),
-                    body.len()
-                );
-                None
-            }
-        };
+        let has_keys = shared.get(&p.data_key).0.is_some();
+        let fetched =
+            judge_fetch(&p.name, status.as_deref(), body.len(), Some(body), has_keys).map(|_| body);
         self.finish(index, fetched, now_ms, shared, wake);
         Some(())
     }
