@@ -317,6 +317,11 @@ fn gateway_native_runs_the_five_filters_as_one_chain() -> Result<()> {
         &Request::get("/api/orders").header("authorization", format!("Bearer {forged}")),
     )?;
     ensure!(bad.status == 401, "forged signature: {bad:?}");
+    // The valid token's signature was checked by the module's own `verify_signature` (ring;
+    // the forged one too unless its last character no longer decodes), none by the pure-Rust
+    // fallback.
+    ensure!(stat(&envoy, "gatewasm_jwt_to_header_verify_native")? >= 1);
+    ensure!(stat(&envoy, "gatewasm_jwt_to_header_verify_fallback")? == 0);
 
     // The counters, defined by the stages and incremented through Envoy's stats.
     ensure!(stat(&envoy, "gatewasm_correlation_id_generated")? >= 2);
@@ -440,3 +445,4 @@ fn bad_configurations_are_refused_naming_the_field() -> Result<()> {
     );
     Ok(())
 }
+
