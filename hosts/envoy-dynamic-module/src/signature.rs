@@ -2,10 +2,11 @@
 //!
 //! jwt-to-header's stage verifies RS*/ES* signatures through
 //! `StageHost::foreign_function("verify_signature", args)` — in Wasm, Envoy's BoringSSL. A
-//! dynamic module has no foreign functions, so without this the stage falls back to jwt-simple
-//! (pure Rust, ~3× the instructions of the whole request for a fresh ES256 token). Here the
-//! module answers the call itself with ring (assembly-backed, as BoringSSL is), so the stage
-//! code is the same on every host and only the crypto underneath differs.
+//! dynamic module cannot call Envoy's foreign functions, so without this the stage falls back
+//! to jwt-simple (pure Rust: a request with a fresh ES256 token cost Envoy 2.61M added
+//! instructions, against 0.82M with ring, by callgrind). Here the module answers the call
+//! itself with ring (assembly-backed, as BoringSSL is), so the stage code is the same on every
+//! host and only the crypto underneath differs.
 //!
 //! The message format is jwt-to-header's (`verify.rs` owns both directions: `encode_args` /
 //! `decode_args`, `encode_result` / `decode_result`). The answers follow Envoy's
