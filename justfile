@@ -152,13 +152,37 @@ test-e2e: build envoy redis limitador-rls
 # Run the gateway (envoy-configs/gateway.yaml) locally with an echo upstream and print curl
 # commands that show the filters at work. Ctrl-C stops everything. Ports: DEMO_PORT (8080),
 # DEMO_ADMIN_PORT (9901), DEMO_UPSTREAM_PORT (8081), DEMO_UPSTREAM2_PORT (8082, tenant acme's backend).
-demo: build envoy
+# `just demo native` (or DEMO_HOST=native): the same gateway on the Envoy dynamic module —
+# envoy-configs/gateway-native.yaml, libgatewasm_envoy.so (`build-native`), Envoy 1.40.
+# Run the gateway locally with echo upstreams (HOST: wasm, or native for the dynamic module).
+demo HOST=env_var_or_default("DEMO_HOST", "wasm"):
     #!/usr/bin/env bash
     set -euo pipefail
+    target="$(cargo metadata --format-version 1 --no-deps \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+    case "{{HOST}}" in
+      wasm)
+        "{{ just_executable() }}" build envoy
+        config_file=gateway.yaml
+        envoy_bin="$ENVOY_BIN"
+        envoy_env=()
+        ;;
+      native)
+        "{{ just_executable() }}" build-native
+        # Envoy 1.40 whatever ENVOY_VERSION or ENVOY_BIN say: the module speaks 1.40's ABI.
+        env -u ENVOY_BIN ENVOY_VERSION=1.40.0 "{{ just_executable() }}" envoy
+        config_file=gateway-native.yaml
+        envoy_bin="{{ venv }}/envoy-1.40.0/envoy"
+        envoy_env=(ENVOY_DYNAMIC_MODULES_SEARCH_PATH="${GATEWASM_DYNAMIC_MODULE_DIR:-$target/native}")
+        ;;
+      *)
+        echo "just demo [wasm|native]: unknown host '{{HOST}}'" >&2
+        exit 2
+        ;;
+    esac
     # tools/devtools alone: the demo's tools without the harness (no wasmtime to compile).
     cargo build --quiet -p gatewasm-devtools --bins
-    bin="$(cargo metadata --format-version 1 --no-deps \
-      | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
+    bin="$target/debug"
     wasm_dir="${GATEWASM_WASM_DIR:-{{justfile_directory()}}/target/wasm32-wasip1/release}"
     run_dir="$(mktemp -d -t gatewasm-demo.XXXXXX)"
     pids=()
@@ -171,14 +195,14 @@ demo: build envoy
     }
     trap cleanup EXIT
     trap 'exit 0' INT TERM
-    config="$("$bin/render-config" gateway.yaml "$run_dir" \
+    config="$("$bin/render-config" "$config_file" "$run_dir" \
       LISTEN_PORT={{demo_port}} ADMIN_PORT={{demo_admin_port}} \
       UPSTREAM_PORT={{demo_upstream_port}} UPSTREAM2_PORT={{demo_upstream2_port}} WASM_DIR="$wasm_dir")"
     "$bin/echo-upstream" --port {{demo_upstream_port}} &
     pids+=($!)
     "$bin/echo-upstream" --port {{demo_upstream2_port}} &
     pids+=($!)
-    "$ENVOY_BIN" -c "$config" --concurrency 2 --disable-hot-restart \
+    env "${envoy_env[@]}" "$envoy_bin" -c "$config" --concurrency 2 --disable-hot-restart \
       --log-path "$run_dir/envoy.log" &
     pids+=($!)
     # Ready when Envoy's admin says so and the upstream answers as the echo server.
@@ -201,8 +225,8 @@ demo: build envoy
     token="$("$bin/demo-token" --sub alice --role admin --tenant acme)"
     cat <<EOT
 
-    gatewasm demo: Envoy $("$ENVOY_BIN" --version | sed -n 's/.*version: [0-9a-f]*\/\([^/]*\)\/.*/\1/p') on $gw (admin http://127.0.0.1:{{demo_admin_port}}), echo upstreams on 127.0.0.1:{{demo_upstream_port}} (shared) and :{{demo_upstream2_port}} (tenant acme).
-    Config: envoy-configs/gateway.yaml (rendered to $config). Envoy log: $run_dir/envoy.log
+    gatewasm demo ({{HOST}}): Envoy $("$envoy_bin" --version | sed -n 's/.*version: [0-9a-f]*\/\([^/]*\)\/.*/\1/p') on $gw (admin http://127.0.0.1:{{demo_admin_port}}), echo upstreams on 127.0.0.1:{{demo_upstream_port}} (shared) and :{{demo_upstream2_port}} (tenant acme).
+    Config: envoy-configs/$config_file (rendered to $config). Envoy log: $run_dir/envoy.log
     The echo upstream answers with JSON of the request it received, so you see what reached it.
 
     # 1. No ID: correlation-id generates a UUID; the upstream and the client see the same one

@@ -327,13 +327,15 @@ fn every_shipped_filter_has_its_manifests_and_nothing_untested_ships() -> Result
             rel(&file)
         );
     }
-    // Nor under envoy-configs/envoy-gateway/: the two policies.
+    // Nor under envoy-configs/envoy-gateway/: the three policies (the native one is checked
+    // by hosts/envoy-dynamic-module/tests/gateway_native_config.rs).
     let policies = deploy::yaml_files(&deploy::envoy_gateway_dir())?;
     assert_eq!(
         policies,
         [
             deploy::envoy_gateway_chain_policy(),
-            deploy::envoy_gateway_policy()
+            deploy::envoy_gateway_policy(),
+            deploy::envoy_gateway_native_policy(),
         ],
         "envoy-configs/envoy-gateway/: only the tested policies"
     );

@@ -71,28 +71,107 @@ fn read_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
     None
 }
 
+/// One field of a protobuf message: its number and its value (a varint's value, or a
+/// length-delimited field's bytes; fixed-width fields are skipped as `Fixed`).
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+/// The next field at `pos` (advanced past it); `None` when the message is malformed (a
+/// truncated varint or value, field number 0, a group wire type).
+fn read_field<'a>(b: &'a [u8], pos: &mut usize) -> Option<(u64, Field<'a>)> {
+    let tag = read_varint(b, pos)?;
+    let number = tag >> 3;
+    if number == 0 {
+        return None;
+    }
+    let skip = |pos: &mut usize, n: usize| -> Option<()> {
+        *pos = pos.checked_add(n).filter(|&p| p <= b.len())?;
+        Some(())
+    };
+    let field = match tag & 7 {
+        0 => Field::Varint(read_varint(b, pos)?),
+        1 => {
+            skip(pos, 8)?;
+            Field::Fixed
+        }
+        5 => {
+            skip(pos, 4)?;
+            Field::Fixed
+        }
+        2 => {
+            let len = usize::try_from(read_varint(b, pos)?).ok()?;
+            let start = *pos;
+            skip(pos, len)?;
+            Field::Bytes(b.get(start..*pos)?)
+        }
+        _ => return None,
+    };
+    Some((number, field))
+}
+
 /// Decode `VerifySignatureResult.result` (field 1, varint). Unknown fields are skipped; a
 /// malformed message is `None` (treated as "not verified" by the caller).
 pub fn decode_result(b: &[u8]) -> Option<bool> {
     let mut pos = 0;
     let mut result = false;
     while pos < b.len() {
-        let tag = read_varint(b, &mut pos)?;
-        match (tag >> 3, tag & 7) {
-            (1, 0) => result = read_varint(b, &mut pos)? != 0,
-            (_, 0) => {
-                read_varint(b, &mut pos)?;
-            }
-            (_, 2) => {
-                let len = usize::try_from(read_varint(b, &mut pos)?).ok()?;
-                pos = pos.checked_add(len).filter(|&p| p <= b.len())?;
-            }
-            (_, 1) => pos = pos.checked_add(8).filter(|&p| p <= b.len())?,
-            (_, 5) => pos = pos.checked_add(4).filter(|&p| p <= b.len())?,
-            _ => return None,
+        if let (1, Field::Varint(v)) = read_field(b, &mut pos)? {
+            result = v != 0;
         }
     }
     Some(result)
+}
+
+/// `VerifySignatureArguments` as a host implementing `verify_signature` receives it (the
+/// Envoy dynamic module does, natively): the fields [`encode_args`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VerifyArgs<'a> {
+    /// `hash_function`, e.g. "sha256".
+    pub hash: &'a str,
+    /// `public_key`: SubjectPublicKeyInfo DER.
+    pub public_key: &'a [u8],
+    pub signature: &'a [u8],
+    pub text: &'a [u8],
+    /// `public_key_pem` (Envoy takes a PEM key instead of DER; [`encode_args`] never sends
+    /// one): decoded so a host can refuse it rather than verify against an empty DER key.
+    pub public_key_pem: &'a [u8],
+}
+
+/// Decode `VerifySignatureArguments` as protobuf parsers do: the last occurrence of a field
+/// wins, unknown fields are skipped. `None` when the message is malformed or `hash_function`
+/// is not UTF-8 (Envoy refuses such arguments with BadArgument).
+pub fn decode_args(b: &[u8]) -> Option<VerifyArgs<'_>> {
+    let mut args = VerifyArgs::default();
+    let mut pos = 0;
+    while pos < b.len() {
+        match read_field(b, &mut pos)? {
+            (1, Field::Bytes(v)) => args.hash = std::str::from_utf8(v).ok()?,
+            (2, Field::Bytes(v)) => args.public_key = v,
+            (3, Field::Bytes(v)) => args.signature = v,
+            (4, Field::Bytes(v)) => args.text = v,
+            (5, Field::Bytes(v)) => args.public_key_pem = v,
+            // A known field with another wire type is malformed.
+            (1..=5, _) => return None,
+            _ => {}
+        }
+    }
+    Some(args)
+}
+
+/// Encode `VerifySignatureResult { result, error }` as proto3 does (`false` and an empty
+/// error left out): what a host implementing `verify_signature` answers.
+pub fn encode_result(result: bool, error: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + error.len());
+    if result {
+        out.extend_from_slice(&[0x08, 0x01]);
+    }
+    if !error.is_empty() {
+        push_bytes_field(&mut out, 2, error.as_bytes());
+    }
+    out
 }
 
 fn push_der_integer(out: &mut Vec<u8>, mut n: &[u8]) {
@@ -288,6 +367,72 @@ mod tests {
         assert_eq!(decode_result(&[0x12, 0x05, b'x']), None);
         assert_eq!(decode_result(&[0x08]), None);
         assert_eq!(decode_result(&[0x0b]), None);
+    }
+
+    #[test]
+    fn arguments_round_trip() {
+        let der = [0x30u8; 300];
+        let encoded = encode_args("sha384", &der, &[9, 8, 7], b"header.payload");
+        assert_eq!(
+            decode_args(&encoded),
+            Some(VerifyArgs {
+                hash: "sha384",
+                public_key: &der,
+                signature: &[9, 8, 7],
+                text: b"header.payload",
+                public_key_pem: &[],
+            })
+        );
+        // Empty fields, unknown fields (varint 7, fixed64 8, bytes 9) skipped, last one wins.
+        let mut more = encode_args("", &[], &[], &[]);
+        more.extend_from_slice(&[0x38, 0x96, 0x01, 0x41, 1, 2, 3, 4, 5, 6, 7, 8, 0x4a, 1, 0]);
+        more.extend_from_slice(&encode_args("sha256", &[1], &[2], &[3]));
+        more.extend_from_slice(&[0x2a, 2, b'p', b'k']);
+        assert_eq!(
+            decode_args(&more),
+            Some(VerifyArgs {
+                hash: "sha256",
+                public_key: &[1],
+                signature: &[2],
+                text: &[3],
+                public_key_pem: b"pk",
+            })
+        );
+        assert_eq!(decode_args(&[]), Some(VerifyArgs::default()));
+    }
+
+    #[test]
+    fn malformed_arguments_are_refused() {
+        let good = encode_args("sha256", &[1, 2, 3], &[4; 64], b"text");
+        // Every truncation but the field boundaries is malformed; none panics.
+        for end in 0..good.len() {
+            let _ = decode_args(&good[..end]);
+        }
+        assert_eq!(decode_args(&good[..good.len() - 1]), None);
+        assert_eq!(decode_args(&[0x0a, 2, 0xff, 0xfe]), None, "hash not UTF-8");
+        assert_eq!(decode_args(&[0x08, 1]), None, "hash_function as a varint");
+        assert_eq!(decode_args(&[0x02, 0]), None, "field number 0");
+        assert_eq!(decode_args(&[0x0b]), None, "a group");
+        assert_eq!(decode_args(&[0x12, 0x80]), None, "truncated length");
+        assert_eq!(
+            decode_args(&[
+                0x12, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
+            ]),
+            None,
+            "a length past the end"
+        );
+        assert_eq!(decode_args(&[0x80; 11]), None, "a varint over 64 bits");
+    }
+
+    #[test]
+    fn results_round_trip() {
+        for (result, error) in [(true, ""), (false, ""), (false, "Failed to verify digest.")] {
+            let encoded = encode_result(result, error);
+            assert_eq!(decode_result(&encoded), Some(result), "{result} {error:?}");
+        }
+        assert_eq!(encode_result(true, ""), [0x08, 0x01]);
+        assert_eq!(encode_result(false, ""), [] as [u8; 0]);
+        assert_eq!(encode_result(false, "no"), [0x12, 2, b'n', b'o']);
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`guard`] (host-free): the `catch_unwind` every hook runs under.
 //! - [`shared_data`] (host-free): the process-wide shared data (Envoy's CAS rules) that makes
 //!   rate limits exact across workers.
+//! - [`signature`] (host-free): Envoy's `verify_signature` foreign function with ring, so
+//!   jwt-to-header verifies RS*/ES* natively here too.
 //! - `abi` (native, not in unit tests): the `extern "C"` declarations of the Envoy 1.40 ABI we
 //!   call, and a safe layer over them; `hooks` (same): the `envoy_dynamic_module_on_*` exports,
 //!   each under `catch_unwind`, implementing `StreamHost` over `abi`; `proxy_wasm_stubs`
@@ -30,6 +32,7 @@ pub mod guard;
 pub mod keys;
 pub mod pipeline;
 pub mod shared_data;
+pub mod signature;
 pub mod spec;
 
 #[cfg(all(not(test), not(target_arch = "wasm32")))]

@@ -84,8 +84,8 @@ pub struct KeyWait {
 
 /// The [`StageHost`] of one callback: one clock read for all stages (separate filters would
 /// each read it, microseconds apart), `source.address` from Envoy, the process's shared data,
-/// and no foreign functions (jwt-to-header then verifies RS*/ES* signatures in Rust, as it
-/// does on a host without Envoy's `verify_signature`).
+/// and one foreign function, `verify_signature`, answered by the module itself
+/// ([`crate::signature`]: jwt-to-header's RS*/ES* checks with ring).
 pub struct PassHost<'h> {
     stream: &'h mut dyn StreamHost,
     shared: &'h SharedData,
@@ -124,8 +124,17 @@ impl StageHost for PassHost<'_> {
         self.shared.set(key, value, cas)
     }
 
-    fn foreign_function(&mut self, _name: &str, _args: &[u8]) -> Result<Option<Vec<u8>>, Status> {
-        Err(Status::NotFound)
+    fn foreign_function(&mut self, name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+        foreign_function(name, args)
+    }
+}
+
+/// The foreign functions the module implements itself (Envoy's are not reachable from a
+/// dynamic module): `verify_signature`; any other is NotFound.
+fn foreign_function(name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+    match name {
+        crate::signature::VERIFY_SIGNATURE => crate::signature::verify_signature(args).map(Some),
+        _ => Err(Status::NotFound),
     }
 }
 
@@ -151,8 +160,8 @@ impl StageHost for ConfigHost<'_> {
         self.shared.set(key, value, cas)
     }
 
-    fn foreign_function(&mut self, _name: &str, _args: &[u8]) -> Result<Option<Vec<u8>>, Status> {
-        Err(Status::NotFound)
+    fn foreign_function(&mut self, name: &str, args: &[u8]) -> Result<Option<Vec<u8>>, Status> {
+        foreign_function(name, args)
     }
 }
 

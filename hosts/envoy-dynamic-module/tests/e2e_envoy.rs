@@ -8,6 +8,8 @@
 //! - One filter per instance (`filter_name` = the filter): correlation-id alone; rate-limit's
 //!   limit exact across two workers (`--concurrency 2`).
 //! - Configurations Envoy must refuse, with the field named in its output.
+//! - A long keep-alive run through gateway-native.yaml's chain that must not grow Envoy's
+//!   memory (VmRSS and `server.memory_allocated`, after a warm-up).
 //!
 //! Each test starts its own Envoy and echo upstream on free ports, so tests run in parallel.
 
@@ -19,6 +21,7 @@ use anyhow::{Context, Result, bail, ensure};
 use gatewasm_devtools::client::{self, Request, Response};
 use gatewasm_devtools::demo_jwt::{self, DemoClaims};
 use gatewasm_devtools::echo::{EchoUpstream, Echoed};
+use gatewasm_devtools::envoy::Envoy;
 use support::{envoy, single_filter, stat};
 
 fn ok_echo(resp: &Response) -> Result<Echoed> {
@@ -204,6 +207,11 @@ fn gateway_native_runs_the_five_filters_as_one_chain() -> Result<()> {
         &Request::get("/api/orders").header("authorization", format!("Bearer {forged}")),
     )?;
     ensure!(bad.status == 401, "forged signature: {bad:?}");
+    // The valid token's signature was checked by the module's own `verify_signature` (ring;
+    // the forged one too unless its last character no longer decodes), none by the pure-Rust
+    // fallback.
+    ensure!(stat(&envoy, "gatewasm_jwt_to_header_verify_native")? >= 1);
+    ensure!(stat(&envoy, "gatewasm_jwt_to_header_verify_fallback")? == 0);
 
     // The counters, defined by the stages and incremented through Envoy's stats.
     ensure!(stat(&envoy, "gatewasm_correlation_id_generated")? >= 2);
@@ -324,6 +332,152 @@ fn bad_configurations_are_refused_naming_the_field() -> Result<()> {
     ensure!(
         output.contains("filter_name: \"auth\" names no gatewasm filter"),
         "{output}"
+    );
+    Ok(())
+}
+
+/// Envoy's resident set (`VmRSS` of /proc/<pid>/status), bytes.
+fn rss_bytes(envoy: &Envoy) -> Result<u64> {
+    let pid = envoy.pid().context("Envoy has no process")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .context("no VmRSS in /proc/<pid>/status")?
+        .trim()
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+/// Envoy's own gauge of the bytes its allocator (tcmalloc) has handed out.
+fn memory_allocated(envoy: &Envoy) -> Result<u64> {
+    envoy
+        .stats()?
+        .into_iter()
+        .find(|(name, _)| name == "server.memory_allocated")
+        .map(|(_, v)| v)
+        .context("no server.memory_allocated stat")
+}
+
+/// gateway-native.yaml's chain under a long keep-alive run: every stage's code path (fresh
+/// tokens verified natively, repeated ones from the cache, tokenless and tenant requests, 401
+/// and 429 local replies). After a warm-up that fills the caches and Envoy's pools, the rest
+/// must not grow Envoy's memory: a leak of 1 KB a request would add ~30 MB over the counted
+/// requests; the allowance is a quarter of that (~256 B a request), for allocator noise.
+#[test]
+fn a_long_run_through_the_chain_does_not_grow_memory() -> Result<()> {
+    const WARM_UP: usize = 8_000;
+    const COUNTED: usize = 30_000;
+    const CONNECTIONS: usize = 8;
+    const ALLOWED_GROWTH: u64 = (COUNTED as u64) * 256;
+    let upstream = EchoUpstream::start()?;
+    let acme = EchoUpstream::start()?;
+    let envoy = envoy("gateway-native.yaml")?
+        .upstream(upstream.port())
+        .upstream2(acme.port())
+        .concurrency(2)
+        .start()?;
+    let gw = envoy.listen_addr();
+    // A fresh token for a quarter of the requests (a `jti` each: every one a cache miss and a
+    // signature check); the same few tokens for another half.
+    let key = demo_jwt::demo_key()?;
+    let fresh: Vec<String> = (0..(WARM_UP + COUNTED) / 4 + 1)
+        .map(|i| {
+            demo_jwt::mint_with(
+                &key,
+                &DemoClaims {
+                    jti: Some(format!("long-run-{i}")),
+                    sub: format!("user-{i}"),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect::<Result<_>>()?;
+    let repeated: Vec<String> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|sub| {
+            demo_jwt::mint_with(
+                &key,
+                &DemoClaims {
+                    sub: sub.to_string(),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect::<Result<_>>()?;
+    let fresh = std::sync::Arc::new(fresh);
+    let repeated = std::sync::Arc::new(repeated);
+    let run = |offset: usize, total: usize| {
+        let fresh = fresh.clone();
+        let repeated = repeated.clone();
+        client::send_burst(gw, total, CONNECTIONS, Duration::from_secs(120), move |n| {
+            let i = offset + n;
+            let bearer = |t: &str| format!("Bearer {t}");
+            match i % 8 {
+                0 | 4 => Request::get(&format!("/hello/{i}"))
+                    .header("authorization", bearer(&fresh[i / 4])),
+                1 | 5 => Request::get("/hello")
+                    .header("authorization", bearer(&repeated[i % 3]))
+                    .header(
+                        "traceparent",
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                    ),
+                2 => Request::get("/api/orders").header("authorization", bearer(&repeated[i % 3])),
+                3 => Request::get("/t/globex/orders").header("x-request-id", format!("id-{i}")),
+                6 => Request::get("/api/orders"),
+                _ => Request::get("/hello").header("host", "acme.tenants.localhost"),
+            }
+        })
+    };
+    let check = |responses: &[Response]| -> Result<()> {
+        for (n, resp) in responses.iter().enumerate() {
+            ensure!(
+                matches!(resp.status, 200 | 401 | 429),
+                "request {n}: {resp:?}"
+            );
+        }
+        Ok(())
+    };
+    check(&run(0, WARM_UP)?)?;
+    let rss_warm = rss_bytes(&envoy)?;
+    let allocated_warm = memory_allocated(&envoy)?;
+    let verified_warm = stat(&envoy, "gatewasm_jwt_to_header_verify_native")?;
+    let responses = run(WARM_UP, COUNTED)?;
+    check(&responses)?;
+    let rss_end = rss_bytes(&envoy)?;
+    let allocated_end = memory_allocated(&envoy)?;
+    let verified = stat(&envoy, "gatewasm_jwt_to_header_verify_native")? - verified_warm;
+    // Each fresh token was checked once, natively (ring); none fell back to jwt-simple.
+    ensure!(
+        verified >= (COUNTED / 4) as u64,
+        "{verified} native signature checks for {} fresh tokens",
+        COUNTED / 4
+    );
+    ensure!(stat(&envoy, "gatewasm_jwt_to_header_verify_fallback")? == 0);
+    let fresh_ok = responses
+        .iter()
+        .enumerate()
+        .filter(|(n, r)| (WARM_UP + n).is_multiple_of(4) && r.status == 200)
+        .count();
+    ensure!(fresh_ok == COUNTED / 4, "{fresh_ok} fresh tokens passed");
+    let growth = |warm: u64, end: u64| end.saturating_sub(warm);
+    eprintln!(
+        "after {WARM_UP} requests: VmRSS {rss_warm} B, server.memory_allocated {allocated_warm} B; \
+         after {COUNTED} more: VmRSS {rss_end} B (+{}), server.memory_allocated {allocated_end} B (+{})",
+        growth(rss_warm, rss_end),
+        growth(allocated_warm, allocated_end),
+    );
+    ensure!(
+        growth(rss_warm, rss_end) <= ALLOWED_GROWTH,
+        "VmRSS grew {} B over {COUNTED} requests ({rss_warm} → {rss_end}); allowed {ALLOWED_GROWTH}",
+        growth(rss_warm, rss_end)
+    );
+    ensure!(
+        growth(allocated_warm, allocated_end) <= ALLOWED_GROWTH,
+        "server.memory_allocated grew {} B over {COUNTED} requests ({allocated_warm} → \
+         {allocated_end}); allowed {ALLOWED_GROWTH}",
+        growth(allocated_warm, allocated_end)
     );
     Ok(())
 }

@@ -420,6 +420,15 @@ pub fn envoy_gateway_chain_policy() -> PathBuf {
         .join("envoy-extension-policy.yaml")
 }
 
+/// The Envoy Gateway resources of the native shape: an EnvoyProxy registering
+/// libgatewasm_envoy.so and the policy running it as a dynamic module (checked by
+/// hosts/envoy-dynamic-module's tests, which can build the module's configuration).
+pub fn envoy_gateway_native_policy() -> PathBuf {
+    envoy_gateway_dir()
+        .join("native")
+        .join("envoy-extension-policy.yaml")
+}
+
 /// Every `*.yaml` under `dir` (recursively, sorted), except `kustomization.yaml`.
 pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();

@@ -80,9 +80,12 @@ pub const FRESH_TOKENS: usize = 5000;
 /// would miss anyway), each request carrying a token neither has seen — the cost of a
 /// signature verification, which the repeated-token cases hide behind the caches.
 /// The names of [`fresh_token_cases`] (to know whether a run needs its tokens).
-pub const FRESH_TOKEN_CASES: [&str; 2] = [
+/// The third is the same jwt-to-header on the dynamic module (`<case> (native module)`, see
+/// [`native_module_name`]): its signature checks are the module's own (ring), not Envoy's.
+pub const FRESH_TOKEN_CASES: [&str; 3] = [
     "jwt-to-header (fresh tokens)",
     "native jwt_authn (fresh tokens)",
+    "jwt-to-header (fresh tokens) (native module)",
 ];
 
 pub fn fresh_token_cases(
@@ -95,6 +98,7 @@ pub fn fresh_token_cases(
         .find(|(name, _)| name == "jwt-to-header")
         .map(|(_, f)| f)
         .context("gateway.yaml has no jwt-to-header filter")?;
+    let module = dynamic_module::single("jwt-to-header", &jwt)?;
     let case = |name: &str, family, filter: Value, native: Option<&str>| Case {
         name: name.to_string(),
         family,
@@ -119,6 +123,15 @@ pub fn fresh_token_cases(
             native_jwt_authn(false),
             None,
         ),
+        Case {
+            proxy_wasm_self: Some(FRESH_TOKEN_CASES[0].to_string()),
+            ..case(
+                FRESH_TOKEN_CASES[2],
+                Family::NativeModule,
+                module,
+                Some(FRESH_TOKEN_CASES[1]),
+            )
+        },
     ])
 }
 
@@ -520,6 +533,35 @@ mod tests {
         assert_eq!(routes.len(), 1, "gateway.yaml's routes are replaced");
         assert_eq!(routes[0]["direct_response"]["status"], 200);
         assert_eq!(parsed["static_resources"]["clusters"], json!([]));
+        Ok(())
+    }
+
+    #[test]
+    fn fresh_token_cases_include_the_native_module_against_its_proxy_wasm_self() -> Result<()> {
+        let gateway = gateway_config()?;
+        let tokens: std::sync::Arc<[String]> = vec!["a.b.c".to_string()].into();
+        let fresh = fresh_token_cases(&gateway, "t.o.ken", tokens)?;
+        let names: Vec<&str> = fresh.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, FRESH_TOKEN_CASES);
+        assert_eq!(
+            FRESH_TOKEN_CASES[2],
+            native_module_name(FRESH_TOKEN_CASES[0])
+        );
+        let module = &fresh[2];
+        assert_eq!(module.family, Family::NativeModule);
+        assert!(dynamic_module::uses_module(&module.filters));
+        assert_eq!(
+            module.proxy_wasm_self.as_deref(),
+            Some(FRESH_TOKEN_CASES[0])
+        );
+        assert!(fresh.iter().all(|c| c.rotating_tokens.is_some()));
+        // `--only "jwt-to-header (fresh tokens)"` selects the Proxy-Wasm and module cases.
+        let selected: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| n.contains(FRESH_TOKEN_CASES[0]))
+            .collect();
+        assert_eq!(selected, [FRESH_TOKEN_CASES[0], FRESH_TOKEN_CASES[2]]);
         Ok(())
     }
 

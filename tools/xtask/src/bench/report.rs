@@ -359,8 +359,9 @@ fn native_module_section(
          gateway.yaml's (rate limits raised so nothing is denied), which are also the stages of \
          `envoy-configs/gateway-native.yaml`: inline JWKS and local rate limits — the dynamic \
          module refuses `remote_jwks` and global/hybrid rate limiting, so neither is measured. \
-         On the module jwt-to-header verifies ES256 in Rust, not with Envoy's crypto (a dynamic \
-         module has no foreign functions). `native module (N separate)` is the N filters as N \
+         On the module jwt-to-header verifies ES256 with ring (the module answers the stage's \
+         `verify_signature` itself: a dynamic module cannot call Envoy's), not with Envoy's \
+         BoringSSL. `native module (N separate)` is the N filters as N \
          dynamic-module filters; `native module chain mode (N)` is one `chain` filter.\n\n",
     );
     md.push_str(&format!(
