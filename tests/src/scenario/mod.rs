@@ -125,8 +125,12 @@ pub fn run_shapes_of(
         .map(|loaded| shapes.iter().map(|s| reshape(loaded, *s)).collect())
         .collect();
     let in_envoy = |l: &Loaded| hosts.envoy && l.scenario.harness_only.is_none();
-    let together =
-        |l: &Loaded| !per_shape && l.scenario.config_rejected.is_none() && l.clusters.is_empty();
+    let together = |l: &Loaded| {
+        !per_shape
+            && l.scenario.config_rejected.is_none()
+            && l.clusters.is_empty()
+            && !(l.shape == Shape::Native && native_needs_own_envoy(l))
+    };
     // Envoy's outcome per scenario and shape (`None`: not run in Envoy).
     let mut outcomes: Vec<Vec<Option<EnvoyOutcome>>> = shaped
         .iter()
@@ -160,7 +164,7 @@ pub fn run_shapes_of(
                         None if in_envoy(&loaded) => Some(envoy::run(&loaded)),
                         None => None,
                     };
-                    let harness = harness::run(&loaded);
+                    let harness = in_harness(&loaded);
                     let (envoy, version) = match envoy {
                         Some((o, v)) => (Some(o), v),
                         None => (None, None),
@@ -172,15 +176,64 @@ pub fn run_shapes_of(
         .collect()
 }
 
-/// Loads `file` and runs it in every shape it has: the separate modules, then (when its chain
-/// holds a filter of the bundle) the bundle and the chain shapes ([`run_shapes`]), each
-/// compared with the first.
+/// Whether the native shape of a scenario must run in an Envoy of its own rather than beside
+/// other scenarios: the dynamic module's shared data is the whole process's (so rate-limit's
+/// buckets would carry over from one listener to the next, where each Wasm listener has a VM,
+/// and so shared data, of its own), and a configuration it is known to refuse (a `config`
+/// shape difference) would keep the shared Envoy from starting.
+fn native_needs_own_envoy(loaded: &Loaded) -> bool {
+    let rate_limit = loaded
+        .scenario
+        .chain
+        .iter()
+        .any(|e| e.filter.as_deref() == Some("rate-limit"));
+    let refused = loaded.scenario.shape_differences.iter().any(|d| {
+        Shape::from(d.shape) == Shape::Native
+            && d.observables
+                .iter()
+                .any(|o| observable_matches(o, "config"))
+    });
+    rate_limit || refused
+}
+
+/// The Envoy releases whose dynamic-module ABI `libgatewasm_envoy.so` is built against: the
+/// native shape runs only on these (version prefix).
+pub const NATIVE_ENVOY_VERSION: &str = "1.40.";
+
+/// Whether the Envoy the scenarios run in (`ENVOY_BIN`) can run the native shape: `Ok(None)`
+/// when it can, `Ok(Some(version))` when it is another release (the shape is not run, and
+/// whoever leaves it out says so), `Err` when its version cannot be told (Envoy missing: the
+/// shape runs and fails as every Envoy run does).
+pub fn native_shape_unsupported_by_envoy() -> Result<Option<String>> {
+    let version = crate::envoy::binary_version()?;
+    Ok((!version.starts_with(NATIVE_ENVOY_VERSION)).then_some(version))
+}
+
+/// The shapes besides the separate modules that a scenario runs in with this Envoy: bundle and
+/// chain (when its chain holds a filter of the bundle), and native too (not for a
+/// `harness_only` scenario, which no Envoy runs; not on an Envoy other than 1.40).
+pub fn other_shapes(loaded: &Loaded, native: bool) -> Vec<Shape> {
+    if !has_bundled_filters(loaded) {
+        return Vec::new();
+    }
+    let mut shapes = vec![Shape::Bundle, Shape::Chain];
+    if native && loaded.scenario.harness_only.is_none() {
+        shapes.push(Shape::Native);
+    }
+    shapes
+}
+
+/// Loads `file` and runs it in every shape it has ([`other_shapes`]; the native shape only on
+/// Envoy 1.40, and with `hosts.envoy`): the separate modules, then the others ([`run_shapes`]),
+/// each compared with the first.
 pub fn run_file_shapes(file: &Path, hosts: Hosts) -> Result<Vec<Report>> {
     let loaded = load(file)?;
     let separate = run(loaded.clone(), hosts);
+    let native = hosts.envoy && !matches!(native_shape_unsupported_by_envoy(), Ok(Some(_)));
+    let shapes = other_shapes(&loaded, native);
     let mut reports = Vec::new();
-    if has_bundled_filters(&loaded) {
-        reports = run_shapes(&loaded, &[Shape::Bundle, Shape::Chain], hosts)?;
+    if !shapes.is_empty() {
+        reports = run_shapes(&loaded, &shapes, hosts)?;
         for report in &mut reports {
             report.compare_with_separate(&separate);
         }
@@ -189,9 +242,14 @@ pub fn run_file_shapes(file: &Path, hosts: Hosts) -> Result<Vec<Report>> {
     Ok(reports)
 }
 
+/// The harness's outcome, for a shape it runs ([`Shape::in_harness`]).
+fn in_harness(loaded: &Loaded) -> Option<HostOutcome> {
+    loaded.shape.in_harness().then(|| harness::run(loaded))
+}
+
 /// Runs a loaded scenario (in the shape it is in).
 pub fn run(loaded: Loaded, hosts: Hosts) -> Report {
-    let harness = harness::run(&loaded);
+    let harness = in_harness(&loaded);
     let (envoy, envoy_version) = if hosts.envoy && loaded.scenario.harness_only.is_none() {
         let (outcome, version) = envoy::run(&loaded);
         (Some(outcome), version)
