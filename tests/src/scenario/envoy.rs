@@ -500,35 +500,34 @@ fn is_config_rejection(message: &str) -> bool {
     .any(|m| message.contains(m))
 }
 
-/// Whether any of `scenarios` has a filter of the dynamic module (its Envoy needs
-/// [`dynamic_module::SEARCH_PATH_VAR`]).
-fn uses_dynamic_module<'a>(scenarios: impl IntoIterator<Item = &'a Loaded>) -> bool {
-    scenarios
+/// The value of [`dynamic_module::SEARCH_PATH_VAR`] for an Envoy running `scenarios`: the
+/// directory of `libgatewasm_envoy.so` ([`dynamic_module::module_dir`]) when any of them has a
+/// filter of the dynamic module; its absence is an error naming `just build-native`.
+fn dynamic_module_search_path<'a>(
+    scenarios: impl IntoIterator<Item = &'a Loaded>,
+) -> Result<Option<String>> {
+    let uses_module = scenarios
         .into_iter()
         .flat_map(|l| &l.plugins)
-        .any(|p| matches!(p, Plugin::Native { .. }))
+        .any(|p| matches!(p, Plugin::Native { .. }));
+    if !uses_module {
+        return Ok(None);
+    }
+    Ok(Some(dynamic_module::module_dir()?.display().to_string()))
 }
 
 /// Starts Envoy on the config `template(extra)` makes, `extra` being free ports for the
 /// listeners after the first (which listens on `{{LISTEN_PORT}}`); up to three attempts when a
-/// port was taken meanwhile. With `dynamic_module`, Envoy finds `libgatewasm_envoy.so`
-/// ([`dynamic_module::module_dir`]; its absence fails the start, naming `just build-native`).
-/// Also returns the config and the extra ports it was started with.
+/// port was taken meanwhile. With `search_path` ([`dynamic_module_search_path`]), Envoy finds
+/// `libgatewasm_envoy.so` there. Also returns the config and the extra ports it was started
+/// with.
 fn start_envoy(
     template: impl Fn(&[u16]) -> String,
     extra_listeners: usize,
     dir: &Path,
     upstream_port: u16,
-    dynamic_module: bool,
+    search_path: Option<&str>,
 ) -> (Result<(Envoy, Vec<u16>)>, String) {
-    let search_path = if dynamic_module {
-        match dynamic_module::module_dir() {
-            Ok(dir) => Some(dir.display().to_string()),
-            Err(e) => return (Err(e), String::new()),
-        }
-    } else {
-        None
-    };
     let file = dir.join("scenario-envoy.yaml");
     let name = file.display().to_string();
     let mut last = None;
@@ -548,7 +547,7 @@ fn start_envoy(
             return (Err(e), text);
         }
         let mut builder = EnvoyBuilder::new(&name).upstream(upstream_port);
-        if let Some(search_path) = &search_path {
+        if let Some(search_path) = search_path {
             builder = builder.env(dynamic_module::SEARCH_PATH_VAR, search_path);
         }
         match builder.start() {
@@ -624,6 +623,7 @@ fn run_together_inner(scenarios: &[&Loaded]) -> Result<Vec<(HostOutcome, Option<
     if scenarios.iter().any(|l| !l.clusters.is_empty()) {
         anyhow::bail!("run_together: a scenario with callout clusters runs in an Envoy of its own");
     }
+    let search_path = dynamic_module_search_path(scenarios.iter().copied())?;
     let backend = ScriptedServer::start()?;
     let servers: BTreeMap<String, ScriptedServer> = BTreeMap::new();
     let dir = tempfile::Builder::new()
@@ -653,7 +653,7 @@ fn run_together_inner(scenarios: &[&Loaded]) -> Result<Vec<(HostOutcome, Option<
         scenarios.len() - 1,
         dir.path(),
         backend.port(),
-        uses_dynamic_module(scenarios.iter().copied()),
+        search_path.as_deref(),
     );
     let (envoy, extra) = started?;
     let version = envoy.server_version().ok();
@@ -689,6 +689,7 @@ fn run_together_inner(scenarios: &[&Loaded]) -> Result<Vec<(HostOutcome, Option<
 }
 
 fn run_inner(loaded: &Loaded) -> Result<(HostOutcome, Option<String>)> {
+    let search_path = dynamic_module_search_path([loaded])?;
     let backend = ScriptedServer::start()?;
     let mut servers = BTreeMap::new();
     for c in &loaded.clusters {
@@ -707,7 +708,7 @@ fn run_inner(loaded: &Loaded) -> Result<(HostOutcome, Option<String>)> {
         0,
         dir.path(),
         backend.port(),
-        uses_dynamic_module([loaded]),
+        search_path.as_deref(),
     );
     let envoy = match started {
         Ok((e, _)) => e,
