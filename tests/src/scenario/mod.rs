@@ -129,7 +129,16 @@ pub fn run_shapes_of(
         !per_shape
             && l.scenario.config_rejected.is_none()
             && l.clusters.is_empty()
-            && !(l.shape == Shape::Native && native_needs_own_envoy(l))
+            && !(l.shape == Shape::Native && native_refusal_declared(l))
+    };
+    // The dynamic module's shared data is the whole process's, not a listener's VM's: one
+    // listener with rate-limit's buckets per Envoy (the others run in Envoys of their own).
+    let mut native_rate_limit = false;
+    let mut clashes = |l: &Loaded| {
+        let rate_limit = l.shape == Shape::Native && has_rate_limit(l);
+        let clash = rate_limit && native_rate_limit;
+        native_rate_limit |= rate_limit;
+        clash
     };
     // Envoy's outcome per scenario and shape (`None`: not run in Envoy).
     let mut outcomes: Vec<Vec<Option<EnvoyOutcome>>> = shaped
@@ -145,7 +154,7 @@ pub fn run_shapes_of(
         .enumerate()
         .filter_map(|(i, s)| s.as_ref().ok().map(|v| (i, v)))
         .flat_map(|(i, v)| v.iter().enumerate().map(move |(k, l)| (i, k, l)))
-        .filter(|(_, _, l)| in_envoy(l) && together(l))
+        .filter(|(_, _, l)| in_envoy(l) && together(l) && !clashes(l))
         .collect();
     let refs: Vec<&Loaded> = shared.iter().map(|(_, _, l)| *l).collect();
     for ((i, k, _), outcome) in shared.iter().zip(envoy::run_together(&refs)) {
@@ -176,24 +185,27 @@ pub fn run_shapes_of(
         .collect()
 }
 
-/// Whether the native shape of a scenario must run in an Envoy of its own rather than beside
-/// other scenarios: the dynamic module's shared data is the whole process's (so rate-limit's
-/// buckets would carry over from one listener to the next, where each Wasm listener has a VM,
-/// and so shared data, of its own), and a configuration it is known to refuse (a `config`
-/// shape difference) would keep the shared Envoy from starting.
-fn native_needs_own_envoy(loaded: &Loaded) -> bool {
-    let rate_limit = loaded
+/// Whether the scenario's chain holds rate-limit, which keeps its buckets in shared data: in
+/// the dynamic module that is the whole Envoy process's (a Wasm listener's is its VM's), so two
+/// such listeners in one Envoy would spend each other's buckets.
+fn has_rate_limit(loaded: &Loaded) -> bool {
+    loaded
         .scenario
         .chain
         .iter()
-        .any(|e| e.filter.as_deref() == Some("rate-limit"));
-    let refused = loaded.scenario.shape_differences.iter().any(|d| {
+        .any(|e| e.filter.as_deref() == Some("rate-limit"))
+}
+
+/// Whether the scenario declares that the native shape refuses its configuration (a `config`
+/// shape difference): it runs in an Envoy of its own, as its refusal would keep a shared one
+/// from starting.
+fn native_refusal_declared(loaded: &Loaded) -> bool {
+    loaded.scenario.shape_differences.iter().any(|d| {
         Shape::from(d.shape) == Shape::Native
             && d.observables
                 .iter()
                 .any(|o| observable_matches(o, "config"))
-    });
-    rate_limit || refused
+    })
 }
 
 /// The Envoy releases whose dynamic-module ABI `libgatewasm_envoy.so` is built against: the
