@@ -12,7 +12,8 @@
 //! filters as `chain` filters of the Envoy dynamic module `libgatewasm_envoy.so` (`just
 //! build-native`; missing, the test fails naming it), in Envoy only, held to the expectations
 //! and to the separate modules' Envoy run. On another Envoy the native tests are not made, and
-//! the run says so first (the 1.40 run covers them).
+//! the run says so first (the 1.40 run covers them); on 1.40 it first lists (on stderr) the
+//! files the native shape leaves out (`harness_only`) and the native differences files declare.
 //! The shapes of eight files at a time run together (one Envoy, a listener each, when the
 //! scenarios allow it: `scenario::run_shapes_of`); the native shapes in Envoys of their own.
 //! `-- '[chain]'` runs the chain shape of every file.
@@ -153,6 +154,57 @@ fn native_shape_runs() -> bool {
     }
 }
 
+/// What the native shape leaves out and declares, before the run (on stderr): the files with
+/// gatewasm filters it does not run (`harness_only`: no Envoy runs them), and each file's
+/// known native differences.
+fn print_native_summary(
+    with_shapes: &[(String, PathBuf, Loaded)],
+    with_native: &[(String, PathBuf, Loaded)],
+) {
+    let harness_only: Vec<&str> = with_shapes
+        .iter()
+        .filter(|(_, _, l)| l.scenario.harness_only.is_some())
+        .map(|(name, ..)| name.as_str())
+        .collect();
+    eprintln!(
+        "scenarios: the [native] shape runs {} files in Envoy (not the harness_only ones: {})",
+        with_native.len(),
+        if harness_only.is_empty() {
+            "none".to_string()
+        } else {
+            harness_only.join(", ")
+        }
+    );
+    // Entries alike (observables, steps, why) in several files: one line, the files listed.
+    let mut declared: Vec<(String, Vec<&str>)> = Vec::new();
+    let mut entries = 0;
+    for (name, _, l) in with_native {
+        for d in &l.scenario.shape_differences {
+            if Shape::from(d.shape) != Shape::Native {
+                continue;
+            }
+            entries += 1;
+            let steps = if d.steps.is_empty() {
+                String::new()
+            } else {
+                format!(" (steps {:?})", d.steps)
+            };
+            let what = format!("{}{steps}: {}", d.observables.join(", "), d.why);
+            match declared.iter_mut().find(|(w, _)| *w == what) {
+                Some((_, files)) => files.push(name),
+                None => declared.push((what, vec![name])),
+            }
+        }
+    }
+    eprintln!(
+        "scenarios: known [native] differences, {entries} (tests/scenarios/README.md, \"Four \
+         shapes\"):"
+    );
+    for (what, files) in declared {
+        eprintln!("  in {} file(s), {}: {what}", files.len(), files.join(", "));
+    }
+}
+
 /// The trials of one group of shapes: `files` (name, file, loaded) in batches of [`BATCH`],
 /// each batch running `shapes` together; a trial per file and shape, grouped by shape, and in
 /// each group the first file of every batch first, so that the worker threads run different
@@ -228,6 +280,9 @@ fn main() -> ExitCode {
             let msg = format!("{e:#}");
             trials.push(Trial::test("scenario files", move || Err(msg.into())));
         }
+    }
+    if native && !args.list {
+        print_native_summary(&with_shapes, &with_native);
     }
     // The shapes' trials after every file's own (whose runs they reuse).
     trials.extend(shape_trials(&with_shapes, &WASM_SHAPES));
