@@ -63,11 +63,12 @@ lint: toolchain openssl-dev
     cargo clippy --release --target wasm32-wasip1 -p {{ bundle_crate }} --target-dir "{{ bundle_target_dir }}" -- -D warnings
     cargo clippy --profile test --lib --target wasm32-wasip1 --features gatewasm-common/schema {{ prepend("-p ", unit_wasm32_crates) }} -- -D warnings
 
-# Builds the .wasm files and installs Envoy, the manifest validator, skopeo and Redis first, and
-# runs the unit tests compiled to wasm32 (`test-wasm32`) and the dynamic module's tests
-# (`test-native`) before the whole suite.
+# Builds the .wasm files and the dynamic module (`build-native`: the scenario tests' [native]
+# shape loads <target>/native/libgatewasm_envoy.so, and fails without it) and installs Envoy,
+# the manifest validator, skopeo and Redis first, and runs the unit tests compiled to wasm32
+# (`test-wasm32`) and the dynamic module's tests (`test-native`) before the whole suite.
 # Everything, from a fresh clone.
-test: build envoy manifest-validator skopeo redis limitador-rls test-wasm32 test-native
+test: build build-native envoy manifest-validator skopeo redis limitador-rls test-wasm32 test-native
     cargo test --workspace --exclude gatewasm-dynamic-module
     cargo test --locked --quiet --manifest-path tools/limitador-rls/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}/limitador-rls"
 
@@ -422,8 +423,9 @@ openssl-dev:
 # How to check a plugin configuration before deploying it. Usage:
 #   just scenario my-config.yaml        just scenario -v FILE (everything each host saw)
 #   just scenario --print-envoy-config FILE        just scenario tests/scenarios/correlation-id/*.yaml
+# `--shape native` (and `all`, on Envoy 1.40) loads the dynamic module: `build-native`.
 # Run scenario files (tests/scenarios/README.md) in the harness and in Envoy; print a report.
 [positional-arguments]
 [no-cd]
-scenario +args: build envoy
+scenario +args: build build-native envoy
     cargo run --quiet --manifest-path "{{justfile_directory()}}/Cargo.toml" -p gatewasm-tests --bin scenario -- "$@"

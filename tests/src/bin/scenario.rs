@@ -6,10 +6,12 @@
 //! ```
 //!
 //! - `--verbose`: show what each host observed in every step (failed steps always show it);
-//! - `--shape separate|bundle|chain|all`: the shape of the chain (default `separate`, the
-//!   filters' own modules): `bundle` and `chain` load the filters from `gatewasm.wasm` and are
-//!   compared with the separate modules' run (which is made too, and not reported); `all`
-//!   reports every shape;
+//! - `--shape separate|bundle|chain|native|all`: the shape of the chain (default `separate`,
+//!   the filters' own modules): `bundle` and `chain` load the filters from `gatewasm.wasm`,
+//!   `native` runs them as the Envoy dynamic module `libgatewasm_envoy.so` (Envoy 1.40 only,
+//!   `just build-native`; in Envoy only); each is compared with the separate modules' run
+//!   (which is made too, and not reported); `all` reports every shape (native only on Envoy
+//!   1.40);
 //! - `--harness-only`: do not start Envoy;
 //! - `--print-envoy-config`: print the Envoy config generated from the scenario (ports as
 //!   placeholders) instead of running it.
@@ -22,7 +24,7 @@ use std::process::ExitCode;
 
 use gatewasm_tests::scenario::{self, Hosts, Report, Shape};
 
-const USAGE: &str = "usage: scenario [--verbose] [--harness-only] [--print-envoy-config] [--shape separate|bundle|chain|all] FILE…";
+const USAGE: &str = "usage: scenario [--verbose] [--harness-only] [--print-envoy-config] [--shape separate|bundle|chain|native|all] FILE…";
 
 /// Runs `file` in `shape` (`None`: every shape); the reports to print.
 fn run(file: &std::path::Path, hosts: Hosts, shape: Option<Shape>) -> anyhow::Result<Vec<Report>> {
@@ -52,7 +54,9 @@ fn main() -> ExitCode {
                 Some("all") => shape = None,
                 Some(name) if Shape::parse(name).is_some() => shape = Shape::parse(name),
                 other => {
-                    eprintln!("--shape takes separate, bundle, chain or all, not {other:?}");
+                    eprintln!(
+                        "--shape takes separate, bundle, chain, native or all, not {other:?}"
+                    );
                     return ExitCode::from(2);
                 }
             },

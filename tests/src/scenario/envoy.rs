@@ -28,6 +28,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::harness::{UNSCRIPTED_CALLOUT_BODY, client_request, metric_deltas};
+use crate::bench::dynamic_module;
 use crate::client;
 use crate::envoy::{Envoy, EnvoyBuilder};
 use crate::http_server::HttpServer;
@@ -37,6 +38,10 @@ use crate::scenario::{
 
 /// The cluster name of the upstream in the generated config (reserved).
 pub const BACKEND_CLUSTER: &str = "scenario_upstream";
+
+/// What Envoy 1.40 says when the dynamic module refuses a filter configuration (the module's
+/// own error line, naming the field, comes before it in the log).
+const DYNAMIC_MODULE_REFUSAL: &str = "Failed to initialize dynamic module";
 
 /// How long a step's request may take in Envoy.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -160,6 +165,30 @@ fn http_filters(loaded: &Loaded, vm_suffix: &str) -> String {
                     name = q(name),
                     vm_id = q(&format!("{vm_id}{vm_suffix}")),
                     file = q(&path.display().to_string()),
+                    value = q(configuration),
+                );
+                filters.push_str(&entry);
+            }
+            Plugin::Native {
+                name,
+                filter_name,
+                configuration,
+            } => {
+                // The configuration text as the Wasm chain plugin gets it, byte for byte.
+                let entry = format!(
+                    r#"# The Envoy dynamic module libgatewasm_envoy.so (ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
+- name: {name}
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+    dynamic_module_config: {{ name: {module} }}
+    filter_name: {filter_name}
+    filter_config:
+      "@type": type.googleapis.com/google.protobuf.StringValue
+      value: {value}
+"#,
+                    name = q(name),
+                    module = q(dynamic_module::MODULE_NAME),
+                    filter_name = q(filter_name),
                     value = q(configuration),
                 );
                 filters.push_str(&entry);
@@ -422,13 +451,19 @@ async fn answer(
 // The runner
 // ---------------------------------------------------------------------------------------------
 
-/// Envoy's custom (Wasm-defined) counters and gauges, by the name the filter defined.
+/// The prefixes Envoy gives the filters' own counters and gauges in `/stats`: a Wasm
+/// plugin's, and the dynamic module's (the native shape).
+const CUSTOM_METRIC_PREFIXES: [&str; 2] = ["wasmcustom.", "dynamicmodulescustom."];
+
+/// Envoy's custom (filter-defined) counters and gauges, by the name the filter defined.
 fn wasm_metrics(envoy: &Envoy) -> Result<BTreeMap<String, i64>> {
     Ok(envoy
         .stats()?
         .into_iter()
         .filter_map(|(n, v)| {
-            n.strip_prefix("wasmcustom.")
+            CUSTOM_METRIC_PREFIXES
+                .iter()
+                .find_map(|prefix| n.strip_prefix(prefix))
                 .map(|name| (name.to_string(), v as i64))
         })
         .collect())
@@ -451,26 +486,47 @@ fn settled_metrics(envoy: &Envoy) -> Result<BTreeMap<String, i64>> {
 
 /// Whether Envoy's start failure is a Wasm plugin rejecting its configuration (Envoy 1.36–1.40
 /// log "Wasm VM failed Failed to configure base Wasm plugin" and exit with "Unable to create Wasm
-/// plugin <name>").
+/// plugin <name>"), or the dynamic module refusing its own (Envoy 1.40 exits with "Failed to
+/// initialize dynamic module filter config").
 fn is_config_rejection(message: &str) -> bool {
     [
         "Unable to create Wasm HTTP filter",
         "Failed to configure",
         "Wasm VM failed",
         "Unable to create Wasm plugin",
+        DYNAMIC_MODULE_REFUSAL,
     ]
     .iter()
     .any(|m| message.contains(m))
 }
 
+/// The value of [`dynamic_module::SEARCH_PATH_VAR`] for an Envoy running `scenarios`: the
+/// directory of `libgatewasm_envoy.so` ([`dynamic_module::module_dir`]) when any of them has a
+/// filter of the dynamic module; its absence is an error naming `just build-native`.
+fn dynamic_module_search_path<'a>(
+    scenarios: impl IntoIterator<Item = &'a Loaded>,
+) -> Result<Option<String>> {
+    let uses_module = scenarios
+        .into_iter()
+        .flat_map(|l| &l.plugins)
+        .any(|p| matches!(p, Plugin::Native { .. }));
+    if !uses_module {
+        return Ok(None);
+    }
+    Ok(Some(dynamic_module::module_dir()?.display().to_string()))
+}
+
 /// Starts Envoy on the config `template(extra)` makes, `extra` being free ports for the
 /// listeners after the first (which listens on `{{LISTEN_PORT}}`); up to three attempts when a
-/// port was taken meanwhile. Also returns the config and the extra ports it was started with.
+/// port was taken meanwhile. With `search_path` ([`dynamic_module_search_path`]), Envoy finds
+/// `libgatewasm_envoy.so` there. Also returns the config and the extra ports it was started
+/// with.
 fn start_envoy(
     template: impl Fn(&[u16]) -> String,
     extra_listeners: usize,
     dir: &Path,
     upstream_port: u16,
+    search_path: Option<&str>,
 ) -> (Result<(Envoy, Vec<u16>)>, String) {
     let file = dir.join("scenario-envoy.yaml");
     let name = file.display().to_string();
@@ -490,7 +546,11 @@ fn start_envoy(
         if let Err(e) = std::fs::write(&file, &text).with_context(|| format!("writing {name}")) {
             return (Err(e), text);
         }
-        match EnvoyBuilder::new(&name).upstream(upstream_port).start() {
+        let mut builder = EnvoyBuilder::new(&name).upstream(upstream_port);
+        if let Some(search_path) = search_path {
+            builder = builder.env(dynamic_module::SEARCH_PATH_VAR, search_path);
+        }
+        match builder.start() {
             Ok(envoy) => return (Ok((envoy, ports)), text),
             Err(e) => {
                 let msg = format!("{e:#}");
@@ -563,6 +623,7 @@ fn run_together_inner(scenarios: &[&Loaded]) -> Result<Vec<(HostOutcome, Option<
     if scenarios.iter().any(|l| !l.clusters.is_empty()) {
         anyhow::bail!("run_together: a scenario with callout clusters runs in an Envoy of its own");
     }
+    let search_path = dynamic_module_search_path(scenarios.iter().copied())?;
     let backend = ScriptedServer::start()?;
     let servers: BTreeMap<String, ScriptedServer> = BTreeMap::new();
     let dir = tempfile::Builder::new()
@@ -587,7 +648,13 @@ fn run_together_inner(scenarios: &[&Loaded]) -> Result<Vec<(HostOutcome, Option<
             .collect();
         shared_config(&listeners, &BTreeMap::new())
     };
-    let (started, _) = start_envoy(template, scenarios.len() - 1, dir.path(), backend.port());
+    let (started, _) = start_envoy(
+        template,
+        scenarios.len() - 1,
+        dir.path(),
+        backend.port(),
+        search_path.as_deref(),
+    );
     let (envoy, extra) = started?;
     let version = envoy.server_version().ok();
     let mut outcomes = Vec::new();
@@ -622,6 +689,7 @@ fn run_together_inner(scenarios: &[&Loaded]) -> Result<Vec<(HostOutcome, Option<
 }
 
 fn run_inner(loaded: &Loaded) -> Result<(HostOutcome, Option<String>)> {
+    let search_path = dynamic_module_search_path([loaded])?;
     let backend = ScriptedServer::start()?;
     let mut servers = BTreeMap::new();
     for c in &loaded.clusters {
@@ -640,6 +708,7 @@ fn run_inner(loaded: &Loaded) -> Result<(HostOutcome, Option<String>)> {
         0,
         dir.path(),
         backend.port(),
+        search_path.as_deref(),
     );
     let envoy = match started {
         Ok((e, _)) => e,

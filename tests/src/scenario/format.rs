@@ -48,9 +48,10 @@ pub struct Scenario {
     /// Where a shape of the chain legitimately differs from the filters' own modules. Every
     /// scenario also runs in the **bundle** shape (each filter of this workspace loaded from
     /// `gatewasm.wasm` with its name as root id, one shared VM) and the **chain** shape (each
-    /// run of consecutive filters as one `chain` plugin of `gatewasm.wasm`); each shape must
-    /// meet the expectations in both hosts and observe exactly what the separate modules
-    /// observe. An entry here skips the observables it names, in that shape only (its
+    /// run of consecutive filters as one `chain` plugin of `gatewasm.wasm`), and on Envoy 1.40
+    /// the **native** shape (each such run as one `chain` filter of the Envoy dynamic module
+    /// `libgatewasm_envoy.so`, Envoy only); each shape must meet the expectations in every
+    /// host it runs in and observe exactly what the separate modules observe. An entry here skips the observables it names, in that shape only (its
     /// expectations, the hosts' comparison and the comparison with the separate modules), and
     /// the report shows them as known differences. An entry that no longer differs fails the
     /// scenario (remove it).
@@ -66,6 +67,9 @@ pub enum ShapeName {
     Bundle,
     /// Each run of consecutive filters as one plugin of `gatewasm.wasm`, root id `chain`.
     Chain,
+    /// Each run of consecutive filters as one `chain` filter of the Envoy dynamic module
+    /// `libgatewasm_envoy.so` (Envoy 1.40 only; not in the harness).
+    Native,
 }
 
 /// A known difference of one shape from the filters' own modules.
@@ -77,8 +81,10 @@ pub struct ShapeDifference {
     /// What differs, by observable: `upstream` (whether the request reached it),
     /// `upstream.header.<name>`, `upstream.body`, `client` (whether it got a response),
     /// `client.status`, `client.header.<name>`, `client.body`, `metric.<name>`,
-    /// `callouts.<cluster>`, `log` (the `config_rejected` log check). A trailing `*` matches
-    /// any rest (`metric.gatewasm_jwt_to_header_*`).
+    /// `callouts.<cluster>`, `log` (the `config_rejected` log check), `config` (whether the
+    /// chain's configuration is accepted: the shape refuses what the separate modules accept,
+    /// so no step runs in it). A trailing `*` matches any rest
+    /// (`metric.gatewasm_jwt_to_header_*`).
     pub observables: Vec<String>,
     /// Only in these steps (counted from 1). Default: every step.
     #[serde(default)]

@@ -152,6 +152,12 @@ fn run_inner(loaded: &Loaded) -> Result<HostOutcome> {
                         .configuration(configuration.as_bytes()),
                 );
             }
+            Plugin::Native { name, .. } => {
+                anyhow::bail!(
+                    "{name} is a filter of the Envoy dynamic module: the harness runs Proxy-Wasm \
+                     modules only (the native shape runs in Envoy alone)"
+                );
+            }
             Plugin::LocalReply { name, reply } => {
                 let module = Module::load(crate::paths::wasm_file("harness_test_module")?)
                     .map_err(harness_err)?;

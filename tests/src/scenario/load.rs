@@ -52,6 +52,16 @@ pub enum Plugin {
         /// The configuration bytes (JSON text).
         configuration: String,
     },
+    /// A filter of the Envoy dynamic module `libgatewasm_envoy.so` (hosts/envoy-dynamic-module):
+    /// Envoy only, 1.40 (the native shape).
+    Native {
+        /// Envoy's filter name.
+        name: String,
+        /// The module's `filter_name`: a filter, or `chain`.
+        filter_name: String,
+        /// The `filter_config` (JSON text, as the Wasm plugin takes it).
+        configuration: String,
+    },
     /// The `local_reply` pseudo-filter.
     LocalReply {
         /// Name used for the realising filter.
@@ -65,7 +75,9 @@ impl Plugin {
     /// The plugin name.
     pub fn name(&self) -> &str {
         match self {
-            Plugin::Wasm { name, .. } | Plugin::LocalReply { name, .. } => name,
+            Plugin::Wasm { name, .. }
+            | Plugin::Native { name, .. }
+            | Plugin::LocalReply { name, .. } => name,
         }
     }
 }
@@ -95,19 +107,36 @@ pub enum Shape {
     /// vm_id `gatewasm`, configuration `{"stages": [...]}`); a run is cut where a filter would
     /// come a second time (a chain runs each filter at most once).
     Chain,
+    /// Each run of consecutive filters (cut as for [`Shape::Chain`]) as one `chain` filter of
+    /// the Envoy dynamic module `libgatewasm_envoy.so`, with the chain shape's configuration.
+    /// Envoy 1.40 only: the harness runs no dynamic module, so this shape is judged by Envoy's
+    /// observations alone (against the expectations and the separate modules' Envoy run).
+    Native,
 }
 
 impl Shape {
     /// Every shape, the filters' own modules first.
-    pub const ALL: [Shape; 3] = [Shape::Separate, Shape::Bundle, Shape::Chain];
+    pub const ALL: [Shape; 4] = [Shape::Separate, Shape::Bundle, Shape::Chain, Shape::Native];
 
-    /// `separate`, `bundle`, `chain`.
+    /// `separate`, `bundle`, `chain`, `native`.
     pub fn name(self) -> &'static str {
         match self {
             Shape::Separate => "separate",
             Shape::Bundle => "bundle",
             Shape::Chain => "chain",
+            Shape::Native => "native",
         }
+    }
+
+    /// Whether the proxy-wasm harness runs this shape (it cannot load a dynamic module).
+    pub fn in_harness(self) -> bool {
+        self != Shape::Native
+    }
+
+    /// Whether a stage's configuration error is reported in the chain's form
+    /// (`stages[<i>].config.<field>: <filter>: <message>`): `config_rejected.chain_log`.
+    pub fn reports_as_chain(self) -> bool {
+        matches!(self, Shape::Chain | Shape::Native)
     }
 
     /// Parses a shape's name.
@@ -121,6 +150,7 @@ impl From<ShapeName> for Shape {
         match s {
             ShapeName::Bundle => Shape::Bundle,
             ShapeName::Chain => Shape::Chain,
+            ShapeName::Native => Shape::Native,
         }
     }
 }
@@ -498,7 +528,8 @@ pub fn has_bundled_filters(loaded: &Loaded) -> bool {
 /// The scenario with its chain in `shape` (from the separate shape `load` gives). The other
 /// plugins (`local_reply`, modules by `wasm:`, the harness test module) stay as they are.
 pub fn reshape(loaded: &Loaded, shape: Shape) -> Result<Loaded> {
-    if shape == Shape::Separate || !has_bundled_filters(loaded) {
+    // The native shape loads no .wasm for the chain (its library is Envoy's to find).
+    if matches!(shape, Shape::Separate | Shape::Native) || !has_bundled_filters(loaded) {
         return reshape_with(loaded, shape, PathBuf::new());
     }
     reshape_with(loaded, shape, crate::paths::wasm_file(BUNDLE_MODULE)?)
@@ -557,12 +588,20 @@ fn reshape_with(loaded: &Loaded, shape: Shape, bundle: PathBuf) -> Result<Loaded
                 break name;
             }
         };
-        plugins.push(Plugin::Wasm {
-            name,
-            vm_id: BUNDLE_MODULE.into(),
-            root_id: "chain".into(),
-            path: bundle.clone(),
-            configuration: format!("{{\"stages\":[{}]}}", stages.join(",")),
+        let configuration = format!("{{\"stages\":[{}]}}", stages.join(","));
+        plugins.push(match shape {
+            Shape::Native => Plugin::Native {
+                name,
+                filter_name: "chain".into(),
+                configuration,
+            },
+            _ => Plugin::Wasm {
+                name,
+                vm_id: BUNDLE_MODULE.into(),
+                root_id: "chain".into(),
+                path: bundle.clone(),
+                configuration,
+            },
         });
         Ok(())
     };
@@ -589,7 +628,7 @@ fn reshape_with(loaded: &Loaded, shape: Shape, bundle: PathBuf) -> Result<Loaded
                 path: bundle.clone(),
                 configuration: configuration.clone(),
             }),
-            Shape::Chain => {
+            Shape::Chain | Shape::Native => {
                 if run.iter().any(|(f, _)| *f == filter) {
                     flush(&mut run, &mut plugins)?;
                 }
@@ -621,6 +660,7 @@ fn check_observable(o: &str) -> Result<()> {
         "client.status",
         "client.body",
         "log",
+        "config",
     ];
     let prefixed = ["upstream.header.", "client.header.", "metric.", "callouts."];
     let ok = if pattern.is_some() {
@@ -638,7 +678,7 @@ fn check_observable(o: &str) -> Result<()> {
         bail!(
             "{o:?} is no observable (upstream, upstream.header.<name>, upstream.body, client, \
              client.status, client.header.<name>, client.body, metric.<name>, callouts.<cluster>, \
-             log; a trailing * matches any rest)"
+             log, config; a trailing * matches any rest)"
         );
     }
     Ok(())
@@ -714,6 +754,11 @@ mod tests {
                 configuration,
                 ..
             } => (name, vm_id, root_id, configuration),
+            Plugin::Native {
+                name,
+                filter_name,
+                configuration,
+            } => (name, "native", filter_name, configuration),
             Plugin::LocalReply { name, .. } => (name, "", "local_reply", ""),
         }
     }
@@ -799,6 +844,21 @@ steps: [{}]
         );
         assert_eq!(chain.shape, Shape::Chain);
         assert!(reshape_with(&chain, Shape::Bundle, PathBuf::new()).is_err());
+        // The native shape: the chain shape's runs and configurations, as dynamic-module
+        // `chain` filters; the other plugins stay Wasm.
+        let native = reshape_with(&l, Shape::Native, PathBuf::new())?;
+        let got: Vec<_> = native.plugins.iter().map(wasm).collect();
+        let want: Vec<_> = chain
+            .plugins
+            .iter()
+            .map(wasm)
+            .map(|(name, vm_id, root_id, configuration)| match root_id {
+                "chain" => (name, "native", "chain", configuration),
+                _ => (name, vm_id, root_id, configuration),
+            })
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(native.shape, Shape::Native);
         Ok(())
     }
 

@@ -125,8 +125,21 @@ pub fn run_shapes_of(
         .map(|loaded| shapes.iter().map(|s| reshape(loaded, *s)).collect())
         .collect();
     let in_envoy = |l: &Loaded| hosts.envoy && l.scenario.harness_only.is_none();
-    let together =
-        |l: &Loaded| !per_shape && l.scenario.config_rejected.is_none() && l.clusters.is_empty();
+    let together = |l: &Loaded| {
+        !per_shape
+            && l.scenario.config_rejected.is_none()
+            && l.clusters.is_empty()
+            && !(l.shape == Shape::Native && native_refusal_declared(l))
+    };
+    // The dynamic module's shared data is the whole process's, not a listener's VM's: one
+    // listener with rate-limit's buckets per Envoy (the others run in Envoys of their own).
+    let mut native_rate_limit = false;
+    let mut clashes = |l: &Loaded| {
+        let rate_limit = l.shape == Shape::Native && has_rate_limit(l);
+        let clash = rate_limit && native_rate_limit;
+        native_rate_limit |= rate_limit;
+        clash
+    };
     // Envoy's outcome per scenario and shape (`None`: not run in Envoy).
     let mut outcomes: Vec<Vec<Option<EnvoyOutcome>>> = shaped
         .iter()
@@ -141,7 +154,7 @@ pub fn run_shapes_of(
         .enumerate()
         .filter_map(|(i, s)| s.as_ref().ok().map(|v| (i, v)))
         .flat_map(|(i, v)| v.iter().enumerate().map(move |(k, l)| (i, k, l)))
-        .filter(|(_, _, l)| in_envoy(l) && together(l))
+        .filter(|(_, _, l)| in_envoy(l) && together(l) && !clashes(l))
         .collect();
     let refs: Vec<&Loaded> = shared.iter().map(|(_, _, l)| *l).collect();
     for ((i, k, _), outcome) in shared.iter().zip(envoy::run_together(&refs)) {
@@ -160,7 +173,7 @@ pub fn run_shapes_of(
                         None if in_envoy(&loaded) => Some(envoy::run(&loaded)),
                         None => None,
                     };
-                    let harness = harness::run(&loaded);
+                    let harness = in_harness(&loaded);
                     let (envoy, version) = match envoy {
                         Some((o, v)) => (Some(o), v),
                         None => (None, None),
@@ -172,15 +185,67 @@ pub fn run_shapes_of(
         .collect()
 }
 
-/// Loads `file` and runs it in every shape it has: the separate modules, then (when its chain
-/// holds a filter of the bundle) the bundle and the chain shapes ([`run_shapes`]), each
-/// compared with the first.
+/// Whether the scenario's chain holds rate-limit, which keeps its buckets in shared data: in
+/// the dynamic module that is the whole Envoy process's (a Wasm listener's is its VM's), so two
+/// such listeners in one Envoy would spend each other's buckets.
+fn has_rate_limit(loaded: &Loaded) -> bool {
+    loaded
+        .scenario
+        .chain
+        .iter()
+        .any(|e| e.filter.as_deref() == Some("rate-limit"))
+}
+
+/// Whether the scenario declares that the native shape refuses its configuration (a `config`
+/// shape difference): it runs in an Envoy of its own, as its refusal would keep a shared one
+/// from starting.
+fn native_refusal_declared(loaded: &Loaded) -> bool {
+    loaded.scenario.shape_differences.iter().any(|d| {
+        Shape::from(d.shape) == Shape::Native
+            && d.observables
+                .iter()
+                .any(|o| observable_matches(o, "config"))
+    })
+}
+
+/// The Envoy releases whose dynamic-module ABI `libgatewasm_envoy.so` is built against: the
+/// native shape runs only on these (version prefix).
+pub const NATIVE_ENVOY_VERSION: &str = "1.40.";
+
+/// Whether the Envoy the scenarios run in (`ENVOY_BIN`) can run the native shape: `Ok(None)`
+/// when it can, `Ok(Some(version))` when it is another release (the shape is not run, and
+/// whoever leaves it out says so), `Err` when its version cannot be told (Envoy missing: the
+/// shape runs and fails as every Envoy run does).
+pub fn native_shape_unsupported_by_envoy() -> Result<Option<String>> {
+    let version = crate::envoy::binary_version()?;
+    Ok((!version.starts_with(NATIVE_ENVOY_VERSION)).then_some(version))
+}
+
+/// The shapes besides the separate modules that a scenario runs in with this Envoy: bundle and
+/// chain (when its chain holds a filter of the bundle), and native too (not for a
+/// `harness_only` scenario, which no Envoy runs; not on an Envoy other than 1.40).
+pub fn other_shapes(loaded: &Loaded, native: bool) -> Vec<Shape> {
+    if !has_bundled_filters(loaded) {
+        return Vec::new();
+    }
+    let mut shapes = vec![Shape::Bundle, Shape::Chain];
+    if native && loaded.scenario.harness_only.is_none() {
+        shapes.push(Shape::Native);
+    }
+    shapes
+}
+
+/// Loads `file` and runs it in every shape it has ([`other_shapes`]; the native shape only on
+/// Envoy 1.40, and with `hosts.envoy`): the separate modules, then the others ([`run_shapes`]),
+/// each compared with the first.
 pub fn run_file_shapes(file: &Path, hosts: Hosts) -> Result<Vec<Report>> {
     let loaded = load(file)?;
     let separate = run(loaded.clone(), hosts);
+    let native = hosts.envoy && !matches!(native_shape_unsupported_by_envoy(), Ok(Some(_)));
+    let shapes = other_shapes(&loaded, native);
     let mut reports = Vec::new();
-    if has_bundled_filters(&loaded) {
-        reports = run_shapes(&loaded, &[Shape::Bundle, Shape::Chain], hosts)?;
+    if !shapes.is_empty() {
+        reports = run_shapes(&loaded, &shapes, hosts)?;
         for report in &mut reports {
             report.compare_with_separate(&separate);
         }
@@ -189,9 +254,14 @@ pub fn run_file_shapes(file: &Path, hosts: Hosts) -> Result<Vec<Report>> {
     Ok(reports)
 }
 
+/// The harness's outcome, for a shape it runs ([`Shape::in_harness`]).
+fn in_harness(loaded: &Loaded) -> Option<HostOutcome> {
+    loaded.shape.in_harness().then(|| harness::run(loaded))
+}
+
 /// Runs a loaded scenario (in the shape it is in).
 pub fn run(loaded: Loaded, hosts: Hosts) -> Report {
-    let harness = harness::run(&loaded);
+    let harness = in_harness(&loaded);
     let (envoy, envoy_version) = if hosts.envoy && loaded.scenario.harness_only.is_none() {
         let (outcome, version) = envoy::run(&loaded);
         (Some(outcome), version)

@@ -19,8 +19,9 @@ pub struct CheckRow {
     pub what: String,
     /// The observable it judges (`client.header.x-request-id`, `metric.<name>`, …).
     pub observable: String,
-    /// The harness's verdict: `Err` says what was seen instead.
-    pub harness: Result<(), String>,
+    /// The harness's verdict: `Err` says what was seen instead (`None`: a shape the harness
+    /// does not run, [`Shape::in_harness`]).
+    pub harness: Option<Result<(), String>>,
     /// Envoy's verdict (`None`: harness-only scenario).
     pub envoy: Option<Result<(), String>>,
     /// A known difference of this shape names the observable here: the index of the entry in
@@ -30,7 +31,8 @@ pub struct CheckRow {
 
 impl CheckRow {
     fn held(&self) -> bool {
-        self.harness.is_ok() && self.envoy.as_ref().is_none_or(Result::is_ok)
+        self.harness.as_ref().is_none_or(Result::is_ok)
+            && self.envoy.as_ref().is_none_or(Result::is_ok)
     }
 }
 
@@ -69,8 +71,8 @@ pub struct StepReport {
 pub struct Report {
     /// The scenario, in the shape that ran.
     pub loaded: Loaded,
-    /// The harness's outcome.
-    pub harness: HostOutcome,
+    /// The harness's outcome (`None`: a shape the harness does not run, [`Shape::in_harness`]).
+    pub harness: Option<HostOutcome>,
     /// Envoy's outcome (`None`: harness-only).
     pub envoy: Option<HostOutcome>,
     /// Envoy's version, when it ran.
@@ -115,7 +117,7 @@ fn kind(o: &HostOutcome) -> &'static str {
 
 pub(super) fn assemble(
     loaded: Loaded,
-    harness: HostOutcome,
+    harness: Option<HostOutcome>,
     envoy: Option<HostOutcome>,
     envoy_version: Option<String>,
 ) -> Report {
@@ -123,8 +125,11 @@ pub(super) fn assemble(
     let mut excused = Vec::new();
     let mut steps = Vec::new();
     let rejected = loaded.scenario.config_rejected.clone();
+    // A known difference of the shape that excuses its refusing the configuration the
+    // separate modules accept (observable `config`): every step's expectations go unjudged.
+    let mut refusal_excused = None;
     let outcomes: Vec<(&str, &HostOutcome)> = [
-        Some(("harness", &harness)),
+        harness.as_ref().map(|h| ("harness", h)),
         envoy.as_ref().map(|e| ("envoy", e)),
     ]
     .into_iter()
@@ -133,18 +138,28 @@ pub(super) fn assemble(
     for (host, outcome) in &outcomes {
         match (outcome, &rejected) {
             (HostOutcome::Failed(e), _) => problems.push(format!("{host}: {e}")),
-            (HostOutcome::ConfigRejected(log), None) => problems.push(format!(
-                "{host}: the configuration was rejected:\n{}",
-                indent(&crate::envoy::tail(log, 30), "    ")
-            )),
+            (HostOutcome::ConfigRejected(log), None) => {
+                let text = format!(
+                    "{host}: the configuration was rejected:\n{}",
+                    indent(&crate::envoy::tail(log, 30), "    ")
+                );
+                match excuse(&loaded, None, "config") {
+                    Some(entry) => {
+                        refusal_excused = Some(entry);
+                        excused.push(Excused { entry, text });
+                    }
+                    None => problems.push(text),
+                }
+            }
             (HostOutcome::Ran(_), Some(_)) => {
                 problems.push(format!("{host}: the configuration was accepted"));
             }
             (HostOutcome::ConfigRejected(log), Some(want)) => {
                 // The chain shape reports a stage's error in its own form.
-                let pattern = match loaded.shape {
-                    Shape::Chain => want.chain_log.as_ref().or(want.log.as_ref()),
-                    Shape::Separate | Shape::Bundle => want.log.as_ref(),
+                let pattern = if loaded.shape.reports_as_chain() {
+                    want.chain_log.as_ref().or(want.log.as_ref())
+                } else {
+                    want.log.as_ref()
                 };
                 if let Some(pattern) = pattern
                     && !Regex::new(pattern).is_ok_and(|re| re.is_match(log))
@@ -166,7 +181,7 @@ pub(super) fn assemble(
         HostOutcome::Ran(v) => Some(v.clone()),
         _ => None,
     };
-    let h_obs = ran(&harness);
+    let h_obs = harness.as_ref().and_then(ran);
     let e_obs = envoy.as_ref().and_then(ran);
     for (i, step) in loaded.scenario.steps.iter().enumerate() {
         let mut title = format!("step {}", i + 1);
@@ -193,10 +208,12 @@ pub(super) fn assemble(
                 v.as_ref().and_then(|v| v.get(k)).map(|v| v.result.clone())
             };
             checks.push(CheckRow {
-                excused: excuse(&loaded, Some(i), &observable),
+                excused: excuse(&loaded, Some(i), &observable).or(refusal_excused),
                 what,
                 observable,
-                harness: pick(&hv).unwrap_or_else(|| Err("did not run".into())),
+                harness: harness
+                    .as_ref()
+                    .map(|_| pick(&hv).unwrap_or_else(|| Err("did not run".into()))),
                 envoy: envoy
                     .as_ref()
                     .map(|_| pick(&ev).unwrap_or_else(|| Err("did not run".into()))),
@@ -242,6 +259,22 @@ pub(super) fn assemble(
     }
 }
 
+/// The line of a refusal's log that says why (the module's or the plugin's error), else its
+/// last line.
+fn refusal_line(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .find(|l| l.contains("invalid plugin configuration") || l.contains("not yet supported"))
+        .or(lines.last())
+        .map(|l| l.to_string())
+        .unwrap_or_default()
+}
+
 fn indent(text: &str, prefix: &str) -> String {
     text.lines()
         .map(|l| format!("{prefix}{l}"))
@@ -260,11 +293,15 @@ impl Report {
         }
         self.compared = true;
         let shape = self.loaded.shape.name();
+        let config_excuse = excuse(&self.loaded, None, "config");
         let hosts = [
-            ("harness", Some(&separate.harness), Some(&self.harness)),
+            ("harness", separate.harness.as_ref(), self.harness.as_ref()),
             ("envoy", separate.envoy.as_ref(), self.envoy.as_ref()),
         ];
         for (host, theirs, ours) in hosts {
+            if host == "harness" && !self.loaded.shape.in_harness() {
+                continue;
+            }
             let (theirs, ours) = match (theirs, ours) {
                 (Some(t), Some(o)) => (t, o),
                 (None, None) => continue,
@@ -277,8 +314,8 @@ impl Report {
                     continue;
                 }
             };
-            match (theirs, ours) {
-                (HostOutcome::Ran(a), HostOutcome::Ran(b)) => {
+            match (theirs, ours, config_excuse) {
+                (HostOutcome::Ran(a), HostOutcome::Ran(b), _) => {
                     for (i, step) in self.loaded.scenario.steps.iter().enumerate() {
                         let (Some(sa), Some(sb)) = (a.get(i), b.get(i)) else {
                             continue;
@@ -304,8 +341,18 @@ impl Report {
                         }
                     }
                 }
-                (HostOutcome::ConfigRejected(_), HostOutcome::ConfigRejected(_)) => {}
-                (t, o) => self.versus_problems.push(format!(
+                (HostOutcome::ConfigRejected(_), HostOutcome::ConfigRejected(_), _) => {}
+                (HostOutcome::Ran(_), HostOutcome::ConfigRejected(log), Some(entry)) => {
+                    self.excused.push(Excused {
+                        entry,
+                        text: format!(
+                            "{host}: the separate modules ran, the {shape} shape refused the \
+                             configuration: {}",
+                            refusal_line(log)
+                        ),
+                    });
+                }
+                (t, o, _) => self.versus_problems.push(format!(
                     "{host}: the separate modules' run {}, the {shape} shape's {}{}",
                     kind(t),
                     kind(o),
@@ -327,7 +374,7 @@ impl Report {
     }
 
     fn own_verdict(&self) -> bool {
-        if self.loaded.scenario.known_disagreement.is_some() && self.envoy.is_some() {
+        if self.known_disagreement_applies() {
             let envoy_ok = self.steps.iter().all(|s| {
                 s.checks
                     .iter()
@@ -347,6 +394,14 @@ impl Report {
             && self.stale_differences().is_empty()
     }
 
+    /// Whether the scenario's `known_disagreement` (between the harness and Envoy) is judged:
+    /// both hosts ran it. A shape that runs in Envoy alone must meet the expectations there.
+    fn known_disagreement_applies(&self) -> bool {
+        self.loaded.scenario.known_disagreement.is_some()
+            && self.envoy.is_some()
+            && self.harness.is_some()
+    }
+
     fn all_held_and_agree(&self) -> bool {
         self.problems.is_empty()
             && self.steps.iter().all(|s| {
@@ -363,7 +418,8 @@ impl Report {
                     c.excused.is_none()
                         && c.envoy
                             .as_ref()
-                            .is_some_and(|e| e.is_ok() != c.harness.is_ok())
+                            .zip(c.harness.as_ref())
+                            .is_some_and(|(e, h)| e.is_ok() != h.is_ok())
                 })
         })
     }
@@ -399,7 +455,7 @@ impl Report {
         let mut s = String::new();
         let sc = &self.loaded.scenario;
         let shape = self.loaded.shape;
-        let known = sc.known_disagreement.is_some() && self.envoy.is_some();
+        let known = self.known_disagreement_applies();
         let stale = self.stale_differences();
         let own = self.own_verdict();
         let verdict = if !own && known && self.all_held_and_agree() {
@@ -454,6 +510,17 @@ impl Report {
                     }
                 );
             }
+            Shape::Native => {
+                let _ = writeln!(
+                    s,
+                    "  shape: native (each run of consecutive filters as one `chain` filter of the Envoy dynamic module libgatewasm_envoy.so; Envoy only){}",
+                    if self.compared {
+                        ", compared with the separate modules' Envoy run"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
         for (i, d) in sc.shape_differences.iter().enumerate() {
             if Shape::from(d.shape) != shape {
@@ -484,19 +551,23 @@ impl Report {
                 d.why
             );
         }
+        let envoy_version = self
+            .envoy_version
+            .as_deref()
+            .map(|v| format!(" {v}"))
+            .unwrap_or_default();
         match (&sc.harness_only, &self.envoy) {
             (Some(why), _) => {
                 let _ = writeln!(s, "  hosts: harness only ({why})");
             }
-            (None, Some(_)) => {
+            (None, Some(_)) if self.harness.is_none() => {
                 let _ = writeln!(
                     s,
-                    "  hosts: harness, Envoy{}",
-                    self.envoy_version
-                        .as_deref()
-                        .map(|v| format!(" {v}"))
-                        .unwrap_or_default()
+                    "  hosts: Envoy{envoy_version} (the harness runs no dynamic module)"
                 );
+            }
+            (None, Some(_)) => {
+                let _ = writeln!(s, "  hosts: harness, Envoy{envoy_version}");
             }
             (None, None) => {
                 let _ = writeln!(s, "  hosts: harness (Envoy not run)");
@@ -528,6 +599,17 @@ impl Report {
                     };
                     let _ = writeln!(s, "    {}. {name} ({file}{root}) config {config}", i + 1);
                 }
+                Plugin::Native {
+                    name,
+                    filter_name,
+                    configuration,
+                } => {
+                    let _ = writeln!(
+                        s,
+                        "    {}. {name} (dynamic module libgatewasm_envoy.so, filter_name {filter_name}) config {configuration}",
+                        i + 1
+                    );
+                }
                 Plugin::LocalReply { reply, .. } => {
                     let _ = writeln!(
                         s,
@@ -558,9 +640,10 @@ impl Report {
             );
         }
         if let Some(want) = &sc.config_rejected {
-            let log = match shape {
-                Shape::Chain => want.chain_log.as_ref().or(want.log.as_ref()),
-                Shape::Separate | Shape::Bundle => want.log.as_ref(),
+            let log = if shape.reports_as_chain() {
+                want.chain_log.as_ref().or(want.log.as_ref())
+            } else {
+                want.log.as_ref()
             };
             let _ = writeln!(
                 s,
@@ -575,14 +658,19 @@ impl Report {
             let _ = writeln!(
                 s,
                 "    {:<8}{:<8}expectation",
-                "harness",
+                if self.harness.is_some() {
+                    "harness"
+                } else {
+                    ""
+                },
                 if with_envoy { "envoy" } else { "" }
             );
             let mut failed = !st.differences.is_empty() || !st.versus_separate.is_empty();
             for c in &st.checks {
                 let mark = |r: &Result<(), String>| if r.is_ok() { "ok" } else { "FAIL" };
+                let h = c.harness.as_ref().map(mark).unwrap_or("");
                 let e = c.envoy.as_ref().map(mark).unwrap_or("");
-                let _ = writeln!(s, "    {:<8}{:<8}{}", mark(&c.harness), e, c.what);
+                let _ = writeln!(s, "    {h:<8}{e:<8}{}", c.what);
                 if let Some(entry) = c.excused {
                     if !c.held() {
                         let why = sc
@@ -597,14 +685,15 @@ impl Report {
                             shape.name()
                         );
                     }
-                    for (host, r) in [("harness", Some(&c.harness)), ("envoy", c.envoy.as_ref())] {
+                    for (host, r) in [("harness", c.harness.as_ref()), ("envoy", c.envoy.as_ref())]
+                    {
                         if let Some(Err(why)) = r {
                             let _ = writeln!(s, "{:>20}{host}: {why}", "");
                         }
                     }
                     continue;
                 }
-                if let Err(why) = &c.harness {
+                if let Some(Err(why)) = &c.harness {
                     failed = true;
                     let _ = writeln!(s, "{:>20}harness: {why}", "");
                 }
@@ -746,13 +835,21 @@ mod tests {
     fn compared(loaded: &Loaded, bundle: &[(&str, &str)]) -> Report {
         let separate = assemble(
             loaded.clone(),
-            HostOutcome::Ran(vec![observed(&[("x-a", "1"), ("x-b", "1")])]),
+            Some(HostOutcome::Ran(vec![observed(&[
+                ("x-a", "1"),
+                ("x-b", "1"),
+            ])])),
             None,
             None,
         );
         let mut shaped = loaded.clone();
         shaped.shape = Shape::Bundle;
-        let mut report = assemble(shaped, HostOutcome::Ran(vec![observed(bundle)]), None, None);
+        let mut report = assemble(
+            shaped,
+            Some(HostOutcome::Ran(vec![observed(bundle)])),
+            None,
+            None,
+        );
         report.compare_with_separate(&separate);
         report
     }
@@ -793,11 +890,103 @@ mod tests {
         // The separate shape itself is never compared, and the entry does not apply to it.
         let separate = assemble(
             loaded.clone(),
-            HostOutcome::Ran(vec![observed(&[])]),
+            Some(HostOutcome::Ran(vec![observed(&[])])),
             None,
             None,
         );
         assert!(separate.passed() && separate.stale_differences().is_empty());
+        Ok(())
+    }
+
+    /// A scenario file, loaded (`chain: local_reply`, so no build is needed).
+    fn scenario(yaml_tail: &str) -> anyhow::Result<Loaded> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("s.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "description: x\nchain: [{{local_reply: {{status: 401}}}}]\n\
+                 steps: [{{expect: {{client: {{status: 200}}}}}}]\n{yaml_tail}"
+            ),
+        )?;
+        load(&file)
+    }
+
+    /// The separate shape's report (harness and Envoy alike, status 200) and the native
+    /// shape's with Envoy's `envoy` outcome, compared.
+    fn native(loaded: &Loaded, envoy: HostOutcome) -> Report {
+        let ran = || HostOutcome::Ran(vec![observed(&[("x-a", "1")])]);
+        let separate = assemble(loaded.clone(), Some(ran()), Some(ran()), None);
+        let mut shaped = loaded.clone();
+        shaped.shape = Shape::Native;
+        let mut report = assemble(shaped, None, Some(envoy), None);
+        report.compare_with_separate(&separate);
+        report
+    }
+
+    #[test]
+    fn the_native_shape_is_judged_by_envoy_alone() -> anyhow::Result<()> {
+        let loaded = scenario("")?;
+        let same = native(&loaded, HostOutcome::Ran(vec![observed(&[("x-a", "1")])]));
+        assert!(same.passed(), "{}", same.render(true));
+        assert!(same.versus_problems.is_empty());
+        let text = same.render(false);
+        assert!(text.contains("[native]: PASS"), "{text}");
+        assert!(
+            text.contains("the harness runs no dynamic module"),
+            "{text}"
+        );
+
+        // What Envoy observed differs from the separate modules' Envoy run: fails.
+        let other = native(&loaded, HostOutcome::Ran(vec![observed(&[("x-a", "2")])]));
+        assert!(!other.passed());
+        assert!(other.steps[0].versus_separate[0].contains("x-a"));
+
+        // A known disagreement between the hosts does not apply without the harness: Envoy
+        // must meet the expectations.
+        let known = scenario("known_disagreement: the harness differs\n")?;
+        let mut failing = observed(&[("x-a", "1")]);
+        if let Some(client) = &mut failing.client {
+            client.status = 500;
+        }
+        assert!(native(&known, HostOutcome::Ran(vec![observed(&[("x-a", "1")])])).passed());
+        assert!(!native(&known, HostOutcome::Ran(vec![failing])).passed());
+        Ok(())
+    }
+
+    #[test]
+    fn a_refused_configuration_passes_only_when_declared_and_still_refused() -> anyhow::Result<()> {
+        let refusal = || {
+            HostOutcome::ConfigRejected(
+                "[error] gatewasm chain: invalid plugin configuration: stages[0].config.x: \
+                 not yet supported by the dynamic module\nFailed to initialize dynamic module"
+                    .into(),
+            )
+        };
+        // Not declared: the refusal fails the shape.
+        let r = native(&scenario("")?, refusal());
+        assert!(!r.passed());
+
+        let declared = scenario(
+            "shape_differences:\n  - {shape: native, observables: [config], why: not yet}\n",
+        )?;
+        let r = native(&declared, refusal());
+        assert!(r.passed(), "{}", r.render(true));
+        let text = r.render(false);
+        assert!(
+            text.contains("known native difference: envoy: the separate modules ran"),
+            "{text}"
+        );
+        assert!(
+            text.contains("not yet supported by the dynamic module"),
+            "{text}"
+        );
+
+        // Accepted now: the declaration is stale and fails the shape.
+        let r = native(&declared, HostOutcome::Ran(vec![observed(&[("x-a", "1")])]));
+        assert_eq!(r.stale_differences(), vec![0]);
+        assert!(!r.passed());
+        assert!(r.render(false).contains("no longer differs"));
         Ok(())
     }
 }

@@ -45,6 +45,23 @@ use crate::render::{self, Vars};
 /// How long [`EnvoyBuilder::start`] waits for `/ready` unless told otherwise.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The version of the Envoy binary the tests use ([`paths::envoy_bin`]), e.g. `1.40.0`, from
+/// `envoy --version` ("envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"), without
+/// starting it.
+pub fn binary_version() -> Result<String> {
+    let bin = paths::envoy_bin()?;
+    let out = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("version:")
+        .nth(1)
+        .and_then(|v| v.trim().split('/').nth(1))
+        .map(str::to_string)
+        .with_context(|| format!("no version in `{} --version`: {text}", bin.display()))
+}
+
 /// Configures and starts an Envoy. See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct EnvoyBuilder {

@@ -24,22 +24,34 @@ pub const MODULE_NAME: &str = "gatewasm_envoy";
 pub const MODULE_DIR_VAR: &str = "GATEWASM_DYNAMIC_MODULE_DIR";
 
 /// The directory holding `libgatewasm_envoy.so`: [`MODULE_DIR_VAR`] if set, else the `native`
-/// profile's output of the target directory this binary was built in (`<target>/debug/bench`
-/// → `<target>/native/`). Fails, naming `just build-native`, when the library is not there.
+/// profile's output of the target directory this binary was built in (`<target>/debug/bench`,
+/// or a test binary `<target>/debug/deps/<name>` → `<target>/native/`). Fails, naming `just
+/// build-native`, when the library is not there. Used by the bench's native-module cases and
+/// by the scenarios' native shape.
 pub fn module_dir() -> Result<PathBuf> {
     let dir = match std::env::var_os(MODULE_DIR_VAR) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => std::env::current_exe()?
-            .ancestors()
-            .nth(2)
-            .context("the bench binary is not in <target>/<profile>/")?
-            .join("native"),
+        _ => {
+            let exe = std::env::current_exe()?;
+            let mut profile = exe
+                .parent()
+                .context("this binary is not in <target>/<profile>/")?;
+            if profile.file_name().is_some_and(|n| n == "deps") {
+                profile = profile
+                    .parent()
+                    .context("this binary is not in <target>/<profile>/deps/")?;
+            }
+            profile
+                .parent()
+                .context("this binary is not in <target>/<profile>/")?
+                .join("native")
+        }
     };
     let lib = dir.join(format!("lib{MODULE_NAME}.so"));
     ensure!(
         lib.is_file(),
-        "{} does not exist: the native-module cases need it; run `just build-native` \
-         (`just bench` does) or set {MODULE_DIR_VAR}",
+        "{} does not exist: Envoy loads the gatewasm dynamic module from there; run `just \
+         build-native` (`just bench` and `just test` do) or set {MODULE_DIR_VAR}",
         lib.display()
     );
     Ok(dir)

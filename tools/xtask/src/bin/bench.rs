@@ -101,7 +101,7 @@ fn main() -> Result<()> {
     if !opts.only.is_empty() {
         cases.retain(|c| c.name == "baseline" || opts.only.iter().any(|o| selects(o, &c.name)));
     }
-    let envoy_version = envoy_version()?;
+    let envoy_version = gatewasm_xtask::envoy::binary_version()?;
     // The native-module cases load libgatewasm_envoy.so, built against Envoy 1.40's ABI: on
     // another Envoy they are left out; on 1.40 a missing library fails now, naming `just
     // build-native`, rather than case by case.
@@ -250,18 +250,6 @@ fn with_suffix(mut dir: std::path::PathBuf, suffix: &str) -> std::path::PathBuf 
     name.push(suffix);
     dir.set_file_name(name);
     dir
-}
-
-fn envoy_version() -> Result<String> {
-    let bin = paths::envoy_bin()?;
-    let out = Command::new(&bin).arg("--version").output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
-    text.split("version:")
-        .nth(1)
-        .and_then(|v| v.trim().split('/').nth(1))
-        .map(str::to_string)
-        .with_context(|| format!("no version in `{} --version`: {text}", bin.display()))
 }
 
 fn today() -> Result<String> {
