@@ -357,8 +357,8 @@ fn native_module_section(
          (hosts/envoy-dynamic-module, `just build-native`) and loaded by Envoy's dynamic-module \
          filter (`ENVOY_DYNAMIC_MODULES_SEARCH_PATH`): no Wasm VM. The configurations are \
          gateway.yaml's (rate limits raised so nothing is denied), which are also the stages of \
-         `envoy-configs/gateway-native.yaml`: inline JWKS and local rate limits — the dynamic \
-         module refuses `remote_jwks` and global/hybrid rate limiting, so neither is measured. \
+         `envoy-configs/gateway-native.yaml`: inline JWKS and local rate limits (the module's \
+         remote JWKS and rate-limit service calls are not measured). \
          On the module jwt-to-header verifies ES256 with ring (the module answers the stage's \
          `verify_signature` itself: a dynamic module cannot call Envoy's), not with Envoy's \
          BoringSSL. `native module (N separate)` is the N filters as N \
