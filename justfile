@@ -285,7 +285,8 @@ demo HOST=env_var_or_default("DEMO_HOST", "wasm"):
 # `--instructions`: instead of timing, each case once under valgrind's callgrind — Envoy's
 # instructions per request, repeatable whatever the machine's load (≈50 min for all cases);
 # writes <dir>_instructions/instructions.md. The "native module" cases run the same filters on
-# the Envoy dynamic module (`build-native`, Envoy 1.40 only; skipped on another Envoy).
+# the Envoy dynamic module (`build-native`, Envoy 1.40 only; skipped on another Envoy); the
+# "dynamic-module filter, …" cases price that ABI with libgatewasm_platform.so (same build).
 # Benchmark the filters against Envoy's native ones (--quick, --reps N, --only NAME).
 [positional-arguments]
 bench *ARGS: build build-native envoy
