@@ -69,7 +69,7 @@ lint: toolchain openssl-dev
 # (`test-wasm32`) and the dynamic module's tests (`test-native`) before the whole suite.
 # Everything, from a fresh clone.
 test: build build-native envoy manifest-validator skopeo redis limitador-rls test-wasm32 test-native
-    cargo test --workspace --exclude gatewasm-dynamic-module
+    cargo test --workspace --exclude gatewasm-dynamic-module --exclude gatewasm-dynamic-module-platform
     cargo test --locked --quiet --manifest-path tools/limitador-rls/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}/limitador-rls"
 
 # The unit tests of filters/common and of every filter, compiled to wasm32-wasip1 and run under
@@ -99,11 +99,13 @@ test-wasm32: toolchain
 # native code Envoy 1.40 loads through its dynamic-module ABI. Profile `native` (release with
 # panic = "unwind": the module catches every panic at its ABI boundary). Output:
 # <target>/native/libgatewasm_envoy.so — point ENVOY_DYNAMIC_MODULES_SEARCH_PATH at that
-# directory (envoy-configs/gateway-native.yaml).
+# directory (envoy-configs/gateway-native.yaml). Beside it libgatewasm_platform.so
+# (tools/dynamic-module-platform): the filter `just bench --instructions` prices the
+# dynamic-module ABI with.
 # Build libgatewasm_envoy.so, the filters as an Envoy 1.40 dynamic module.
 build-native:
-    cargo build --profile native -p gatewasm-dynamic-module
-    @ls -l "${CARGO_TARGET_DIR:-target}/native/libgatewasm_envoy.so"
+    cargo build --profile native -p gatewasm-dynamic-module -p gatewasm-dynamic-module-platform
+    @ls -l "${CARGO_TARGET_DIR:-target}"/native/lib{gatewasm_envoy,gatewasm_platform}.so
 
 # The dynamic module's unit tests and its end-to-end tests in Envoy (the `native` build, one
 # cargo build; no wasmtime). Envoy 1.40 only: the ABI differs between Envoy releases, so
@@ -116,7 +118,7 @@ test-native: build-native redis limitador-rls
     # Envoy 1.40 whatever ENVOY_VERSION or ENVOY_BIN say for the Wasm suite: the module is
     # built against 1.40's ABI.
     env -u ENVOY_BIN ENVOY_VERSION=1.40.0 "{{ just_executable() }}" envoy
-    ENVOY_BIN="{{ venv }}/envoy-1.40.0/envoy" cargo test -p gatewasm-dynamic-module
+    ENVOY_BIN="{{ venv }}/envoy-1.40.0/envoy" cargo test -p gatewasm-dynamic-module -p gatewasm-dynamic-module-platform
 
 # Remove build output (keeps .venv).
 clean:
@@ -148,7 +150,7 @@ envoy:
 # --workspace: the same feature resolution as `just test`, so nothing is rebuilt between them.
 # The dynamic module's e2e tests are `test-native`'s: they need Envoy 1.40, this may run another.
 test-e2e: build envoy redis limitador-rls
-    cargo test --workspace --exclude gatewasm-dynamic-module --test 'e2e_*'
+    cargo test --workspace --exclude gatewasm-dynamic-module --exclude gatewasm-dynamic-module-platform --test 'e2e_*'
 
 # Run the gateway (envoy-configs/gateway.yaml) locally with an echo upstream and print curl
 # commands that show the filters at work. Ctrl-C stops everything. Ports: DEMO_PORT (8080),
@@ -283,7 +285,8 @@ demo HOST=env_var_or_default("DEMO_HOST", "wasm"):
 # `--instructions`: instead of timing, each case once under valgrind's callgrind — Envoy's
 # instructions per request, repeatable whatever the machine's load (≈50 min for all cases);
 # writes <dir>_instructions/instructions.md. The "native module" cases run the same filters on
-# the Envoy dynamic module (`build-native`, Envoy 1.40 only; skipped on another Envoy).
+# the Envoy dynamic module (`build-native`, Envoy 1.40 only; skipped on another Envoy); the
+# "dynamic-module filter, …" cases price that ABI with libgatewasm_platform.so (same build).
 # Benchmark the filters against Envoy's native ones (--quick, --reps N, --only NAME).
 [positional-arguments]
 bench *ARGS: build build-native envoy

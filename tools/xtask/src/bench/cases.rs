@@ -354,6 +354,14 @@ pub fn cases(gateway: &Value, token: &str) -> Result<Vec<Case>> {
             None,
         ));
     }
+    for platform in &dynamic_module::DYNAMIC_MODULE_PLATFORM_CASES {
+        out.push(case(
+            platform.name,
+            Family::Platform,
+            vec![platform.filter()],
+            None,
+        ));
+    }
     for (name, filter) in &wasm {
         let native = match name.as_str() {
             "correlation-id" => Some("native request-id"),
@@ -493,6 +501,38 @@ mod tests {
             .collect();
         assert_eq!(selected("native module"), native_module);
         assert_eq!(native_module.len(), 7, "{native_module:?}");
+        // `--only "dynamic-module filter"`: the dynamic-module platform cases, each loading the
+        // platform library (not gatewasm's) with its own configuration.
+        let platform = selected("dynamic-module filter");
+        assert_eq!(
+            platform,
+            dynamic_module::DYNAMIC_MODULE_PLATFORM_CASES
+                .iter()
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+        );
+        for name in platform {
+            let case = cases.iter().find(|c| c.name == name).context("a case")?;
+            assert_eq!(case.family, Family::Platform);
+            assert_eq!(
+                dynamic_module::modules_used(&case.filters),
+                [dynamic_module::PLATFORM_MODULE_NAME]
+            );
+        }
+        let writes = dynamic_module::DYNAMIC_MODULE_PLATFORM_CASES
+            .iter()
+            .find(|c| c.name.ends_with("8 response header writes"))
+            .context("the response-header write case")?;
+        let value = writes
+            .filter()
+            .pointer("/typed_config/filter_config/value")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .context("a filter_config value")?;
+        assert_eq!(
+            serde_json::from_str::<Value>(&value)?,
+            json!({"response_header_writes": 8})
+        );
         for case in cases.iter().filter(|c| c.family == Family::NativeModule) {
             let own = case
                 .proxy_wasm_self

@@ -327,13 +327,17 @@ pub fn quantile(values: &mut [f64], q: f64) -> f64 {
 }
 
 /// `builder` with [`SEARCH_PATH_VAR`](super::dynamic_module::SEARCH_PATH_VAR) pointing at the
-/// library when the case's filters load it.
+/// libraries' directory when the case's filters load a dynamic module.
 pub(super) fn with_dynamic_module(builder: EnvoyBuilder, case: &Case) -> Result<EnvoyBuilder> {
-    use super::dynamic_module::{SEARCH_PATH_VAR, module_dir, uses_module};
-    if !uses_module(&case.filters) {
+    use super::dynamic_module::{SEARCH_PATH_VAR, library_dir, modules_used};
+    let modules = modules_used(&case.filters);
+    if modules.is_empty() {
         return Ok(builder);
     }
-    Ok(builder.env(SEARCH_PATH_VAR, &module_dir()?.display().to_string()))
+    Ok(builder.env(
+        SEARCH_PATH_VAR,
+        &library_dir(&modules)?.display().to_string(),
+    ))
 }
 
 /// Starts the case's Envoy and measures it once.

@@ -29,6 +29,12 @@ pub const MODULE_DIR_VAR: &str = "GATEWASM_DYNAMIC_MODULE_DIR";
 /// build-native`, when the library is not there. Used by the bench's native-module cases and
 /// by the scenarios' native shape.
 pub fn module_dir() -> Result<PathBuf> {
+    library_dir(&[MODULE_NAME])
+}
+
+/// The directory of the `native` builds ([`module_dir`]'s), checked to hold `lib<name>.so` for
+/// every name of `names` (the gatewasm library, the platform library).
+pub fn library_dir(names: &[&str]) -> Result<PathBuf> {
     let dir = match std::env::var_os(MODULE_DIR_VAR) {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => {
@@ -47,13 +53,20 @@ pub fn module_dir() -> Result<PathBuf> {
                 .join("native")
         }
     };
-    let lib = dir.join(format!("lib{MODULE_NAME}.so"));
-    ensure!(
-        lib.is_file(),
-        "{} does not exist: Envoy loads the gatewasm dynamic module from there; run `just \
-         build-native` (`just bench` and `just test` do) or set {MODULE_DIR_VAR}",
-        lib.display()
-    );
+    for name in names {
+        let lib = dir.join(format!("lib{name}.so"));
+        let build = if *name == PLATFORM_MODULE_NAME {
+            "cargo build --profile native -p gatewasm-dynamic-module-platform` (`just bench` does)"
+        } else {
+            "just build-native` (`just bench` and `just test` do)"
+        };
+        ensure!(
+            lib.is_file(),
+            "{} does not exist: Envoy loads the dynamic module {name} from there; run `{build} \
+             or set {MODULE_DIR_VAR}",
+            lib.display()
+        );
+    }
     Ok(dir)
 }
 
@@ -116,13 +129,125 @@ pub fn chain(wasm: &[(String, Value)]) -> Result<Value> {
     Ok(filter("gatewasm.chain", "chain", &chain_config(wasm)?))
 }
 
-/// Whether a filter list uses the library (its Envoy needs [`SEARCH_PATH_VAR`]).
+/// The dynamic modules (`lib<name>.so`) a filter list loads, each once.
+pub fn modules_used(filters: &[Value]) -> Vec<&str> {
+    let mut names: Vec<&str> = filters
+        .iter()
+        .filter_map(|f| {
+            f.pointer("/typed_config/dynamic_module_config/name")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Whether a filter list loads a dynamic module (the library or the platform library: its
+/// Envoy needs [`SEARCH_PATH_VAR`]).
 pub fn uses_module(filters: &[Value]) -> bool {
-    filters.iter().any(|f| {
-        f.pointer("/typed_config/dynamic_module_config/name")
-            .and_then(Value::as_str)
-            == Some(MODULE_NAME)
-    })
+    !modules_used(filters).is_empty()
+}
+
+/// The platform library (tools/dynamic-module-platform, `libgatewasm_platform.so`): a
+/// dynamic-module filter that does only what its configuration says per request.
+pub const PLATFORM_MODULE_NAME: &str = "gatewasm_platform";
+
+/// A case that prices the dynamic-module ABI: the platform library with `config` (its
+/// `filter_config`: how many calls of which kind per request; `{}` is the presence case).
+pub struct DynamicModulePlatformCase {
+    pub name: &'static str,
+    /// The [`PlatformCallKind`] it makes 8 of (`None`: presence).
+    pub calls: Option<PlatformCallKind>,
+}
+
+/// A callback the platform library makes [`PLATFORM_CALLS`] times per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlatformCallKind {
+    /// `get_header(":path")` on the request.
+    HeaderRead,
+    /// `get_headers_size` + `get_headers` on the request: how gatewasm reads a request.
+    HeaderMapRead,
+    /// `set_header("x-platform", "value")` on the request.
+    RequestHeaderWrite,
+    /// `set_header("x-platform", "value")` on the response (in the response-headers hook).
+    ResponseHeaderWrite,
+    /// `increment_counter` of a counter defined at configuration.
+    CounterIncrement,
+}
+
+impl PlatformCallKind {
+    /// The platform library's configuration field that counts these calls.
+    pub fn config_field(self) -> &'static str {
+        match self {
+            PlatformCallKind::HeaderRead => "request_header_reads",
+            PlatformCallKind::HeaderMapRead => "request_header_map_reads",
+            PlatformCallKind::RequestHeaderWrite => "request_header_writes",
+            PlatformCallKind::ResponseHeaderWrite => "response_header_writes",
+            PlatformCallKind::CounterIncrement => "counter_increments",
+        }
+    }
+
+    /// What the report calls one of them.
+    pub fn label(self) -> &'static str {
+        match self {
+            PlatformCallKind::HeaderRead => "request-header read (`get_header`)",
+            PlatformCallKind::HeaderMapRead => {
+                "request-header map read (`get_headers_size` + `get_headers`)"
+            }
+            PlatformCallKind::RequestHeaderWrite => "request-header write (`set_header`)",
+            PlatformCallKind::ResponseHeaderWrite => "response-header write (`set_header`)",
+            PlatformCallKind::CounterIncrement => "counter increment (`increment_counter`)",
+        }
+    }
+}
+
+/// How many calls of its kind a dynamic-module platform case makes per request.
+pub const PLATFORM_CALLS: u32 = 8;
+
+/// The dynamic-module platform cases; `--only "dynamic-module filter"` selects them all.
+pub const DYNAMIC_MODULE_PLATFORM_CASES: [DynamicModulePlatformCase; 6] = [
+    DynamicModulePlatformCase {
+        name: "dynamic-module filter, presence",
+        calls: None,
+    },
+    DynamicModulePlatformCase {
+        name: "dynamic-module filter, 8 header reads",
+        calls: Some(PlatformCallKind::HeaderRead),
+    },
+    DynamicModulePlatformCase {
+        name: "dynamic-module filter, 8 header map reads",
+        calls: Some(PlatformCallKind::HeaderMapRead),
+    },
+    DynamicModulePlatformCase {
+        name: "dynamic-module filter, 8 request header writes",
+        calls: Some(PlatformCallKind::RequestHeaderWrite),
+    },
+    DynamicModulePlatformCase {
+        name: "dynamic-module filter, 8 response header writes",
+        calls: Some(PlatformCallKind::ResponseHeaderWrite),
+    },
+    DynamicModulePlatformCase {
+        name: "dynamic-module filter, 8 counter increments",
+        calls: Some(PlatformCallKind::CounterIncrement),
+    },
+];
+
+impl DynamicModulePlatformCase {
+    /// The platform library's `filter_config` for this case.
+    pub fn config(&self) -> Value {
+        match self.calls {
+            Some(kind) => json!({ kind.config_field(): PLATFORM_CALLS }),
+            None => json!({}),
+        }
+    }
+
+    /// The case's one filter: the platform library with [`Self::config`].
+    pub fn filter(&self) -> Value {
+        let mut filter = filter("gatewasm.platform", "platform", &self.config());
+        filter["typed_config"]["dynamic_module_config"]["name"] = json!(PLATFORM_MODULE_NAME);
+        filter
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,10 @@
 //!   `envoy-configs/gateway.yaml` configures them, their native equivalents, the fresh- and
 //!   forged-token JWT cases ([`cases()`], [`fresh_token_cases`], [`forged_token_cases`]).
 //! - `dynamic_module.rs`: the native-module cases' filters and where Envoy finds the library
-//!   ([`dynamic_module::module_dir`]).
+//!   ([`dynamic_module::module_dir`]); the dynamic-module platform cases
+//!   ([`dynamic_module::DYNAMIC_MODULE_PLATFORM_CASES`]: `libgatewasm_platform.so`,
+//!   tools/dynamic-module-platform, doing N calls of one ABI callback per request), which price
+//!   the dynamic-module ABI as `platform.rs`'s cases price Proxy-Wasm's.
 //! - `platform.rs`: the cases that price the Proxy-Wasm platform itself: the idle filter (the
 //!   floor under every gatewasm filter) and the hand-written platform modules
 //!   ([`PLATFORM_CASES`]).

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 
+use super::dynamic_module::{DYNAMIC_MODULE_PLATFORM_CASES, PLATFORM_CALLS, PlatformCallKind};
 use super::{
     CALLGRIND_REQUESTS, CALLGRIND_WARMUP, Case, Family, HostCall, Options, PLATFORM_CASES, Results,
     Spread, WASM_FLOOR,
@@ -212,6 +213,7 @@ pub fn instructions_report(
         "added instructions/request",
         0,
     ));
+    md.push_str(&dynamic_module_prices_section(cases, added));
     md.push_str(&breakdown_section(cases, added, &info.costs));
     if !failures.is_empty() {
         md.push_str(
@@ -263,6 +265,59 @@ fn platform_prices(cases: &[Case], added: impl Fn(usize) -> Option<f64>) -> Opti
         vm_entry: (three - presence) / 3.0,
         calls,
     })
+}
+
+/// What the dynamic-module platform cases of one run say a dynamic-module filter's parts cost
+/// (instructions per request): being present, and each callback by kind.
+#[derive(Debug, PartialEq)]
+struct DynamicModulePrices {
+    presence: f64,
+    calls: Vec<(PlatformCallKind, f64)>,
+}
+
+/// The prices from the dynamic-module platform cases' added counts (`None` without the presence
+/// case): presence is what the filter that does nothing adds, a callback an eighth of what its
+/// case's eight calls add to presence.
+fn dynamic_module_prices(
+    cases: &[Case],
+    added: impl Fn(usize) -> Option<f64>,
+) -> Option<DynamicModulePrices> {
+    let added_by_name = |name: &str| cases.iter().position(|c| c.name == name).and_then(&added);
+    let presence_case = DYNAMIC_MODULE_PLATFORM_CASES
+        .iter()
+        .find(|c| c.calls.is_none())?;
+    let presence = added_by_name(presence_case.name)?;
+    let calls = DYNAMIC_MODULE_PLATFORM_CASES
+        .iter()
+        .filter_map(|c| {
+            let kind = c.calls?;
+            let count = added_by_name(c.name)?;
+            Some((kind, (count - presence) / f64::from(PLATFORM_CALLS)))
+        })
+        .collect();
+    Some(DynamicModulePrices { presence, calls })
+}
+
+/// The dynamic-module prices table (empty without the presence case in the run).
+fn dynamic_module_prices_section(cases: &[Case], added: impl Fn(usize) -> Option<f64>) -> String {
+    let Some(prices) = dynamic_module_prices(cases, added) else {
+        return String::new();
+    };
+    let mut md = format!(
+        "\n## Dynamic-module prices\n\nWhat Envoy's dynamic-module ABI costs, from the \
+         `dynamic-module filter, …` cases: `libgatewasm_platform.so` \
+         (tools/dynamic-module-platform), a filter exporting every hook Envoy 1.40 looks up that \
+         does per request only what its configuration says. **Presence** is what the filter \
+         that does nothing adds to the baseline (Envoy creating it and entering its hooks); a \
+         callback's price is (its case − presence) ÷ {PLATFORM_CALLS}, its case making \
+         {PLATFORM_CALLS} of them per request.\n\n| part | instructions/request |\n|---|---|\n\
+         | filter present (every hook exported) | {:.0} |\n",
+        prices.presence
+    );
+    for (kind, price) in &prices.calls {
+        md.push_str(&format!("| one {} | {price:.0} |\n", kind.label()));
+    }
+    md
 }
 
 /// Where each gatewasm case's added instructions go: the platform's prices (this run's platform
@@ -653,6 +708,69 @@ mod tests {
         // Without the platform cases there is nothing to price with: no section.
         let md = instructions_report(&cases[..1], &counts[..1], &info);
         assert!(!md.contains("Where the instructions go"), "{md}");
+    }
+
+    #[test]
+    fn instruction_report_prices_the_dynamic_module_abi_with_its_platform_cases() {
+        let case = |name: &str, family| Case {
+            name: name.to_string(),
+            family,
+            filters: vec![serde_json::Value::Null],
+            native_request_id: false,
+            native_equivalent: None,
+            proxy_wasm_self: None,
+            headers: vec![],
+            rotating_tokens: None,
+            expected_status: 200,
+        };
+        // Presence 4,400; each callback kind its own price, 8 calls per case.
+        let price = |kind: PlatformCallKind| match kind {
+            PlatformCallKind::HeaderRead => 460.0,
+            PlatformCallKind::HeaderMapRead => 1_250.0,
+            PlatformCallKind::RequestHeaderWrite => 1_800.0,
+            PlatformCallKind::ResponseHeaderWrite => 2_200.0,
+            PlatformCallKind::CounterIncrement => 90.0,
+        };
+        let mut cases = vec![case("baseline", Family::Baseline)];
+        let mut counts = vec![Ok(100_000.0)];
+        for p in &DYNAMIC_MODULE_PLATFORM_CASES {
+            cases.push(case(p.name, Family::Platform));
+            let calls = p
+                .calls
+                .map_or(0.0, |k| price(k) * f64::from(PLATFORM_CALLS));
+            counts.push(Ok(100_000.0 + 4_400.0 + calls));
+        }
+        let info = RunInfo {
+            envoy_version: "1.40.0".into(),
+            date: "2026-12-06".into(),
+            machine: "vm".into(),
+            wasm_sizes: BTreeMap::new(),
+            command: "just bench --instructions".into(),
+            costs: vec![],
+        };
+        let md = instructions_report(&cases, &counts, &info);
+        assert!(md.contains("## Dynamic-module prices"), "{md}");
+        for row in [
+            "| filter present (every hook exported) | 4400 |",
+            "| one request-header read (`get_header`) | 460 |",
+            "| one request-header map read (`get_headers_size` + `get_headers`) | 1250 |",
+            "| one request-header write (`set_header`) | 1800 |",
+            "| one response-header write (`set_header`) | 2200 |",
+            "| one counter increment (`increment_counter`) | 90 |",
+        ] {
+            assert!(md.contains(row), "{row} missing: {md}");
+        }
+        // A callback case without its count is left out; without presence, no section.
+        counts[2] = Err("valgrind failed".into());
+        let md = instructions_report(&cases, &counts, &info);
+        assert!(!md.contains("| one request-header read"), "{md}");
+        assert!(
+            md.contains("| one request-header write (`set_header`) | 1800 |"),
+            "{md}"
+        );
+        counts[1] = Err("valgrind failed".into());
+        let md = instructions_report(&cases, &counts, &info);
+        assert!(!md.contains("Dynamic-module prices"), "{md}");
     }
 
     #[test]

@@ -102,24 +102,28 @@ fn main() -> Result<()> {
         cases.retain(|c| c.name == "baseline" || opts.only.iter().any(|o| selects(o, &c.name)));
     }
     let envoy_version = gatewasm_xtask::envoy::binary_version()?;
-    // The native-module cases load libgatewasm_envoy.so, built against Envoy 1.40's ABI: on
-    // another Envoy they are left out; on 1.40 a missing library fails now, naming `just
-    // build-native`, rather than case by case.
+    // The native-module cases load libgatewasm_envoy.so and the dynamic-module platform cases
+    // libgatewasm_platform.so, both built against Envoy 1.40's ABI: on another Envoy they are
+    // left out; on 1.40 a missing library fails now, naming how to build it, rather than case
+    // by case.
     if !envoy_version.starts_with("1.40.") {
         let before = cases.len();
         cases.retain(|c| !bench::dynamic_module::uses_module(&c.filters));
         if cases.len() < before {
             eprintln!(
-                "Envoy {envoy_version}: the native-module cases are left out (the dynamic module \
-                 is built for Envoy 1.40)"
+                "Envoy {envoy_version}: the native-module and dynamic-module platform cases are \
+                 left out (the dynamic modules are built for Envoy 1.40)"
             );
         }
     }
-    if cases
+    let mut modules: Vec<&str> = cases
         .iter()
-        .any(|c| bench::dynamic_module::uses_module(&c.filters))
-    {
-        bench::dynamic_module::module_dir()?;
+        .flat_map(|c| bench::dynamic_module::modules_used(&c.filters))
+        .collect();
+    modules.sort_unstable();
+    modules.dedup();
+    if !modules.is_empty() {
+        bench::dynamic_module::library_dir(&modules)?;
     }
     bench::prepare_idle_filter()?;
     bench::prepare_platform_modules()?;
