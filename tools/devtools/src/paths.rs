@@ -41,12 +41,19 @@ pub fn edited_envoy_config(dir: &Path, config: &str, edits: &[(&str, &str)]) -> 
 
 /// The directory holding the built filter modules.
 ///
-/// `GATEWASM_WASM_DIR` if set, else `<workspace root>/target/wasm32-wasip1/release`
-/// (where `just build` puts them).
+/// `GATEWASM_WASM_DIR` if set, else `<target>/wasm32-wasip1/release` (where `just build` puts
+/// them), `<target>` being `CARGO_TARGET_DIR` when set (as for cargo and the harness), else
+/// `<workspace root>/target`.
 pub fn wasm_dir() -> PathBuf {
     match std::env::var_os("GATEWASM_WASM_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => workspace_root().join("target/wasm32-wasip1/release"),
+        _ => {
+            let target = match std::env::var_os("CARGO_TARGET_DIR") {
+                Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+                _ => workspace_root().join("target"),
+            };
+            target.join("wasm32-wasip1/release")
+        }
     }
 }
 
