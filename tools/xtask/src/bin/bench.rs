@@ -13,6 +13,7 @@ fn usage() -> &'static str {
     "usage: bench [--quick] [--reps N] [--instructions] [--only NAME]... [--harness-costs FILE]\n\
      NAME: part of a case name, e.g. tenant; =NAME: exactly that case, e.g. =jwt-to-header\n\
      --instructions: count Envoy's instructions per request under callgrind instead of timing\n\
+       (GATEWASM_BENCH_KEEP_CALLGRIND=1 keeps the dumps, for callgrind_annotate)\n\
      --harness-costs: the JSON of the tests crate's `request-cost`, printed in the report"
 }
 
@@ -205,11 +206,21 @@ fn count_instructions(
     let work = tempfile::Builder::new()
         .prefix("gatewasm-bench-callgrind-")
         .tempdir()?;
+    // The dumps go with the run unless kept: a `native` build with debug symbols
+    // (CARGO_PROFILE_NATIVE_DEBUG=true) then shows the module's own functions.
+    let (_work, work_path) = if std::env::var_os("GATEWASM_BENCH_KEEP_CALLGRIND").is_some() {
+        let kept = work.keep();
+        eprintln!("callgrind dumps kept in {}", kept.display());
+        (None, kept)
+    } else {
+        let path = work.path().to_path_buf();
+        (Some(work), path)
+    };
     let mut counts = Vec::with_capacity(cases.len());
     for case in cases {
         // A case that cannot be counted (e.g. V8 cannot create every VM of the five-filter
         // chain under valgrind) is reported as such; the others still are.
-        let count = bench::count_instructions(gateway, case, work.path()).map_err(|e| {
+        let count = bench::count_instructions(gateway, case, &work_path).map_err(|e| {
             let why = format!("{e:#}");
             // The reason and the first line of evidence (e.g. Envoy's first error).
             why.lines().take(2).collect::<Vec<_>>().join(" ")
