@@ -437,12 +437,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
     std::ptr::null()
 }
 
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
-    _filter_config_ptr: *const c_void,
-) {
-}
-
 /// # Safety
 /// `filter_config_ptr` is a live pointer `config_new` returned.
 #[unsafe(no_mangle)]
@@ -619,43 +613,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     )
 }
 
-// The other hooks Envoy 1.40 looks up; the filters do nothing there.
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _end_of_stream: bool,
-) -> i32 {
-    abi::DATA_CONTINUE
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) -> i32 {
-    abi::DATA_CONTINUE
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _response_code: u32,
-    _details: EnvoyBuffer,
-    _reset_imminent: bool,
-) -> i32 {
-    abi::LOCAL_REPLY_CONTINUE
-}
-
 /// The answer to one of a stream's gRPC calls ([`EnvoyStream::grpc_call`]): read as gRPC
 /// ([`grpc::answer`]; a callout that failed — reset, or an answer over the buffer limit — is
 /// UNAVAILABLE), handed to the run; the request resumes when the run goes on.
@@ -711,55 +668,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     );
 }
 
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-    _headers: *mut EnvoyHttpHeader,
-    _headers_size: usize,
-    _end_stream: bool,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-    _data: *const EnvoyBuffer,
-    _data_count: usize,
-    _end_stream: bool,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-    _trailers: *mut EnvoyHttpHeader,
-    _trailers_size: usize,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-    _reason: i32,
-) {
-}
-
 /// A waiting request's wake-up ([`KEYS_READY`]): jwt-to-header decides again with what the
 /// key driver fetched, then the rest of the run; the request resumes if it goes on.
 ///
@@ -796,20 +704,6 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
             }
         },
     );
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) {
 }
 
 /// The configuration's key driver looks at its providers (a tick, or a request started to
@@ -898,51 +792,23 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
     );
 }
 
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
-    _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
-    _stream_id: u64,
-    _headers: *mut EnvoyHttpHeader,
-    _headers_size: usize,
-    _end_stream: bool,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
-    _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
-    _stream_id: u64,
-    _data: *const EnvoyBuffer,
-    _data_count: usize,
-    _end_stream: bool,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
-    _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
-    _stream_id: u64,
-    _trailers: *mut EnvoyHttpHeader,
-    _trailers_size: usize,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(
-    _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
-    _stream_id: u64,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
-    _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
-    _stream_id: u64,
-    _reason: i32,
-) {
-}
+// The hooks this library leaves empty (Envoy looks every hook up when it loads a module).
+gatewasm_envoy_abi::no_op_hooks!(
+    per_route_config_destroy,
+    response_body,
+    response_trailers,
+    stream_complete,
+    local_reply,
+    downstream_above_write_buffer_high_watermark,
+    downstream_below_write_buffer_low_watermark,
+    http_stream_headers,
+    http_stream_data,
+    http_stream_trailers,
+    http_stream_complete,
+    http_stream_reset,
+    config_http_stream_headers,
+    config_http_stream_data,
+    config_http_stream_trailers,
+    config_http_stream_complete,
+    config_http_stream_reset,
+);

@@ -188,12 +188,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
     std::ptr::null()
 }
 
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
-    _filter_config_ptr: *const c_void,
-) {
-}
-
 /// No per-stream state: the filter pointer is the configuration's (no allocation per request,
 /// so the presence price is Envoy's, not an allocator's).
 #[unsafe(no_mangle)]
@@ -294,58 +288,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(_filter_module_ptr
 // The other hooks Envoy 1.40 looks up; this filter does nothing there.
 
 #[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _end_of_stream: bool,
-) -> i32 {
-    abi::DATA_CONTINUE
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) -> i32 {
-    abi::DATA_CONTINUE
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _end_of_stream: bool,
-) -> i32 {
-    abi::DATA_CONTINUE
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) -> i32 {
-    abi::DATA_CONTINUE
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _response_code: u32,
-    _details: EnvoyBuffer,
-    _reset_imminent: bool,
-) -> i32 {
-    abi::LOCAL_REPLY_CONTINUE
-}
-
-#[unsafe(no_mangle)]
 #[allow(clippy::too_many_arguments)]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     _filter_envoy_ptr: *mut c_void,
@@ -356,85 +298,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     _headers_size: usize,
     _body_chunks: *mut EnvoyBuffer,
     _body_chunks_size: usize,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-    _headers: *mut EnvoyHttpHeader,
-    _headers_size: usize,
-    _end_stream: bool,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-    _data: *const EnvoyBuffer,
-    _data_count: usize,
-    _end_stream: bool,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-    _trailers: *mut EnvoyHttpHeader,
-    _trailers_size: usize,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-    _reason: i32,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _event_id: u64,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
-    _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
-    _event_id: u64,
 ) {
 }
 
@@ -452,51 +315,27 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
 ) {
 }
 
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
-    _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
-    _stream_id: u64,
-    _headers: *mut EnvoyHttpHeader,
-    _headers_size: usize,
-    _end_stream: bool,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
-    _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
-    _stream_id: u64,
-    _data: *const EnvoyBuffer,
-    _data_count: usize,
-    _end_stream: bool,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
-    _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
-    _stream_id: u64,
-    _trailers: *mut EnvoyHttpHeader,
-    _trailers_size: usize,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(
-    _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
-    _stream_id: u64,
-) {
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
-    _filter_config_envoy_ptr: *mut c_void,
-    _filter_config_ptr: *const c_void,
-    _stream_id: u64,
-    _reason: i32,
-) {
-}
+// The hooks this library leaves empty (Envoy looks every hook up when it loads a module).
+gatewasm_envoy_abi::no_op_hooks!(
+    per_route_config_destroy,
+    request_body,
+    response_body,
+    request_trailers,
+    response_trailers,
+    stream_complete,
+    local_reply,
+    scheduled,
+    config_scheduled,
+    downstream_above_write_buffer_high_watermark,
+    downstream_below_write_buffer_low_watermark,
+    http_stream_headers,
+    http_stream_data,
+    http_stream_trailers,
+    http_stream_complete,
+    http_stream_reset,
+    config_http_stream_headers,
+    config_http_stream_data,
+    config_http_stream_trailers,
+    config_http_stream_complete,
+    config_http_stream_reset,
+);
