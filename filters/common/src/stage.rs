@@ -19,7 +19,7 @@ use std::borrow::Cow;
 
 use proxy_wasm::types::Status;
 
-use crate::headers::{for_each_header, header_count};
+use crate::headers::{for_each_header, header_count, header_name_str};
 
 /// A counter defined with the host (`None`: the host refused it, so increments are dropped).
 /// The one counter type of every stage: an effect names it, the adapter increments it.
@@ -135,6 +135,29 @@ impl<'a> Effects<'a> {
             reply: self.reply,
             counters: self.counters,
             grpc_calls: self.grpc_calls,
+        }
+    }
+
+    /// These effects emptied, their vectors' room kept for the next stage's (an adapter that
+    /// keeps one `Effects` for a stream allocates its vectors once, not once per stage). The
+    /// edits' element types differ only in lifetime: the in-place collect keeps the room.
+    pub fn recycle(self) -> Effects<'static> {
+        let Effects {
+            request,
+            response,
+            mut counters,
+            mut grpc_calls,
+            ..
+        } = self;
+        counters.clear();
+        grpc_calls.clear();
+        Effects {
+            request: emptied(request),
+            response: emptied(response),
+            clear_route_cache: false,
+            reply: None,
+            counters,
+            grpc_calls,
         }
     }
 
@@ -263,34 +286,58 @@ pub trait Stage: 'static {
     }
 }
 
-/// The request headers of a chain: the host's serialised map as read (kept as one buffer,
-/// parsed once) and what the stages wrote, kept in one byte arena — no allocation per header or
-/// per edit. A stage's view ([`HeaderList::pairs`]) is the unchanged headers in the host's
-/// order, then the changed names — where Envoy's `setCopy` and `addCopy` put them too. Stages
-/// look headers up by name, so they see exactly what they would see after separate filters'
-/// host calls; and the changed names are what the chain writes back, one call per name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The request headers of a chain: the host's headers as read (copied once into one buffer,
+/// indexed once) and what the stages wrote, kept in one byte arena — no allocation per header
+/// or per edit, and none for writes on a request no stage writes to. A stage's view
+/// ([`HeaderList::view_into`]) is the unchanged headers in the host's order, then the changed
+/// names — where Envoy's `setCopy` and `addCopy` put them too. Stages look headers up by name,
+/// so they see exactly what they would see after separate filters' host calls; and the changed
+/// names are what the chain writes back, one call per name.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct HeaderList {
-    /// The map as the host serialised it (`proxy_get_header_map_pairs`).
+    /// The host's headers: the map as a Proxy-Wasm host serialised it
+    /// (`proxy_get_header_map_pairs`, [`HeaderList::from_serialized`]), or each name and value
+    /// back to back as a native host lent them ([`HeaderList::from_pairs`]). Never changed
+    /// after construction: `index` borrows its heap buffer.
     base: Vec<u8>,
-    /// The headers of `base`, in the host's order (names checked to be UTF-8).
-    index: Vec<BaseHeader>,
-    /// Names the stages wrote (a `String`: slicing it needs no UTF-8 check).
-    names: String,
-    /// Values the stages wrote.
+    /// The headers of `base` still in the view, in the host's order, names checked to be
+    /// UTF-8: borrowed from `base`'s heap buffer, which moves with the list, never changes and
+    /// is never reallocated. `'static` stands for "as long as `base`": no method hands a pair
+    /// out for longer than a borrow of the list (see [`detach`]). A stage's view of the
+    /// unchanged headers is then a copy of this slice, not a walk that slices `base` header by
+    /// header (that walk was most of the chain's bookkeeping: five views a request).
+    index: Vec<(&'static str, &'static [u8])>,
+    /// Names and values the stages wrote (a name is pushed from a `&str`, so its bytes are
+    /// UTF-8). Empty, unallocated, until a stage writes.
     arena: Vec<u8>,
     /// What the stages wrote, in order: a value of a changed name, or (`None`) the mark that a
     /// name was changed with no value (removed). `live`: not replaced or removed since.
     written: Vec<Written>,
 }
 
-/// One header of the host's map: where its name and its value are in `base`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct BaseHeader {
-    name: [usize; 2],
-    value: [usize; 2],
-    /// Its name was changed since (it is no longer in the view).
-    hidden: bool,
+/// `part` (of a list's `base`) borrowed for as long as the list: how `index` keeps its pairs.
+///
+/// # Safety
+/// `part` lies in the heap buffer of a `base` that is stored, unchanged, with the `index` the
+/// result goes into, and the result is only ever handed out re-borrowed from that list.
+unsafe fn detach<T: ?Sized>(part: &T) -> &'static T {
+    // SAFETY: the caller's contract: the buffer outlives every use of the reference.
+    unsafe { &*std::ptr::from_ref(part) }
+}
+
+impl Clone for HeaderList {
+    /// A list over its own copy of the host's headers (a derived clone would borrow the
+    /// original's `base`).
+    fn clone(&self) -> Self {
+        let mut copy = HeaderList::from_pairs(
+            self.index
+                .iter()
+                .map(|&(name, value)| (name.as_bytes(), value)),
+        );
+        copy.arena = self.arena.clone();
+        copy.written = self.written.clone();
+        copy
+    }
 }
 
 /// Whether the name at `at` in `bytes` is `name`: the lengths first (cheap), the bytes only
@@ -307,22 +354,20 @@ struct Written {
     first: usize,
     value: Option<[usize; 2]>,
     live: bool,
+    /// On a name's first entry: the host's map had the name when it was first changed. One it
+    /// never had needs no removal, and a single value is an `addCopy` (no lookup of copies to
+    /// replace).
+    host_had: bool,
 }
 
 impl HeaderList {
     /// The list of a map as the host serialised it (see [`crate::headers::parse_header_map`];
     /// a buffer that does not parse reads as an empty map).
     pub fn from_serialized(base: Vec<u8>) -> Self {
-        let start = base.as_ptr() as usize;
-        let at = |s: &[u8]| s.as_ptr() as usize - start;
         let mut index = Vec::with_capacity(header_count(&base));
         let parsed = for_each_header(&base, |name, value| {
-            let (n, v) = (at(name.as_bytes()), at(value));
-            index.push(BaseHeader {
-                name: [n, n + name.len()],
-                value: [v, v + value.len()],
-                hidden: false,
-            });
+            // SAFETY: both are in `base`'s buffer, stored below with `index`, unchanged.
+            index.push(unsafe { (detach(name), detach(value)) });
         });
         if parsed.is_none() {
             index.clear();
@@ -330,23 +375,93 @@ impl HeaderList {
         Self {
             base,
             index,
-            // Room for what a gateway chain typically writes: no regrowth on the way.
-            names: String::with_capacity(256),
-            arena: Vec::with_capacity(512),
-            written: Vec::with_capacity(16),
+            ..Self::default()
         }
     }
 
-    fn base_is(&self, h: &BaseHeader, name: &str) -> bool {
-        is_named(&self.base, h.name, name)
+    /// The list of headers a native host lends as `(name, value)` byte pairs (Envoy's header
+    /// array in a dynamic module); see [`HeaderList::refill_from_pairs`].
+    pub fn from_pairs<'p>(pairs: impl Iterator<Item = (&'p [u8], &'p [u8])> + Clone) -> Self {
+        let mut list = Self::default();
+        list.refill_from_pairs(pairs);
+        list
+    }
+
+    /// This list emptied, then made the list of `pairs` as a native host lends them: one copy
+    /// into one buffer, one index — no serialising into the Proxy-Wasm form and parsing it
+    /// back — and, for a list kept from an earlier request, no allocation: its buffers keep
+    /// their room. Names that are not UTF-8 are skipped (no HTTP codec lets one through;
+    /// checked once, and only when a name is not ASCII).
+    pub fn refill_from_pairs<'p>(
+        &mut self,
+        pairs: impl Iterator<Item = (&'p [u8], &'p [u8])> + Clone,
+    ) {
+        self.reset();
+        let (mut count, mut size, mut all_ascii) = (0usize, 0usize, true);
+        for (name, value) in pairs.clone() {
+            count += 1;
+            size += name.len() + value.len();
+            all_ascii &= name.is_ascii();
+        }
+        // Zeroed to its final size first, then filled piece by piece: each piece is borrowed
+        // once, from the buffer `index` will borrow from, and nothing writes to it after.
+        self.base.resize(size, 0);
+        self.index.reserve(count);
+        let mut rest: &mut [u8] = &mut self.base;
+        let mut kept = 0;
+        for (name, value) in pairs {
+            if !all_ascii && header_name_str(name).is_none() {
+                continue;
+            }
+            let Some((name_at, tail)) = rest.split_at_mut_checked(name.len()) else {
+                break;
+            };
+            let Some((value_at, tail)) = tail.split_at_mut_checked(value.len()) else {
+                break;
+            };
+            name_at.copy_from_slice(name);
+            value_at.copy_from_slice(value);
+            kept += name.len() + value.len();
+            rest = tail;
+            // SAFETY: `name_at` holds `name`'s bytes, found to be UTF-8 above (ASCII, or
+            // checked). Both are in `base`'s buffer, which stays with `index` and is not
+            // changed again until `reset` empties `index` first.
+            self.index.push(unsafe {
+                let name = std::str::from_utf8_unchecked(name_at);
+                (detach(name), detach(&*value_at))
+            });
+        }
+        // Skipped names leave room at the end, unused (a shorter length does not move the
+        // buffer).
+        self.base.truncate(kept);
+    }
+
+    /// An empty list that keeps its buffers' room (for the next request of a worker).
+    pub fn reset(&mut self) {
+        // The index borrows from `base`: it goes first.
+        self.index.clear();
+        self.base.clear();
+        self.arena.clear();
+        self.written.clear();
+    }
+
+    /// How many bytes this list holds on to (what a worker keeps when it keeps the list).
+    pub fn room(&self) -> usize {
+        self.base.capacity()
+            + self.arena.capacity()
+            + self.index.capacity() * std::mem::size_of::<(&str, &[u8])>()
+            + self.written.capacity() * std::mem::size_of::<Written>()
     }
 
     fn written_is(&self, w: &Written, name: &str) -> bool {
-        is_named(self.names.as_bytes(), w.name, name)
+        is_named(&self.arena, w.name, name)
     }
 
     fn written_name(&self, w: &Written) -> &str {
-        self.names.get(w.name[0]..w.name[1]).unwrap_or_default()
+        let name = self.arena.get(w.name[0]..w.name[1]).unwrap_or_default();
+        // SAFETY: `w.name` is where `write` pushed a `&str`'s bytes into the arena, which only
+        // grows: the range holds exactly those bytes.
+        unsafe { std::str::from_utf8_unchecked(name) }
     }
 
     fn written_value(&self, w: &Written) -> Option<&[u8]> {
@@ -354,25 +469,24 @@ impl HeaderList {
         self.arena.get(v0..v1)
     }
 
-    /// The view stages take: borrowed `(name, value)` pairs.
-    pub fn pairs(&self) -> Vec<(&str, &[u8])> {
-        let mut out = Vec::with_capacity(self.index.len() + self.written.len());
-        for h in self.index.iter().filter(|h| !h.hidden) {
-            if let (Some(name), Some(value)) = (
-                self.base.get(h.name[0]..h.name[1]),
-                self.base.get(h.value[0]..h.value[1]),
-            ) {
-                // SAFETY: `h.name` is where `for_each_header` found a name it checked to be
-                // UTF-8, in this very buffer, which nothing changes after the parse. Checking
-                // again for every stage's view was a tenth of the chain's bookkeeping.
-                out.push((unsafe { std::str::from_utf8_unchecked(name) }, value));
-            }
-        }
+    /// The view stages take, into `out` (emptied first; a caller that keeps one vector for all
+    /// its stages allocates it once — see [`recycle_view`]): borrowed `(name, value)` pairs.
+    pub fn view_into<'h>(&'h self, out: &mut Vec<(&'h str, &'h [u8])>) {
+        out.clear();
+        out.reserve(self.index.len() + self.written.len());
+        let unchanged: &'h [(&'h str, &'h [u8])] = &self.index;
+        out.extend_from_slice(unchanged);
         for w in self.written.iter().filter(|w| w.live) {
             if let Some(value) = self.written_value(w) {
                 out.push((self.written_name(w), value));
             }
         }
+    }
+
+    /// The view stages take, in a vector of its own.
+    pub fn pairs(&self) -> Vec<(&str, &[u8])> {
+        let mut out = Vec::new();
+        self.view_into(&mut out);
         out
     }
 
@@ -383,11 +497,7 @@ impl HeaderList {
 
     /// Whether `name` has a value now (`first`: its [`HeaderList::first_written`]).
     fn present(&self, name: &str, first: Option<usize>) -> bool {
-        let in_base = self
-            .index
-            .iter()
-            .any(|h| !h.hidden && self.base_is(h, name));
-        in_base
+        self.index.iter().any(|&(n, _)| n == name)
             || first.is_some_and(|first| {
                 self.written
                     .iter()
@@ -395,30 +505,31 @@ impl HeaderList {
             })
     }
 
-    /// `name` loses every value it has (the base's and what was written); `first`: its
-    /// [`HeaderList::first_written`].
-    fn clear(&mut self, name: &str, first: Option<usize>) {
-        let base = &self.base;
-        for h in self
-            .index
-            .iter_mut()
-            .filter(|h| is_named(base, h.name, name))
-        {
-            h.hidden = true;
-        }
+    /// `name` loses every value it has (the host's and what was written); `first`: its
+    /// [`HeaderList::first_written`]. Whether the host's map still had it.
+    fn clear(&mut self, name: &str, first: Option<usize>) -> bool {
+        let before = self.index.len();
+        self.index.retain(|&(n, _)| n != name);
         if let Some(first) = first {
             for w in self.written.iter_mut().filter(|w| w.first == first) {
                 w.live = false;
             }
         }
+        self.index.len() != before
     }
 
     /// Record `name` (with `value`, or none: the mark of a removal); `first`: its
-    /// [`HeaderList::first_written`].
-    fn write(&mut self, name: &str, first: Option<usize>, value: Option<&[u8]>) {
-        let n0 = self.names.len();
-        self.names.push_str(name);
-        let name_at = [n0, self.names.len()];
+    /// [`HeaderList::first_written`]; `host_had`: see [`Written::host_had`] (read for a first
+    /// entry only).
+    fn write(&mut self, name: &str, first: Option<usize>, value: Option<&[u8]>, host_had: bool) {
+        if self.written.capacity() == 0 {
+            // Room for what a gateway chain typically writes: no regrowth on the way.
+            self.arena.reserve(768);
+            self.written.reserve(16);
+        }
+        let n0 = self.arena.len();
+        self.arena.extend_from_slice(name.as_bytes());
+        let name_at = [n0, self.arena.len()];
         let value = value.map(|v| {
             let v0 = self.arena.len();
             self.arena.extend_from_slice(v);
@@ -429,6 +540,7 @@ impl HeaderList {
             first: first.unwrap_or(self.written.len()),
             value,
             live: true,
+            host_had,
         });
     }
 
@@ -437,34 +549,34 @@ impl HeaderList {
         match edit {
             HeaderEdit::Set(name, value) => {
                 let first = self.first_written(name);
-                self.clear(name, first);
-                self.write(name, first, Some(value));
+                let host_had = self.clear(name, first);
+                self.write(name, first, Some(value), host_had);
             }
             HeaderEdit::Add(name, value) => {
                 let mut first = self.first_written(name);
                 // The host's copies stay: they count as changed, in the view after this.
-                let base_copies: Vec<[usize; 2]> = self
+                let host_copies: Vec<&'static [u8]> = self
                     .index
                     .iter()
-                    .filter(|h| !h.hidden && self.base_is(h, name))
-                    .map(|h| h.value)
+                    .filter(|&&(n, _)| n == name.as_ref())
+                    .map(|&(_, v)| v)
                     .collect();
-                if !base_copies.is_empty() {
+                if !host_copies.is_empty() {
                     self.clear(name, first);
-                    for [v0, v1] in base_copies {
-                        let copy = self.base.get(v0..v1).map(<[u8]>::to_vec);
-                        self.write(name, first, copy.as_deref());
+                    for copy in host_copies {
+                        // `copy` is in `base`, which `write` does not touch.
+                        self.write(name, first, Some(copy), true);
                         first = first.or(Some(self.written.len() - 1));
                     }
                 }
-                self.write(name, first, Some(value));
+                self.write(name, first, Some(value), false);
             }
             HeaderEdit::Remove(name) => {
                 // Removing a header that is not there changes nothing (and costs no call).
                 let first = self.first_written(name);
                 if self.present(name, first) {
-                    self.clear(name, first);
-                    self.write(name, first, None);
+                    let host_had = self.clear(name, first);
+                    self.write(name, first, None, host_had);
                 }
             }
         }
@@ -472,10 +584,19 @@ impl HeaderList {
 
     /// The fewest edits that turn the host's map (as it was read) into this list: per changed
     /// name, in first-change order, one `Set` for a single value, one `Remove` when it is gone,
-    /// or a `Remove` and an `Add` per copy when there are several. A name set back to exactly
-    /// what the host has is still written (cheaper than comparing).
+    /// or a `Remove` and an `Add` per copy when there are several — except that a name the
+    /// host's map never had needs no removal: its values are only `Add`ed (Envoy's `addCopy`
+    /// skips the search for copies `setCopy` replaces), and nothing is written for it when
+    /// it ends with none. A name set back to exactly what the host has is still written
+    /// (cheaper than comparing).
     pub fn write_back(&self) -> Vec<HeaderEdit<'_>> {
         let mut out = Vec::with_capacity(self.written.len());
+        self.write_back_each(|edit| out.push(edit));
+        out
+    }
+
+    /// [`HeaderList::write_back`]'s edits handed to `out` one by one (no vector).
+    pub fn write_back_each<'h>(&'h self, mut out: impl FnMut(HeaderEdit<'h>)) {
         for (i, first) in self.written.iter().enumerate() {
             if first.first != i {
                 continue; // written at its first change
@@ -491,17 +612,39 @@ impl HeaderList {
             };
             let n = || Cow::Borrowed(name);
             let mut all = values();
-            match (all.next(), all.next()) {
-                (None, _) => out.push(HeaderEdit::Remove(n())),
-                (Some(v), None) => out.push(HeaderEdit::Set(n(), Cow::Borrowed(v))),
-                _ => {
-                    out.push(HeaderEdit::Remove(n()));
-                    out.extend(values().map(|v| HeaderEdit::Add(n(), Cow::Borrowed(v))));
+            match (all.next(), all.next(), first.host_had) {
+                (None, _, false) => {}
+                (None, _, true) => out(HeaderEdit::Remove(n())),
+                (Some(v), None, true) => out(HeaderEdit::Set(n(), Cow::Borrowed(v))),
+                (Some(_), _, host_had) => {
+                    if host_had {
+                        out(HeaderEdit::Remove(n()));
+                    }
+                    for v in values() {
+                        out(HeaderEdit::Add(n(), Cow::Borrowed(v)));
+                    }
                 }
             }
         }
-        out
     }
+}
+
+/// An emptied view ([`HeaderList::view_into`]) with its room kept for the next one: the
+/// element types differ only in lifetime, so the standard library's in-place collect reuses
+/// the allocation.
+pub fn recycle_view(view: Vec<(&str, &[u8])>) -> Vec<(&'static str, &'static [u8])> {
+    emptied(view)
+}
+
+/// `items` emptied, as a vector of `U`: when `U` is `T` with other lifetimes, the standard
+/// library's in-place collect keeps the room (`recycled_views_and_effects_keep_their_room`).
+#[allow(
+    clippy::unnecessary_filter_map,
+    reason = "`filter` cannot change the element type"
+)]
+fn emptied<T, U>(mut items: Vec<T>) -> Vec<U> {
+    items.clear();
+    items.into_iter().filter_map(|_| None).collect()
 }
 
 #[cfg(test)]
@@ -521,6 +664,116 @@ mod tests {
 
     fn add(n: &'static str, v: &'static str) -> HeaderEdit<'static> {
         HeaderEdit::Add(n.into(), v.as_bytes().into())
+    }
+
+    #[test]
+    fn a_native_hosts_pairs_read_as_the_same_list_without_non_utf8_names() {
+        let lent: Vec<(&[u8], &[u8])> = vec![
+            (b":path", b"/a"),
+            (b"x", b""),
+            (b"\xff", b"dropped"),
+            (b"x", b"2"),
+            (b"b", b"\xfe"),
+        ];
+        let native = HeaderList::from_pairs(lent.iter().copied());
+        let serialised = HeaderList::from_serialized(serialize_header_map([
+            (":path", &b"/a"[..]),
+            ("x", b""),
+            ("x", b"2"),
+            ("b", b"\xfe"),
+        ]));
+        assert_eq!(native.pairs(), serialised.pairs());
+        // One buffer of exactly the names and values (the dropped one counted, not copied).
+        assert_eq!(native.base.len(), 12);
+        assert_eq!(native.base.capacity(), 20);
+        // A clone has its own copy of the host's headers.
+        let mut copy = native.clone();
+        drop(native);
+        assert_eq!(copy.pairs(), serialised.pairs());
+        // A list refilled for the next request forgets the last one and keeps its room.
+        copy.refill_from_pairs(lent.iter().copied());
+        copy.apply(&set("w", "1"));
+        let room = copy.room();
+        copy.refill_from_pairs(lent.iter().copied());
+        assert_eq!(copy.pairs(), serialised.pairs());
+        assert!(copy.write_back().is_empty());
+        assert_eq!(copy.room(), room);
+        assert!(
+            HeaderList::from_pairs(std::iter::empty())
+                .pairs()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn nothing_is_allocated_for_writes_until_a_stage_writes() {
+        let mut h = HeaderList::from_pairs([(&b"a"[..], &b"1"[..])].into_iter());
+        assert_eq!((h.arena.capacity(), h.written.capacity()), (0, 0));
+        h.apply(&HeaderEdit::Remove("absent".into()));
+        assert_eq!((h.arena.capacity(), h.written.capacity()), (0, 0));
+        h.apply(&set("b", "2"));
+        assert_eq!(h.pairs(), vec![("a", &b"1"[..]), ("b", b"2")]);
+    }
+
+    #[test]
+    fn recycled_views_and_effects_keep_their_room() {
+        let h = list(&[("a", "1"), ("b", "2")]);
+        let mut view = Vec::new();
+        h.view_into(&mut view);
+        assert_eq!(view, vec![("a", &b"1"[..]), ("b", b"2")]);
+        let room = view.capacity();
+        let view = recycle_view(view);
+        assert!(view.is_empty() && view.capacity() == room);
+
+        let mut fx = Effects::default();
+        fx.set_request("a", b"1".to_vec());
+        fx.set_response("b", &b"2"[..]);
+        fx.counters.push((1, 1));
+        fx.clear_route_cache = true;
+        let room = (
+            fx.request.capacity(),
+            fx.response.capacity(),
+            fx.counters.capacity(),
+        );
+        let fx = fx.recycle();
+        assert!(fx.is_empty());
+        assert_eq!(
+            (
+                fx.request.capacity(),
+                fx.response.capacity(),
+                fx.counters.capacity()
+            ),
+            room
+        );
+    }
+
+    #[test]
+    fn a_name_the_host_never_had_is_added_not_set_and_never_removed() {
+        let mut h = list(&[("a", "1")]);
+        h.apply(&set("new", "v"));
+        h.apply(&set("gone", "v"));
+        h.apply(&HeaderEdit::Remove("gone".into()));
+        h.apply(&add("twice", "1"));
+        h.apply(&add("twice", "2"));
+        h.apply(&set("a", "2"));
+        assert_eq!(
+            h.write_back(),
+            vec![
+                add("new", "v"),
+                add("twice", "1"),
+                add("twice", "2"),
+                set("a", "2"),
+            ]
+        );
+        assert_eq!(
+            h.pairs(),
+            vec![
+                ("new", &b"v"[..]),
+                ("twice", b"1"),
+                ("twice", b"2"),
+                ("a", b"2")
+            ]
+        );
     }
 
     #[test]
@@ -548,10 +801,11 @@ mod tests {
                 ("cookie", b"a=1")
             ]
         );
-        // Removing a header that is not there changes nothing and costs no host call.
+        // Removing a header that is not there changes nothing and costs no host call; a name
+        // the host did not have is added.
         assert_eq!(
             h.write_back(),
-            vec![set("x-request-id", "generated"), set("cookie", "a=1")]
+            vec![set("x-request-id", "generated"), add("cookie", "a=1")]
         );
     }
 

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use gatewasm_common::config::parse_or_log;
-use gatewasm_common::stage::{Counter, GrpcCall, LocalReply};
+use gatewasm_common::stage::{Counter, GrpcCall, HeaderList, LocalReply};
 
 use gatewasm_chain_plan::FilterKind;
 use jwt_to_header::config::Remote;
@@ -246,12 +246,12 @@ fn header_type(side: Side) -> i32 {
 }
 
 impl StreamHost for EnvoyStream<'_> {
-    fn request_headers(&mut self) -> Vec<u8> {
-        // SAFETY: the borrowed headers are serialised (copied) here, before any change.
+    fn request_headers(&mut self, into: &mut HeaderList) {
+        // SAFETY: the borrowed headers are copied here, before any change.
         unsafe {
             self.0.read_headers(abi::HEADER_TYPE_REQUEST, |headers| {
-                crate::pipeline::serialize_utf8_named(headers)
-            })
+                into.refill_from_pairs(headers);
+            });
         }
     }
 

@@ -21,7 +21,7 @@
 //! again, then the rest run. Should a stage wait where the host cannot wake it, the request is
 //! answered 503 (fail closed) and the reason logged.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use gatewasm_chain_plan::{FilterKind, StagePlan, stage_error};
@@ -30,7 +30,7 @@ use gatewasm_common::clock::unix_nanos;
 use gatewasm_common::rng;
 use gatewasm_common::stage::{
     CALL_NOT_SENT, Counter, Effects, Flow, GrpcCall, HeaderEdit, HeaderList, LocalReply, SetResult,
-    Stage, StageHost,
+    Stage, StageHost, recycle_view,
 };
 use jwt_to_header::jwks::meta_key;
 use jwt_to_header::stage::{JwtToHeader, load_if_newer, read_meta};
@@ -47,10 +47,8 @@ pub enum Side {
 
 /// What a stream needs from Envoy. Every method is one ABI call in the real host.
 pub trait StreamHost {
-    /// The request headers as `(name, value)` pairs, serialised as Proxy-Wasm serialises a
-    /// header map ([`gatewasm_common::headers::serialize_header_map`]), the form
-    /// [`HeaderList`] parses.
-    fn request_headers(&mut self) -> Vec<u8>;
+    /// Read the request headers from Envoy into `into` ([`HeaderList::refill_from_pairs`]).
+    fn request_headers(&mut self, into: &mut HeaderList);
     /// The downstream peer, `ip:port` (Envoy's `source.address` attribute).
     fn source_address(&mut self) -> Option<Vec<u8>>;
     /// Replace every copy of `name` with `value`; `None` removes them.
@@ -99,6 +97,13 @@ impl<'h> PassHost<'h> {
             shared,
             now_ns: None,
         }
+    }
+}
+
+impl<'h> PassHost<'h> {
+    /// The stream's Envoy, for what the pass itself applies between stage calls.
+    fn stream(&mut self) -> &mut dyn StreamHost {
+        &mut *self.stream
     }
 }
 
@@ -232,7 +237,25 @@ fn compile(
 pub struct Pipeline {
     stages: Vec<Compiled>,
     reads_request_headers: bool,
+    /// The buffers a hook of a stream works in, kept between streams (the pipeline is this
+    /// worker's): a stream borrows them for the length of one hook ([`Run::lend_spares`]),
+    /// so a request allocates none of them. Empty while lent; a hook that finds them lent
+    /// (Envoy re-entering the module inside a hook) makes its own.
+    spares: RefCell<Spares>,
 }
+
+/// See [`Pipeline::spares`].
+#[derive(Default)]
+struct Spares {
+    headers: HeaderList,
+    fx: Effects<'static>,
+    view: Vec<(&'static str, &'static [u8])>,
+    counters: Vec<(u32, u32)>,
+}
+
+/// A header list bigger than this (a request with unusually large headers) is not kept for
+/// the worker's next request: what a worker holds on to stays small.
+const KEPT_HEADER_ROOM: usize = 16 * 1024;
 
 impl Pipeline {
     /// Build the stages of `plans` (one for a single filter), their errors as the Wasm hosts
@@ -284,6 +307,7 @@ impl Pipeline {
         Ok(Pipeline {
             stages,
             reads_request_headers,
+            spares: RefCell::default(),
         })
     }
 
@@ -303,6 +327,10 @@ impl Pipeline {
     }
 }
 
+/// Where the response side's edits go as they are decided: Envoy's response headers, or the
+/// headers of a local reply.
+type Edit<'e> = &'e mut dyn FnMut(&mut dyn StreamHost, &HeaderEdit<'_>);
+
 /// One stage bound to one stream: the stage and its per-stream state.
 struct Of<S: Stage> {
     stage: Rc<S>,
@@ -318,7 +346,8 @@ fn of<S: Stage>(stage: &Rc<S>) -> Of<S> {
 
 /// What the request sides of a run's stages decided so far, to be applied once they are done
 /// (or one replies): each stage's [`Effects`] is emptied into it, no owned copy of a stage's
-/// effects is kept.
+/// effects is kept. And the vectors every stage call reuses (lent by the pipeline for a hook,
+/// [`Run::lend_spares`]).
 #[derive(Default)]
 struct SoFar {
     route_changed: bool,
@@ -326,6 +355,45 @@ struct SoFar {
     counters: Vec<(u32, u32)>,
     /// Response edits decided on the request side (applied on the response pass).
     response: Vec<HeaderEdit<'static>>,
+    /// The next stage call's effects (emptied, room kept: [`Effects::recycle`]).
+    spare_fx: Effects<'static>,
+    /// The next stage's header view (emptied, room kept: [`recycle_view`]).
+    spare_view: Vec<(&'static str, &'static [u8])>,
+    /// The list the request headers are read into.
+    spare_headers: HeaderList,
+}
+
+impl SoFar {
+    /// `decide` with the stream's reused effects, settled ([`settle`]) into `headers` and
+    /// `self`.
+    fn decide<'s>(
+        &mut self,
+        headers: &mut HeaderList,
+        decide: impl FnOnce(&mut Effects<'s>) -> Flow,
+    ) -> (Flow, Outcome) {
+        let mut fx: Effects<'s> = std::mem::take(&mut self.spare_fx);
+        let flow = decide(&mut fx);
+        let outcome = settle(&mut fx, headers, self);
+        self.spare_fx = fx.recycle();
+        (flow, outcome)
+    }
+
+    /// `decide` with the stream's reused effects and the stage's view of `headers` (in the
+    /// stream's reused vector), settled into `headers` and `self`.
+    fn decide_on_headers<'s>(
+        &mut self,
+        headers: &mut HeaderList,
+        decide: impl FnOnce(&[(&str, &[u8])], &mut Effects<'s>) -> Flow,
+    ) -> (Flow, Outcome) {
+        let mut view: Vec<(&str, &[u8])> = std::mem::take(&mut self.spare_view);
+        let mut fx: Effects<'s> = std::mem::take(&mut self.spare_fx);
+        headers.view_into(&mut view);
+        let flow = decide(&view, &mut fx);
+        self.spare_view = recycle_view(view);
+        let outcome = settle(&mut fx, headers, self);
+        self.spare_fx = fx.recycle();
+        (flow, outcome)
+    }
 }
 
 /// What one stage's request-side call decided besides its edits and counters.
@@ -337,26 +405,18 @@ struct Outcome {
 }
 
 /// Empty `fx` into the header list and `so_far`; what is left is the stage's outcome.
-fn settle(fx: Effects<'_>, headers: &mut HeaderList, so_far: &mut SoFar) -> Outcome {
-    let Effects {
-        request,
-        response,
-        clear_route_cache,
-        reply,
-        mut counters,
-        grpc_calls,
-    } = fx;
-    for edit in &request {
+fn settle(fx: &mut Effects<'_>, headers: &mut HeaderList, so_far: &mut SoFar) -> Outcome {
+    for edit in &fx.request {
         headers.apply(edit);
     }
-    so_far.route_changed |= clear_route_cache;
-    so_far.counters.append(&mut counters);
+    so_far.route_changed |= fx.clear_route_cache;
+    so_far.counters.append(&mut fx.counters);
     so_far
         .response
-        .extend(response.into_iter().map(HeaderEdit::into_owned));
+        .extend(fx.response.drain(..).map(HeaderEdit::into_owned));
     Outcome {
-        reply,
-        calls: grpc_calls,
+        reply: fx.reply.take(),
+        calls: std::mem::take(&mut fx.grpc_calls),
     }
 }
 
@@ -379,12 +439,7 @@ trait Bound {
         host: &mut dyn StageHost,
         so_far: &mut SoFar,
     ) -> (Flow, Outcome);
-    fn response(
-        &mut self,
-        host: &mut dyn StageHost,
-        edits: &mut Vec<HeaderEdit<'static>>,
-        counters: &mut Vec<(u32, u32)>,
-    );
+    fn response(&mut self, host: &mut PassHost<'_>, spare: &mut Effects<'static>, edit: Edit<'_>);
     /// jwt-to-header after it waited without gRPC calls: what it waits for.
     fn key_wait(&mut self) -> Option<KeyWait> {
         None
@@ -409,13 +464,10 @@ impl<S: Stage> Bound for Of<S> {
         host: &mut dyn StageHost,
         so_far: &mut SoFar,
     ) -> (Flow, Outcome) {
-        let mut fx = Effects::default();
-        let flow = {
-            let pairs = headers.pairs();
-            self.stage
-                .on_request_headers(&mut self.stream, &pairs, host, &mut fx)
-        };
-        (flow, settle(fx, headers, so_far))
+        let (stage, stream) = (&self.stage, &mut self.stream);
+        so_far.decide_on_headers(headers, |view, fx| {
+            stage.on_request_headers(stream, view, host, fx)
+        })
     }
 
     fn grpc_answer(
@@ -427,25 +479,25 @@ impl<S: Stage> Bound for Of<S> {
         host: &mut dyn StageHost,
         so_far: &mut SoFar,
     ) -> (Flow, Outcome) {
-        let mut fx = Effects::default();
-        let flow = self
-            .stage
-            .on_grpc_answer(&mut self.stream, call, status, body, host, &mut fx);
-        (flow, settle(fx, headers, so_far))
+        let (stage, stream) = (&self.stage, &mut self.stream);
+        so_far.decide(headers, |fx| {
+            stage.on_grpc_answer(stream, call, status, body, host, fx)
+        })
     }
 
-    fn response(
-        &mut self,
-        host: &mut dyn StageHost,
-        edits: &mut Vec<HeaderEdit<'static>>,
-        counters: &mut Vec<(u32, u32)>,
-    ) {
+    fn response(&mut self, host: &mut PassHost<'_>, spare: &mut Effects<'static>, edit: Edit<'_>) {
         if S::RESPONSE_HEADERS {
-            let mut fx = Effects::default();
+            let mut fx: Effects<'_> = std::mem::take(spare);
             self.stage
                 .on_response_headers(&mut self.stream, host, &mut fx);
-            edits.extend(fx.response.into_iter().map(HeaderEdit::into_owned));
-            counters.append(&mut fx.counters);
+            // Applied as decided: no owned copy of what the edits borrow from the stage.
+            for e in &fx.response {
+                edit(host.stream(), e);
+            }
+            for &(id, by) in &fx.counters {
+                host.stream().increment_counter(id, by);
+            }
+            *spare = fx.recycle();
         }
     }
 }
@@ -491,13 +543,8 @@ impl Bound for Jwt {
             .grpc_answer(call, status, body, headers, host, so_far)
     }
 
-    fn response(
-        &mut self,
-        host: &mut dyn StageHost,
-        edits: &mut Vec<HeaderEdit<'static>>,
-        counters: &mut Vec<(u32, u32)>,
-    ) {
-        self.0.response(host, edits, counters);
+    fn response(&mut self, host: &mut PassHost<'_>, spare: &mut Effects<'static>, edit: Edit<'_>) {
+        self.0.response(host, spare, edit);
     }
 
     fn key_wait(&mut self) -> Option<KeyWait> {
@@ -539,12 +586,7 @@ impl Bound for Jwt {
                 load_if_newer(&stage.shared, host, index, &meta);
             }
         }
-        let mut fx = Effects::default();
-        let flow = {
-            let pairs = headers.pairs();
-            stage.on_woken(&pairs, host, &mut fx)
-        };
-        (flow, settle(fx, headers, so_far))
+        so_far.decide_on_headers(headers, |view, fx| stage.on_woken(view, host, fx))
     }
 
     fn forget(&mut self) {
@@ -646,12 +688,53 @@ impl Run {
     /// The request headers: every stage in order until one waits or replies, then one
     /// write-back.
     pub fn request_headers(&mut self, envoy: &mut dyn StreamHost) -> Verdict {
-        self.request_headers_in(envoy, &shared_data::PROCESS)
+        self.lend_spares();
+        let verdict = self.request_headers_in(envoy, &shared_data::PROCESS);
+        self.return_spares();
+        verdict
+    }
+
+    /// Take the worker's spare buffers for this hook ([`Pipeline::spares`]).
+    fn lend_spares(&mut self) {
+        if let Ok(mut spares) = self.pipeline.spares.try_borrow_mut() {
+            let spares = &mut *spares;
+            let so_far = &mut self.so_far;
+            std::mem::swap(&mut so_far.spare_headers, &mut spares.headers);
+            std::mem::swap(&mut so_far.spare_fx, &mut spares.fx);
+            std::mem::swap(&mut so_far.spare_view, &mut spares.view);
+            if so_far.counters.is_empty() {
+                std::mem::swap(&mut so_far.counters, &mut spares.counters);
+            }
+        }
+    }
+
+    /// Give the spare buffers back at the end of a hook: emptied, room kept (a header list
+    /// whose room grew past [`KEPT_HEADER_ROOM`] is dropped instead; counters not yet made
+    /// stay with the stream).
+    fn return_spares(&mut self) {
+        if let Ok(mut spares) = self.pipeline.spares.try_borrow_mut() {
+            let spares = &mut *spares;
+            let so_far = &mut self.so_far;
+            if so_far.spare_headers.room() <= KEPT_HEADER_ROOM {
+                so_far.spare_headers.reset();
+                std::mem::swap(&mut so_far.spare_headers, &mut spares.headers);
+            }
+            std::mem::swap(&mut so_far.spare_fx, &mut spares.fx);
+            std::mem::swap(&mut so_far.spare_view, &mut spares.view);
+            if so_far.counters.is_empty() {
+                std::mem::swap(&mut so_far.counters, &mut spares.counters);
+            }
+        }
+        self.so_far.spare_headers = HeaderList::default();
+        self.so_far.spare_fx = Effects::default();
+        self.so_far.spare_view = Vec::new();
     }
 
     fn request_headers_in(&mut self, envoy: &mut dyn StreamHost, shared: &SharedData) -> Verdict {
         if self.pipeline.reads_request_headers {
-            self.headers = HeaderList::from_serialized(envoy.request_headers());
+            let mut headers = std::mem::take(&mut self.so_far.spare_headers);
+            envoy.request_headers(&mut headers);
+            self.headers = headers;
         }
         self.advance(envoy, shared)
     }
@@ -761,7 +844,10 @@ impl Run {
         status: u32,
         body: Option<&[u8]>,
     ) -> Option<Verdict> {
-        self.grpc_answer_in(envoy, &shared_data::PROCESS, id, status, body)
+        self.lend_spares();
+        let verdict = self.grpc_answer_in(envoy, &shared_data::PROCESS, id, status, body);
+        self.return_spares();
+        verdict
     }
 
     fn grpc_answer_in(
@@ -800,7 +886,10 @@ impl Run {
     /// the waiting stage decides again (without waiting), then the rest run. `None`: it was
     /// not waiting for keys. `Continue` means the request goes on (the caller resumes it).
     pub fn keys_ready(&mut self, envoy: &mut dyn StreamHost) -> Option<Verdict> {
-        self.keys_ready_in(envoy, &shared_data::PROCESS)
+        self.lend_spares();
+        let verdict = self.keys_ready_in(envoy, &shared_data::PROCESS);
+        self.return_spares();
+        verdict
     }
 
     fn keys_ready_in(
@@ -830,10 +919,10 @@ impl Run {
     /// Write back what the stages changed: one call per changed header name (also before a
     /// reply, as separate filters would have written it), the route cache once, the counters.
     fn flush(&mut self, envoy: &mut dyn StreamHost) {
-        let headers = std::mem::take(&mut self.headers);
-        for edit in headers.write_back() {
-            apply(envoy, Side::Request, &edit);
-        }
+        let mut headers = std::mem::take(&mut self.headers);
+        headers.write_back_each(|edit| apply(envoy, Side::Request, &edit));
+        headers.reset();
+        self.so_far.spare_headers = headers;
         if std::mem::take(&mut self.so_far.route_changed) {
             envoy.clear_route_cache();
         }
@@ -855,13 +944,7 @@ impl Run {
         // response-headers hook for the local reply that module sent (checked: the hook runs
         // for upstream and router replies, not for its own; a Wasm filter's does run), so the
         // edits cannot wait for it; should a later Envoy call it, it does nothing more.
-        let (edits, counters) = self.response_side(envoy, shared);
-        for edit in &edits {
-            edit_reply(&mut reply, edit);
-        }
-        for (id, by) in counters {
-            envoy.increment_counter(id, by);
-        }
+        self.response_side(envoy, shared, &mut |_, edit| edit_reply(&mut reply, edit));
         self.replied = true;
         self.pending.clear();
         self.waiting_for_keys = false;
@@ -869,40 +952,39 @@ impl Run {
         Verdict::Stop
     }
 
-    /// The response side of every stage that saw the request, last first: the response edits
-    /// (those decided on the request side first) and the counters.
-    fn response_side(
-        &mut self,
-        envoy: &mut dyn StreamHost,
-        shared: &SharedData,
-    ) -> (Vec<HeaderEdit<'static>>, Vec<(u32, u32)>) {
-        let mut edits = std::mem::take(&mut self.so_far.response);
-        let mut counters = std::mem::take(&mut self.so_far.counters);
+    /// The response side of every stage that saw the request, last first: each response edit
+    /// handed to `edit` as it is decided (those decided on the request side first), the
+    /// counters incremented.
+    fn response_side(&mut self, envoy: &mut dyn StreamHost, shared: &SharedData, edit: Edit<'_>) {
+        for e in std::mem::take(&mut self.so_far.response) {
+            edit(envoy, &e);
+        }
+        for (id, by) in std::mem::take(&mut self.so_far.counters) {
+            envoy.increment_counter(id, by);
+        }
         let mut host = PassHost::new(envoy, shared);
         let seen = self.seen.min(self.stages.len());
+        let spare = &mut self.so_far.spare_fx;
         for bound in self.stages.iter_mut().take(seen).rev() {
-            bound.get().response(&mut host, &mut edits, &mut counters);
+            bound.get().response(&mut host, spare, edit);
         }
-        (edits, counters)
     }
 
     /// The response headers (also of a local reply): the response side of every stage that saw
     /// the request, last first.
     pub fn response_headers(&mut self, envoy: &mut dyn StreamHost) {
+        self.lend_spares();
         self.response_headers_in(envoy, &shared_data::PROCESS);
+        self.return_spares();
     }
 
     fn response_headers_in(&mut self, envoy: &mut dyn StreamHost, shared: &SharedData) {
         if self.replied {
             return;
         }
-        let (edits, counters) = self.response_side(envoy, shared);
-        for edit in &edits {
+        self.response_side(envoy, shared, &mut |envoy, edit| {
             apply(envoy, Side::Response, edit);
-        }
-        for (id, by) in counters {
-            envoy.increment_counter(id, by);
-        }
+        });
     }
 }
 
@@ -913,41 +995,6 @@ impl Drop for Run {
             bound.get().forget();
         }
     }
-}
-
-/// The pairs whose name is UTF-8, serialised as [`gatewasm_common::headers::serialize_header_map`] serialises them, into
-/// one buffer sized up front: one allocation, not a `Vec` of the pairs and a buffer regrown
-/// header by header (≈3.5k instructions a request under callgrind).
-pub fn serialize_utf8_named<'a>(
-    pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
-) -> Vec<u8> {
-    let named = |name: &[u8]| std::str::from_utf8(name).is_ok();
-    let mut count = 0usize;
-    let mut size = 4;
-    let mut all_named = true;
-    for (name, value) in pairs.clone() {
-        if named(name) {
-            count += 1;
-            size += 8 + name.len() + value.len() + 2;
-        } else {
-            all_named = false;
-        }
-    }
-    // Names are checked again only when one was not UTF-8 (Envoy's never are in practice).
-    let kept = |name: &[u8]| all_named || named(name);
-    let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(count as u32).to_le_bytes());
-    for (name, value) in pairs.clone().filter(|(name, _)| kept(name)) {
-        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    }
-    for (name, value) in pairs.filter(|(name, _)| kept(name)) {
-        out.extend_from_slice(name);
-        out.push(0);
-        out.extend_from_slice(value);
-        out.push(0);
-    }
-    out
 }
 
 /// A response edit applied to a local reply's headers, as Envoy's header map would.
@@ -976,7 +1023,11 @@ fn apply(envoy: &mut dyn StreamHost, side: Side, edit: &HeaderEdit<'_>) {
 mod tests {
     use super::*;
     use crate::spec::Spec;
-    use gatewasm_common::headers::serialize_header_map;
+
+    /// A logged header write (`set_header`, or `add_header` for a name the request lacked).
+    fn is_write(call: &str) -> bool {
+        call.starts_with("set ") || call.starts_with("add ")
+    }
 
     /// Envoy as a map and a call log.
     #[derive(Default)]
@@ -993,9 +1044,13 @@ mod tests {
     }
 
     impl StreamHost for FakeEnvoy {
-        fn request_headers(&mut self) -> Vec<u8> {
+        fn request_headers(&mut self, into: &mut HeaderList) {
             self.calls.push("read".into());
-            serialize_header_map(self.request.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            into.refill_from_pairs(
+                self.request
+                    .iter()
+                    .map(|(k, v)| (k.as_bytes(), v.as_slice())),
+            );
         }
         fn source_address(&mut self) -> Option<Vec<u8>> {
             self.source.clone()
@@ -1062,6 +1117,52 @@ mod tests {
         "unknown_tenant_status": 404, "output_header": "x-tenant-id", "cluster_header": "x-cluster"}}"#;
 
     #[test]
+    fn a_workers_next_stream_reuses_the_buffers_and_sees_only_its_own_headers() {
+        let chain = pipeline(
+            "chain",
+            &format!(
+                r#"{{"stages": [{{"filter": "correlation-id", "config": {{"echo_downstream": true}}}}, {TENANTS}]}}"#
+            ),
+        );
+        let mut first = envoy(&[
+            (":path", "/a"),
+            ("x-tenant", "acme"),
+            ("x-request-id", "id-1"),
+        ]);
+        let mut run = chain.start();
+        assert_eq!(run.request_headers(&mut first), Verdict::Continue);
+        run.response_headers(&mut first);
+        drop(run);
+        // The worker kept the list, emptied, and the effects' vectors.
+        let room = {
+            let spares = chain.spares.borrow();
+            assert!(spares.headers.pairs().is_empty());
+            assert!(spares.fx.is_empty() && spares.fx.request.capacity() > 0);
+            spares.headers.room()
+        };
+        assert!(room > 0);
+        // The next stream has no request ID: it gets a new one, not the last stream's, and
+        // its tenant's headers are written again.
+        let mut second = envoy(&[(":path", "/b"), ("x-tenant", "acme")]);
+        let mut run = chain.start();
+        assert_eq!(run.request_headers(&mut second), Verdict::Continue);
+        let id = second
+            .calls
+            .iter()
+            .find_map(|c| c.strip_prefix("add Request x-request-id "))
+            .expect("an ID is generated");
+        assert_ne!(id, "id-1");
+        assert!(
+            second
+                .calls
+                .contains(&"add Request x-tenant-id acme".to_string()),
+            "{:?}",
+            second.calls
+        );
+        assert_eq!(chain.spares.borrow().headers.room(), room, "no new room");
+    }
+
+    #[test]
     fn a_chain_reads_once_and_writes_back_each_changed_header_once() {
         let chain = pipeline(
             "chain",
@@ -1077,17 +1178,13 @@ mod tests {
         let mut run = chain.start();
         assert_eq!(run.request_headers(&mut envoy), Verdict::Continue);
         assert_eq!(envoy.calls.iter().filter(|c| *c == "read").count(), 1);
-        let writes: Vec<&String> = envoy
-            .calls
-            .iter()
-            .filter(|c| c.starts_with("set"))
-            .collect();
+        let writes: Vec<&String> = envoy.calls.iter().filter(|c| is_write(c)).collect();
         assert!(
-            writes.contains(&&"set Request x-cluster Some(\"acme\")".to_string()),
+            writes.contains(&&"add Request x-cluster acme".to_string()),
             "{writes:?}"
         );
         assert!(
-            writes.contains(&&"set Request x-tenant-id Some(\"acme\")".to_string()),
+            writes.contains(&&"add Request x-tenant-id acme".to_string()),
             "{writes:?}"
         );
         let mut names: Vec<&str> = writes
@@ -1139,7 +1236,7 @@ mod tests {
         let id_write = envoy
             .calls
             .iter()
-            .position(|c| c.starts_with("set Request x-request-id"))
+            .position(|c| c.starts_with("add Request x-request-id"))
             .expect("the generated ID is written");
         let reply = envoy.calls.iter().position(|c| c == "reply 404").unwrap();
         assert!(id_write < reply, "{:?}", envoy.calls);
@@ -1150,7 +1247,8 @@ mod tests {
             .iter()
             .find(|(n, _)| n == "x-request-id")
             .map(|(_, v)| v.clone());
-        let written = envoy.calls[id_write].split('"').nth(1).map(str::to_owned);
+        // "add Request x-request-id <id>"
+        let written = envoy.calls[id_write].split(' ').nth(3).map(str::to_owned);
         assert_eq!(echoed, written, "{:?}", envoy.replies);
         envoy.calls.clear();
         run.response_headers(&mut envoy);
@@ -1189,26 +1287,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn serialises_as_the_proxy_wasm_map_without_non_utf8_names() {
-        let all: Vec<(&[u8], &[u8])> = vec![(b":path", b"/a"), (b"x", b""), (b"x", b"2")];
-        let expected = serialize_header_map([(":path", &b"/a"[..]), ("x", b""), ("x", b"2")]);
-        assert_eq!(serialize_utf8_named(all.iter().copied()), expected);
-        assert_eq!(
-            serialize_utf8_named(all.iter().copied()).capacity(),
-            expected.len()
-        );
-        let mixed: Vec<(&[u8], &[u8])> = vec![(b"a", b"1"), (b"\xff", b"2"), (b"b", b"\xfe")];
-        assert_eq!(
-            serialize_utf8_named(mixed.iter().copied()),
-            serialize_header_map([("a", &b"1"[..]), ("b", b"\xfe")])
-        );
-        assert_eq!(
-            serialize_utf8_named(std::iter::empty()),
-            serialize_header_map([])
-        );
-    }
-
     /// A `RateLimitResponse` with `overall_code` (1 OK, 2 OVER_LIMIT), protobuf-encoded.
     fn rls_answer(overall_code: u8) -> Vec<u8> {
         vec![0x08, overall_code]
@@ -1239,7 +1317,7 @@ mod tests {
         assert_eq!(envoy.sent[0].method, "ShouldRateLimit");
         // Nothing is written while the request waits; tenant-routing has not run.
         assert!(
-            !envoy.calls.iter().any(|c| c.starts_with("set")),
+            !envoy.calls.iter().any(|c| is_write(c)),
             "{:?}",
             envoy.calls
         );
@@ -1255,7 +1333,7 @@ mod tests {
         assert!(
             envoy
                 .calls
-                .contains(&"set Request x-cluster Some(\"acme\")".to_string()),
+                .contains(&"add Request x-cluster acme".to_string()),
             "{:?}",
             envoy.calls
         );
@@ -1263,7 +1341,7 @@ mod tests {
             envoy
                 .calls
                 .iter()
-                .any(|c| c.starts_with("set Request x-request-id")),
+                .any(|c| c.starts_with("add Request x-request-id")),
             "{:?}",
             envoy.calls
         );
@@ -1381,7 +1459,7 @@ mod tests {
             meta_key(&hash, "pipeline-remote")
         );
         assert!(
-            !envoy.calls.iter().any(|c| c.starts_with("set")),
+            !envoy.calls.iter().any(|c| is_write(c)),
             "{:?}",
             envoy.calls
         );
@@ -1397,17 +1475,13 @@ mod tests {
         assert_eq!(run.keys_ready(&mut envoy), Some(Verdict::Continue));
         assert_eq!(run.keys_ready(&mut envoy), None, "woken once");
         assert!(!run.waiting());
-        let sets: Vec<&String> = envoy
-            .calls
-            .iter()
-            .filter(|c| c.starts_with("set"))
-            .collect();
+        let sets: Vec<&String> = envoy.calls.iter().filter(|c| is_write(c)).collect();
         assert!(
-            sets.iter().any(|c| c.starts_with("set Request x-user")),
+            sets.iter().any(|c| c.starts_with("add Request x-user")),
             "{sets:?}"
         );
         assert!(
-            sets.iter().any(|c| c.starts_with("set Request x-cluster")),
+            sets.iter().any(|c| c.starts_with("add Request x-cluster")),
             "the stage after the wait ran: {sets:?}"
         );
         // Woken without keys (their fetch failed, or the deadline passed): 503, no wait again.
