@@ -250,6 +250,15 @@ pub trait Stage: 'static {
         true
     }
 
+    /// The names of every request header [`Stage::on_request_headers`] looks up and of every
+    /// one its request edits touch, when they are a few fixed ones (`None`, the default: it
+    /// may look at any). A host may then read just these, one lookup each, instead of the
+    /// whole map: the stage finds the same values, and the edits' write-back knows what the
+    /// host had of each name it writes.
+    fn request_header_names(&self) -> Option<Vec<String>> {
+        None
+    }
+
     /// The request headers: `headers` as the client sent them with what earlier filters wrote.
     fn on_request_headers<'s>(
         &'s self,
@@ -313,6 +322,10 @@ pub struct HeaderList {
     /// What the stages wrote, in order: a value of a changed name, or (`None`) the mark that a
     /// name was changed with no value (removed). `live`: not replaced or removed since.
     written: Vec<Written>,
+    /// `base` is what the host has: the list was read from it. A list that was not (no stage
+    /// looks at the headers: [`Stage::reads_request_headers`]) knows nothing of the host's
+    /// map, so every name it writes may be there: it is set or removed, never only added.
+    host_read: bool,
 }
 
 /// `part` (of a list's `base`) borrowed for as long as the list: how `index` keeps its pairs.
@@ -336,6 +349,7 @@ impl Clone for HeaderList {
         );
         copy.arena = self.arena.clone();
         copy.written = self.written.clone();
+        copy.host_read = self.host_read;
         copy
     }
 }
@@ -375,6 +389,7 @@ impl HeaderList {
         Self {
             base,
             index,
+            host_read: true,
             ..Self::default()
         }
     }
@@ -434,6 +449,7 @@ impl HeaderList {
         // Skipped names leave room at the end, unused (a shorter length does not move the
         // buffer).
         self.base.truncate(kept);
+        self.host_read = true;
     }
 
     /// An empty list that keeps its buffers' room (for the next request of a worker).
@@ -443,6 +459,7 @@ impl HeaderList {
         self.base.clear();
         self.arena.clear();
         self.written.clear();
+        self.host_read = false;
     }
 
     /// How many bytes this list holds on to (what a worker keeps when it keeps the list).
@@ -497,7 +514,8 @@ impl HeaderList {
 
     /// Whether `name` has a value now (`first`: its [`HeaderList::first_written`]).
     fn present(&self, name: &str, first: Option<usize>) -> bool {
-        self.index.iter().any(|&(n, _)| n == name)
+        !self.host_read
+            || self.index.iter().any(|&(n, _)| n == name)
             || first.is_some_and(|first| {
                 self.written
                     .iter()
@@ -515,12 +533,12 @@ impl HeaderList {
                 w.live = false;
             }
         }
-        self.index.len() != before
+        self.index.len() != before || !self.host_read
     }
 
     /// Record `name` (with `value`, or none: the mark of a removal); `first`: its
-    /// [`HeaderList::first_written`]; `host_had`: see [`Written::host_had`] (read for a first
-    /// entry only).
+    /// [`HeaderList::first_written`]; `host_had`: the host's map had (or, not read, may have
+    /// had) the name until this write: see [`Written::host_had`], set on the name's first entry.
     fn write(&mut self, name: &str, first: Option<usize>, value: Option<&[u8]>, host_had: bool) {
         if self.written.capacity() == 0 {
             // Room for what a gateway chain typically writes: no regrowth on the way.
@@ -535,6 +553,9 @@ impl HeaderList {
             self.arena.extend_from_slice(v);
             [v0, self.arena.len()]
         });
+        if let Some(entry) = first.and_then(|f| self.written.get_mut(f)) {
+            entry.host_had |= host_had;
+        }
         self.written.push(Written {
             name: name_at,
             first: first.unwrap_or(self.written.len()),
@@ -569,6 +590,8 @@ impl HeaderList {
                         first = first.or(Some(self.written.len() - 1));
                     }
                 }
+                // A name the host was not read for may have copies: they stay (no removal
+                // is written for it), so it is not marked as one the host had.
                 self.write(name, first, Some(value), false);
             }
             HeaderEdit::Remove(name) => {
@@ -745,6 +768,32 @@ mod tests {
             ),
             room
         );
+    }
+
+    #[test]
+    fn a_list_not_read_from_the_host_sets_and_removes_every_name_it_writes() {
+        // No stage read the headers: the host may have any name, so a single value replaces
+        // its copies, a removal is written, and added values leave its copies alone.
+        let mut h = HeaderList::default();
+        h.apply(&set("x-request-id", "generated"));
+        h.apply(&HeaderEdit::Remove("x-spoofed".into()));
+        h.apply(&add("x-added", "1"));
+        h.apply(&add("x-replaced", "1"));
+        h.apply(&set("x-replaced", "2"));
+        assert_eq!(
+            h.write_back(),
+            vec![
+                set("x-request-id", "generated"),
+                HeaderEdit::Remove("x-spoofed".into()),
+                add("x-added", "1"),
+                set("x-replaced", "2"),
+            ]
+        );
+        // Read, then emptied for the next request: not read again, it knows nothing.
+        let mut h = list(&[("a", "1")]);
+        h.reset();
+        h.apply(&set("a", "2"));
+        assert_eq!(h.write_back(), vec![set("a", "2")]);
     }
 
     #[test]

@@ -124,6 +124,11 @@ impl Stage for CorrelationId {
         self.settings.trust_incoming
     }
 
+    /// The correlation header is all it reads and all it writes on the request.
+    fn request_header_names(&self) -> Option<Vec<String>> {
+        Some(vec![self.settings.header.clone()])
+    }
+
     fn on_request_headers<'s>(
         &'s self,
         stream: &mut Stream,

@@ -135,6 +135,40 @@ impl EnvoyFilter {
         read(entries.iter().map(pair))
     }
 
+    /// The value at `index` among the values of header `name` (one `get_header` call) and how
+    /// many values it has; `None` when it has none at `index`.
+    ///
+    /// # Safety
+    /// As [`EnvoyFilter::read_headers`]: the slice is valid until this hook returns or the map
+    /// is changed; the caller picks a lifetime no longer than that.
+    pub unsafe fn get_header<'a>(
+        self,
+        header_type: i32,
+        name: &str,
+        index: usize,
+    ) -> Option<(&'a [u8], usize)> {
+        let mut value = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        let mut count = 0usize;
+        // SAFETY: `self.0` is live; `value` and `count` are valid out-pointers; the name buffer
+        // outlives the call.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_header(
+                self.0,
+                header_type,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut value,
+                index,
+                &mut count,
+            )
+        };
+        // SAFETY: Envoy lends the value for the caller's lifetime (the contract above). An
+        // empty value may come as a null buffer: it is still a value.
+        found.then(|| (unsafe { envoy_bytes(value.ptr, value.length) }, count))
+    }
+
     /// Replace every copy of `name` with `value`; `None` (or, in Envoy, an empty value) removes
     /// them.
     pub fn set_header(self, header_type: i32, name: &str, value: Option<&[u8]>) -> bool {

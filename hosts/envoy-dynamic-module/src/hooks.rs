@@ -255,6 +255,39 @@ impl StreamHost for EnvoyStream<'_> {
         }
     }
 
+    fn request_headers_named(&mut self, names: &[String], into: &mut HeaderList) {
+        // Room for every value of a few names; a request with more copies than this (a
+        // client repeating a header) is read as the whole map instead.
+        const ON_STACK: usize = 8;
+        let mut pairs: [(&[u8], &[u8]); ON_STACK] = [(&[], &[]); ON_STACK];
+        let mut read = 0;
+        for name in names {
+            // SAFETY: the values are copied into `into` below, before anything changes the map.
+            let Some((first, count)) =
+                (unsafe { self.0.get_header(abi::HEADER_TYPE_REQUEST, name, 0) })
+            else {
+                continue;
+            };
+            for index in 0..count.max(1) {
+                let value = if index == 0 {
+                    Some(first)
+                } else {
+                    // SAFETY: as above.
+                    unsafe { self.0.get_header(abi::HEADER_TYPE_REQUEST, name, index) }
+                        .map(|(value, _)| value)
+                };
+                let Some(value) = value else { continue };
+                let Some(slot) = pairs.get_mut(read) else {
+                    self.request_headers(into);
+                    return;
+                };
+                *slot = (name.as_bytes(), value);
+                read += 1;
+            }
+        }
+        into.refill_from_pairs(pairs.iter().take(read).copied());
+    }
+
     fn source_address(&mut self) -> Option<Vec<u8>> {
         self.0.attribute_string(abi::ATTRIBUTE_SOURCE_ADDRESS)
     }
