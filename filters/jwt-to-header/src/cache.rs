@@ -82,7 +82,9 @@ impl Cache {
     }
 
     /// The entry for this token and provider if it is still within its `exp` (+ `skew`) at
-    /// `now`; an expired entry is removed.
+    /// `now`; an expired entry is removed. A hit becomes the most recently used entry — at no
+    /// cost when it already is (a client's requests in a row): only then is the use order
+    /// left as it is.
     pub fn get(
         &mut self,
         token: &str,
@@ -92,22 +94,23 @@ impl Cache {
         skew: i64,
     ) -> Option<Rc<Verified>> {
         let key = (hash, provider);
-        let stamp = self.next_stamp();
-        let (verified, old) = {
-            let entry = self.entries.get_mut(&key)?;
-            if !gatewasm_common::bytes::eq(entry.token.as_bytes(), token.as_bytes()) {
-                return None;
-            }
-            let old = entry.stamp;
-            entry.stamp = stamp;
-            (entry.verified.clone(), old)
-        };
-        self.order.remove(&old);
+        let entry = self.entries.get_mut(&key)?;
+        if !gatewasm_common::bytes::eq(entry.token.as_bytes(), token.as_bytes()) {
+            return None;
+        }
+        let verified = entry.verified.clone();
+        let old = entry.stamp;
         if crate::claims::check_times(verified.times, now, skew).is_err() {
+            self.order.remove(&old);
             self.entries.remove(&key);
             return None;
         }
-        self.order.insert(stamp, key);
+        if old != self.stamp {
+            self.stamp = self.stamp.wrapping_add(1);
+            entry.stamp = self.stamp;
+            self.order.remove(&old);
+            self.order.insert(self.stamp, key);
+        }
         Some(verified)
     }
 
@@ -182,6 +185,27 @@ mod tests {
         c.insert("d", d, v(0, 1000)); // replacing keeps the size
         assert_eq!(c.len(), 2);
         assert_eq!(c.order.len(), 2);
+    }
+
+    #[test]
+    fn a_hit_on_the_most_recent_entry_keeps_the_order_and_others_still_age() {
+        let mut c = Cache::new(2);
+        let (a, b, d) = (token_hash("a"), token_hash("b"), token_hash("d"));
+        c.insert("a", a, v(0, 1000));
+        c.insert("b", b, v(0, 1000));
+        let order: Vec<u64> = c.order.keys().copied().collect();
+        for _ in 0..3 {
+            assert!(c.get("b", b, 0, 0, 0).is_some()); // already the most recent
+        }
+        assert_eq!(c.order.keys().copied().collect::<Vec<_>>(), order);
+        assert!(c.get("a", a, 0, 0, 0).is_some()); // a moves up, b is the oldest now
+        c.insert("d", d, v(0, 1000));
+        assert!(c.get("b", b, 0, 0, 0).is_none(), "b was evicted");
+        assert!(c.get("a", a, 0, 0, 0).is_some() && c.get("d", d, 0, 0, 0).is_some());
+        assert_eq!((c.len(), c.order.len()), (2, 2));
+        // The most recent entry expiring is dropped from both.
+        assert!(c.get("d", d, 0, 2000, 0).is_none());
+        assert_eq!((c.len(), c.order.len()), (1, 1));
     }
 
     #[test]
