@@ -263,12 +263,16 @@ enum RequestRead {
 /// ≈ 0.1k per header (a typical request has ten or more).
 const MAX_NAMED_READS: usize = 2;
 
-/// See [`Pipeline::spares`].
+/// See [`Pipeline::spares`]: each emptied, its room kept.
 #[derive(Default)]
 struct Spares {
+    /// The list the request headers are read into.
     headers: HeaderList,
+    /// The next stage call's effects ([`Effects::recycle`]).
     fx: Effects<'static>,
+    /// The next stage's header view ([`recycle_view`]).
     view: Vec<(&'static str, &'static [u8])>,
+    /// Room for a stream's counter increments.
     counters: Vec<(u32, u32)>,
 }
 
@@ -402,12 +406,8 @@ struct SoFar {
     counters: Vec<(u32, u32)>,
     /// Response edits decided on the request side (applied on the response pass).
     response: Vec<HeaderEdit<'static>>,
-    /// The next stage call's effects (emptied, room kept: [`Effects::recycle`]).
-    spare_fx: Effects<'static>,
-    /// The next stage's header view (emptied, room kept: [`recycle_view`]).
-    spare_view: Vec<(&'static str, &'static [u8])>,
-    /// The list the request headers are read into.
-    spare_headers: HeaderList,
+    /// The worker's buffers while a hook of this stream has them ([`Spares`]).
+    spares: Spares,
 }
 
 impl SoFar {
@@ -418,10 +418,10 @@ impl SoFar {
         headers: &mut HeaderList,
         decide: impl FnOnce(&mut Effects<'s>) -> Flow,
     ) -> (Flow, Outcome) {
-        let mut fx: Effects<'s> = std::mem::take(&mut self.spare_fx);
+        let mut fx: Effects<'s> = std::mem::take(&mut self.spares.fx);
         let flow = decide(&mut fx);
         let outcome = settle(&mut fx, headers, self);
-        self.spare_fx = fx.recycle();
+        self.spares.fx = fx.recycle();
         (flow, outcome)
     }
 
@@ -432,13 +432,13 @@ impl SoFar {
         headers: &mut HeaderList,
         decide: impl FnOnce(&[(&str, &[u8])], &mut Effects<'s>) -> Flow,
     ) -> (Flow, Outcome) {
-        let mut view: Vec<(&str, &[u8])> = std::mem::take(&mut self.spare_view);
-        let mut fx: Effects<'s> = std::mem::take(&mut self.spare_fx);
+        let mut view: Vec<(&str, &[u8])> = std::mem::take(&mut self.spares.view);
+        let mut fx: Effects<'s> = std::mem::take(&mut self.spares.fx);
         headers.view_into(&mut view);
         let flow = decide(&view, &mut fx);
-        self.spare_view = recycle_view(view);
+        self.spares.view = recycle_view(view);
         let outcome = settle(&mut fx, headers, self);
-        self.spare_fx = fx.recycle();
+        self.spares.fx = fx.recycle();
         (flow, outcome)
     }
 }
@@ -744,41 +744,33 @@ impl Run {
     /// Take the worker's spare buffers for this hook ([`Pipeline::spares`]).
     fn lend_spares(&mut self) {
         if let Ok(mut spares) = self.pipeline.spares.try_borrow_mut() {
-            let spares = &mut *spares;
-            let so_far = &mut self.so_far;
-            std::mem::swap(&mut so_far.spare_headers, &mut spares.headers);
-            std::mem::swap(&mut so_far.spare_fx, &mut spares.fx);
-            std::mem::swap(&mut so_far.spare_view, &mut spares.view);
-            if so_far.counters.is_empty() {
-                std::mem::swap(&mut so_far.counters, &mut spares.counters);
-            }
+            std::mem::swap(&mut self.so_far.spares, &mut *spares);
+        }
+        let so_far = &mut self.so_far;
+        if so_far.counters.is_empty() {
+            std::mem::swap(&mut so_far.counters, &mut so_far.spares.counters);
         }
     }
 
-    /// Give the spare buffers back at the end of a hook: emptied, room kept (a header list
-    /// whose room grew past [`KEPT_HEADER_ROOM`] is dropped instead; counters not yet made
-    /// stay with the stream).
+    /// Give the spare buffers back at the end of a hook, emptied (a header list whose room
+    /// grew past [`KEPT_HEADER_ROOM`] is dropped instead; counters not yet made stay with the
+    /// stream).
     fn return_spares(&mut self) {
-        if let Ok(mut spares) = self.pipeline.spares.try_borrow_mut() {
-            let spares = &mut *spares;
-            let so_far = &mut self.so_far;
-            if so_far.spare_headers.room() <= KEPT_HEADER_ROOM {
-                so_far.spare_headers.reset();
-                std::mem::swap(&mut so_far.spare_headers, &mut spares.headers);
-            }
-            std::mem::swap(&mut so_far.spare_fx, &mut spares.fx);
-            std::mem::swap(&mut so_far.spare_view, &mut spares.view);
-            if so_far.counters.is_empty() {
-                std::mem::swap(&mut so_far.counters, &mut spares.counters);
-            }
+        let so_far = &mut self.so_far;
+        if so_far.counters.is_empty() {
+            std::mem::swap(&mut so_far.counters, &mut so_far.spares.counters);
         }
-        self.so_far.spare_headers = HeaderList::default();
-        self.so_far.spare_fx = Effects::default();
-        self.so_far.spare_view = Vec::new();
+        if so_far.spares.headers.room() > KEPT_HEADER_ROOM {
+            so_far.spares.headers = HeaderList::default();
+        }
+        match self.pipeline.spares.try_borrow_mut() {
+            Ok(mut spares) => std::mem::swap(&mut so_far.spares, &mut *spares),
+            Err(_) => so_far.spares = Spares::default(),
+        }
     }
 
     fn request_headers_in(&mut self, envoy: &mut dyn StreamHost, shared: &SharedData) -> Verdict {
-        let mut headers = std::mem::take(&mut self.so_far.spare_headers);
+        let mut headers = std::mem::take(&mut self.so_far.spares.headers);
         match &self.pipeline.read {
             RequestRead::Nothing => {}
             RequestRead::All => envoy.request_headers(&mut headers),
@@ -877,7 +869,7 @@ impl Run {
             self.waiting_for_keys = true;
         }
         // Counters now: a request that never comes back (the client left) still counts.
-        for (id, by) in std::mem::take(&mut self.so_far.counters) {
+        for (id, by) in self.so_far.counters.drain(..) {
             envoy.increment_counter(id, by);
         }
         Verdict::Wait
@@ -971,11 +963,11 @@ impl Run {
         let mut headers = std::mem::take(&mut self.headers);
         headers.write_back_each(|edit| apply(envoy, Side::Request, &edit));
         headers.reset();
-        self.so_far.spare_headers = headers;
+        self.so_far.spares.headers = headers;
         if std::mem::take(&mut self.so_far.route_changed) {
             envoy.clear_route_cache();
         }
-        for (id, by) in std::mem::take(&mut self.so_far.counters) {
+        for (id, by) in self.so_far.counters.drain(..) {
             envoy.increment_counter(id, by);
         }
     }
@@ -1008,12 +1000,12 @@ impl Run {
         for e in std::mem::take(&mut self.so_far.response) {
             edit(envoy, &e);
         }
-        for (id, by) in std::mem::take(&mut self.so_far.counters) {
+        for (id, by) in self.so_far.counters.drain(..) {
             envoy.increment_counter(id, by);
         }
         let mut host = PassHost::new(envoy, shared);
         let seen = self.seen.min(self.stages.len());
-        let spare = &mut self.so_far.spare_fx;
+        let spare = &mut self.so_far.spares.fx;
         for bound in self.stages.iter_mut().take(seen).rev() {
             bound.get().response(&mut host, spare, edit);
         }
