@@ -30,14 +30,15 @@ pub struct UuidText([u8; 36]);
 impl UuidText {
     /// Canonical text form of a 128-bit value.
     pub fn from_u128(value: u128) -> Self {
+        // Byte by byte (two digits each) rather than 32 shifts of a 128-bit value: a third of
+        // the instructions, on every generated ID.
+        const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
         let mut out = [b'-'; 36];
-        let mut shift: u32 = 128;
-        for (i, slot) in out.iter_mut().enumerate() {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                continue;
+        for (byte, at) in value.to_be_bytes().into_iter().zip(AT) {
+            if let Some([high, low]) = out.get_mut(at..at + 2) {
+                *high = hex_digit(byte >> 4);
+                *low = hex_digit(byte & 0xf);
             }
-            shift -= 4;
-            *slot = hex_digit(((value >> shift) & 0xf) as u8);
         }
         Self(out)
     }
