@@ -383,6 +383,9 @@ pub fn decide<'h, K: AsRef<str>, V: AsRef<[u8]>>(
     };
     if all && !list.iter().all(eligible) || !list.iter().any(eligible) {
         // A token, but not where the required providers look for theirs.
+        if let Err(why) = token::check_text(token) {
+            return Decision::Deny(deny(Reason::Malformed, why));
+        }
         return if rule.allow_missing {
             Decision::Pass
         } else {
@@ -407,6 +410,10 @@ pub fn decide<'h, K: AsRef<str>, V: AsRef<[u8]>>(
         } else {
             env.stats.cache_misses += 1;
             if parsed.is_none() {
+                // Checked here, not when found: a cached token was checked when verified.
+                if let Err(why) = token::check_text(token) {
+                    return Decision::Deny(deny(Reason::Malformed, why));
+                }
                 match token::parse(token) {
                     Ok(p) => parsed = Some(p),
                     Err(e) => return Decision::Deny(deny(Reason::Malformed, e.describe())),
@@ -582,6 +589,28 @@ mod tests {
             Decision::Deny(d) => d.reason,
             other => panic!("not denied: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_token_that_is_not_token_text_is_malformed_wherever_it_is() {
+        let s = settings(json!([{"match": {"prefix": "/"}, "requires": "a"}]));
+        let mut run = Run::new();
+        let good = token(SECRET_A, "ka", "A", json!({}));
+        let bad = format!("{good} x");
+        // Where a required provider looks (a cache miss: checked before parsing) ...
+        let h = headers("GET", "/x", &[("authorization", &format!("Bearer {bad}"))]);
+        let d = run.decide(&s, &h);
+        assert_eq!(reason(&d), Reason::Malformed);
+        assert!(matches!(&d, Decision::Deny(d) if d.description == token::NOT_COMPACT_JWS));
+        // ... and where only another provider looks (no provider's business, but still not a
+        // token: the answer it had when every token was checked as it was found).
+        let h = headers("GET", "/x", &[("x-b-token", &bad)]);
+        assert_eq!(reason(&run.decide(&s, &h)), Reason::Malformed);
+        // A good token, verified once, is then a cache hit.
+        let h = headers("GET", "/x", &[("authorization", &format!("Bearer {good}"))]);
+        assert!(matches!(run.decide(&s, &h), Decision::Allow(_)));
+        assert!(matches!(run.decide(&s, &h), Decision::Allow(_)));
+        assert_eq!(run.stats.cache_hits, 1);
     }
 
     #[test]

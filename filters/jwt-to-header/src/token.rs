@@ -12,7 +12,23 @@ use crate::jwk::{Alg, b64url_decode};
 pub struct Found<'a> {
     /// Index into [`Settings::sources`].
     pub source: usize,
+    /// UTF-8 and within [`MAX_TOKEN_LEN`], but not yet checked to be token text
+    /// ([`check_text`]): a token the verified-token cache holds was checked when it was
+    /// verified, so a cache hit skips the check (on the cached path it was the filter's
+    /// largest piece of work). Check before anything else looks at it.
     pub token: &'a str,
+}
+
+/// The answer to a value that is not token text (base64url and dots).
+pub const NOT_COMPACT_JWS: &str = "token is not a compact JWS";
+
+/// Whether `token` is token text: base64url and the two dots ([`NOT_COMPACT_JWS`] if not).
+pub fn check_text(token: &str) -> Result<(), &'static str> {
+    if is_token_text(token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(NOT_COMPACT_JWS)
+    }
 }
 
 /// The [`Extracted::Invalid`] reason for a request with more than one token (RFC 6750
@@ -122,16 +138,19 @@ pub fn extract<'a, K: AsRef<str>, V: AsRef<[u8]>>(
 ) -> Extracted<'a> {
     let mut found: Option<Found<'a>> = None;
     let mut record = |source: usize, raw: &'a [u8]| -> Result<(), &'static str> {
+        // The answers are those of checking each token's text as it is found (the first
+        // failure wins); only the text check of a lone token is left to the caller.
+        if let Some(first) = &found {
+            check_text(first.token)?;
+        }
         if raw.len() > MAX_TOKEN_LEN {
             return Err("token too large");
         }
-        if !is_token_text(raw) {
-            return Err("token is not a compact JWS");
-        }
-        // SAFETY: `is_token_text` admits ASCII bytes only, and ASCII is UTF-8. (`from_utf8`
-        // would check every byte of the token a second time, on every request, cached or not.)
-        let token = unsafe { std::str::from_utf8_unchecked(raw) };
+        // Not UTF-8 is not token text either. (ASCII runs through `from_utf8` a word at a
+        // time: a fraction of the token-text check.)
+        let token = std::str::from_utf8(raw).map_err(|_| NOT_COMPACT_JWS)?;
         if found.is_some() {
+            check_text(token)?;
             return Err(MULTIPLE_TOKENS);
         }
         found = Some(Found { source, token });
@@ -435,14 +454,45 @@ mod tests {
             ],
             vec![(":path", "/?access_token=a.b.c&access_token=a.b.c")],
             vec![("authorization", big.as_str())],
-            vec![("authorization", "Bearer a b")],
-            vec![("cookie", "jwt=\"a.b.c\"")],
         ] {
             assert!(
                 matches!(extract(&s, &h(&headers)), Extracted::Invalid(_)),
                 "{headers:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_lone_token_is_checked_by_the_caller_and_a_bad_one_among_two_is_not_text() {
+        let s = settings();
+        // One token: found, its text left to `check_text` (a cached token skips it).
+        for headers in [
+            vec![("authorization", "Bearer a b")],
+            vec![("cookie", "jwt=\"a.b.c\"")],
+        ] {
+            let list = h(&headers);
+            let Extracted::One(found) = extract(&s, &list) else {
+                panic!("{headers:?}");
+            };
+            assert_eq!(check_text(found.token), Err(NOT_COMPACT_JWS), "{headers:?}");
+        }
+        assert_eq!(check_text("a.b-_.C9"), Ok(()));
+        // Two tokens: the first bad text wins over "more than one token", as when each token
+        // was checked as it was found.
+        for headers in [
+            vec![("authorization", "Bearer a b"), ("x-token", "a.b.c")],
+            vec![("authorization", "Bearer a.b.c"), ("x-token", "a b")],
+        ] {
+            assert_eq!(
+                extract(&s, &h(&headers)),
+                Extracted::Invalid(NOT_COMPACT_JWS),
+                "{headers:?}"
+            );
+        }
+        // Not UTF-8 is not text, found or not.
+        let raw: Vec<(String, Vec<u8>)> =
+            vec![("authorization".into(), b"Bearer a.\xff.c".to_vec())];
+        assert_eq!(extract(&s, &raw), Extracted::Invalid(NOT_COMPACT_JWS));
     }
 
     #[test]
