@@ -110,9 +110,19 @@ pub fn underscore_variants<'h, 'n>(
     headers: &[(&'h str, &[u8])],
     ours: impl Iterator<Item = &'n str> + Clone,
 ) -> Vec<&'h str> {
+    // A variant has the length of one of ours: the lengths (as bits) rule out nearly every
+    // header at once, rather than each header against each name. A length past 63 sets bit 63
+    // and such headers are compared name by name.
+    let length_bit = |len: usize| 1u64 << len.min(63);
+    let lengths = ours
+        .clone()
+        .fold(0u64, |bits, o| bits | length_bit(o.len()));
     let mut found = Vec::new();
     for (name, _) in headers {
-        if !found.contains(name) && ours.clone().any(|o| is_underscore_variant(name, o)) {
+        if lengths & length_bit(name.len()) != 0
+            && !found.contains(name)
+            && ours.clone().any(|o| is_underscore_variant(name, o))
+        {
             found.push(*name);
         }
     }
@@ -280,6 +290,19 @@ mod tests {
         assert_eq!(
             underscore_variants(&headers, ours.iter().copied()),
             ["x_user_id", "x_user_role"]
+        );
+        // Names of 63 characters and more share one length bit: compared name by name.
+        let long = format!("x-{}", "a".repeat(70));
+        let long_variant = long.replace('-', "_");
+        let longer_variant = format!("{long_variant}_b");
+        let headers: Vec<(&str, &[u8])> = vec![
+            (longer_variant.as_str(), b"1"),
+            (long_variant.as_str(), b"2"),
+            ("x_user_role", b"3"),
+        ];
+        assert_eq!(
+            underscore_variants(&headers, [long.as_str(), "x-user-id"].into_iter()),
+            [long_variant.as_str()]
         );
     }
 

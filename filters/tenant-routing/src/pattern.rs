@@ -76,7 +76,7 @@ pub fn percent_decode(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
 
 /// The host of an `:authority` value, normalised: port removed, one trailing dot removed, ASCII
 /// lowercased. `None` for an IPv6 literal, an empty host or a host with an empty label.
-pub fn normalize_host(authority: &[u8]) -> Option<Vec<u8>> {
+pub fn normalize_host(authority: &[u8]) -> Option<Cow<'_, [u8]>> {
     if authority.first() == Some(&b'[') {
         return None;
     }
@@ -94,7 +94,12 @@ pub fn normalize_host(authority: &[u8]) -> Option<Vec<u8>> {
     if host.is_empty() || host.split(|b| *b == b'.').any(<[u8]>::is_empty) {
         return None;
     }
-    Some(host.to_ascii_lowercase())
+    // Hosts usually arrive in lower case: borrowed then, no copy.
+    Some(if host.iter().any(u8::is_ascii_uppercase) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 /// Why a host pattern or host rule from the configuration was rejected.
@@ -530,7 +535,7 @@ mod tests {
         let exact = HostRule::parse("Acme.Example.com.").unwrap();
         assert_eq!(exact, HostRule::Exact("acme.example.com".into()));
         let wild = HostRule::parse("*.acme.example.com").unwrap();
-        let norm = |h: &str| normalize_host(h.as_bytes()).unwrap();
+        let norm = |h: &str| normalize_host(h.as_bytes()).unwrap().into_owned();
         assert!(exact.allows(&norm("ACME.example.com:443")));
         assert!(exact.allows(&norm("acme.example.com.")));
         assert!(!exact.allows(&norm("x.acme.example.com")));
