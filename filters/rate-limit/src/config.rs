@@ -356,6 +356,8 @@ pub struct CompiledLimit {
     pub limit: Limit,
     /// `"<rule>";q=<limit>;w=<window_s>`.
     pub policy: String,
+    /// `limit.limit` in decimal (`RateLimit-Limit`).
+    pub limit_text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -482,6 +484,7 @@ fn compile_limit(
         )
     })?;
     Ok(CompiledLimit {
+        limit_text: limit_c.limit.to_string(),
         limit: limit_c,
         policy: format!("\"{name}\";q={limit};w={window_s}"),
     })

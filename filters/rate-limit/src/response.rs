@@ -1,5 +1,6 @@
-//! The rate-limit response headers, rendered from a [`Quota`] and its limit: one allocation
-//! per header, the value handed on as it is.
+//! The rate-limit response headers, rendered from a [`Quota`] and its limit: the values that
+//! only depend on the configuration are borrowed from it, the others take one allocation each,
+//! and every value is handed on as it is.
 //!
 //! - `draft` (draft-ietf-httpapi-ratelimit-headers-08 and later, current as of draft 10):
 //!   `RateLimit-Policy: "<rule>";q=<limit>;w=<window_s>` and `RateLimit: "<rule>";r=<remaining>;t=<reset>`.
@@ -8,6 +9,8 @@
 //!
 //! `remaining` is the whole number of requests the bucket would allow right now (up to
 //! `limit + burst`); `reset` is the number of seconds until the bucket is full again.
+
+use std::borrow::Cow;
 
 use crate::config::{CompiledLimit, HeaderFormat};
 use crate::limiter::Quota;
@@ -32,36 +35,36 @@ fn render(parts: &[Part<'_>]) -> String {
         match part {
             Part::Str(s) => value.push_str(s),
             Part::Num(n) => {
+                // The digits last to first into a buffer, then appended at once (not a
+                // character at a time).
                 let mut digits = [0u8; 20];
                 let mut start = digits.len();
                 let mut n = *n;
-                while start > 0 {
+                while let Some(d) = start.checked_sub(1).and_then(|i| digits.get_mut(i)) {
+                    *d = b'0' + (n % 10) as u8;
                     start -= 1;
-                    if let Some(d) = digits.get_mut(start) {
-                        *d = b'0' + (n % 10) as u8;
-                    }
                     n /= 10;
                     if n == 0 {
                         break;
                     }
                 }
-                for &d in digits.get(start..).unwrap_or_default() {
-                    value.push(char::from(d));
-                }
+                let digits = digits.get(start..).unwrap_or_default();
+                value.push_str(std::str::from_utf8(digits).unwrap_or_default());
             }
         }
     }
     value
 }
 
-/// Up to five `(name, value)` pairs, in a fixed order. Each value is the `String` the caller
-/// hands on (to a header edit or a local reply), so nothing is copied again.
-pub struct RateLimitHeaders {
-    items: [(&'static str, String); 5],
+/// Up to five `(name, value)` pairs, in a fixed order. Each value is borrowed from the
+/// configuration or a `String` the caller hands on (to a header edit or a local reply), so
+/// nothing is copied again.
+pub struct RateLimitHeaders<'a> {
+    items: [(&'static str, Cow<'a, str>); 5],
     len: usize,
 }
 
-impl RateLimitHeaders {
+impl<'a> RateLimitHeaders<'a> {
     fn new() -> Self {
         Self {
             items: Default::default(),
@@ -70,8 +73,12 @@ impl RateLimitHeaders {
     }
 
     fn push(&mut self, name: &'static str, parts: &[Part<'_>]) {
+        self.push_value(name, Cow::Owned(render(parts)));
+    }
+
+    fn push_value(&mut self, name: &'static str, value: Cow<'a, str>) {
         if let Some(slot) = self.items.get_mut(self.len) {
-            *slot = (name, render(parts));
+            *slot = (name, value);
             self.len += 1;
         }
     }
@@ -81,12 +88,18 @@ impl RateLimitHeaders {
         self.items
             .iter()
             .take(self.len)
-            .map(|(n, v)| (*n, v.as_str()))
+            .map(|(n, v)| (*n, v.as_ref()))
     }
 
-    /// The pairs, their values moved out.
-    pub fn into_values(self) -> impl Iterator<Item = (&'static str, String)> {
-        self.items.into_iter().take(self.len)
+    /// The pairs, their values moved out (as bytes: header values).
+    pub fn into_values(self) -> impl Iterator<Item = (&'static str, Cow<'a, [u8]>)> {
+        self.items.into_iter().take(self.len).map(|(n, v)| {
+            let v = match v {
+                Cow::Borrowed(v) => Cow::Borrowed(v.as_bytes()),
+                Cow::Owned(v) => Cow::Owned(v.into_bytes()),
+            };
+            (n, v)
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -99,14 +112,14 @@ impl RateLimitHeaders {
 }
 
 /// The headers to add for `quota`.
-pub fn rate_limit_headers(
+pub fn rate_limit_headers<'a>(
     format: HeaderFormat,
     quota: &Quota,
-    limit: &CompiledLimit,
-) -> RateLimitHeaders {
+    limit: &'a CompiledLimit,
+) -> RateLimitHeaders<'a> {
     let mut out = RateLimitHeaders::new();
     if matches!(format, HeaderFormat::Draft | HeaderFormat::Both) {
-        out.push("ratelimit-policy", &[Part::Str(&limit.policy)]);
+        out.push_value("ratelimit-policy", Cow::Borrowed(&limit.policy));
         // The policy value starts with the quoted rule name.
         let name = limit.policy.split(';').next().unwrap_or_default();
         out.push(
@@ -121,7 +134,7 @@ pub fn rate_limit_headers(
         );
     }
     if matches!(format, HeaderFormat::Draft03 | HeaderFormat::Both) {
-        out.push("ratelimit-limit", &[Part::Num(limit.limit.limit)]);
+        out.push_value("ratelimit-limit", Cow::Borrowed(&limit.limit_text));
         out.push("ratelimit-remaining", &[Part::Num(quota.remaining)]);
         out.push("ratelimit-reset", &[Part::Num(quota.reset_s)]);
     }
@@ -134,7 +147,7 @@ pub fn global_rate_limit_headers(
     format: HeaderFormat,
     rule_name: &str,
     quota: &GlobalQuota,
-) -> RateLimitHeaders {
+) -> RateLimitHeaders<'static> {
     let mut out = RateLimitHeaders::new();
     if matches!(format, HeaderFormat::Draft | HeaderFormat::Both) {
         out.push(

@@ -595,7 +595,7 @@ impl Stage for RateLimit {
                     for (name, value) in
                         rate_limit_headers(settings.headers, &quota, limit).into_values()
                     {
-                        fx.set_response(name, value.into_bytes());
+                        fx.set_response(name, value);
                     }
                 }
             }
@@ -604,7 +604,7 @@ impl Stage for RateLimit {
                 for (n, v) in
                     global_rate_limit_headers(settings.headers, name, &quota).into_values()
                 {
-                    fx.set_response(n, v.into_bytes());
+                    fx.set_response(n, v);
                 }
             }
         }

@@ -255,6 +255,18 @@ impl StreamHost for EnvoyStream<'_> {
         }
     }
 
+    fn response_header_names(&mut self, into: &mut Vec<u8>) {
+        // SAFETY: the borrowed names are copied here, before any change.
+        unsafe {
+            self.0.read_headers(abi::HEADER_TYPE_RESPONSE, |headers| {
+                for (name, _) in headers {
+                    into.extend_from_slice(name);
+                    into.push(0);
+                }
+            });
+        }
+    }
+
     fn request_headers_named(&mut self, names: &[String], into: &mut HeaderList) {
         // Room for every value of a few names; a request with more copies than this (a
         // client repeating a header) is read as the whole map instead.
