@@ -527,7 +527,10 @@ impl HeaderList {
     /// [`HeaderList::first_written`]. Whether the host's map still had it.
     fn clear(&mut self, name: &str, first: Option<usize>) -> bool {
         let before = self.index.len();
-        self.index.retain(|&(n, _)| n != name);
+        // Usually the name is not there: a search is cheaper than a `retain` that rewrites.
+        if self.index.iter().any(|&(n, _)| n == name) {
+            self.index.retain(|&(n, _)| n != name);
+        }
         if let Some(first) = first {
             for w in self.written.iter_mut().filter(|w| w.first == first) {
                 w.live = false;

@@ -91,11 +91,25 @@ pub fn normalize_host(authority: &[u8]) -> Option<Cow<'_, [u8]>> {
         None => authority,
     };
     let host = host.strip_suffix(b".").unwrap_or(host);
-    if host.is_empty() || host.split(|b| *b == b'.').any(<[u8]>::is_empty) {
+    // One pass: no empty label (the host itself empty, a leading dot, two dots in a row, or
+    // a trailing dot after the one stripped), and whether anything is upper case.
+    let (mut after_dot, mut upper) = (true, false);
+    for &b in host {
+        if b == b'.' {
+            if after_dot {
+                return None;
+            }
+            after_dot = true;
+        } else {
+            after_dot = false;
+            upper |= b.is_ascii_uppercase();
+        }
+    }
+    if after_dot {
         return None;
     }
     // Hosts usually arrive in lower case: borrowed then, no copy.
-    Some(if host.iter().any(u8::is_ascii_uppercase) {
+    Some(if upper {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
@@ -512,6 +526,65 @@ mod tests {
         let host = normalize_host("CAFÉ.example.com".as_bytes()).unwrap();
         let got = p.matches(&host).unwrap();
         assert!(!is_valid_tenant_id(got));
+    }
+
+    #[test]
+    fn normalize_host_agrees_with_splitting_into_labels() {
+        // The definition: port and one trailing dot dropped, no empty label, lower case.
+        fn by_labels(authority: &[u8]) -> Option<Vec<u8>> {
+            if authority.first() == Some(&b'[') {
+                return None;
+            }
+            let host = match authority.iter().rposition(|b| *b == b':') {
+                Some(colon) => {
+                    let (host, port) = authority.split_at(colon);
+                    if !port.iter().skip(1).all(u8::is_ascii_digit) {
+                        return None;
+                    }
+                    host
+                }
+                None => authority,
+            };
+            let host = host.strip_suffix(b".").unwrap_or(host);
+            if host.is_empty() || host.split(|b| *b == b'.').any(<[u8]>::is_empty) {
+                return None;
+            }
+            Some(host.to_ascii_lowercase())
+        }
+        // Every string of up to five characters over a small alphabet.
+        let alphabet = [b'a', b'B', b'.', b':', b'1'];
+        let mut inputs: Vec<Vec<u8>> = vec![vec![]];
+        for len in 1..=5 {
+            let mut n = alphabet.len().pow(len);
+            while n > 0 {
+                n -= 1;
+                let mut k = n;
+                inputs.push(
+                    (0..len)
+                        .map(|_| {
+                            let c = alphabet[k % alphabet.len()];
+                            k /= alphabet.len();
+                            c
+                        })
+                        .collect(),
+                );
+            }
+        }
+        inputs.push(b"[::1]:80".to_vec());
+        inputs.push(b"Acme.Tenants.localhost:10000".to_vec());
+        for input in &inputs {
+            assert_eq!(
+                normalize_host(input).map(Cow::into_owned),
+                by_labels(input),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        // Lower case is borrowed.
+        assert!(matches!(
+            normalize_host(b"acme.example.com:443"),
+            Some(Cow::Borrowed(b"acme.example.com"))
+        ));
     }
 
     #[test]
