@@ -96,8 +96,9 @@ impl EnvoyFilter {
     /// they fit (no allocation for a typical request).
     ///
     /// # Safety
-    /// The slices are valid until this hook returns or the map is changed (a `set_header` or
-    /// `add_header` on it): `read` must not keep them beyond its call.
+    /// The slices point into Envoy's header map (not the entry buffer) and are valid until this
+    /// hook returns or the map is changed (a `set_header` or `add_header` on it): whatever
+    /// `read` keeps of them must not be used beyond that.
     pub unsafe fn read_headers<R>(
         self,
         header_type: i32,

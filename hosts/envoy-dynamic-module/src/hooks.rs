@@ -247,10 +247,13 @@ fn header_type(side: Side) -> i32 {
 
 impl StreamHost for EnvoyStream<'_> {
     fn request_headers(&mut self, into: &mut HeaderList) {
-        // SAFETY: the borrowed headers are copied here, before any change.
+        // SAFETY: the list borrows Envoy's header memory, which stays valid and unchanged for
+        // the rest of this hook until the module writes to the map: `StreamHost::
+        // request_headers`' contract (the pipeline writes back only after the list is done
+        // with, and owns the list before the hook returns).
         unsafe {
             self.0.read_headers(abi::HEADER_TYPE_REQUEST, |headers| {
-                into.refill_from_pairs(headers);
+                into.refill_borrowing(headers);
             });
         }
     }

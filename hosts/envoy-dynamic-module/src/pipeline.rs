@@ -47,7 +47,9 @@ pub enum Side {
 
 /// What a stream needs from Envoy. Every method is one ABI call in the real host.
 pub trait StreamHost {
-    /// Read the request headers from Envoy into `into` ([`HeaderList::refill_from_pairs`]).
+    /// Read the request headers from Envoy into `into`. The list may borrow Envoy's memory
+    /// ([`HeaderList::refill_borrowing`]): the caller must be done with it, or
+    /// [`HeaderList::own`] it, before it writes a request header or the hook returns.
     fn request_headers(&mut self, into: &mut HeaderList);
     /// Read only the request headers called `names` (every value of each) into `into`.
     fn request_headers_named(&mut self, names: &[String], into: &mut HeaderList);
@@ -750,6 +752,9 @@ impl Run {
     pub fn request_headers(&mut self, envoy: &mut dyn StreamHost) -> Verdict {
         self.lend_spares();
         let verdict = self.request_headers_in(envoy, &shared_data::PROCESS);
+        // A request that waits keeps its list past this hook: no longer on Envoy's memory
+        // (see `StreamHost::request_headers`; a list written back is already reset).
+        self.headers.own();
         self.return_spares();
         verdict
     }
@@ -1200,11 +1205,15 @@ mod tests {
     impl StreamHost for FakeEnvoy {
         fn request_headers(&mut self, into: &mut HeaderList) {
             self.calls.push("read".into());
-            into.refill_from_pairs(
-                self.request
-                    .iter()
-                    .map(|(k, v)| (k.as_bytes(), v.as_slice())),
-            );
+            // SAFETY: as Envoy's: the fake's request is not changed during a hook (a test that
+            // changes it between hooks checks that the pipeline owned the list).
+            unsafe {
+                into.refill_borrowing(
+                    self.request
+                        .iter()
+                        .map(|(k, v)| (k.as_bytes(), v.as_slice())),
+                );
+            }
         }
         fn request_headers_named(&mut self, names: &[String], into: &mut HeaderList) {
             self.calls.push(format!("read {}", names.join(",")));
@@ -1610,6 +1619,11 @@ mod tests {
             "{:?}",
             envoy.calls
         );
+        // Between hooks Envoy's memory is not the list's to read: the waiting run owns a copy.
+        // (Were it still borrowed, tenant-routing would now see `XXXX` and answer 404.)
+        for (_, value) in &mut envoy.request {
+            value.fill(b'X');
+        }
         // Another callout's answer is not this run's.
         assert_eq!(
             run.grpc_answer(&mut envoy, 7, 0, Some(&rls_answer(1))),
