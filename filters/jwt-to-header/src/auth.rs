@@ -176,23 +176,24 @@ pub struct Allowed<'a> {
     pub verified: Vec<Rc<Verified>>,
     /// Index into [`Settings::sources`] where the token was.
     pub source: usize,
-    pub token: &'a str,
+    /// The token's bytes (token text: checked, or equal to a cached token that was).
+    pub token: &'a [u8],
     /// Remove the token before the upstream (some accepting provider has `forward: false`).
     pub remove_token: bool,
 }
 
 impl Allowed<'_> {
     /// The base64url payload segment of the token.
-    pub fn payload_b64(&self) -> &str {
-        let b = self.token.as_bytes();
+    pub fn payload_b64(&self) -> &[u8] {
+        let b = self.token;
         let Some(start) = b.iter().position(|&c| c == b'.').map(|i| i + 1) else {
-            return "";
+            return &[];
         };
         let len = b
             .get(start..)
             .and_then(|rest| rest.iter().position(|&c| c == b'.'))
             .unwrap_or(0);
-        self.token.get(start..start + len).unwrap_or_default()
+        b.get(start..start + len).unwrap_or_default()
     }
 }
 
@@ -383,7 +384,7 @@ pub fn decide<'h, K: AsRef<str>, V: AsRef<[u8]>>(
     };
     if all && !list.iter().all(eligible) || !list.iter().any(eligible) {
         // A token, but not where the required providers look for theirs.
-        if let Err(why) = token::check_text(token) {
+        if let Err(why) = token::text(token) {
             return Decision::Deny(deny(Reason::Malformed, why));
         }
         return if rule.allow_missing {
@@ -394,6 +395,9 @@ pub fn decide<'h, K: AsRef<str>, V: AsRef<[u8]>>(
     }
     let hash = token_hash(token);
     let mut budget = Budget::new();
+    // The token as text, once a cache miss needed it (checked then, not when found: a cached
+    // token was checked when it was verified).
+    let mut checked: Option<&'h str> = None;
     let mut parsed: Option<Parsed<'h>> = None;
     let mut verified = Vec::with_capacity(1);
     let mut first_fail: Option<(usize, Fail)> = None;
@@ -410,21 +414,22 @@ pub fn decide<'h, K: AsRef<str>, V: AsRef<[u8]>>(
         } else {
             env.stats.cache_misses += 1;
             if parsed.is_none() {
-                // Checked here, not when found: a cached token was checked when verified.
-                if let Err(why) = token::check_text(token) {
-                    return Decision::Deny(deny(Reason::Malformed, why));
-                }
-                match token::parse(token) {
+                let text = match token::text(token) {
+                    Ok(text) => text,
+                    Err(why) => return Decision::Deny(deny(Reason::Malformed, why)),
+                };
+                checked = Some(text);
+                match token::parse(text) {
                     Ok(p) => parsed = Some(p),
                     Err(e) => return Decision::Deny(deny(Reason::Malformed, e.describe())),
                 }
             }
-            let Some(p) = parsed.as_ref() else {
+            let (Some(p), Some(text)) = (parsed.as_ref(), checked) else {
                 continue;
             };
-            match verify_provider(idx, provider, p, token, env, &mut budget) {
+            match verify_provider(idx, provider, p, text, env, &mut budget) {
                 Ok(v) => {
-                    env.cache.insert(token, hash, v.clone());
+                    env.cache.insert(text, hash, v.clone());
                     Ok(Rc::new(v))
                 }
                 Err(f) => Err(f),
@@ -878,7 +883,7 @@ mod tests {
         assert_eq!(a.verified[0].headers, vec![(0, "s".to_string())]);
         assert!(a.remove_token);
         assert_eq!(a.source, 0);
-        assert_eq!(a.payload_b64(), ta.split('.').nth(1).unwrap());
+        assert_eq!(a.payload_b64(), ta.split('.').nth(1).unwrap().as_bytes());
         let second = run.decide(&s, &h);
         assert_eq!(run.stats.cache_hits, 1);
         assert_eq!(run.stats.fallback, 0);

@@ -31,8 +31,8 @@ pub const MAX_CACHED_TOKEN: usize = 4096;
 /// The slot of a token: FNV-1a of its length and its last 64 bytes (the end of the signature,
 /// which differs between any two genuine tokens). Cheap whatever the token's size; collisions
 /// only cost a miss, since a hit compares the whole token.
-pub fn token_hash(token: &str) -> TokenHash {
-    let b = token.as_bytes();
+pub fn token_hash(token: &[u8]) -> TokenHash {
+    let b = token;
     let tail = &b[b.len().saturating_sub(64)..];
     crate::config::fnv1a64(tail) ^ (b.len() as u64).rotate_left(48)
 }
@@ -87,7 +87,7 @@ impl Cache {
     /// left as it is.
     pub fn get(
         &mut self,
-        token: &str,
+        token: &[u8],
         hash: TokenHash,
         provider: usize,
         now: i64,
@@ -95,7 +95,7 @@ impl Cache {
     ) -> Option<Rc<Verified>> {
         let key = (hash, provider);
         let entry = self.entries.get_mut(&key)?;
-        if !gatewasm_common::bytes::eq(entry.token.as_bytes(), token.as_bytes()) {
+        if !gatewasm_common::bytes::eq(entry.token.as_bytes(), token) {
             return None;
         }
         let verified = entry.verified.clone();
@@ -160,28 +160,31 @@ mod tests {
     fn hit_miss_and_expiry() {
         let mut c = Cache::new(4);
         let t = "a.b.c";
-        let h = token_hash(t);
-        assert!(c.get(t, h, 0, 100, 0).is_none());
+        let h = token_hash(t.as_bytes());
+        assert!(c.get(t.as_bytes(), h, 0, 100, 0).is_none());
         c.insert(t, h, v(0, 200));
-        assert_eq!(c.get(t, h, 0, 100, 0).unwrap().headers[0].1, "u");
-        assert!(c.get(t, h, 1, 100, 0).is_none(), "other provider");
-        assert!(c.get(t, h, 0, 260, 60).is_some(), "within skew");
-        assert!(c.get(t, h, 0, 261, 60).is_none(), "expired");
+        assert_eq!(c.get(t.as_bytes(), h, 0, 100, 0).unwrap().headers[0].1, "u");
+        assert!(
+            c.get(t.as_bytes(), h, 1, 100, 0).is_none(),
+            "other provider"
+        );
+        assert!(c.get(t.as_bytes(), h, 0, 260, 60).is_some(), "within skew");
+        assert!(c.get(t.as_bytes(), h, 0, 261, 60).is_none(), "expired");
         assert!(c.is_empty(), "expired entries are dropped");
     }
 
     #[test]
     fn evicts_least_recently_used() {
         let mut c = Cache::new(2);
-        let (a, b, d) = (token_hash("a"), token_hash("b"), token_hash("d"));
+        let (a, b, d) = (token_hash(b"a"), token_hash(b"b"), token_hash(b"d"));
         c.insert("a", a, v(0, 1000));
         c.insert("b", b, v(0, 1000));
-        assert!(c.get("a", a, 0, 0, 0).is_some()); // a is now the most recent
+        assert!(c.get(b"a", a, 0, 0, 0).is_some()); // a is now the most recent
         c.insert("d", d, v(0, 1000));
         assert_eq!(c.len(), 2);
-        assert!(c.get("b", b, 0, 0, 0).is_none());
-        assert!(c.get("a", a, 0, 0, 0).is_some());
-        assert!(c.get("d", d, 0, 0, 0).is_some());
+        assert!(c.get(b"b", b, 0, 0, 0).is_none());
+        assert!(c.get(b"a", a, 0, 0, 0).is_some());
+        assert!(c.get(b"d", d, 0, 0, 0).is_some());
         c.insert("d", d, v(0, 1000)); // replacing keeps the size
         assert_eq!(c.len(), 2);
         assert_eq!(c.order.len(), 2);
@@ -190,32 +193,32 @@ mod tests {
     #[test]
     fn a_hit_on_the_most_recent_entry_keeps_the_order_and_others_still_age() {
         let mut c = Cache::new(2);
-        let (a, b, d) = (token_hash("a"), token_hash("b"), token_hash("d"));
+        let (a, b, d) = (token_hash(b"a"), token_hash(b"b"), token_hash(b"d"));
         c.insert("a", a, v(0, 1000));
         c.insert("b", b, v(0, 1000));
         let order: Vec<u64> = c.order.keys().copied().collect();
         for _ in 0..3 {
-            assert!(c.get("b", b, 0, 0, 0).is_some()); // already the most recent
+            assert!(c.get(b"b", b, 0, 0, 0).is_some()); // already the most recent
         }
         assert_eq!(c.order.keys().copied().collect::<Vec<_>>(), order);
-        assert!(c.get("a", a, 0, 0, 0).is_some()); // a moves up, b is the oldest now
+        assert!(c.get(b"a", a, 0, 0, 0).is_some()); // a moves up, b is the oldest now
         c.insert("d", d, v(0, 1000));
-        assert!(c.get("b", b, 0, 0, 0).is_none(), "b was evicted");
-        assert!(c.get("a", a, 0, 0, 0).is_some() && c.get("d", d, 0, 0, 0).is_some());
+        assert!(c.get(b"b", b, 0, 0, 0).is_none(), "b was evicted");
+        assert!(c.get(b"a", a, 0, 0, 0).is_some() && c.get(b"d", d, 0, 0, 0).is_some());
         assert_eq!((c.len(), c.order.len()), (2, 2));
         // The most recent entry expiring is dropped from both.
-        assert!(c.get("d", d, 0, 2000, 0).is_none());
+        assert!(c.get(b"d", d, 0, 2000, 0).is_none());
         assert_eq!((c.len(), c.order.len()), (1, 1));
     }
 
     #[test]
     fn zero_capacity_caches_nothing() {
         let mut c = Cache::new(0);
-        c.insert("a", token_hash("a"), v(0, 1000));
+        c.insert("a", token_hash(b"a"), v(0, 1000));
         assert!(c.is_empty());
         let mut c = Cache::new(4);
         let big = "a".repeat(MAX_CACHED_TOKEN + 1);
-        c.insert(&big, token_hash(&big), v(0, 1000));
+        c.insert(&big, token_hash(big.as_bytes()), v(0, 1000));
         assert!(c.is_empty(), "oversized tokens are not cached");
     }
 
@@ -224,7 +227,7 @@ mod tests {
         let mut c = Cache::new(4);
         c.insert("good.token.sig", 7, v(0, 1000));
         // Same slot (forced hash), different token: never served from the cache.
-        assert!(c.get("forged.token.sig", 7, 0, 0, 0).is_none());
-        assert!(c.get("good.token.sig", 7, 0, 0, 0).is_some());
+        assert!(c.get(b"forged.token.sig", 7, 0, 0, 0).is_none());
+        assert!(c.get(b"good.token.sig", 7, 0, 0, 0).is_some());
     }
 }

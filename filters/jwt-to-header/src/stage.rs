@@ -295,7 +295,7 @@ fn allow<'s>(
             }
         }
         if let Some(h) = &p.payload_header {
-            fx.set_request(h.as_str(), a.payload_b64().as_bytes().to_vec());
+            fx.set_request(h.as_str(), a.payload_b64().to_vec());
         }
     }
     if a.remove_token {

@@ -12,20 +12,22 @@ use crate::jwk::{Alg, b64url_decode};
 pub struct Found<'a> {
     /// Index into [`Settings::sources`].
     pub source: usize,
-    /// UTF-8 and within [`MAX_TOKEN_LEN`], but not yet checked to be token text
-    /// ([`check_text`]): a token the verified-token cache holds was checked when it was
-    /// verified, so a cache hit skips the check (on the cached path it was the filter's
-    /// largest piece of work). Check before anything else looks at it.
-    pub token: &'a str,
+    /// Within [`MAX_TOKEN_LEN`], but not yet checked to be token text (nor UTF-8): [`text`]
+    /// checks it. The verified-token cache compares these bytes with tokens that were checked
+    /// when they were verified, so a cache hit skips the check (on the cached path it was the
+    /// filter's largest piece of work); anything else checks it first.
+    pub token: &'a [u8],
 }
 
 /// The answer to a value that is not token text (base64url and dots).
 pub const NOT_COMPACT_JWS: &str = "token is not a compact JWS";
 
-/// Whether `token` is token text: base64url and the two dots ([`NOT_COMPACT_JWS`] if not).
-pub fn check_text(token: &str) -> Result<(), &'static str> {
-    if is_token_text(token.as_bytes()) {
-        Ok(())
+/// `token` as text if it is token text: base64url and the two dots ([`NOT_COMPACT_JWS`] if
+/// not).
+pub fn text(token: &[u8]) -> Result<&str, &'static str> {
+    if is_token_text(token) {
+        // SAFETY: `is_token_text` admits ASCII bytes only, and ASCII is UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(token) })
     } else {
         Err(NOT_COMPACT_JWS)
     }
@@ -141,19 +143,16 @@ pub fn extract<'a, K: AsRef<str>, V: AsRef<[u8]>>(
         // The answers are those of checking each token's text as it is found (the first
         // failure wins); only the text check of a lone token is left to the caller.
         if let Some(first) = &found {
-            check_text(first.token)?;
+            text(first.token)?;
         }
         if raw.len() > MAX_TOKEN_LEN {
             return Err("token too large");
         }
-        // Not UTF-8 is not token text either. (ASCII runs through `from_utf8` a word at a
-        // time: a fraction of the token-text check.)
-        let token = std::str::from_utf8(raw).map_err(|_| NOT_COMPACT_JWS)?;
         if found.is_some() {
-            check_text(token)?;
+            text(raw)?;
             return Err(MULTIPLE_TOKENS);
         }
-        found = Some(Found { source, token });
+        found = Some(Found { source, token: raw });
         Ok(())
     };
     let mut path: Option<&'a [u8]> = None;
@@ -422,7 +421,7 @@ mod tests {
                 extract(&s, &list),
                 Extracted::One(Found {
                     source: *source,
-                    token: "a.b.c"
+                    token: b"a.b.c"
                 }),
                 "{headers:?}"
             );
@@ -465,7 +464,7 @@ mod tests {
     #[test]
     fn a_lone_token_is_checked_by_the_caller_and_a_bad_one_among_two_is_not_text() {
         let s = settings();
-        // One token: found, its text left to `check_text` (a cached token skips it).
+        // One token: found, its text left to `text` (a cached token skips it).
         for headers in [
             vec![("authorization", "Bearer a b")],
             vec![("cookie", "jwt=\"a.b.c\"")],
@@ -474,9 +473,9 @@ mod tests {
             let Extracted::One(found) = extract(&s, &list) else {
                 panic!("{headers:?}");
             };
-            assert_eq!(check_text(found.token), Err(NOT_COMPACT_JWS), "{headers:?}");
+            assert_eq!(text(found.token), Err(NOT_COMPACT_JWS), "{headers:?}");
         }
-        assert_eq!(check_text("a.b-_.C9"), Ok(()));
+        assert_eq!(text(b"a.b-_.C9"), Ok("a.b-_.C9"));
         // Two tokens: the first bad text wins over "more than one token", as when each token
         // was checked as it was found.
         for headers in [
@@ -489,10 +488,17 @@ mod tests {
                 "{headers:?}"
             );
         }
-        // Not UTF-8 is not text, found or not.
+        // Not UTF-8 is not text: alone, found and refused by `text`; beside another token,
+        // refused at once.
         let raw: Vec<(String, Vec<u8>)> =
             vec![("authorization".into(), b"Bearer a.\xff.c".to_vec())];
-        assert_eq!(extract(&s, &raw), Extracted::Invalid(NOT_COMPACT_JWS));
+        let Extracted::One(found) = extract(&s, &raw) else {
+            panic!("one token");
+        };
+        assert_eq!(text(found.token), Err(NOT_COMPACT_JWS));
+        let mut two = raw.clone();
+        two.push(("x-token".into(), b"a.b.c".to_vec()));
+        assert_eq!(extract(&s, &two), Extracted::Invalid(NOT_COMPACT_JWS));
     }
 
     #[test]
