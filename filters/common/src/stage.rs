@@ -712,15 +712,22 @@ pub fn recycle_view(view: Vec<(&str, &[u8])>) -> Vec<(&'static str, &'static [u8
     emptied(view)
 }
 
-/// `items` emptied, as a vector of `U`: when `U` is `T` with other lifetimes, the standard
-/// library's in-place collect keeps the room (`recycled_views_and_effects_keep_their_room`).
-#[allow(
-    clippy::unnecessary_filter_map,
-    reason = "`filter` cannot change the element type"
-)]
+/// `items` emptied, as a vector of `U`, its room kept when `U` has `T`'s size and alignment
+/// (`T` with other lifetimes: `recycled_views_and_effects_keep_their_room`), else a new empty
+/// vector. (The standard library's in-place collect did the same at ≈ 70 instructions a call,
+/// several calls a stage.)
 fn emptied<T, U>(mut items: Vec<T>) -> Vec<U> {
     items.clear();
-    items.into_iter().filter_map(|_| None).collect()
+    if size_of::<T>() != size_of::<U>() || align_of::<T>() != align_of::<U>() || size_of::<T>() == 0
+    {
+        return Vec::new();
+    }
+    let mut items = std::mem::ManuallyDrop::new(items);
+    let (ptr, room) = (items.as_mut_ptr(), items.capacity());
+    // SAFETY: `ptr` was allocated for `room` values of `T`, which is the layout of `room`
+    // values of `U` (same size and alignment, not zero-sized); the length is 0, so no `T` is
+    // ever read as a `U`; `items` is not dropped, so the allocation has one owner.
+    unsafe { Vec::from_raw_parts(ptr.cast::<U>(), 0, room) }
 }
 
 #[cfg(test)]
@@ -789,6 +796,16 @@ mod tests {
         assert_eq!((h.arena.capacity(), h.written.capacity()), (0, 0));
         h.apply(&set("b", "2"));
         assert_eq!(h.pairs(), vec![("a", &b"1"[..]), ("b", b"2")]);
+    }
+
+    #[test]
+    fn emptied_keeps_room_only_for_the_same_layout() {
+        let kept: Vec<u32> = emptied(vec![1i32, 2, 3]);
+        assert!(kept.is_empty() && kept.capacity() >= 3);
+        let new: Vec<u64> = emptied(vec![1u8, 2, 3]);
+        assert!(new.is_empty() && new.capacity() == 0);
+        let unit: Vec<()> = emptied(vec![(), ()]);
+        assert!(unit.is_empty());
     }
 
     #[test]
