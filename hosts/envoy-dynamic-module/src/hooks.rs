@@ -36,6 +36,7 @@ use crate::abi::{
     self, CalloutResponse, ConfigScheduler, EnvoyBuffer, EnvoyConfig, EnvoyFilter, EnvoyHttpHeader,
     FilterScheduler,
 };
+use crate::box_pool::{BoxPool, emptied, fill};
 use crate::grpc;
 use crate::guard::guard;
 use crate::keys::{DriverHost, KeyDriver, TICK};
@@ -234,6 +235,38 @@ struct StreamFilter {
 
 /// The last stream key given out.
 static STREAM_KEYS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The allocations of this worker's ended streams, their contents dropped, for the next
+    /// streams: a stream costs no `malloc`/`free` pair for its `StreamFilter` (with the
+    /// pipeline's kept stage lists, none at all).
+    static SPARE_STREAM_BOXES: RefCell<BoxPool<StreamFilter>> =
+        const { RefCell::new(BoxPool::new(KEPT_STREAM_BOXES)) };
+}
+
+/// How many ended streams' allocations a worker keeps.
+const KEPT_STREAM_BOXES: usize = 64;
+
+/// `stream` in a box of this worker's, or a new one.
+fn boxed(stream: StreamFilter) -> Box<StreamFilter> {
+    let spare = SPARE_STREAM_BOXES
+        .try_with(|pool| pool.try_borrow_mut().ok()?.take())
+        .ok()
+        .flatten();
+    fill(spare, stream)
+}
+
+/// Drop `stream`, keeping its allocation for the worker's next stream.
+fn unboxed(stream: Box<StreamFilter>) {
+    // Dropped first, the pool not borrowed meanwhile.
+    let slot = emptied(stream);
+    // A worker that keeps enough (or is exiting) frees it.
+    let _ = SPARE_STREAM_BOXES.try_with(|pool| {
+        if let Ok(mut pool) = pool.try_borrow_mut() {
+            pool.keep(slot);
+        }
+    });
+}
 
 /// [`StreamHost`] over the ABI for one hook of one stream.
 struct EnvoyStream<'s>(EnvoyFilter, &'s StreamFilter);
@@ -507,7 +540,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
             config: Arc::clone(&handle.config),
             id: STREAM_KEYS.fetch_add(1, Ordering::Relaxed),
         };
-        Box::into_raw(Box::new(stream)).cast_const().cast()
+        Box::into_raw(boxed(stream)).cast_const().cast()
     })
 }
 
@@ -596,7 +629,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(
                 if let Some(keys) = &stream.config.keys {
                     drop(keys.driver.unregister(stream.id));
                 }
-                drop(stream);
+                unboxed(stream);
             }
         },
     );

@@ -14,6 +14,7 @@
 //! - [`keys`] (host-free): jwt-to-header's remote JWKS, fetched once per process by one driver
 //!   per configuration on the main thread; waiting requests woken.
 //! - [`guard`] (host-free): the `catch_unwind` every hook runs under.
+//! - [`box_pool`] (host-free): ended streams' allocations kept for a worker's next streams.
 //! - [`shared_data`] (host-free): the process-wide shared data (Envoy's CAS rules) that makes
 //!   rate limits exact across workers.
 //! - [`signature`] (host-free): Envoy's `verify_signature` foreign function with ring, so
@@ -27,6 +28,7 @@
 //! Envoy binary, resolved when Envoy loads the library, and a test executable has none. The
 //! end-to-end tests (tests/) run the built library in a real Envoy.
 
+pub mod box_pool;
 pub mod grpc;
 pub mod guard;
 pub mod keys;

@@ -21,7 +21,7 @@
 //! again, then the rest run. Should a stage wait where the host cannot wake it, the request is
 //! answered 503 (fail closed) and the reason logged.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use gatewasm_chain_plan::{FilterKind, StagePlan, stage_error};
@@ -251,7 +251,15 @@ pub struct Pipeline {
     /// request). `None` while lent; a hook that finds them lent (Envoy re-entering the module
     /// inside a hook) makes its own.
     spares: Cell<Option<Box<Spares>>>,
+    /// Emptied stage lists of streams that ended, for the next streams (a stream's list is its
+    /// one allocation besides Envoy's; an empty list holds no stage). At most
+    /// [`KEPT_STAGE_LISTS`].
+    spare_stage_lists: RefCell<Vec<Vec<AnyBound>>>,
 }
+
+/// How many emptied stage lists a worker keeps (streams in flight at once on one worker
+/// rarely exceed it; beyond it a list is freed).
+const KEPT_STAGE_LISTS: usize = 64;
 
 /// How a stream reads the request headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,13 +342,21 @@ impl Pipeline {
             stages,
             read,
             spares: Cell::default(),
+            spare_stage_lists: RefCell::default(),
         })
     }
 
     /// A stream through these stages.
     pub fn start(self: &Rc<Self>) -> Run {
+        let mut stages = self
+            .spare_stage_lists
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut lists| lists.pop())
+            .unwrap_or_default();
+        stages.extend(self.stages.iter().map(bind));
         Run {
-            stages: self.stages.iter().map(bind).collect(),
+            stages,
             pipeline: Rc::clone(self),
             headers: HeaderList::default(),
             next: 0,
@@ -1051,9 +1067,17 @@ impl Run {
 
 impl Drop for Run {
     /// A stream that goes away while waiting for keys leaves no waiter behind in its stage.
+    /// Its stage list goes back to the worker, emptied.
     fn drop(&mut self) {
         for bound in &mut self.stages {
             bound.get().forget();
+        }
+        let mut stages = std::mem::take(&mut self.stages);
+        stages.clear();
+        if let Ok(mut lists) = self.pipeline.spare_stage_lists.try_borrow_mut()
+            && lists.len() < KEPT_STAGE_LISTS
+        {
+            lists.push(stages);
         }
     }
 }
@@ -1385,6 +1409,9 @@ mod tests {
         assert_eq!(run.request_headers(&mut first), Verdict::Continue);
         run.response_headers(&mut first);
         drop(run);
+        // Its emptied stage list too, which the next stream takes.
+        assert_eq!(chain.spare_stage_lists.borrow().len(), 1);
+        assert!(chain.spare_stage_lists.borrow()[0].is_empty());
         // The worker kept the list, emptied, and the effects' vectors.
         let spares = chain
             .spares
@@ -1399,6 +1426,7 @@ mod tests {
         // its tenant's headers are written again.
         let mut second = envoy(&[(":path", "/b"), ("x-tenant", "acme")]);
         let mut run = chain.start();
+        assert!(chain.spare_stage_lists.borrow().is_empty());
         assert_eq!(run.request_headers(&mut second), Verdict::Continue);
         let id = second
             .calls
