@@ -104,29 +104,42 @@ pub fn is_underscore_variant(name: &str, ours: &str) -> bool {
         })
 }
 
-/// The request header names that are [underscore variants](is_underscore_variant) of one of
-/// `ours`: the filter removes them along with the exact names. Allocates only when it finds one.
-pub fn underscore_variants<'h, 'n>(
-    headers: &[(&'h str, &[u8])],
-    ours: impl Iterator<Item = &'n str> + Clone,
-) -> Vec<&'h str> {
-    // A variant has the length of one of ours: the lengths (as bits) rule out nearly every
-    // header at once, rather than each header against each name. A length past 63 sets bit 63
-    // and such headers are compared name by name.
-    let length_bit = |len: usize| 1u64 << len.min(63);
-    let lengths = ours
-        .clone()
-        .fold(0u64, |bits, o| bits | length_bit(o.len()));
-    let mut found = Vec::new();
-    for (name, _) in headers {
-        if lengths & length_bit(name.len()) != 0
-            && !found.contains(name)
-            && ours.clone().any(|o| is_underscore_variant(name, o))
-        {
-            found.push(*name);
-        }
+/// The names a filter writes, for finding their [underscore variants](is_underscore_variant)
+/// in a request: compiled once per configuration, with the lengths as bits (a variant has the
+/// length of one of the names, so one test rules out nearly every request header; a length of
+/// 63 and more shares bit 63, and such headers are compared name by name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnNames {
+    names: Vec<String>,
+    lengths: u64,
+}
+
+fn length_bit(len: usize) -> u64 {
+    1u64 << len.min(63)
+}
+
+impl OwnNames {
+    pub fn new<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Self {
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        let lengths = names.iter().fold(0, |bits, n| bits | length_bit(n.len()));
+        Self { names, lengths }
     }
-    found
+
+    /// The request header names that are underscore variants of one of these names, each
+    /// once: the filter removes them along with the exact names. Allocates only when it finds
+    /// one.
+    pub fn underscore_variants<'h>(&self, headers: &[(&'h str, &[u8])]) -> Vec<&'h str> {
+        let mut found = Vec::new();
+        for (name, _) in headers {
+            if self.lengths & length_bit(name.len()) != 0
+                && !found.contains(name)
+                && self.names.iter().any(|o| is_underscore_variant(name, o))
+            {
+                found.push(*name);
+            }
+        }
+        found
+    }
 }
 
 /// How often a header occurs in a header list.
@@ -175,12 +188,25 @@ pub fn borrow_pairs(list: &[(String, Vec<u8>)]) -> HeaderPairs<'_> {
 /// codec insists on it), and for a name of a few bytes `str::from_utf8` costs more in its set-up
 /// than in its scan — most of the parse's work, per header, before this fast path.
 pub(crate) fn header_name_str(name: &[u8]) -> Option<&str> {
-    if name.is_ascii() {
+    if all_ascii(name) {
         // SAFETY: ASCII bytes are valid UTF-8.
         Some(unsafe { std::str::from_utf8_unchecked(name) })
     } else {
         std::str::from_utf8(name).ok()
     }
+}
+
+/// Whether every byte of `bytes` is ASCII: eight at a time, OR-ed together, then the rest.
+/// (`<[u8]>::is_ascii` checks a slice shorter than 16 bytes — most header names — byte by
+/// byte; a native module checks every request header's name.)
+fn all_ascii(bytes: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let (words, tail) = bytes.as_chunks::<8>();
+    let words = words
+        .iter()
+        .fold(0u64, |all, w| all | u64::from_ne_bytes(*w));
+    let tail = tail.iter().fold(0u8, |all, &b| all | b);
+    words & HIGH == 0 && tail.is_ascii()
 }
 
 /// Parses a header map as the host serialises it for `proxy_get_header_map_pairs` (Proxy-Wasm
@@ -288,7 +314,7 @@ mod tests {
         ];
         let ours = ["x-user-id", "x-user-role"];
         assert_eq!(
-            underscore_variants(&headers, ours.iter().copied()),
+            OwnNames::new(ours).underscore_variants(&headers),
             ["x_user_id", "x_user_role"]
         );
         // Names of 63 characters and more share one length bit: compared name by name.
@@ -301,9 +327,24 @@ mod tests {
             ("x_user_role", b"3"),
         ];
         assert_eq!(
-            underscore_variants(&headers, [long.as_str(), "x-user-id"].into_iter()),
+            OwnNames::new([long.as_str(), "x-user-id"]).underscore_variants(&headers),
             [long_variant.as_str()]
         );
+    }
+
+    #[test]
+    fn all_ascii_agrees_with_the_standard_library() {
+        let base: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+        for len in 0..base.len() {
+            let name = &base[..len];
+            assert!(all_ascii(name));
+            for at in 0..len {
+                let mut high = name.to_vec();
+                high[at] |= 0x80;
+                assert_eq!(all_ascii(&high), high.is_ascii(), "len {len}, byte {at}");
+                assert!(!all_ascii(&high));
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use gatewasm_common::headers::normalize_header_name;
+use gatewasm_common::headers::{OwnNames, normalize_header_name};
 use gatewasm_common::{ConfigError, parse_config};
 use serde::{Deserialize, Serialize};
 
@@ -407,6 +407,8 @@ pub struct Settings {
     /// Every claim header and payload header (sorted, deduplicated): removed from every request,
     /// with their `_` spellings.
     pub strip_headers: Vec<String>,
+    /// `strip_headers`, for finding their `_` spellings in a request.
+    pub strip_names: OwnNames,
     /// What is valid but probably not meant (no catch-all rule, no audience check): logged as
     /// warnings by the glue when the configuration is loaded.
     pub warnings: Vec<String>,
@@ -872,6 +874,7 @@ pub fn compile(config: &JwtConfig, raw: &[u8]) -> Result<Settings, ConfigError> 
         bypass_cors_preflight: config.bypass_cors_preflight,
         cache_size: config.cache_size,
         realm: config.realm.clone(),
+        strip_names: OwnNames::new(strip.iter().map(String::as_str)),
         strip_headers: strip,
         warnings,
         config_hash: format!("{:016x}", fnv1a64(raw)),

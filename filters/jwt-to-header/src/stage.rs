@@ -11,7 +11,6 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use gatewasm_common::headers::underscore_variants;
 use gatewasm_common::reply::JSON_CONTENT_TYPE;
 use gatewasm_common::stage::{Counter, Effects, Flow, Stage, StageHost};
 use proxy_wasm::types::Status;
@@ -361,8 +360,7 @@ impl JwtToHeader {
             }
         }
         // ... nor under a name a CGI-style upstream reads as the same one (`x_user_id`).
-        for name in underscore_variants(headers, settings.strip_headers.iter().map(String::as_str))
-        {
+        for name in settings.strip_names.underscore_variants(headers) {
             fx.remove_request(name.to_owned());
         }
         if settings.rules.is_empty() {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use gatewasm_common::headers::normalize_header_name;
+use gatewasm_common::headers::{OwnNames, normalize_header_name};
 use gatewasm_common::{ConfigError, parse_config};
 use serde::{Deserialize, Serialize};
 
@@ -184,6 +184,9 @@ pub struct Settings {
     /// Every header name some tenant sets (sorted, deduplicated): removed from requests of the
     /// tenants that do not set it.
     pub tenant_header_names: Vec<String>,
+    /// Every header name this filter writes (output, cluster and tenant headers): their `_`
+    /// spellings are removed from requests.
+    pub own_names: OwnNames,
 }
 
 impl Settings {
@@ -413,9 +416,15 @@ impl TenantRoutingConfig {
             default_tenant,
             unknown_tenant_status,
             missing_tenant_status,
+            consistency: self.consistency,
+            own_names: OwnNames::new(
+                [&output_header, &cluster_header]
+                    .into_iter()
+                    .chain(&tenant_header_names)
+                    .map(String::as_str),
+            ),
             output_header,
             cluster_header,
-            consistency: self.consistency,
             tenant_header_names,
         })
     }

@@ -238,13 +238,7 @@ pub fn stale_tenant_headers<'s>(
 /// Request headers spelled like a header this filter sets but with `_` for `-` (`x_tenant_id`):
 /// CGI-style upstreams read them as the same variable, so they are removed too.
 pub fn underscore_spoofs<'h>(settings: &Settings, headers: &[(&'h str, &[u8])]) -> Vec<&'h str> {
-    let ours = [
-        settings.output_header.as_str(),
-        settings.cluster_header.as_str(),
-    ]
-    .into_iter()
-    .chain(settings.tenant_header_names.iter().map(String::as_str));
-    gatewasm_common::headers::underscore_variants(headers, ours)
+    settings.own_names.underscore_variants(headers)
 }
 
 #[cfg(test)]
