@@ -960,32 +960,28 @@ mod tests {
         }
         h.apply(&add("x", "2"));
         h.apply(&set("y", "3"));
-        let before = (
-            h.pairs()
+        // What the list shows and would write back, owned.
+        let snapshot = |h: &HeaderList| {
+            let pairs: Vec<(String, Vec<u8>)> = h
+                .pairs()
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_vec()))
-                .collect::<Vec<_>>(),
-            h.write_back()
+                .collect();
+            let edits: Vec<HeaderEdit<'static>> = h
+                .write_back()
                 .into_iter()
                 .map(HeaderEdit::into_owned)
-                .collect::<Vec<_>>(),
-        );
+                .collect();
+            (pairs, edits)
+        };
+        let before = snapshot(&h);
         h.own();
         // The host's memory changes (as Envoy's may once the hook returns): the list does not.
         for (_, value) in &mut host {
             value.fill(b'#');
         }
         drop(host);
-        let after = (
-            h.pairs()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_vec()))
-                .collect::<Vec<_>>(),
-            h.write_back()
-                .into_iter()
-                .map(HeaderEdit::into_owned)
-                .collect::<Vec<_>>(),
-        );
+        let after = snapshot(&h);
         assert_eq!(before, after);
         assert_eq!(
             after.0.first(),
