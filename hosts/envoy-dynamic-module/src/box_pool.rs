@@ -39,7 +39,7 @@ pub fn fill<T>(slot: Option<Box<MaybeUninit<T>>>, value: T) -> Box<T> {
 }
 
 /// `boxed`'s value dropped, its allocation kept.
-pub fn emptied<T>(boxed: Box<T>) -> Box<MaybeUninit<T>> {
+pub fn vacate<T>(boxed: Box<T>) -> Box<MaybeUninit<T>> {
     let raw = Box::into_raw(boxed);
     // SAFETY: `raw` is a live, owned `T` (from the box): dropped once here, after which its
     // allocation, of `T`'s layout, is owned as uninitialised memory of the same layout.
@@ -71,7 +71,7 @@ mod tests {
         let mut pool = BoxPool::new(1);
         let first = fill(pool.take(), Counted(drops.clone(), 1));
         let address = std::ptr::from_ref(&*first).addr();
-        pool.keep(emptied(first));
+        pool.keep(vacate(first));
         assert_eq!(drops.get(), 1);
         // The next value goes into the same allocation.
         let second = fill(pool.take(), Counted(drops.clone(), 2));
@@ -80,8 +80,8 @@ mod tests {
         assert!(pool.take().is_none());
         // Beyond the limit an emptied box is freed, its value dropped all the same.
         let third = fill(None, Counted(drops.clone(), 3));
-        pool.keep(emptied(second));
-        pool.keep(emptied(third));
+        pool.keep(vacate(second));
+        pool.keep(vacate(third));
         assert_eq!(drops.get(), 3);
         assert_eq!(pool.boxes.len(), 1);
         // Dropping the pool frees the kept allocations without dropping a value again.

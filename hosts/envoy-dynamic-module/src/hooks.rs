@@ -36,7 +36,7 @@ use crate::abi::{
     self, CalloutResponse, ConfigScheduler, EnvoyBuffer, EnvoyConfig, EnvoyFilter, EnvoyHttpHeader,
     FilterScheduler,
 };
-use crate::box_pool::{BoxPool, emptied, fill};
+use crate::box_pool::{BoxPool, fill, vacate};
 use crate::grpc;
 use crate::guard::guard;
 use crate::keys::{DriverHost, KeyDriver, TICK};
@@ -259,7 +259,7 @@ fn boxed(stream: StreamFilter) -> Box<StreamFilter> {
 /// Drop `stream`, keeping its allocation for the worker's next stream.
 fn unboxed(stream: Box<StreamFilter>) {
     // Dropped first, the pool not borrowed meanwhile.
-    let slot = emptied(stream);
+    let slot = vacate(stream);
     // A worker that keeps enough (or is exiting) frees it.
     let _ = SPARE_STREAM_BOXES.try_with(|pool| {
         if let Ok(mut pool) = pool.try_borrow_mut() {

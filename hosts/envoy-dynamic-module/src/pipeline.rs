@@ -1226,6 +1226,18 @@ mod tests {
         key_waits: Vec<KeyWait>,
     }
 
+    impl FakeEnvoy {
+        /// Whether a logged call is exactly `call`.
+        fn made(&self, call: &str) -> bool {
+            self.calls.iter().any(|c| c == call)
+        }
+
+        /// Whether a logged call starts with `prefix`.
+        fn made_one_like(&self, prefix: &str) -> bool {
+            self.calls.iter().any(|c| c.starts_with(prefix))
+        }
+    }
+
     impl StreamHost for FakeEnvoy {
         fn request_headers(&mut self, into: &mut HeaderList) {
             self.calls.push("read".into());
@@ -1367,24 +1379,13 @@ mod tests {
         let mut envoy = envoy(&[(":path", "/a"), ("x-request-id", "client-chosen")]);
         let mut run = filter.start();
         assert_eq!(run.request_headers(&mut envoy), Verdict::Continue);
+        assert!(!envoy.made("read"), "{:?}", envoy.calls);
         assert!(
-            !envoy.calls.iter().any(|c| c == "read"),
+            envoy.made_one_like("set Request x-request-id Some("),
             "{:?}",
             envoy.calls
         );
-        assert!(
-            envoy
-                .calls
-                .iter()
-                .any(|c| c.starts_with("set Request x-request-id Some(")),
-            "{:?}",
-            envoy.calls
-        );
-        assert!(
-            !envoy.calls.iter().any(|c| c.starts_with("add ")),
-            "{:?}",
-            envoy.calls
-        );
+        assert!(!envoy.made_one_like("add "), "{:?}", envoy.calls);
     }
 
     /// A chain of correlation-id (echoing the ID) and tenant-routing ([`TENANTS`]).
@@ -1435,9 +1436,7 @@ mod tests {
             .expect("an ID is generated");
         assert_ne!(id, "id-1");
         assert!(
-            second
-                .calls
-                .contains(&"add Request x-tenant-id acme".to_string()),
+            second.made("add Request x-tenant-id acme"),
             "{:?}",
             second.calls
         );
@@ -1662,17 +1661,12 @@ mod tests {
         assert!(!run.waiting());
         // Then the rest ran, and everything was written back once.
         assert!(
-            envoy
-                .calls
-                .contains(&"add Request x-cluster acme".to_string()),
+            envoy.made("add Request x-cluster acme"),
             "{:?}",
             envoy.calls
         );
         assert!(
-            envoy
-                .calls
-                .iter()
-                .any(|c| c.starts_with("add Request x-request-id")),
+            envoy.made_one_like("add Request x-request-id"),
             "{:?}",
             envoy.calls
         );
