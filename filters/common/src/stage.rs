@@ -91,7 +91,15 @@ pub struct Effects<'a> {
     pub counters: Vec<(u32, u32)>,
     /// Calls to dispatch; the stage is [`Flow::Wait`]ing for their answers.
     pub grpc_calls: Vec<GrpcCall>,
+    /// Value buffers of recycled edits, for [`Effects::copied`] (an adapter that keeps its
+    /// effects between stages and streams allocates no value once these are there).
+    spare_values: Vec<Vec<u8>>,
 }
+
+/// How many value buffers [`Effects::recycle`] keeps, and the largest it keeps (a value as long
+/// as a forwarded token payload is rare: its room is given back).
+const SPARE_VALUES: usize = 16;
+const SPARE_VALUE_ROOM: usize = 256;
 
 impl<'a> Effects<'a> {
     pub fn set_request(&mut self, name: impl Into<Cow<'a, str>>, value: impl Into<Cow<'a, [u8]>>) {
@@ -135,7 +143,17 @@ impl<'a> Effects<'a> {
             reply: self.reply,
             counters: self.counters,
             grpc_calls: self.grpc_calls,
+            spare_values: self.spare_values,
         }
+    }
+
+    /// A value holding a copy of `bytes`, in a buffer a recycled edit left when there is one
+    /// (no allocation), else in a new one. For values a stage cannot lend for its lifetime
+    /// (a cached claim, a generated ID).
+    pub fn copied(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut value = self.spare_values.pop().unwrap_or_default();
+        value.extend_from_slice(bytes);
+        value
     }
 
     /// These effects emptied, their vectors' room kept for the next stage's (an adapter that
@@ -143,14 +161,17 @@ impl<'a> Effects<'a> {
     /// edits' element types differ only in lifetime: the in-place collect keeps the room.
     pub fn recycle(self) -> Effects<'static> {
         let Effects {
-            request,
-            response,
+            mut request,
+            mut response,
             mut counters,
             mut grpc_calls,
+            mut spare_values,
             ..
         } = self;
         counters.clear();
         grpc_calls.clear();
+        keep_values(&mut request, &mut spare_values);
+        keep_values(&mut response, &mut spare_values);
         Effects {
             request: emptied(request),
             response: emptied(response),
@@ -158,6 +179,7 @@ impl<'a> Effects<'a> {
             reply: None,
             counters,
             grpc_calls,
+            spare_values,
         }
     }
 
@@ -705,6 +727,23 @@ impl HeaderList {
     }
 }
 
+/// The owned values of `edits` moved (emptied) to `spare` while it has room for them (see
+/// [`Effects::copied`]); the edits, dropped next, then free nothing.
+fn keep_values(edits: &mut [HeaderEdit<'_>], spare: &mut Vec<Vec<u8>>) {
+    for edit in edits {
+        if spare.len() >= SPARE_VALUES {
+            return;
+        }
+        if let HeaderEdit::Set(_, Cow::Owned(value)) | HeaderEdit::Add(_, Cow::Owned(value)) = edit
+            && value.capacity() <= SPARE_VALUE_ROOM
+        {
+            let mut value = std::mem::take(value);
+            value.clear();
+            spare.push(value);
+        }
+    }
+}
+
 /// An emptied view ([`HeaderList::view_into`]) with its room kept for the next one: the
 /// element types differ only in lifetime, so the standard library's in-place collect reuses
 /// the allocation.
@@ -838,6 +877,31 @@ mod tests {
             ),
             room
         );
+    }
+
+    #[test]
+    fn recycled_effects_lend_their_owned_values_buffers_to_copies() {
+        let mut fx = Effects::default();
+        let first = fx.copied(b"alice");
+        let at = first.as_ptr();
+        fx.set_request("x-user-id", first);
+        fx.set_response("x-b", &b"borrowed: not kept"[..]);
+        let big = fx.copied(&[b'a'; SPARE_VALUE_ROOM + 1]);
+        fx.add_response("x-big", big);
+        let mut fx = fx.recycle();
+        // The small owned value's buffer comes back, emptied; the borrowed and the big one not.
+        assert_eq!(fx.spare_values.len(), 1);
+        let again = fx.copied(b"bob");
+        assert_eq!((again.as_ptr(), &again[..]), (at, &b"bob"[..]));
+        assert_eq!(fx.copied(b"new"), b"new");
+        // At most SPARE_VALUES are kept.
+        for _ in 0..SPARE_VALUES + 3 {
+            let v = fx.copied(b"v");
+            fx.set_request("x", v);
+        }
+        let fx = fx.recycle();
+        assert_eq!(fx.spare_values.len(), SPARE_VALUES);
+        assert!(fx.spare_values.iter().all(Vec::is_empty));
     }
 
     #[test]

@@ -170,7 +170,8 @@ impl Stage for CorrelationId {
                     fx.remove_request(settings.header.as_str());
                 }
                 // Replace semantics (Envoy's setCopy removes every copy and adds one).
-                fx.set_request(settings.header.as_str(), id.as_bytes().to_vec());
+                let value = fx.copied(id.as_bytes());
+                fx.set_request(settings.header.as_str(), value);
                 stream.id = Some(RequestId::Generated(id));
                 outcome
             }
@@ -196,10 +197,8 @@ impl Stage for CorrelationId {
         }
         if let Some(id) = &stream.id {
             // Set, not add: any value the upstream sent is replaced.
-            fx.set_response(
-                self.settings.response_header.as_str(),
-                id.as_bytes().to_vec(),
-            );
+            let value = fx.copied(id.as_bytes());
+            fx.set_response(self.settings.response_header.as_str(), value);
         }
     }
 }

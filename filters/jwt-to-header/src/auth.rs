@@ -11,6 +11,8 @@
 
 use std::rc::Rc;
 
+use smallvec::SmallVec;
+
 use gatewasm_common::headers::method_matches;
 
 use crate::cache::{Cache, Verified, token_hash};
@@ -169,11 +171,14 @@ impl From<ClaimError> for Denial {
     }
 }
 
+/// The providers that accepted a token: usually one, kept inline (no allocation per request).
+pub type VerifiedBy = SmallVec<[Rc<Verified>; 1]>;
+
 /// The token was accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowed<'a> {
     /// One entry per accepting provider.
-    pub verified: Vec<Rc<Verified>>,
+    pub verified: VerifiedBy,
     /// Index into [`Settings::sources`] where the token was.
     pub source: usize,
     /// The token's bytes (token text: checked, or equal to a cached token that was).
@@ -399,7 +404,7 @@ pub fn decide<'h, K: AsRef<str>, V: AsRef<[u8]>>(
     // token was checked when it was verified).
     let mut checked: Option<&'h str> = None;
     let mut parsed: Option<Parsed<'h>> = None;
-    let mut verified = Vec::with_capacity(1);
+    let mut verified = VerifiedBy::new();
     let mut first_fail: Option<(usize, Fail)> = None;
     for &idx in list.iter().filter(|p| eligible(p)) {
         let Some(provider) = settings.providers.get(idx) else {

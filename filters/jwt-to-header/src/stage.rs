@@ -290,11 +290,13 @@ fn allow<'s>(
         };
         for (i, value) in &v.headers {
             if let Some(c) = p.claim_to_headers.get(*i) {
-                fx.set_request(c.header.as_str(), value.as_bytes().to_vec());
+                let value = fx.copied(value.as_bytes());
+                fx.set_request(c.header.as_str(), value);
             }
         }
         if let Some(h) = &p.payload_header {
-            fx.set_request(h.as_str(), a.payload_b64().to_vec());
+            let payload = fx.copied(a.payload_b64());
+            fx.set_request(h.as_str(), payload);
         }
     }
     if a.remove_token {

@@ -108,7 +108,10 @@ impl Stage for TracePropagation {
         // Each change in the order it is decided: 1 host call per changed header.
         let plan = plan_request(settings, headers, &mut rng, |write| match write {
             // The names are `'static`: borrowed, not copied.
-            Write::Set(name, value) => fx.set_request(name, value.to_vec()),
+            Write::Set(name, value) => {
+                let value = fx.copied(value);
+                fx.set_request(name, value);
+            }
             Write::Remove(name) => fx.remove_request(name),
         });
         RNG.with(|cell| cell.set(Some(rng)));
@@ -139,7 +142,8 @@ impl Stage for TracePropagation {
         // No trace id when the request phase never ran (a filter before us replied locally).
         if let (Some(name), Some(trace_id)) = (&self.settings.response_header, &stream.trace_id) {
             // Set, not add: any value the upstream sent is replaced.
-            fx.set_response(name.as_str(), trace_id.as_bytes().to_vec());
+            let value = fx.copied(trace_id.as_bytes());
+            fx.set_response(name.as_str(), value);
         }
     }
 }

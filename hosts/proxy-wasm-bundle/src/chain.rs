@@ -102,10 +102,9 @@ trait Bound {
 
 /// Effects for one stage to decide into, its counters appended to `counters`.
 fn effects<'a>(counters: &mut Vec<(u32, u32)>) -> Effects<'a> {
-    Effects {
-        counters: std::mem::take(counters),
-        ..Effects::default()
-    }
+    let mut fx = Effects::default();
+    fx.counters = std::mem::take(counters);
+    fx
 }
 
 /// Apply `fx`'s request edits and counters to `pass`; the rest of `fx`, owned.
