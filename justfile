@@ -311,6 +311,38 @@ bench *ARGS: build build-native envoy
     "$target/debug/request-cost" > "$target/bench/request-cost.json"
     "$target/debug/bench" --harness-costs "$target/bench/request-cost.json" "$@"
 
+# Where the Wasm instructions of one request go: the `request-cost` case whose name contains
+# CASE (e.g. "chain mode", "rate-limit"), its repeated-token request 100 times through the
+# harness under callgrind, machine instructions per request of each Wasm function (cranelift's
+# code, exclusive: inlined code counts in its caller; see tools/profile/wasm_functions.py).
+# The modules are the linker's output (they keep their name section). `CALLEE`: the callers of
+# the functions whose name contains it instead (e.g. memcmp).
+profile-wasm CASE="chain mode" TOP="50" CALLEE="": build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v callgrind_annotate >/dev/null; then
+      sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+      $sudo apt-get update -qq
+      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+    fi
+    cargo build --quiet --bin request-cost
+    target="${CARGO_TARGET_DIR:-target}"
+    dir="$target/profile-wasm"
+    rm -rf "$dir" && mkdir -p "$dir/wasm"
+    for crate in {{ wasm_crates }}; do
+      file="${crate//-/_}.wasm"
+      [ -d "filters/$crate" ] && cp "$target/wasm32-wasip1/release/deps/$file" "$dir/wasm/"
+    done
+    cp "{{ bundle_target_dir }}/wasm32-wasip1/release/deps/gatewasm.wasm" "$dir/wasm/"
+    GATEWASM_COST_PROFILE="{{ CASE }}" GATEWASM_WASM_DIR="$dir/wasm" \
+      GATEWASM_HARNESS_SYMBOL_MAP="$dir/symbols.txt" \
+      valgrind --tool=callgrind --smc-check=all --collect-atstart=no \
+      '--toggle-collect=*Worker*exchange*' --callgrind-out-file="$dir/callgrind.out" \
+      "$target/debug/request-cost" > "$dir/cost.json" 2> "$dir/valgrind.log"
+    # 101 exchanges were counted: the warm-up and the 100 repeated.
+    python3 tools/profile/wasm_functions.py "$dir/symbols.txt" "$dir/callgrind.out" 101 \
+      {{ TOP }} {{ if CALLEE != "" { "'" + CALLEE + "'" } else { "" } }} | c++filt
+
 # libFuzzer on one parser target of tests/fuzz (list: `just fuzz-list`) for SECONDS (default 60).
 # New inputs go to target/fuzz-corpus/TARGET (the checked-in seeds in tests/fuzz/corpus/TARGET are
 # read too); a crash is saved in tests/fuzz/artifacts/TARGET/ and reproduced with

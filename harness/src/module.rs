@@ -83,6 +83,7 @@ impl Module {
         }
         let engine = engine()?;
         let module = compile_with_disk_cache(engine, bytes, &digest, cache_dir)?;
+        write_symbol_map(name, &module);
         let mut linker: Linker<VmState> = Linker::new(engine);
         imports::define(&mut linker).map_err(|e| HarnessError::Load(e.to_string()))?;
         let defined: std::collections::HashSet<(String, String)> = {
@@ -138,6 +139,41 @@ impl Module {
     /// The module's name (its file stem).
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+}
+
+/// Where the compiled functions of every loaded module are, for profiling the harness under
+/// valgrind (`just profile-wasm`): when `GATEWASM_HARNESS_SYMBOL_MAP` names a file, one line
+/// per function is appended to it, `<start address hex> <length hex> <module>:<function>` (a
+/// perf map's format). The names are the module's name section: the linker's output
+/// (`release/deps/<crate>.wasm`) has one, the shipped module does not.
+fn write_symbol_map(name: &str, module: &wasmtime::Module) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("GATEWASM_HARNESS_SYMBOL_MAP") else {
+        return;
+    };
+    let text = module.text().as_ptr() as usize;
+    let mut lines = String::new();
+    for f in module.functions() {
+        let function = f
+            .name
+            .unwrap_or_else(|| format!("function[{}]", f.index.as_u32()));
+        lines.push_str(&format!(
+            "{:x} {:x} {name}:{function}\n",
+            text + f.offset,
+            f.len
+        ));
+    }
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(lines.as_bytes()));
+    if let Err(e) = written {
+        eprintln!(
+            "harness: cannot write the symbol map {}: {e}",
+            path.to_string_lossy()
+        );
     }
 }
 

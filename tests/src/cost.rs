@@ -132,6 +132,10 @@ pub fn measure(worker: &mut Worker, token: &str) -> Result<RequestCost> {
     Ok(cost)
 }
 
+/// How many repeated-token requests a profiling run ([`gateway_costs`] with
+/// `GATEWASM_COST_PROFILE` set) sends after its warm-up.
+pub const PROFILE_REQUESTS: usize = 100;
+
 /// Per filter of gateway.yaml (and the whole chain): the cost of a request whose token the
 /// filter has seen before (`repeated`) and of one it has not (`fresh`; the same as
 /// `repeated` for filters that do not read tokens). `tokens` yields distinct valid tokens.
@@ -151,8 +155,24 @@ pub fn gateway_costs(mut tokens: impl FnMut() -> Result<String>) -> Result<Harne
         format!("gatewasm chain mode ({})", plugins.len()),
         vec![chain],
     ));
+    // Profiling (`just profile-wasm`): one case, its repeated-token request many times.
+    let profile = std::env::var("GATEWASM_COST_PROFILE").ok();
     let mut out = Vec::new();
     for (name, chain) in cases {
+        if let Some(only) = &profile {
+            if name.contains(only.as_str()) {
+                let mut w = worker(&chain)?;
+                let warm = tokens()?;
+                measure(&mut w, &warm).with_context(|| format!("{name}: warm-up"))?;
+                let mut repeated = RequestCost::default();
+                for _ in 0..PROFILE_REQUESTS {
+                    repeated =
+                        measure(&mut w, &warm).with_context(|| format!("{name}: repeated"))?;
+                }
+                out.push((name, repeated.clone(), repeated));
+            }
+            continue;
+        }
         let mut w = worker(&chain)?;
         let warm = tokens()?;
         // Twice: the first request of a worker pays one-time set-up (lazy tables).

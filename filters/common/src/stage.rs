@@ -151,9 +151,14 @@ impl<'a> Effects<'a> {
     /// (no allocation), else in a new one. For values a stage cannot lend for its lifetime
     /// (a cached claim, a generated ID).
     pub fn copied(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut value = self.spare_values.pop().unwrap_or_default();
-        value.extend_from_slice(bytes);
-        value
+        match self.spare_values.pop() {
+            Some(mut value) => {
+                value.extend_from_slice(bytes);
+                value
+            }
+            // Not an empty vector extended: its growth path is dearer in Wasm than a copy.
+            None => bytes.to_vec(),
+        }
     }
 
     /// These effects emptied, their vectors' room kept for the next stage's (an adapter that
@@ -383,8 +388,17 @@ impl Clone for HeaderList {
 
 /// Whether the name at `at` in `bytes` is `name`: the lengths first (cheap), the bytes only
 /// when they match (a byte-by-byte `memcmp` in Wasm).
+/// Whether two header names are equal ([`crate::bytes::eq`]: no byte-at-a-time `memcmp` in
+/// Wasm, where the list's searches compared names of equal length with it).
+fn same_name(a: &str, b: &str) -> bool {
+    crate::bytes::eq(a.as_bytes(), b.as_bytes())
+}
+
 fn is_named(bytes: &[u8], at: [usize; 2], name: &str) -> bool {
-    at[1].wrapping_sub(at[0]) == name.len() && bytes.get(at[0]..at[1]) == Some(name.as_bytes())
+    at[1].wrapping_sub(at[0]) == name.len()
+        && bytes
+            .get(at[0]..at[1])
+            .is_some_and(|b| crate::bytes::eq(b, name.as_bytes()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -405,20 +419,29 @@ impl HeaderList {
     /// The list of a map as the host serialised it (see [`crate::headers::parse_header_map`];
     /// a buffer that does not parse reads as an empty map).
     pub fn from_serialized(base: Vec<u8>) -> Self {
-        let mut index = Vec::with_capacity(header_count(&base));
-        let parsed = for_each_header(&base, |name, value| {
-            // SAFETY: both are in `base`'s buffer, stored below with `index`, unchanged.
+        let mut list = Self::default();
+        list.refill_from_serialized(base);
+        list
+    }
+
+    /// This list emptied, then made the list of the serialised map `base`
+    /// ([`HeaderList::from_serialized`]); a list kept from an earlier request keeps the room
+    /// of its index and of what the stages write (no allocation for them).
+    pub fn refill_from_serialized(&mut self, base: Vec<u8>) {
+        self.reset();
+        // The index borrows from `base`: it is empty (reset) when `base` is replaced.
+        self.base = base;
+        self.index.reserve(header_count(&self.base));
+        let index = &mut self.index;
+        let parsed = for_each_header(&self.base, |name, value| {
+            // SAFETY: both are in `base`'s heap buffer, which stays with `index`, unchanged,
+            // until `reset` empties `index` first.
             index.push(unsafe { (detach(name), detach(value)) });
         });
         if parsed.is_none() {
-            index.clear();
+            self.index.clear();
         }
-        Self {
-            base,
-            index,
-            host_read: true,
-            ..Self::default()
-        }
+        self.host_read = true;
     }
 
     /// The list of headers a native host lends as `(name, value)` byte pairs (Envoy's header
@@ -587,7 +610,7 @@ impl HeaderList {
     /// Whether `name` has a value now (`first`: its [`HeaderList::first_written`]).
     fn present(&self, name: &str, first: Option<usize>) -> bool {
         !self.host_read
-            || self.index.iter().any(|&(n, _)| n == name)
+            || self.index.iter().any(|&(n, _)| same_name(n, name))
             || first.is_some_and(|first| {
                 self.written
                     .iter()
@@ -600,8 +623,8 @@ impl HeaderList {
     fn clear(&mut self, name: &str, first: Option<usize>) -> bool {
         let before = self.index.len();
         // Usually the name is not there: a search is cheaper than a `retain` that rewrites.
-        if self.index.iter().any(|&(n, _)| n == name) {
-            self.index.retain(|&(n, _)| n != name);
+        if self.index.iter().any(|&(n, _)| same_name(n, name)) {
+            self.index.retain(|&(n, _)| !same_name(n, name));
         }
         if let Some(first) = first {
             for w in self.written.iter_mut().filter(|w| w.first == first) {
@@ -654,7 +677,7 @@ impl HeaderList {
                 let host_copies: Vec<&'static [u8]> = self
                     .index
                     .iter()
-                    .filter(|&&(n, _)| n == name.as_ref())
+                    .filter(|&&(n, _)| same_name(n, name))
                     .map(|&(_, v)| v)
                     .collect();
                 if !host_copies.is_empty() {
@@ -877,6 +900,34 @@ mod tests {
             ),
             room
         );
+    }
+
+    #[test]
+    fn a_refilled_list_is_the_new_map_alone_in_the_old_room() {
+        let serialized = |pairs: &[(&str, &str)]| {
+            serialize_header_map(pairs.iter().map(|(k, v)| (*k, v.as_bytes())))
+        };
+        let mut h = list(&[("a", "1"), ("b", "2"), ("c", "3")]);
+        h.apply(&set("x-new", "written"));
+        h.apply(&HeaderEdit::Remove("a".into()));
+        let room = (h.index.capacity(), h.arena.capacity(), h.written.capacity());
+        h.refill_from_serialized(serialized(&[("d", "4"), ("b", "5")]));
+        // Nothing of the old request: its headers, its edits.
+        assert_eq!(h.pairs(), vec![("d", &b"4"[..]), ("b", b"5")]);
+        assert!(h.write_back().is_empty());
+        assert_eq!(
+            (h.index.capacity(), h.arena.capacity(), h.written.capacity()),
+            room
+        );
+        // The same list as one made from the map, and it reads as the host's (`host_read`):
+        // a name it does not have is only added.
+        let fresh = HeaderList::from_serialized(serialized(&[("d", "4"), ("b", "5")]));
+        assert_eq!(h.pairs(), fresh.pairs());
+        h.apply(&set("e", "6"));
+        assert_eq!(h.write_back(), vec![add("e", "6")]);
+        // A map that does not parse is an empty list.
+        h.refill_from_serialized(vec![1, 2, 3]);
+        assert!(h.pairs().is_empty());
     }
 
     #[test]

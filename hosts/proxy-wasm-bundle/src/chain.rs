@@ -14,13 +14,14 @@
 //! any stage waits, the request body and trailers are held (separate rate-limit filters do not
 //! hold them).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
 use gatewasm_common::glue::{self, HostCalls, StageFilter};
 use gatewasm_common::host::get_header_map;
 use gatewasm_common::stage::{
     CALL_NOT_SENT, Effects, Flow, HeaderEdit, HeaderList, LocalReply, Stage, StageHost,
+    recycle_view,
 };
 use gatewasm_common::{ConfigError, config::parse_or_log};
 use jwt_to_header::stage::JwtToHeader;
@@ -78,6 +79,38 @@ struct Pass<'r> {
     headers: &'r mut HeaderList,
     host: &'r mut dyn StageHost,
     counters: &'r mut Vec<(u32, u32)>,
+    spares: &'r mut Spares,
+}
+
+/// A worker's buffers, kept between stages and requests (a VM runs on one thread): each
+/// emptied, its room kept, so that a request through the chain allocates none of them.
+#[derive(Default)]
+struct Spares {
+    /// The next stage call's effects ([`Effects::recycle`]).
+    fx: Effects<'static>,
+    /// The next stage's header view ([`recycle_view`]).
+    view: Vec<(&'static str, &'static [u8])>,
+    /// The next request's header list ([`HeaderList::refill_from_serialized`]).
+    headers: HeaderList,
+}
+
+/// A header list holding more than this is not kept for the next request (one request with
+/// huge headers must not pin its memory in the worker).
+const KEPT_HEADER_ROOM: usize = 16 * 1024;
+
+thread_local! {
+    /// This worker's [`Spares`]: a callback borrows them ([`lend_spares`]) and gives them back.
+    static SPARES: Cell<Option<Box<Spares>>> = const { Cell::new(None) };
+}
+
+/// The worker's spare buffers for one callback (new ones if another callback has them: a
+/// callback never runs inside another in one VM, so that does not happen).
+fn lend_spares() -> Box<Spares> {
+    SPARES.with(Cell::take).unwrap_or_default()
+}
+
+fn return_spares(spares: Box<Spares>) {
+    SPARES.with(|cell| cell.set(Some(spares)));
 }
 
 /// One stage bound to one request: the stage and its per-request state. Each request-side
@@ -85,8 +118,14 @@ struct Pass<'r> {
 /// effects with their own copies of what they borrowed.
 trait Bound {
     fn request(&mut self, pass: Pass<'_>) -> (Effects<'static>, Flow);
-    /// The response side: its edits are applied (one host call each), its counters appended.
-    fn response(&mut self, host: &mut dyn StageHost, counters: &mut Vec<(u32, u32)>);
+    /// The response side: its edits are applied (one host call each), its counters appended;
+    /// `spare`: the effects it decides into.
+    fn response(
+        &mut self,
+        host: &mut dyn StageHost,
+        counters: &mut Vec<(u32, u32)>,
+        spare: &mut Effects<'static>,
+    );
     fn grpc_answer(
         &mut self,
         call: usize,
@@ -100,20 +139,27 @@ trait Bound {
     }
 }
 
-/// Effects for one stage to decide into, its counters appended to `counters`.
-fn effects<'a>(counters: &mut Vec<(u32, u32)>) -> Effects<'a> {
-    let mut fx = Effects::default();
+/// Effects for one stage to decide into (the spare ones), its counters appended to `counters`.
+fn effects<'a>(spare: &mut Effects<'static>, counters: &mut Vec<(u32, u32)>) -> Effects<'a> {
+    let mut fx: Effects<'a> = std::mem::take(spare);
     fx.counters = std::mem::take(counters);
     fx
 }
 
-/// Apply `fx`'s request edits and counters to `pass`; the rest of `fx`, owned.
+/// Apply `fx`'s request edits and counters to `pass`, and keep `fx`'s room for the next stage;
+/// the rest of `fx` (response edits, reply, calls), owned.
 fn settle(mut fx: Effects<'_>, pass: Pass<'_>) -> Effects<'static> {
-    for edit in fx.request.drain(..) {
-        pass.headers.apply(&edit);
+    for edit in &fx.request {
+        pass.headers.apply(edit);
     }
     *pass.counters = std::mem::take(&mut fx.counters);
-    fx.into_owned()
+    let mut rest = Effects::default();
+    rest.clear_route_cache = fx.clear_route_cache;
+    rest.reply = fx.reply.take();
+    rest.grpc_calls = std::mem::take(&mut fx.grpc_calls);
+    rest.response = fx.response.drain(..).map(HeaderEdit::into_owned).collect();
+    pass.spares.fx = fx.recycle();
+    rest
 }
 
 struct Of<S: Stage> {
@@ -123,25 +169,35 @@ struct Of<S: Stage> {
 
 impl<S: Stage> Bound for Of<S> {
     fn request(&mut self, pass: Pass<'_>) -> (Effects<'static>, Flow) {
-        let mut fx = effects(pass.counters);
+        let mut fx = effects(&mut pass.spares.fx, pass.counters);
         let flow = {
-            let pairs = pass.headers.pairs();
-            self.stage
-                .on_request_headers(&mut self.stream, &pairs, pass.host, &mut fx)
+            let mut view = std::mem::take(&mut pass.spares.view);
+            pass.headers.view_into(&mut view);
+            let flow = self
+                .stage
+                .on_request_headers(&mut self.stream, &view, pass.host, &mut fx);
+            pass.spares.view = recycle_view(view);
+            flow
         };
         (settle(fx, pass), flow)
     }
 
-    fn response(&mut self, host: &mut dyn StageHost, counters: &mut Vec<(u32, u32)>) {
+    fn response(
+        &mut self,
+        host: &mut dyn StageHost,
+        counters: &mut Vec<(u32, u32)>,
+        spare: &mut Effects<'static>,
+    ) {
         if !S::RESPONSE_HEADERS {
             return;
         }
-        let mut fx = effects(counters);
+        let mut fx = effects(spare, counters);
         self.stage
             .on_response_headers(&mut self.stream, host, &mut fx);
         // Applied here, borrowed: no copies of the names and values to keep.
         glue::apply_edits(MapType::HttpResponseHeaders, &fx.response);
-        *counters = fx.counters;
+        *counters = std::mem::take(&mut fx.counters);
+        *spare = fx.recycle();
     }
 
     fn grpc_answer(
@@ -151,7 +207,7 @@ impl<S: Stage> Bound for Of<S> {
         body: Option<&[u8]>,
         pass: Pass<'_>,
     ) -> (Effects<'static>, Flow) {
-        let mut fx = effects(pass.counters);
+        let mut fx = effects(&mut pass.spares.fx, pass.counters);
         let flow =
             self.stage
                 .on_grpc_answer(&mut self.stream, call, status, body, pass.host, &mut fx);
@@ -167,8 +223,13 @@ impl Bound for Jwt {
         self.0.request(pass)
     }
 
-    fn response(&mut self, host: &mut dyn StageHost, counters: &mut Vec<(u32, u32)>) {
-        self.0.response(host, counters);
+    fn response(
+        &mut self,
+        host: &mut dyn StageHost,
+        counters: &mut Vec<(u32, u32)>,
+        spare: &mut Effects<'static>,
+    ) {
+        self.0.response(host, counters, spare);
     }
 
     fn grpc_answer(
@@ -182,7 +243,7 @@ impl Bound for Jwt {
     }
 
     fn woken(&mut self, pass: Pass<'_>) -> (Effects<'static>, Flow) {
-        let mut fx = effects(pass.counters);
+        let mut fx = effects(&mut pass.spares.fx, pass.counters);
         let flow = {
             let pairs = pass.headers.pairs();
             self.0.stage.on_woken(&pairs, pass.host, &mut fx)
@@ -318,7 +379,7 @@ impl ChainRoot {
         };
         if let Some(run) = run.and_then(|weak| weak.upgrade()) {
             let mut run = run.borrow_mut();
-            if run.resume_woken() == Action::Continue {
+            if run.lent(Run::resume_woken) == Action::Continue {
                 let _ = hostcalls::resume_http_request();
             }
         }
@@ -412,6 +473,7 @@ impl RootContext for ChainRoot {
                         pending: Vec::new(),
                         waiting_for_keys: false,
                         host: PassHost::default(),
+                        spares: None,
                     })
                 })
             }),
@@ -447,6 +509,8 @@ struct Run {
     waiting_for_keys: bool,
     /// The host of the callback running now (reset at each callback).
     host: PassHost,
+    /// The worker's spare buffers while a callback runs ([`Run::lent`]).
+    spares: Option<Box<Spares>>,
 }
 
 /// What a stage of `run`'s request pass works on (a macro, not a method: it borrows only these
@@ -457,6 +521,7 @@ macro_rules! pass {
             headers: &mut $run.headers,
             host: &mut $run.host,
             counters: &mut $run.counters,
+            spares: $run.spares.get_or_insert_with(Box::default),
         }
     };
 }
@@ -469,12 +534,28 @@ enum Next {
 }
 
 impl Run {
+    /// `callback` with the worker's spare buffers lent to this run, given back after it.
+    fn lent<T>(&mut self, callback: impl FnOnce(&mut Run) -> T) -> T {
+        self.spares = Some(lend_spares());
+        let out = callback(self);
+        if let Some(spares) = self.spares.take() {
+            return_spares(spares);
+        }
+        out
+    }
+
+    fn spares(&mut self) -> &mut Spares {
+        self.spares.get_or_insert_with(Box::default)
+    }
+
     fn start(&mut self) -> Action {
         self.host = PassHost::default();
         if self.chain.reads_request_headers
             && let Ok(map) = get_header_map(MapType::HttpRequestHeaders)
         {
-            self.headers = HeaderList::from_serialized(map.into_bytes());
+            let mut headers = std::mem::take(&mut self.spares().headers);
+            headers.refill_from_serialized(map.into_bytes());
+            self.headers = headers;
         }
         self.advance()
     }
@@ -562,8 +643,14 @@ impl Run {
     /// clear once, the counters.
     fn flush(&mut self) {
         // The request side is over once this runs (all stages done, or a reply).
-        let headers = std::mem::take(&mut self.headers);
-        glue::apply_edits(MapType::HttpRequestHeaders, &headers.write_back());
+        let mut headers = std::mem::take(&mut self.headers);
+        headers.write_back_each(|edit| {
+            glue::apply_edits(MapType::HttpRequestHeaders, std::slice::from_ref(&edit));
+        });
+        headers.reset();
+        if headers.room() <= KEPT_HEADER_ROOM {
+            self.spares().headers = headers;
+        }
         if std::mem::take(&mut self.route_changed) {
             glue::clear_route_cache(CHAIN);
         }
@@ -631,8 +718,9 @@ impl Run {
         );
         let mut counters = std::mem::take(&mut self.counters);
         let seen = self.seen.min(self.stages.len());
+        let spare = &mut self.spares.get_or_insert_with(Box::default).fx;
         for bound in self.stages.iter_mut().take(seen).rev() {
-            bound.get().response(&mut self.host, &mut counters);
+            bound.get().response(&mut self.host, &mut counters, spare);
         }
         glue::apply_counters(&counters);
     }
@@ -670,7 +758,9 @@ impl Context for ChainStream {
         let Ok(mut run) = run.try_borrow_mut() else {
             return;
         };
-        if run.grpc_answer(token_id, status_code, response_size) == Some(Action::Continue) {
+        if run.lent(|run| run.grpc_answer(token_id, status_code, response_size))
+            == Some(Action::Continue)
+        {
             let _ = hostcalls::resume_http_request();
         }
     }
@@ -686,7 +776,7 @@ impl HttpContext for ChainStream {
         let Ok(mut run) = run.try_borrow_mut() else {
             return Action::Continue;
         };
-        run.start()
+        run.lent(Run::start)
     }
 
     // While a stage waits, the body and trailers wait too: in Envoy a `Continue` from a later
@@ -703,7 +793,7 @@ impl HttpContext for ChainStream {
         if let Some(run) = &self.run
             && let Ok(mut run) = run.try_borrow_mut()
         {
-            run.respond();
+            run.lent(Run::respond);
         }
         Action::Continue
     }
