@@ -13,12 +13,14 @@ pub fn eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether `a` and `b` hold the same bytes.
 #[cfg(target_arch = "wasm32")]
+#[inline]
 pub fn eq(a: &[u8], b: &[u8]) -> bool {
     by_words(a, b)
 }
 
 /// [`eq`] a word at a time (what Wasm uses; tested on every target).
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+#[inline]
 fn by_words(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;

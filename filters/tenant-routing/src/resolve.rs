@@ -14,6 +14,8 @@
 
 use std::borrow::Cow;
 
+use gatewasm_common::bytes;
+
 use crate::config::{Consistency, Settings, Source};
 use crate::pattern::{normalize_host, query_values, strip_prefix};
 
@@ -120,7 +122,7 @@ fn collect<'a>(values: impl Iterator<Item = Cow<'a, [u8]>>) -> Found<'a> {
         }
         found = match found {
             Found::Nothing => Found::One(value),
-            Found::One(prev) if prev == value => Found::One(prev),
+            Found::One(prev) if bytes::eq(&prev, &value) => Found::One(prev),
             Found::One(_) | Found::Ambiguous => Found::Ambiguous,
         };
     }
@@ -180,7 +182,7 @@ pub fn resolve(settings: &Settings, headers: &[(&str, &[u8])]) -> Decision {
             (_, Found::Ambiguous) => conflict = true,
             (_, Found::One(value)) => match &chosen {
                 None => chosen = Some(value),
-                Some(prev) if *prev == value => {}
+                Some(prev) if bytes::eq(prev, &value) => {}
                 Some(_) => conflict = true,
             },
         }
@@ -210,7 +212,7 @@ pub fn resolve(settings: &Settings, headers: &[(&str, &[u8])]) -> Decision {
         }
     }
     let new_path = match (strip, path) {
-        (Some((value, rest)), Some(path)) if *value == *config.id.as_bytes() => {
+        (Some((value, rest)), Some(path)) if bytes::eq(&value, config.id.as_bytes()) => {
             Some(strip_prefix(path, rest))
         }
         _ => None,

@@ -227,7 +227,11 @@ impl<F: FnMut(Write<'_>)> Writer<'_, F> {
     /// replace only overwrites the first copy.
     fn set_if_changed(&mut self, incoming: &Incoming<'_>, known: Known, value: &[u8]) {
         let seen = incoming.seen(known);
-        if seen.count == 1 && seen.first == Some(value) {
+        if seen.count == 1
+            && seen
+                .first
+                .is_some_and(|first| gatewasm_common::bytes::eq(first, value))
+        {
             return;
         }
         if seen.count > 1 {
