@@ -126,25 +126,21 @@ impl<'a> Effects<'a> {
             .push(HeaderEdit::Add(name.into(), value.into()));
     }
 
-    /// The effects with their own copies of what they borrowed.
-    pub fn into_owned(self) -> Effects<'static> {
-        Effects {
-            request: self
-                .request
-                .into_iter()
-                .map(HeaderEdit::into_owned)
-                .collect(),
-            response: self
-                .response
-                .into_iter()
-                .map(HeaderEdit::into_owned)
-                .collect(),
-            clear_route_cache: self.clear_route_cache,
-            reply: self.reply,
-            counters: self.counters,
-            grpc_calls: self.grpc_calls,
-            spare_values: self.spare_values,
-        }
+    /// What is left to do once the request edits and counters are applied, taken out with its
+    /// own copies of what it borrowed: the response edits, the route-cache clear, the reply, the
+    /// calls. `self` keeps its vectors' room (for [`Effects::recycle`]).
+    #[inline]
+    pub fn take_rest(&mut self) -> Effects<'static> {
+        let mut rest = Effects::default();
+        rest.clear_route_cache = std::mem::take(&mut self.clear_route_cache);
+        rest.reply = self.reply.take();
+        rest.grpc_calls = std::mem::take(&mut self.grpc_calls);
+        rest.response = self
+            .response
+            .drain(..)
+            .map(HeaderEdit::into_owned)
+            .collect();
+        rest
     }
 
     /// A value holding a copy of `bytes`, in a buffer a recycled edit left when there is one
@@ -928,6 +924,22 @@ mod tests {
         // A map that does not parse is an empty list.
         h.refill_from_serialized(vec![1, 2, 3]);
         assert!(h.pairs().is_empty());
+    }
+
+    #[test]
+    fn the_rest_of_effects_is_taken_owned_and_the_request_side_stays() {
+        let mut fx = Effects::default();
+        fx.set_request("a", &b"1"[..]);
+        fx.set_response("b", &b"2"[..]);
+        fx.counters.push((1, 1));
+        fx.clear_route_cache = true;
+        fx.reply(401, vec![], "no".into());
+        let rest = fx.take_rest();
+        assert_eq!(rest.response, vec![set("b", "2")]);
+        assert!(rest.clear_route_cache && rest.reply.is_some());
+        assert!(rest.request.is_empty() && rest.counters.is_empty());
+        assert_eq!((fx.request.len(), fx.counters.len()), (1, 1));
+        assert!(fx.response.is_empty() && !fx.clear_route_cache && fx.reply.is_none());
     }
 
     #[test]

@@ -153,11 +153,7 @@ fn settle(mut fx: Effects<'_>, pass: Pass<'_>) -> Effects<'static> {
         pass.headers.apply(edit);
     }
     *pass.counters = std::mem::take(&mut fx.counters);
-    let mut rest = Effects::default();
-    rest.clear_route_cache = fx.clear_route_cache;
-    rest.reply = fx.reply.take();
-    rest.grpc_calls = std::mem::take(&mut fx.grpc_calls);
-    rest.response = fx.response.drain(..).map(HeaderEdit::into_owned).collect();
+    let rest = fx.take_rest();
     pass.spares.fx = fx.recycle();
     rest
 }
