@@ -131,16 +131,17 @@ impl<'a> Effects<'a> {
     /// calls. `self` keeps its vectors' room (for [`Effects::recycle`]).
     #[inline]
     pub fn take_rest(&mut self) -> Effects<'static> {
-        let mut rest = Effects::default();
-        rest.clear_route_cache = std::mem::take(&mut self.clear_route_cache);
-        rest.reply = self.reply.take();
-        rest.grpc_calls = std::mem::take(&mut self.grpc_calls);
-        rest.response = self
-            .response
-            .drain(..)
-            .map(HeaderEdit::into_owned)
-            .collect();
-        rest
+        Effects {
+            clear_route_cache: std::mem::take(&mut self.clear_route_cache),
+            reply: self.reply.take(),
+            grpc_calls: std::mem::take(&mut self.grpc_calls),
+            response: self
+                .response
+                .drain(..)
+                .map(HeaderEdit::into_owned)
+                .collect(),
+            ..Effects::default()
+        }
     }
 
     /// A value holding a copy of `bytes`, in a buffer a recycled edit left when there is one
