@@ -713,6 +713,64 @@ impl HeaderList {
         out
     }
 
+    /// The last stage's `edits` written straight to the host, without going through the list:
+    /// what [`HeaderList::apply`] for each, then [`HeaderList::write_back`], would write —
+    /// for a list nothing was written to yet and edits that each name a different header
+    /// (else `false`, and nothing is handed to `out`). A `Set` of a name the host's map does
+    /// not have is an `Add`, a `Remove` of one is nothing, as there. One difference: an `Add`
+    /// to a name the host has is one `Add` (Envoy appends), where the list removes the
+    /// host's copies and adds them back before the new value: the same values in the same
+    /// order, the name's place in the map aside.
+    ///
+    /// Why: applying edits to the list (its arena and marks) and reading them back is most of
+    /// a single native filter's own bookkeeping, and a last stage's edits have no later
+    /// stage to show them to. The list is stale afterwards: reset it.
+    pub fn write_through<'e>(
+        &self,
+        edits: &'e [HeaderEdit<'e>],
+        mut out: impl FnMut(HeaderEdit<'e>),
+    ) -> bool {
+        if !self.written.is_empty() {
+            return false;
+        }
+        let name_of = |edit: &'e HeaderEdit<'e>| -> &'e str {
+            match edit {
+                HeaderEdit::Set(name, _) | HeaderEdit::Add(name, _) | HeaderEdit::Remove(name) => {
+                    name
+                }
+            }
+        };
+        for (i, edit) in edits.iter().enumerate() {
+            let name = name_of(edit);
+            if edits
+                .get(..i)
+                .unwrap_or_default()
+                .iter()
+                .any(|e| same_name(name_of(e), name))
+            {
+                return false;
+            }
+        }
+        let host_has =
+            |name: &str| !self.host_read || self.index.iter().any(|&(n, _)| same_name(n, name));
+        for edit in edits {
+            match edit {
+                HeaderEdit::Set(name, value) if !host_has(name) => {
+                    out(HeaderEdit::Add(Cow::Borrowed(name), Cow::Borrowed(value)));
+                }
+                HeaderEdit::Remove(name) if !host_has(name) => {}
+                HeaderEdit::Set(name, value) => {
+                    out(HeaderEdit::Set(Cow::Borrowed(name), Cow::Borrowed(value)));
+                }
+                HeaderEdit::Add(name, value) => {
+                    out(HeaderEdit::Add(Cow::Borrowed(name), Cow::Borrowed(value)));
+                }
+                HeaderEdit::Remove(name) => out(HeaderEdit::Remove(Cow::Borrowed(name))),
+            }
+        }
+        true
+    }
+
     /// [`HeaderList::write_back`]'s edits handed to `out` one by one (no vector).
     pub fn write_back_each<'h>(&'h self, mut out: impl FnMut(HeaderEdit<'h>)) {
         for (i, first) in self.written.iter().enumerate() {
@@ -845,6 +903,105 @@ mod tests {
                 .pairs()
                 .is_empty()
         );
+    }
+
+    /// `edits` done to `map` as Envoy's header map does them.
+    fn envoy_does(map: &mut Vec<(String, Vec<u8>)>, edits: &[HeaderEdit<'_>]) {
+        for edit in edits {
+            match edit {
+                HeaderEdit::Set(n, v) => {
+                    map.retain(|(m, _)| m != n);
+                    map.push((n.to_string(), v.to_vec()));
+                }
+                HeaderEdit::Add(n, v) => map.push((n.to_string(), v.to_vec())),
+                HeaderEdit::Remove(n) => map.retain(|(m, _)| m != n),
+            }
+        }
+    }
+
+    /// Each name's values in order (where a name sits in the map aside).
+    fn by_name(map: &[(String, Vec<u8>)]) -> std::collections::BTreeMap<&str, Vec<&[u8]>> {
+        let mut names = std::collections::BTreeMap::<&str, Vec<&[u8]>>::new();
+        for (n, v) in map {
+            names.entry(n.as_str()).or_default().push(v);
+        }
+        names
+    }
+
+    #[test]
+    fn a_last_stages_edits_written_through_leave_the_map_as_the_list_would() {
+        let host: &[(&str, &str)] = &[("a", "1"), ("b", "2"), ("b", "3")];
+        let each = |n: &'static str| {
+            [
+                set(n, "new"),
+                add(n, "more"),
+                HeaderEdit::Remove(Cow::Borrowed(n)),
+            ]
+        };
+        // Every edit on a name the host has once, twice or not at all, alone and in pairs.
+        let mut cases: Vec<Vec<HeaderEdit<'static>>> = Vec::new();
+        for n in ["a", "b", "c"] {
+            for e in each(n) {
+                cases.push(vec![e.clone()]);
+                for m in ["a", "b", "c"].into_iter().filter(|m| *m != n) {
+                    for f in each(m) {
+                        cases.push(vec![e.clone(), f]);
+                    }
+                }
+            }
+        }
+        for read in [true, false] {
+            for edits in &cases {
+                let fresh = || {
+                    if read {
+                        list(host)
+                    } else {
+                        HeaderList::default()
+                    }
+                };
+                let mut through = Vec::new();
+                assert!(fresh().write_through(edits, |e| through.push(e.into_owned())));
+                let mut listed = fresh();
+                for edit in edits {
+                    listed.apply(edit);
+                }
+                let (mut by_list, mut by_through) = (Vec::new(), Vec::new());
+                for (k, v) in host {
+                    by_list.push((k.to_string(), v.as_bytes().to_vec()));
+                }
+                by_through.clone_from(&by_list);
+                envoy_does(&mut by_list, &listed.write_back());
+                envoy_does(&mut by_through, &through);
+                assert_eq!(
+                    by_name(&by_through),
+                    by_name(&by_list),
+                    "{edits:?} read {read}"
+                );
+                // Never more calls than the list's write-back.
+                assert!(through.len() <= listed.write_back().len(), "{edits:?}");
+            }
+        }
+        // A name the host lacks: set is an add, a removal no call; one it has: set.
+        let mut out = Vec::new();
+        assert!(list(host).write_through(
+            &[set("c", "1"), HeaderEdit::Remove("d".into()), set("a", "2")],
+            |e| out.push(e.into_owned())
+        ));
+        assert_eq!(out, vec![add("c", "1"), set("a", "2")]);
+    }
+
+    #[test]
+    fn edits_are_not_written_through_a_list_already_written_or_twice_to_a_name() {
+        let mut out = Vec::new();
+        let mut written = list(&[("a", "1")]);
+        written.apply(&set("b", "2"));
+        assert!(!written.write_through(&[set("c", "3")], |e| out.push(e.into_owned())));
+        assert!(!list(&[("a", "1")]).write_through(
+            &[HeaderEdit::Remove("a".into()), set("b", "1"), set("a", "2")],
+            |e| out.push(e.into_owned())
+        ));
+        assert!(list(&[]).write_through(&[], |e| out.push(e.into_owned())));
+        assert_eq!(out, vec![], "nothing is written");
     }
 
     #[test]
