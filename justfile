@@ -287,7 +287,7 @@ demo HOST=env_var_or_default("DEMO_HOST", "wasm"):
 # writes <dir>_instructions/instructions.md. The "native module" cases run the same filters on
 # the Envoy dynamic module (`build-native`, Envoy 1.40 only; skipped on another Envoy); the
 # "dynamic-module filter, …" cases price that ABI with libgatewasm_platform.so (same build).
-# Benchmark the filters against Envoy's native ones (--quick, --reps N, --only NAME).
+# Benchmark the filters against Envoy's native ones (--quick, --reps N, --concurrency N, --only NAME).
 [positional-arguments]
 bench *ARGS: build build-native envoy
     #!/usr/bin/env bash

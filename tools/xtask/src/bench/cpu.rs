@@ -33,6 +33,9 @@ pub struct Options {
     /// CPU for Envoy, CPU for the load generators.
     pub envoy_cpu: usize,
     pub load_cpu: usize,
+    /// Envoy's worker threads (`--concurrency`). Every worker has its own Wasm VMs, so the RSS
+    /// of a Proxy-Wasm case grows with it; the workers share Envoy's one CPU.
+    pub concurrency: usize,
     /// Only cases whose name contains one of these (empty: all).
     pub only: Vec<String>,
 }
@@ -49,6 +52,7 @@ impl Options {
             paced: Duration::from_secs(3),
             envoy_cpu: 0,
             load_cpu: 1,
+            concurrency: 1,
             only: Vec::new(),
         }
     }
@@ -347,6 +351,7 @@ pub fn measure(gateway: &Value, case: &Case, opts: &Options, work: &Path) -> Res
     let envoy: Envoy =
         with_dynamic_module(EnvoyBuilder::new(&config_path.display().to_string()), case)?
             .cpus(&[opts.envoy_cpu])
+            .concurrency(opts.concurrency)
             .log_level("warning")
             .start()
             .with_context(|| format!("starting Envoy for {}", case.name))?;

@@ -1,8 +1,9 @@
 //! `just bench`: what each filter costs in a real Envoy, side by side with Envoy's native
 //! filters, in one run.
 //!
-//! Every case is one Envoy (`--concurrency 1`, pinned to one CPU) whose listener answers with a
-//! `direct_response` — no upstream, so what is measured is Envoy plus the filters. The cases:
+//! Every case is one Envoy (`--concurrency 1` unless `--concurrency N`, pinned to one CPU)
+//! whose listener answers with a `direct_response` — no upstream, so what is measured is Envoy
+//! plus the filters. The cases:
 //!
 //! - `baseline`: the edge gateway's connection manager with only the router;
 //! - every gatewasm filter of `envoy-configs/gateway.yaml`, alone, with the configuration it has

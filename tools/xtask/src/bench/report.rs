@@ -38,7 +38,7 @@ pub fn report(results: &Results, info: &RunInfo, opts: &Options) -> String {
     md.push_str(&format!(
         "Machine: {}. Command: `{}`. {} interleaved repetitions; per case and repetition: {:.1} s warm-up, \
          {:.1} s saturation with wrk (1 thread, {} connections, pinned to CPU {}), then {:.1} s paced at {} req/s \
-         on one connection. Envoy: `--concurrency 1`, pinned to CPU {}, direct response (no upstream). \
+         on one connection. Envoy: `--concurrency {}`, pinned to CPU {}, direct response (no upstream). \
          Run time {:.0} s.\n\n",
         info.machine,
         info.command,
@@ -49,6 +49,7 @@ pub fn report(results: &Results, info: &RunInfo, opts: &Options) -> String {
         opts.load_cpu,
         opts.paced.as_secs_f64(),
         opts.paced_rate,
+        opts.concurrency,
         opts.envoy_cpu,
         results.elapsed.as_secs_f64(),
     ));

@@ -10,8 +10,9 @@ use gatewasm_xtask::bench::{self, HarnessCosts, Options, RunInfo};
 use gatewasm_xtask::paths;
 
 fn usage() -> &'static str {
-    "usage: bench [--quick] [--reps N] [--instructions] [--only NAME]... [--harness-costs FILE]\n\
+    "usage: bench [--quick] [--reps N] [--concurrency N] [--instructions] [--only NAME]... [--harness-costs FILE]\n\
      NAME: part of a case name, e.g. tenant; =NAME: exactly that case, e.g. =jwt-to-header\n\
+     --concurrency N: Envoy's worker threads (default 1; each has its own Wasm VMs)\n\
      --instructions: count Envoy's instructions per request under callgrind instead of timing\n\
        (GATEWASM_BENCH_KEEP_CALLGRIND=1 keeps the dumps, for callgrind_annotate)\n\
      --harness-costs: the JSON of the tests crate's `request-cost`, printed in the report"
@@ -21,6 +22,7 @@ fn main() -> Result<()> {
     let mut quick = false;
     let mut instructions = false;
     let mut reps: Option<usize> = None;
+    let mut concurrency = 1;
     let mut only = Vec::new();
     let mut harness_costs = HarnessCosts::new();
     let mut args = std::env::args().skip(1);
@@ -35,6 +37,16 @@ fn main() -> Result<()> {
                         .parse()
                         .context("--reps needs a number")?,
                 )
+            }
+            "--concurrency" => {
+                concurrency = args
+                    .next()
+                    .context("--concurrency needs a number")?
+                    .parse()
+                    .context("--concurrency needs a number")?;
+                if concurrency == 0 {
+                    bail!("--concurrency needs at least one worker");
+                }
             }
             "--only" => only.push(args.next().context("--only needs a name")?),
             "--harness-costs" => {
@@ -60,6 +72,7 @@ fn main() -> Result<()> {
         opts.reps = reps.max(1);
     }
     opts.only = only;
+    opts.concurrency = concurrency;
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     if cpus < 2 {
         bail!(
@@ -140,6 +153,9 @@ fn main() -> Result<()> {
         costs: harness_costs,
     };
     if instructions {
+        if concurrency != 1 {
+            bail!("--instructions counts one worker (`--concurrency 1`)");
+        }
         return count_instructions(&gateway, &cases, &info);
     }
     eprintln!(
@@ -152,6 +168,9 @@ fn main() -> Result<()> {
     let results = bench::run(cases, &gateway, &opts)?;
     // A partial run (`--only`) must not overwrite the full run of the same day.
     let mut dir = bench::results_dir(&info, quick);
+    if concurrency != 1 {
+        dir = with_suffix(dir, &format!("_concurrency{concurrency}"));
+    }
     if !opts.only.is_empty() {
         dir = with_suffix(dir, "_partial");
         // Nor another partial run of the day: this one gets the next free directory.
