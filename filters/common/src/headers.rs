@@ -91,6 +91,16 @@ pub fn method_matches(rule: &str, request_method: &[u8]) -> bool {
     rule.as_bytes().eq_ignore_ascii_case(request_method)
 }
 
+/// The first value of `name` in a stage's view of the headers. Names are compared exactly:
+/// hosts hand lower-case names and configurations are lower-cased when loaded. In Wasm a word
+/// at a time ([`crate::bytes::eq`]), not with the byte-at-a-time `memcmp` `==` calls there.
+pub fn first_value<'h>(headers: &[(&str, &'h [u8])], name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|(k, _)| crate::bytes::eq(k.as_bytes(), name.as_bytes()))
+        .map(|(_, v)| *v)
+}
+
 /// Whether request header `name` reaches a CGI-style upstream as the same variable as the header
 /// `ours` that a filter sets, without being `ours` itself: CGI, WSGI and Rack turn `-` into `_`
 /// (`x_user_id` and `x-user-id` both become `HTTP_X_USER_ID`), so with Envoy's default

@@ -18,7 +18,8 @@ use crate::config::{
 use crate::gcra::ceil_secs;
 use crate::key::{IpPrefix, KeyBuilder, KeySeed, peer_ip, xff_ip};
 use crate::table::{Apply, EntryKey, Group, MAX_VALUE_BYTES, apply};
-use gatewasm_common::headers::method_matches;
+use gatewasm_common::bytes;
+use gatewasm_common::headers::{first_value, method_matches};
 
 /// CAS attempts per rule and request before `on_contention` applies.
 pub const MAX_ATTEMPTS: u32 = 32;
@@ -132,29 +133,31 @@ pub enum Verdict {
     Deny(Denial),
 }
 
-fn first_header<'h>(headers: &[(&str, &'h [u8])], name: &str) -> Option<&'h [u8]> {
-    headers.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+/// `value` is the first value of `name` in `headers`.
+fn first_is(headers: &[(&str, &[u8])], name: &str, value: &str) -> bool {
+    first_value(headers, name).is_some_and(|v| bytes::eq(v, value.as_bytes()))
 }
 
 fn matches(rule: &Rule, headers: &[(&str, &[u8])]) -> bool {
     let m = &rule.matcher;
     if let Some(prefix) = &m.path_prefix {
-        let path = first_header(headers, ":path").unwrap_or_default();
-        if !path.starts_with(prefix.as_bytes()) {
+        let path = first_value(headers, ":path").unwrap_or_default();
+        if !path
+            .get(..prefix.len())
+            .is_some_and(|start| bytes::eq(start, prefix.as_bytes()))
+        {
             return false;
         }
     }
     if !m.methods.is_empty() {
         // Case-insensitive (rules are upper-cased at load): Envoy forwards an HTTP/2
         // `:method: post` as is, and a `POST` rule must not be escaped by `post`.
-        let method = first_header(headers, ":method").unwrap_or_default();
+        let method = first_value(headers, ":method").unwrap_or_default();
         if !m.methods.iter().any(|x| method_matches(x, method)) {
             return false;
         }
     }
-    m.headers
-        .iter()
-        .all(|(n, v)| first_header(headers, n) == Some(v.as_bytes()))
+    m.headers.iter().all(|(n, v)| first_is(headers, n, v))
 }
 
 fn select_limit<'r>(
@@ -162,10 +165,7 @@ fn select_limit<'r>(
     headers: &[(&str, &[u8])],
 ) -> (Option<usize>, &'r CompiledLimit) {
     for (i, o) in rule.overrides.iter().enumerate() {
-        if o.when
-            .iter()
-            .all(|(n, v)| first_header(headers, n) == Some(v.as_bytes()))
-        {
+        if o.when.iter().all(|(n, v)| first_is(headers, n, v)) {
             return (Some(i), &o.limit);
         }
     }
@@ -237,17 +237,17 @@ fn bucket_key(
         match part {
             KeyPart::ClientIp => kb.ip(TAG_CLIENT_IP, ip.get()?),
             KeyPart::Path => {
-                let path = first_header(request.headers, ":path")?;
+                let path = first_value(request.headers, ":path")?;
                 let end = path.iter().position(|b| *b == b'?').unwrap_or(path.len());
                 kb.part(TAG_PATH, &path[..end]);
             }
             // Upper-cased, as rules match methods case-insensitively: `post` and `POST` are one
             // bucket, so the case of the method cannot mint a second one.
             KeyPart::Method => {
-                kb.part_ascii_upper(TAG_METHOD, first_header(request.headers, ":method")?)
+                kb.part_ascii_upper(TAG_METHOD, first_value(request.headers, ":method")?)
             }
             KeyPart::Route => kb.part(TAG_ROUTE, &[]),
-            KeyPart::Header(name) => match first_header(request.headers, name) {
+            KeyPart::Header(name) => match first_value(request.headers, name) {
                 Some(v) => kb.part(TAG_HEADER, v),
                 None if rule.on_missing_key == OnMissingKey::ClientIp => {
                     kb.ip(TAG_CLIENT_IP, ip.get()?)
@@ -404,14 +404,14 @@ fn descriptor<'a>(
         match part {
             KeyPart::ClientIp => entries.push(("remote_address", ip.get()?.to_string().into())),
             KeyPart::Path => {
-                let path = first_header(request.headers, ":path")?;
+                let path = first_value(request.headers, ":path")?;
                 let end = path.iter().position(|b| *b == b'?').unwrap_or(path.len());
                 entries.push(("path", text(&path[..end])));
             }
             KeyPart::Method => {
                 // Upper-cased like the local key, so that the service counts `post` and `POST`
                 // as one; a copy only when the client did not send it upper-case already.
-                let method = first_header(request.headers, ":method")?;
+                let method = first_value(request.headers, ":method")?;
                 let method = if method.iter().any(u8::is_ascii_lowercase) {
                     Cow::Owned(text(method).to_ascii_uppercase())
                 } else {
@@ -420,7 +420,7 @@ fn descriptor<'a>(
                 entries.push(("method", method))
             }
             KeyPart::Route => {}
-            KeyPart::Header(name) => match first_header(request.headers, name) {
+            KeyPart::Header(name) => match first_value(request.headers, name) {
                 Some(v) => entries.push((name.as_str(), text(v))),
                 None if rule.on_missing_key == OnMissingKey::ClientIp => {
                     entries.push(("remote_address", ip.get()?.to_string().into()))

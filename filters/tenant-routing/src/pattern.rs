@@ -190,7 +190,7 @@ impl HostPattern {
             let label = labels.next()?;
             if i == self.tenant_label {
                 found = Some(label);
-            } else if label != want.as_bytes() {
+            } else if !gatewasm_common::bytes::eq(label, want.as_bytes()) {
                 return None;
             }
         }
