@@ -124,7 +124,8 @@ pub struct OwnNames {
     lengths: u64,
 }
 
-fn length_bit(len: usize) -> u64 {
+/// A name length as one bit of a set of lengths (63 and more share bit 63).
+pub(crate) fn length_bit(len: usize) -> u64 {
     1u64 << len.min(63)
 }
 
