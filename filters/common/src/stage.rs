@@ -359,6 +359,8 @@ pub struct HeaderList {
     /// not in the request, and this rules them out without a search (each edit searched the
     /// index twice or three times: ≈ 4k machine instructions of the Wasm chain's request).
     index_lengths: u64,
+    /// The same for the names in `written` (never cleared until the list is reset).
+    written_lengths: u64,
 }
 
 /// `part` (of a list's `base`, or lent by the host) borrowed for as long as the list: how
@@ -384,6 +386,7 @@ impl Clone for HeaderList {
         );
         copy.arena = self.arena.clone();
         copy.written = self.written.clone();
+        copy.written_lengths = self.written_lengths;
         copy.host_read = self.host_read;
         copy
     }
@@ -416,6 +419,9 @@ struct Written {
     /// never had needs no removal, and a single value is an `addCopy` (no lookup of copies to
     /// replace).
     host_had: bool,
+    /// On a name's first entry: a later entry has the same name (the write-back then looks
+    /// for its values; most names are written once, and their one entry is all there is).
+    more: bool,
 }
 
 impl HeaderList {
@@ -562,6 +568,7 @@ impl HeaderList {
         self.written.clear();
         self.host_read = false;
         self.index_lengths = 0;
+        self.written_lengths = 0;
     }
 
     /// How many bytes this list holds on to (what a worker keeps when it keeps the list).
@@ -617,6 +624,9 @@ impl HeaderList {
 
     /// The first entry of `written` named `name`.
     fn first_written(&self, name: &str) -> Option<usize> {
+        if self.written_lengths & length_bit(name.len()) == 0 {
+            return None;
+        }
         self.written.iter().position(|w| self.written_is(w, name))
     }
 
@@ -666,13 +676,16 @@ impl HeaderList {
         });
         if let Some(entry) = first.and_then(|f| self.written.get_mut(f)) {
             entry.host_had |= host_had;
+            entry.more = true;
         }
+        self.written_lengths |= length_bit(name.len());
         self.written.push(Written {
             name: name_at,
             first: first.unwrap_or(self.written.len()),
             value,
             live: true,
             host_had,
+            more: false,
         });
     }
 
@@ -796,6 +809,22 @@ impl HeaderList {
                 continue; // written at its first change
             }
             let name = self.written_name(first);
+            if !first.more {
+                // The name's one entry: its value (if not removed since) is all it has.
+                let value = if first.live {
+                    self.written_value(first)
+                } else {
+                    None
+                };
+                let n = Cow::Borrowed(name);
+                match (value, first.host_had) {
+                    (None, false) => {}
+                    (None, true) => out(HeaderEdit::Remove(n)),
+                    (Some(v), true) => out(HeaderEdit::Set(n, Cow::Borrowed(v))),
+                    (Some(v), false) => out(HeaderEdit::Add(n, Cow::Borrowed(v))),
+                }
+                continue;
+            }
             let values = || {
                 self.written
                     .get(i..)
@@ -1062,6 +1091,25 @@ mod tests {
         unsafe { owned.refill_borrowing(host.iter().copied()) };
         owned.own();
         check(&mut owned);
+    }
+
+    #[test]
+    fn a_clone_goes_on_from_what_was_written() {
+        let mut h = list(&[("a", "1")]);
+        h.apply(&set("y", "1"));
+        let mut copy = h.clone();
+        copy.apply(&set("y", "2"));
+        copy.apply(&add("a", "2"));
+        assert_eq!(
+            copy.write_back(),
+            vec![
+                add("y", "2"),
+                HeaderEdit::Remove("a".into()),
+                add("a", "1"),
+                add("a", "2"),
+            ]
+        );
+        assert_eq!(h.write_back(), vec![add("y", "1")]);
     }
 
     #[test]
