@@ -357,7 +357,7 @@ pub struct HeaderList {
     /// ([`crate::headers::length_bit`]); not cleared when a name leaves `index`, so a bit that
     /// is not set means no header of that length is there. Most names the stages write are
     /// not in the request, and this rules them out without a search (each edit searched the
-    /// index twice or three times: ≈ 4k machine instructions of the Wasm chain's request).
+    /// index two or three times).
     index_lengths: u64,
     /// The same for the names in `written` (never cleared until the list is reset).
     written_lengths: u64,
