@@ -785,18 +785,17 @@ impl HeaderList {
         }
         let host_has = |name: &str| !self.host_read || self.index_has(name);
         for edit in edits {
-            match edit {
-                HeaderEdit::Set(name, value) if !host_has(name) => {
-                    out(HeaderEdit::Add(Cow::Borrowed(name), Cow::Borrowed(value)));
-                }
-                HeaderEdit::Remove(name) if !host_has(name) => {}
+            let single = match edit {
                 HeaderEdit::Set(name, value) => {
-                    out(HeaderEdit::Set(Cow::Borrowed(name), Cow::Borrowed(value)));
+                    single_value_edit(name, Some(value), host_has(name))
                 }
+                HeaderEdit::Remove(name) => single_value_edit(name, None, host_has(name)),
                 HeaderEdit::Add(name, value) => {
-                    out(HeaderEdit::Add(Cow::Borrowed(name), Cow::Borrowed(value)));
+                    Some(HeaderEdit::Add(Cow::Borrowed(name), Cow::Borrowed(value)))
                 }
-                HeaderEdit::Remove(name) => out(HeaderEdit::Remove(Cow::Borrowed(name))),
+            };
+            if let Some(edit) = single {
+                out(edit);
             }
         }
         true
@@ -810,18 +809,15 @@ impl HeaderList {
             }
             let name = self.written_name(first);
             if !first.more {
-                // The name's one entry: its value (if not removed since) is all it has.
+                // The name's one entry (most names): its value, if not removed since, is all
+                // it has — no search of the other entries.
                 let value = if first.live {
                     self.written_value(first)
                 } else {
                     None
                 };
-                let n = Cow::Borrowed(name);
-                match (value, first.host_had) {
-                    (None, false) => {}
-                    (None, true) => out(HeaderEdit::Remove(n)),
-                    (Some(v), true) => out(HeaderEdit::Set(n, Cow::Borrowed(v))),
-                    (Some(v), false) => out(HeaderEdit::Add(n, Cow::Borrowed(v))),
+                if let Some(edit) = single_value_edit(name, value, first.host_had) {
+                    out(edit);
                 }
                 continue;
             }
@@ -833,22 +829,42 @@ impl HeaderList {
                     .filter(|w| w.live && w.first == i)
                     .filter_map(|w| self.written_value(w))
             };
-            let n = || Cow::Borrowed(name);
             let mut all = values();
-            match (all.next(), all.next(), first.host_had) {
-                (None, _, false) => {}
-                (None, _, true) => out(HeaderEdit::Remove(n())),
-                (Some(v), None, true) => out(HeaderEdit::Set(n(), Cow::Borrowed(v))),
-                (Some(_), _, host_had) => {
-                    if host_had {
-                        out(HeaderEdit::Remove(n()));
+            match (all.next(), all.next()) {
+                (value, None) => {
+                    if let Some(edit) = single_value_edit(name, value, first.host_had) {
+                        out(edit);
+                    }
+                }
+                (Some(_), Some(_)) | (None, Some(_)) => {
+                    if first.host_had {
+                        out(HeaderEdit::Remove(Cow::Borrowed(name)));
                     }
                     for v in values() {
-                        out(HeaderEdit::Add(n(), Cow::Borrowed(v)));
+                        out(HeaderEdit::Add(Cow::Borrowed(name), Cow::Borrowed(v)));
                     }
                 }
             }
         }
+    }
+}
+
+/// The one edit that leaves `name` with `value` (or none) on a host whose map had it
+/// (`host_had`) or not: a name the map never had is added, not set (Envoy's `addCopy` skips
+/// the search for copies `setCopy` replaces), and nothing is written for it when it ends
+/// with no value.
+#[inline]
+fn single_value_edit<'a>(
+    name: &'a str,
+    value: Option<&'a [u8]>,
+    host_had: bool,
+) -> Option<HeaderEdit<'a>> {
+    let name = Cow::Borrowed(name);
+    match (value, host_had) {
+        (None, false) => None,
+        (None, true) => Some(HeaderEdit::Remove(name)),
+        (Some(v), true) => Some(HeaderEdit::Set(name, Cow::Borrowed(v))),
+        (Some(v), false) => Some(HeaderEdit::Add(name, Cow::Borrowed(v))),
     }
 }
 
